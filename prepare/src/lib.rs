@@ -1,0 +1,18 @@
+//! Read-only data pipeline and metric for autoresearch.
+//!
+//! Sources ([`source`], [`download`]) feed a byte-level BPE [`tokenizer`]; every shard is
+//! tokenized once into a checksummed [`token_file`]; [`data::PreparedData`] opens the result;
+//! [`loader`] packs rows; [`eval::evaluate_bpb`] is the one definition of val_bpb.
+//! [`experiment`] is the contract between the harness and the trainer.
+
+pub mod clock;
+pub mod constants;
+pub mod data;
+pub mod download;
+pub mod eval;
+pub mod experiment;
+pub mod loader;
+pub mod profile;
+pub mod source;
+pub mod token_file;
+pub mod tokenizer;
