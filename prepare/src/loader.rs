@@ -1,11 +1,29 @@
-//! Packed data loader (TO BE IMPLEMENTED — interface fixed).
+//! Packed data loader, as the reference `make_dataloader`.
 //!
 //! BOS before every document; rows of `seq_len + 1` tokens filled by best-fit packing from a
 //! buffer of at least [`crate::constants::PACKING_BUFFER_DOCS`] documents; no padding.
+//!
+//! - Before every placement the buffer is topped up, [`REFILL_DOCS`] documents at a time, until
+//!   it holds at least `PACKING_BUFFER_DOCS`.
+//! - The largest buffered document that fits the room left in the row is placed whole (the
+//!   first one among equals); when none fits, the shortest (the first among equals) is cropped
+//!   to fill the row exactly and its remainder is discarded.
+//! - Validation reads the validation token file in file order, so with climbmix's row groups of
+//!   1024 documents it sees exactly the reference's documents in the reference's order; a fresh
+//!   loader repeats the same batches. Train reads every train document once per epoch, in an
+//!   order shuffled by a splitmix64 generator seeded from `seed` and the epoch.
+//! - Both loop forever; `Batch::epoch` counts completed passes.
+
+use std::sync::Arc;
 
 use burn::prelude::*;
 
+use crate::constants::PACKING_BUFFER_DOCS;
 use crate::data::PreparedData;
+use crate::token_file::TokenFile;
+
+/// Documents added to the buffer per refill (the reference's tokenizer batch).
+pub const REFILL_DOCS: usize = 128;
 
 /// One batch of packed rows, on the host.
 #[derive(Debug, Clone)]
@@ -39,9 +57,67 @@ fn ids_tensor(ids: &[u32], rows: usize, cols: usize, device: &Device) -> Tensor<
     Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, cols]), device)
 }
 
+/// A document waiting in the packing buffer; `len` counts its BOS.
+#[derive(Debug, Clone, Copy)]
+struct Buffered {
+    file: u32,
+    doc: u32,
+    len: usize,
+}
+
+/// splitmix64: a small, well-mixed generator; enough to shuffle document order.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform integer in `0..n` (n > 0), by rejection so that it has no bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
 /// Best-fit packing loader over token files.
 pub struct PackedLoader {
-    // filled in by the implementation
+    files: Vec<Arc<TokenFile>>,
+    bos: u32,
+    batch_size: usize,
+    seq_len: usize,
+    /// `Some(seed)` on the train side: the order is reshuffled every epoch.
+    seed: Option<u64>,
+    /// `(file, doc)` of every document, in this epoch's order.
+    order: Vec<(u32, u32)>,
+    cursor: usize,
+    epoch: u64,
+    buffer: Vec<Buffered>,
+    row: Vec<u32>,
 }
 
 impl PackedLoader {
@@ -52,18 +128,139 @@ impl PackedLoader {
         seq_len: usize,
         seed: u64,
     ) -> anyhow::Result<Self> {
-        let _ = (data, batch_size, seq_len, seed);
-        todo!()
+        Self::new(data.train_files().to_vec(), data.bos_id(), batch_size, seq_len, Some(seed))
     }
 
     /// Loader over the pinned validation shard; a fresh one yields the same tokens every time.
     pub fn validation(data: &PreparedData, batch_size: usize, seq_len: usize) -> anyhow::Result<Self> {
-        let _ = (data, batch_size, seq_len);
-        todo!()
+        Self::new(vec![data.val_file().clone()], data.bos_id(), batch_size, seq_len, None)
+    }
+
+    /// A loader over `files`; `seed: None` keeps file order.
+    pub fn new(
+        files: Vec<Arc<TokenFile>>,
+        bos: u32,
+        batch_size: usize,
+        seq_len: usize,
+        seed: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(batch_size > 0 && seq_len > 0, "batch size and sequence length must be positive");
+        let order: Vec<(u32, u32)> = files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, file)| (0..file.num_docs() as u32).map(move |d| (f as u32, d)))
+            .collect();
+        anyhow::ensure!(!order.is_empty(), "the token files hold no document; re-run `prepare`");
+        let mut this = Self {
+            files,
+            bos,
+            batch_size,
+            seq_len,
+            seed,
+            order,
+            cursor: 0,
+            epoch: 0,
+            buffer: Vec::with_capacity(PACKING_BUFFER_DOCS + REFILL_DOCS),
+            row: Vec::with_capacity(seq_len + 1),
+        };
+        this.shuffle_for_epoch();
+        Ok(this)
+    }
+
+    fn shuffle_for_epoch(&mut self) {
+        if let Some(seed) = self.seed {
+            let mut rng = SplitMix64::new(seed ^ self.epoch.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            self.order.sort_unstable();
+            rng.shuffle(&mut self.order);
+        }
+    }
+
+    fn refill(&mut self) {
+        for _ in 0..REFILL_DOCS {
+            if self.cursor == self.order.len() {
+                self.epoch += 1;
+                self.cursor = 0;
+                self.shuffle_for_epoch();
+                if self.seed.is_none() {
+                    // A pass ends a refill chunk, as the reference's per-file row groups do.
+                    return;
+                }
+            }
+            let (file, doc) = self.order[self.cursor];
+            self.cursor += 1;
+            let len = self.files[file as usize].doc_len(doc as usize) + 1;
+            self.buffer.push(Buffered { file, doc, len });
+        }
+    }
+
+    fn place(&mut self, doc: Buffered, take: usize) {
+        self.row.push(self.bos);
+        if take > 1 {
+            self.files[doc.file as usize].extend_doc(doc.doc as usize, take - 1, &mut self.row);
+        }
+    }
+
+    /// Fills one row of `seq_len + 1` tokens.
+    fn fill_row(&mut self) {
+        let capacity = self.seq_len + 1;
+        self.row.clear();
+        while self.row.len() < capacity {
+            while self.buffer.len() < PACKING_BUFFER_DOCS {
+                self.refill();
+            }
+            let room = capacity - self.row.len();
+            let mut best: Option<usize> = None;
+            let mut best_len = 0;
+            for (i, d) in self.buffer.iter().enumerate() {
+                if d.len <= room && d.len > best_len {
+                    best = Some(i);
+                    best_len = d.len;
+                }
+            }
+            match best {
+                Some(i) => {
+                    let doc = self.buffer.remove(i);
+                    self.place(doc, doc.len);
+                }
+                None => {
+                    let mut shortest = 0;
+                    for (i, d) in self.buffer.iter().enumerate() {
+                        if d.len < self.buffer[shortest].len {
+                            shortest = i;
+                        }
+                    }
+                    let doc = self.buffer.remove(shortest);
+                    self.place(doc, room);
+                }
+            }
+        }
+        debug_assert_eq!(self.row.len(), capacity);
     }
 
     /// The next batch.
     pub fn next_batch(&mut self) -> anyhow::Result<Batch> {
-        todo!()
+        let (b, t) = (self.batch_size, self.seq_len);
+        let mut inputs = Vec::with_capacity(b * t);
+        let mut targets = Vec::with_capacity(b * t);
+        for _ in 0..b {
+            self.fill_row();
+            inputs.extend_from_slice(&self.row[..t]);
+            targets.extend_from_slice(&self.row[1..]);
+        }
+        Ok(Batch {
+            batch_size: b,
+            seq_len: t,
+            inputs,
+            targets,
+            epoch: self.epoch,
+        })
+    }
+
+    /// Completed passes over the documents so far.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
+
+#[cfg(test)]
+mod tests;
