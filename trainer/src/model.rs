@@ -1,0 +1,361 @@
+//! The GPT of the reference train.py: untied embeddings, weightless RMSNorm, x0 skip lambdas,
+//! rotary + QK-norm attention with sliding windows, value embeddings, ReLU² MLP, soft-capped
+//! logits.
+//!
+//! Shapes: `B` batch rows, `T` positions, `C = n_embd`, `H` heads, `D = head_dim`, `V` vocab.
+//! Weights are stored `[in, out]` (Burn's convention, the transpose of PyTorch's `[out, in]`),
+//! so `linear(x, w)` is `x @ w`.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::hparams::Hparams;
+
+/// Channels of `x` that feed the value-embedding gate.
+pub const VE_GATE_CHANNELS: usize = 32;
+/// Logits are soft-capped to `±LOGIT_SOFTCAP`.
+pub const LOGIT_SOFTCAP: f64 = 15.0;
+/// Rotary embedding base.
+pub const ROPE_BASE: f64 = 10000.0;
+
+/// The model's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    pub seq_len: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub head_dim: usize,
+    pub window_pattern: String,
+}
+
+/// Parameter counts by group, as the reference's `num_scaling_params`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamCounts {
+    pub wte: usize,
+    pub value_embeds: usize,
+    pub lm_head: usize,
+    pub blocks: usize,
+    pub scalars: usize,
+    pub total: usize,
+}
+
+impl GptConfig {
+    pub fn new(hp: &Hparams, vocab_size: usize, seq_len: usize) -> Self {
+        let n_embd = hp.n_embd();
+        Self {
+            vocab_size,
+            seq_len,
+            n_layer: hp.depth,
+            n_head: n_embd / hp.head_dim,
+            n_embd,
+            head_dim: hp.head_dim,
+            window_pattern: hp.window_pattern.to_uppercase(),
+        }
+    }
+
+    /// Whether layer `i` has a value embedding: alternating, the last layer always.
+    pub fn has_ve(&self, i: usize) -> bool {
+        i % 2 == (self.n_layer - 1) % 2
+    }
+
+    /// Attention window of every layer: S = seq_len / 2, L = seq_len; the last layer is L.
+    pub fn window_sizes(&self) -> Vec<usize> {
+        let pattern: Vec<char> = self.window_pattern.chars().collect();
+        (0..self.n_layer)
+            .map(|i| match pattern[i % pattern.len()] {
+                'S' if i + 1 < self.n_layer => self.seq_len / 2,
+                _ => self.seq_len,
+            })
+            .collect()
+    }
+
+    /// Parameter counts from the shapes alone (no model needed).
+    pub fn param_counts(&self) -> ParamCounts {
+        let (v, c) = (self.vocab_size, self.n_embd);
+        let kv_dim = self.n_head * self.head_dim;
+        let ve_layers = (0..self.n_layer).filter(|&i| self.has_ve(i)).count();
+        let per_block = 4 * c * c + 8 * c * c; // q, k, v, proj + fc, proj
+        let wte = v * c;
+        let value_embeds = ve_layers * v * kv_dim;
+        let lm_head = c * v;
+        let blocks = self.n_layer * per_block + ve_layers * VE_GATE_CHANNELS * self.n_head;
+        let scalars = 2 * self.n_layer;
+        ParamCounts { wte, value_embeds, lm_head, blocks, scalars, total: wte + value_embeds + lm_head + blocks + scalars }
+    }
+
+    /// Training FLOPs per token, the reference's `estimate_flops`: 6 x (params - embeddings -
+    /// scalars) + 12 x H x D x min(window, T) per layer.
+    pub fn flops_per_token(&self) -> f64 {
+        let p = self.param_counts();
+        let dense = p.total - p.wte - p.value_embeds - p.scalars;
+        let attn: usize = self
+            .window_sizes()
+            .iter()
+            .map(|&w| 12 * self.n_head * self.head_dim * w.min(self.seq_len))
+            .sum();
+        (6 * dense + attn) as f64
+    }
+
+    /// A freshly initialised model on `device` (seed the device first for reproducibility).
+    pub fn init(&self, device: &Device) -> Gpt {
+        let (v, c, kv) = (self.vocab_size, self.n_embd, self.n_head * self.head_dim);
+        let s = 3f64.sqrt() / (c as f64).sqrt();
+        let uniform = |shape: [usize; 2]| Param::from_tensor(Tensor::<2>::random(shape, Distribution::Uniform(-s, s), device));
+        let zeros = |shape: [usize; 2]| Param::from_tensor(Tensor::<2>::zeros(shape, device));
+        let blocks = (0..self.n_layer)
+            .map(|i| Block {
+                c_q: uniform([c, kv]),
+                c_k: uniform([c, kv]),
+                c_v: uniform([c, kv]),
+                c_proj: zeros([c, c]),
+                // Zero gate: 2 * sigmoid(0) = 1, the value embedding enters at full weight.
+                ve_gate: self.has_ve(i).then(|| zeros([VE_GATE_CHANNELS, self.n_head])),
+                c_fc: uniform([c, 4 * c]),
+                mlp_proj: zeros([4 * c, c]),
+            })
+            .collect();
+        Gpt {
+            wte: Param::from_tensor(Tensor::random([v, c], Distribution::Normal(0.0, 1.0), device)),
+            blocks,
+            value_embeds: (0..self.n_layer).map(|i| self.has_ve(i).then(|| uniform([v, kv]))).collect(),
+            lm_head: Param::from_tensor(Tensor::random([c, v], Distribution::Normal(0.0, 0.001), device)),
+            resid_lambdas: Param::from_tensor(Tensor::ones([self.n_layer], device)),
+            x0_lambdas: Param::from_tensor(Tensor::full([self.n_layer], 0.1, device)),
+            config: self.clone(),
+        }
+    }
+}
+
+/// The whole model.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding `[V, C]`.
+    pub wte: Param<Tensor<2>>,
+    pub blocks: Vec<Block>,
+    /// Value embedding of layer i, `[V, H*D]`, on the layers where `has_ve(i)`.
+    pub value_embeds: Vec<Option<Param<Tensor<2>>>>,
+    /// Output head `[C, V]` (untied from `wte`).
+    pub lm_head: Param<Tensor<2>>,
+    /// Per-layer weight of the running residual `[n_layer]`.
+    pub resid_lambdas: Param<Tensor<1>>,
+    /// Per-layer weight of the first-layer input x0 `[n_layer]`.
+    pub x0_lambdas: Param<Tensor<1>>,
+    #[module(skip)]
+    pub config: GptConfig,
+}
+
+/// One transformer layer: attention then MLP, both pre-norm residuals, no biases.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// `[C, H*D]` each.
+    pub c_q: Param<Tensor<2>>,
+    pub c_k: Param<Tensor<2>>,
+    pub c_v: Param<Tensor<2>>,
+    /// `[C, C]`, zero-initialised.
+    pub c_proj: Param<Tensor<2>>,
+    /// `[VE_GATE_CHANNELS, H]`, on value-embedding layers only.
+    pub ve_gate: Option<Param<Tensor<2>>>,
+    /// `[C, 4C]`.
+    pub c_fc: Param<Tensor<2>>,
+    /// `[4C, C]`, zero-initialised.
+    pub mlp_proj: Param<Tensor<2>>,
+}
+
+impl Gpt {
+    /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
+    pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
+        let cfg = &self.config;
+        let [b, t] = idx.dims();
+        let device = idx.device();
+        let (cos, sin) = rotary_tables(t, cfg.head_dim, &device);
+        let windows = cfg.window_sizes();
+
+        let mut x = rms_norm(embedding(self.wte.val(), idx.clone())); // [B, T, C]
+        let x0 = x.clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let resid = self.resid_lambdas.val().narrow(0, i, 1).reshape([1, 1, 1]);
+            let skip = self.x0_lambdas.val().narrow(0, i, 1).reshape([1, 1, 1]);
+            x = x * resid + x0.clone() * skip;
+            let ve = self.value_embeds[i].as_ref().map(|w| embedding(w.val(), idx.clone())); // [B, T, H*D]
+            // Causality comes from the attention op; a mask is only needed for a short window.
+            let mask = (windows[i] < t).then(|| window_mask(b, cfg.n_head, t, windows[i], &device));
+            x = block.forward(x, ve, &cos, &sin, mask, cfg);
+        }
+        let logits = linear(rms_norm(x), self.lm_head.val(), None); // [B, T, V]
+        logits.div_scalar(LOGIT_SOFTCAP).tanh().mul_scalar(LOGIT_SOFTCAP)
+    }
+}
+
+impl Block {
+    /// `x` `[B, T, C]` -> `[B, T, C]`.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        ve: Option<Tensor<3>>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+        cfg: &GptConfig,
+    ) -> Tensor<3> {
+        let x = x.clone() + self.attention(rms_norm(x), ve, cos, sin, mask, cfg);
+        let h = relu(linear(rms_norm(x.clone()), self.c_fc.val(), None)).square(); // [B, T, 4C]
+        x + linear(h, self.mlp_proj.val(), None)
+    }
+
+    fn attention(
+        &self,
+        x: Tensor<3>,
+        ve: Option<Tensor<3>>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+        cfg: &GptConfig,
+    ) -> Tensor<3> {
+        let [b, t, c] = x.dims();
+        let (h, d) = (cfg.n_head, cfg.head_dim);
+        let q = linear(x.clone(), self.c_q.val(), None).reshape([b, t, h, d]);
+        let k = linear(x.clone(), self.c_k.val(), None).reshape([b, t, h, d]);
+        let mut v = linear(x.clone(), self.c_v.val(), None).reshape([b, t, h, d]);
+        // Value residual (ResFormer): v += 2 * sigmoid(x[..., :32] @ W_g) * ve, one gate per head.
+        if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
+            let g = sigmoid(linear(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val(), None)).mul_scalar(2.0); // [B, T, H]
+            v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, h, d]);
+        }
+        // [B, H, T, D]; rotary first, then QK-norm, as the reference.
+        let q = rms_norm(rotary(q.swap_dims(1, 2), cos, sin));
+        let k = rms_norm(rotary(k.swap_dims(1, 2), cos, sin));
+        let v = v.swap_dims(1, 2);
+        let options = AttentionModuleOptions { scale: Some(1.0 / (d as f64).sqrt()), softcap: None, is_causal: true };
+        let y = attention(q, k, v, mask, None, options); // [B, H, T, D]
+        linear(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val(), None)
+    }
+}
+
+/// RMSNorm over the last dimension, without a learnable weight (eps = f32 machine epsilon, as
+/// PyTorch's `F.rms_norm` default).
+pub fn rms_norm<const N: usize>(x: Tensor<N>) -> Tensor<N> {
+    let mean_sq = x.clone().square().mean_dim(N - 1);
+    x * mean_sq.add_scalar(f32::EPSILON).sqrt().recip()
+}
+
+/// Rotary tables `cos`, `sin`, each `[1, 1, T, D/2]`: angle `t / base^(2j/D)`.
+pub fn rotary_tables(t: usize, head_dim: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for pos in 0..t {
+        for j in 0..half {
+            let inv_freq = 1.0 / ROPE_BASE.powf((2 * j) as f64 / head_dim as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, half]), device);
+    (table(cos), table(sin))
+}
+
+/// Half-split rotation of `x` `[B, H, T, D]`: `(x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin)`.
+pub fn rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let y1 = x1.clone() * cos.clone() + x2.clone() * sin.clone();
+    let y2 = x2 * cos.clone() - x1 * sin.clone();
+    Tensor::cat(vec![y1, y2], 3)
+}
+
+/// Sliding-window mask `[B, H, T, T]`, true where key j is more than `window` positions behind
+/// query i (FlashAttention's `window_size = (window, 0)`); causality is handled separately.
+pub fn window_mask(b: usize, h: usize, t: usize, window: usize, device: &Device) -> Tensor<4, Bool> {
+    let blocked: Vec<bool> = (0..t * t).map(|ij| (ij / t) > (ij % t) + window).collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [t, t]), device)
+        .reshape([1, 1, t, t])
+        .expand([b, h, t, t])
+}
+
+/// Mean cross-entropy (nats) of `logits` `[B, T, V]` against `targets` `[B, T]`.
+pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    let log_probs = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
+    let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B*T, 1]
+    picked.mean().neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference_config() -> GptConfig {
+        let hp = Hparams::load("gpu", None).unwrap();
+        GptConfig::new(&hp, 8192, 2048)
+    }
+
+    #[test]
+    fn reference_shape_and_windows() {
+        let cfg = reference_config();
+        assert_eq!((cfg.n_embd, cfg.n_head, cfg.head_dim), (512, 4, 128));
+        assert_eq!(cfg.window_sizes(), vec![1024, 1024, 1024, 2048, 1024, 1024, 1024, 2048]);
+        let ve: Vec<usize> = (0..8).filter(|&i| cfg.has_ve(i)).collect();
+        assert_eq!(ve, vec![1, 3, 5, 7]);
+    }
+
+    #[test]
+    fn reference_param_count_formula_is_50_3m() {
+        let p = reference_config().param_counts();
+        assert_eq!(format!("{:.1}", p.total as f64 / 1e6), "50.3");
+        assert_eq!(p.total, 50_332_176);
+    }
+
+    /// Builds the full reference-size model (~200 MB) and counts its parameters.
+    #[test]
+    fn reference_model_has_50_3m_params() {
+        let cfg = reference_config();
+        let model = cfg.init(&Device::flex());
+        assert_eq!(model.num_params(), cfg.param_counts().total);
+    }
+
+    #[test]
+    fn rotary_preserves_head_vector_norms() {
+        let device = Device::flex();
+        let (b, h, t, d) = (2, 3, 17, 8);
+        let x = Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let (cos, sin) = rotary_tables(t, d, &device);
+        let y = rotary(x.clone(), &cos, &sin);
+        let norms = |x: Tensor<4>| x.square().sum_dim(3).sqrt().into_data().to_vec::<f32>().unwrap();
+        let diff = y.clone().sub(x.clone()).abs().max().into_scalar::<f32>();
+        assert!(diff > 1e-3, "rotary should change the vectors");
+        for (a, b) in norms(x).iter().zip(norms(y)) {
+            assert!((a - b).abs() < 1e-4 * a.max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_causality() {
+        let device = Device::flex();
+        device.seed(1);
+        let cfg = GptConfig { vocab_size: 64, seq_len: 8, n_layer: 2, n_head: 2, n_embd: 64, head_dim: 32, window_pattern: "SL".into() };
+        let mut model = cfg.init(&device);
+        // Non-zero output projections so every layer affects the logits.
+        for blk in model.blocks.iter_mut() {
+            blk.c_proj = Param::from_tensor(Tensor::random([64, 64], Distribution::Normal(0.0, 0.1), &device));
+            blk.mlp_proj = Param::from_tensor(Tensor::random([256, 64], Distribution::Normal(0.0, 0.1), &device));
+        }
+        let a: Vec<i64> = vec![1, 2, 3, 4, 5, 6, 7, 8];
+        let mut bvec = a.clone();
+        bvec[6] = 30; // changes position 6 only
+        let ids = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [1, 8]), &device);
+        let la = model.forward(ids(a));
+        let lb = model.forward(ids(bvec));
+        assert_eq!(la.dims(), [1, 8, 64]);
+        let diff = (la - lb).abs().max_dim(2).into_data().to_vec::<f32>().unwrap();
+        assert!(diff[..6].iter().all(|&d| d < 1e-5), "the past must not see the future: {diff:?}");
+        assert!(diff[6] > 1e-4 && diff[7] > 1e-4, "{diff:?}");
+    }
+}

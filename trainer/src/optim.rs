@@ -1,0 +1,244 @@
+//! MuonAdamW, the reference's combined optimizer: Muon for the 2-D matrices inside the blocks,
+//! AdamW for embeddings, the LM head and the per-layer scalars.
+//!
+//! Every parameter is handled as a 2-D tensor (a vector `[n]` becomes `[1, n]`), and its group
+//! is looked up by [`ParamId`], assigned once from the model's structure in [`MuonAdamW::new`].
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+use crate::hparams::Hparams;
+use crate::model::Gpt;
+
+/// Polar Express coefficients (Amsel et al. 2025) for 5 steps, as the reference: each step
+/// maps X -> a X + b (X X^T) X + c (X X^T)^2 X.
+pub const POLAR_EXPRESS: [(f32, f32, f32); 5] = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+];
+
+/// How one parameter is optimised.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// AdamW without weight decay.
+    AdamW { lr: f64, beta1: f64, beta2: f64 },
+    /// Muon; `lr` already includes the `sqrt(max(1, out/in))` shape factor.
+    Muon { lr: f64 },
+}
+
+/// Per-parameter state, all `[rows, cols]` like the parameter (or reduced, for `second`).
+enum State {
+    AdamW { step: i32, m: Tensor<2>, v: Tensor<2> },
+    Muon { momentum: Tensor<2>, second: Tensor<2> },
+}
+
+/// Schedule values for one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSchedule {
+    /// Multiplies every learning rate.
+    pub lr_multiplier: f64,
+    /// Muon's Nesterov momentum.
+    pub muon_momentum: f64,
+    /// Muon's cautious weight decay.
+    pub muon_weight_decay: f64,
+}
+
+pub struct MuonAdamW {
+    rules: HashMap<ParamId, Rule>,
+    state: HashMap<ParamId, State>,
+    muon_beta2: f64,
+    ns_steps: usize,
+    eps: f64,
+}
+
+impl MuonAdamW {
+    /// Assigns every parameter of `model` to its group with the reference's learning rates.
+    pub fn new(model: &Gpt, hp: &Hparams) -> Self {
+        // AdamW learning rates were tuned at width 768; scale them by 1/sqrt(width/768).
+        let s = (model.config.n_embd as f64 / 768.0).powf(-0.5);
+        let [b1, b2] = hp.adam_betas;
+        let adam = |lr: f64| Rule::AdamW { lr, beta1: b1, beta2: b2 };
+        let mut rules = HashMap::new();
+        rules.insert(model.lm_head.id, adam(hp.unembedding_lr * s));
+        rules.insert(model.wte.id, adam(hp.embedding_lr * s));
+        for ve in model.value_embeds.iter().flatten() {
+            rules.insert(ve.id, adam(hp.embedding_lr * s));
+        }
+        rules.insert(model.resid_lambdas.id, adam(hp.scalar_lr * 0.01));
+        let [x0b1, x0b2] = hp.x0_betas;
+        rules.insert(model.x0_lambdas.id, Rule::AdamW { lr: hp.scalar_lr, beta1: x0b1, beta2: x0b2 });
+        // Muon: every matrix of the blocks, the value-embedding gates included (as the reference,
+        // whose Muon group is `transformer.h.parameters()`).
+        for block in &model.blocks {
+            let matrices = [&block.c_q, &block.c_k, &block.c_v, &block.c_proj, &block.c_fc, &block.mlp_proj];
+            for w in matrices.into_iter().chain(block.ve_gate.as_ref()) {
+                let [d_in, d_out] = w.lazy_shape().dims::<2>();
+                // PyTorch's [rows, cols] = [out, in]: lr * sqrt(max(1, rows / cols)).
+                let shape_factor = (d_out as f64 / d_in as f64).max(1.0).sqrt();
+                rules.insert(w.id, Rule::Muon { lr: hp.matrix_lr * shape_factor });
+            }
+        }
+        debug_assert_eq!(rules.len(), count_params(model), "every parameter has a rule");
+        Self { rules, state: HashMap::new(), muon_beta2: hp.muon_beta2, ns_steps: hp.ns_steps, eps: hp.adam_eps }
+    }
+
+    /// One optimizer step: returns the updated model.
+    pub fn step(&mut self, model: Gpt, mut grads: GradientsParams, schedule: StepSchedule) -> Gpt {
+        let mut mapper = Updater { optim: self, grads: &mut grads, schedule };
+        model.map(&mut mapper)
+    }
+
+    /// New value of one parameter `p` `[rows, cols]` given its gradient.
+    fn update(&mut self, id: ParamId, p: Tensor<2>, grad: Tensor<2>, sched: StepSchedule) -> Tensor<2> {
+        let rule = *self.rules.get(&id).expect("parameter without an optimizer rule");
+        match rule {
+            Rule::AdamW { lr, beta1, beta2 } => {
+                let state = self.state.entry(id).or_insert_with(|| State::AdamW {
+                    step: 0,
+                    m: p.zeros_like(),
+                    v: p.zeros_like(),
+                });
+                let State::AdamW { step, m, v } = state else { unreachable!() };
+                *step += 1;
+                *m = m.clone().mul_scalar(beta1) + grad.clone().mul_scalar(1.0 - beta1);
+                *v = v.clone().mul_scalar(beta2) + grad.square().mul_scalar(1.0 - beta2);
+                let bias1 = 1.0 - beta1.powi(*step);
+                let bias2 = 1.0 - beta2.powi(*step);
+                let denom = v.clone().div_scalar(bias2).sqrt().add_scalar(self.eps);
+                let lr = lr * sched.lr_multiplier;
+                p - (m.clone() / denom).mul_scalar(lr / bias1)
+            }
+            Rule::Muon { lr } => {
+                let [rows, cols] = p.dims();
+                // NorMuon keeps one second moment per unit of the longer side: reduce over the
+                // shorter side (dim 0 = inputs when out >= in, as the reference's red_dim).
+                let red_dim = if cols >= rows { 0 } else { 1 };
+                let state = self.state.entry(id).or_insert_with(|| State::Muon {
+                    momentum: p.zeros_like(),
+                    second: if red_dim == 0 { p.zeros_like().narrow(0, 0, 1) } else { p.zeros_like().narrow(1, 0, 1) },
+                });
+                let State::Muon { momentum, second } = state else { unreachable!() };
+                // Nesterov momentum: buf = m buf + (1-m) g; g = (1-m) g + m buf.
+                let mu = sched.muon_momentum;
+                *momentum = momentum.clone().mul_scalar(mu) + grad.clone().mul_scalar(1.0 - mu);
+                let g = grad.mul_scalar(1.0 - mu) + momentum.clone().mul_scalar(mu);
+                let g = orthogonalize(g, self.ns_steps);
+                let g = normuon_scale(g, second, red_dim, self.muon_beta2);
+                // Cautious weight decay: decay only the entries where the update and the weight
+                // agree in sign.
+                let lr = lr * sched.lr_multiplier;
+                let agree = g.clone().mul(p.clone()).greater_equal_elem(0.0).float();
+                let decay = p.clone().mul(agree).mul_scalar(sched.muon_weight_decay);
+                p - (g + decay).mul_scalar(lr)
+            }
+        }
+    }
+}
+
+/// Approximate polar factor U V^T of `g` (`G = U S V^T`): Frobenius-normalise, then
+/// `steps` Polar Express iterations. Works on the Gram matrix of the shorter side.
+pub fn orthogonalize(g: Tensor<2>, steps: usize) -> Tensor<2> {
+    let [rows, cols] = g.dims();
+    let norm = g.clone().square().sum().sqrt().reshape([1, 1]);
+    let mut x = g / (norm.mul_scalar(1.02).add_scalar(1e-6));
+    for &(a, b, c) in POLAR_EXPRESS.iter().take(steps) {
+        if rows > cols {
+            let gram = x.clone().transpose().matmul(x.clone()); // [cols, cols]
+            let poly = gram.clone().mul_scalar(b) + gram.clone().matmul(gram).mul_scalar(c);
+            x = x.clone().mul_scalar(a) + x.matmul(poly);
+        } else {
+            let gram = x.clone().matmul(x.clone().transpose()); // [rows, rows]
+            let poly = gram.clone().mul_scalar(b) + gram.clone().matmul(gram).mul_scalar(c);
+            x = x.clone().mul_scalar(a) + poly.matmul(x);
+        }
+    }
+    x
+}
+
+/// NorMuon variance reduction: divide each row (or column) of the orthogonalised update by the
+/// root of its running mean square, then rescale so the update keeps its Frobenius norm.
+/// `second` is the running mean square, `[1, cols]` (red_dim 0) or `[rows, 1]` (red_dim 1).
+fn normuon_scale(g: Tensor<2>, second: &mut Tensor<2>, red_dim: usize, beta2: f64) -> Tensor<2> {
+    let v_mean = g.clone().square().mean_dim(red_dim);
+    let norm = g.clone().square().sum().sqrt().reshape([1, 1]);
+    *second = second.clone().mul_scalar(beta2) + v_mean.mul_scalar(1.0 - beta2);
+    let step = second.clone().clamp_min(1e-10).sqrt().recip();
+    let scaled = g * step;
+    let new_norm = scaled.clone().square().sum().sqrt().reshape([1, 1]).clamp_min(1e-10);
+    scaled * (norm / new_norm)
+}
+
+fn count_params(model: &Gpt) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.0 += 1;
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    c.0
+}
+
+/// Walks the model and replaces each parameter that has a gradient by its updated value.
+struct Updater<'a> {
+    optim: &'a mut MuonAdamW,
+    grads: &'a mut GradientsParams,
+    schedule: StepSchedule,
+}
+
+impl ModuleMapper for Updater<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let dims = tensor.dims();
+        // Optimizer math runs outside the autodiff graph, on 2-D views.
+        let rows = if D == 1 { 1 } else { dims[0] };
+        let cols = dims.iter().product::<usize>() / rows;
+        let p = tensor.inner().reshape([rows, cols]);
+        let g = grad.inner().reshape([rows, cols]);
+        let updated = self.optim.update(id, p, g, self.schedule).reshape(dims);
+        let updated = Tensor::from_inner(updated).set_require_grad(require_grad);
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Singular values of the Polar Express output lie near 1: U^T U ≈ I.
+    #[test]
+    fn orthogonalized_update_is_near_orthogonal() {
+        let device = Device::flex();
+        device.seed(7);
+        for (rows, cols) in [(64, 32), (32, 64), (48, 48)] {
+            let g = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), &device);
+            let u = orthogonalize(g, 5);
+            let k = rows.min(cols);
+            let gram = if rows >= cols { u.clone().transpose().matmul(u) } else { u.clone().matmul(u.transpose()) };
+            let err = (gram - Tensor::<2>::eye(k, &device)).abs().max().into_scalar::<f32>();
+            assert!(err < 0.3, "{rows}x{cols}: max |U^T U - I| = {err}");
+        }
+    }
+
+    #[test]
+    fn normuon_keeps_the_frobenius_norm() {
+        let device = Device::flex();
+        let g = Tensor::<2>::random([8, 16], Distribution::Normal(0.0, 1.0), &device);
+        let mut second = Tensor::<2>::zeros([1, 16], &device);
+        let out = normuon_scale(g.clone(), &mut second, 0, 0.95);
+        let n = |t: Tensor<2>| t.square().sum().sqrt().into_scalar::<f32>();
+        assert!((n(out) - n(g)).abs() < 1e-3);
+    }
+}
