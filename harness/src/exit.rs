@@ -1,0 +1,100 @@
+//! Exit codes of the `harness` binary: the runner decides keep / discard / crash / retry by them.
+
+/// The run finished and printed its summary.
+pub const SUCCESS: i32 = 0;
+/// Training diverged (NaN loss or loss above 100): `FAIL` was printed, as the reference does.
+pub const DIVERGED: i32 = 1;
+/// Bad command line, unreadable profile or hyperparameter file, device not compiled in.
+pub const USAGE: i32 = 2;
+/// The device ran out of memory; the runner retries with `--device-batch-scale` halved.
+pub const OUT_OF_MEMORY: i32 = 3;
+/// The trained model's logits at a position moved when only later tokens changed.
+pub const CAUSALITY_VIOLATION: i32 = 4;
+/// Prepared data missing or corrupt: run `prepare` first.
+pub const DATA_ERROR: i32 = 5;
+/// Any other failure (trainer error, panic, evaluation error).
+pub const OTHER_FAILURE: i32 = 6;
+
+/// Every exit code with its short name (as written in `--summary-json` `status`) and meaning.
+pub const EXIT_CODES: &[(i32, &str, &str)] = &[
+    (SUCCESS, "ok", "success: the summary block was printed"),
+    (DIVERGED, "diverged", "FAIL: the training loss went NaN or above 100"),
+    (USAGE, "usage", "usage or configuration error (arguments, profile, hparams file, device)"),
+    (OUT_OF_MEMORY, "oom", "out of memory (retry with a smaller --device-batch-scale)"),
+    (CAUSALITY_VIOLATION, "causality", "causality violation: earlier logits depend on later tokens"),
+    (DATA_ERROR, "data", "prepared data missing or corrupt (run prepare)"),
+    (OTHER_FAILURE, "error", "any other failure (trainer error, panic, evaluation error)"),
+];
+
+/// Short name of an exit code (`"ok"`, `"oom"`...), `"unknown"` for codes not listed.
+pub fn status_name(code: i32) -> &'static str {
+    EXIT_CODES
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, name, _)| *name)
+        .unwrap_or("unknown")
+}
+
+/// The exit-code table as help text, one line per code.
+pub fn help_text() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, _, meaning) in EXIT_CODES {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text
+}
+
+/// True when an error or panic message says the device or the host ran out of memory.
+pub fn looks_like_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "oom",
+        "memory allocation",
+        "allocation failed",
+        "failed to allocate",
+        "cannot allocate",
+        "alloc failed",
+        "memory exhausted",
+        "insufficient memory",
+        "not enough memory",
+    ]
+    .iter()
+    .any(|needle| {
+        if *needle == "oom" {
+            // Whole word only: "room", "zoom" are not OOM.
+            m.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == "oom")
+        } else {
+            m.contains(needle)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_named() {
+        for (i, (a, _, _)) in EXIT_CODES.iter().enumerate() {
+            for (b, _, _) in &EXIT_CODES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(status_name(OUT_OF_MEMORY), "oom");
+        assert_eq!(status_name(42), "unknown");
+        assert!(help_text().contains("  4  causality violation"));
+    }
+
+    #[test]
+    fn out_of_memory_messages_are_recognised() {
+        assert!(looks_like_out_of_memory("CUDA out of memory. Tried to allocate 2 GiB"));
+        assert!(looks_like_out_of_memory("OutOfMemory { size: 10 }"));
+        assert!(looks_like_out_of_memory("memory allocation of 1234 bytes failed"));
+        assert!(looks_like_out_of_memory("wgpu: OOM while creating buffer"));
+        assert!(!looks_like_out_of_memory("index out of bounds: the len is 3"));
+        assert!(!looks_like_out_of_memory("no room left in the row"));
+    }
+}
