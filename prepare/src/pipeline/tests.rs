@@ -173,16 +173,16 @@ fn uniform_model_scores_ln_v_per_counted_token() {
     prepare(&opts(cache.path(), SourceSpec::Dir { dir: src.path().to_path_buf(), num_shards: None }), &quiet).unwrap();
     let data = PreparedData::open(cache.path()).unwrap();
     let profile = PlatformProfile {
-        seq_len: 32,
+        seq_len: 256,
         eval_batch_size: 4,
-        eval_tokens: 32 * 4 * 5,
+        eval_tokens: 256 * 4 * 5,
         ..PlatformProfile::default()
     };
     let device = Device::flex();
     let sums = evaluate_bpb(&Uniform { vocab: data.vocab_size() }, &data, &profile, &device).unwrap();
 
     // N and bytes, counted straight from the batches.
-    let mut loader = PackedLoader::validation(&data, 4, 32).unwrap();
+    let mut loader = PackedLoader::validation(&data, 4, 256).unwrap();
     let (mut n, mut bytes) = (0u64, 0u64);
     for _ in 0..5 {
         for &t in &loader.next_batch().unwrap().targets {
@@ -193,7 +193,7 @@ fn uniform_model_scores_ln_v_per_counted_token() {
             }
         }
     }
-    assert!(n > 0 && n < 5 * 4 * 32, "specials (BOS targets) are masked");
+    assert!(n > 0 && n < 5 * 4 * 256, "specials (BOS targets) are masked");
     assert_eq!((sums.tokens, sums.bytes), (n, bytes));
     let v = data.vocab_size() as f64;
     let want = n as f64 * v.ln() / (std::f64::consts::LN_2 * bytes as f64);
