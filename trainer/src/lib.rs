@@ -210,6 +210,56 @@ mod tests {
         assert!(last < 0.5 * first, "loss did not fall enough: {first} -> {last}");
     }
 
+    /// The whole `train` on a prepared cache, then `evaluate_bpb` on the returned model.
+    /// Runs only when `TRAINER_E2E_CACHE` names a prepared cache directory; optional
+    /// `TRAINER_E2E_HPARAMS` (TOML), `TRAINER_E2E_SEQ_LEN`, `TRAINER_E2E_TOKENS`.
+    #[test]
+    fn end_to_end_on_a_prepared_cache() {
+        use prepare::clock::TrainingClock;
+        use prepare::profile::PlatformProfile;
+        let Ok(dir) = std::env::var("TRAINER_E2E_CACHE") else {
+            eprintln!("TRAINER_E2E_CACHE not set: end-to-end test skipped");
+            return;
+        };
+        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
+        let seq_len: usize = env("TRAINER_E2E_SEQ_LEN", "64").parse().unwrap();
+        let tokens: f64 = env("TRAINER_E2E_TOKENS", "16384").parse().unwrap();
+        let over = env("TRAINER_E2E_HPARAMS", "depth = 2\ntotal_batch_tokens = 2048\ndevice_batch_size = 8");
+        let data = prepare::data::PreparedData::open(std::path::Path::new(&dir)).unwrap();
+        let profile = PlatformProfile {
+            class: "cpu".into(),
+            seq_len,
+            eval_tokens: seq_len * 8 * 4,
+            eval_batch_size: 8,
+            warmup_steps: 1,
+            dtype: "f32".into(),
+            ..Default::default()
+        };
+        let mut clock = TrainingClock::new(Budget::Tokens(tokens as u64), 1);
+        let device = Device::flex();
+        let started = std::time::Instant::now();
+        let trained = train(TrainContext {
+            device: device.clone(),
+            data: &data,
+            profile: &profile,
+            clock: &mut clock,
+            seed: 42,
+            hparams_override: Some(over),
+        })
+        .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let sums = prepare::eval::evaluate_bpb(trained.model.as_ref(), &data, &profile, &device).unwrap();
+        eprintln!(
+            "e2e: {} steps, {} tokens in {secs:.1}s ({:.0} tok/s overall, {:.1}M params), val_bpb {:.4}",
+            clock.steps(),
+            clock.tokens(),
+            clock.tokens() as f64 / secs,
+            trained.num_params as f64 / 1e6,
+            sums.bpb()
+        );
+        assert!(sums.bpb().is_finite() && sums.bpb() > 0.0);
+    }
+
     #[test]
     fn returned_model_runs_without_autodiff() {
         let hp = tiny_hparams("");

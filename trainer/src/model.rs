@@ -328,12 +328,20 @@ mod tests {
         let x = Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
         let (cos, sin) = rotary_tables(t, d, &device);
         let y = rotary(x.clone(), &cos, &sin);
-        let norms = |x: Tensor<4>| x.square().sum_dim(3).sqrt().into_data().to_vec::<f32>().unwrap();
+        let norms = |x: Tensor<4>| x.square().sum_dim(3).sqrt().into_data().try_to_vec::<f32>().unwrap();
         let diff = y.clone().sub(x.clone()).abs().max().into_scalar::<f32>();
         assert!(diff > 1e-3, "rotary should change the vectors");
         for (a, b) in norms(x).iter().zip(norms(y)) {
             assert!((a - b).abs() < 1e-4 * a.max(1.0), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn window_mask_blocks_keys_beyond_the_window() {
+        let m = window_mask(1, 1, 5, 2, &Device::flex()).reshape([25]).into_data().try_to_vec::<bool>().unwrap();
+        // Query 4 sees keys 2..=4 (window 2 behind it), blocks 0 and 1.
+        assert_eq!(&m[20..25], &[true, true, false, false, false]);
+        assert_eq!(&m[10..15], &[false, false, false, false, false], "causality is not this mask's job");
     }
 
     #[test]
@@ -354,7 +362,7 @@ mod tests {
         let la = model.forward(ids(a));
         let lb = model.forward(ids(bvec));
         assert_eq!(la.dims(), [1, 8, 64]);
-        let diff = (la - lb).abs().max_dim(2).into_data().to_vec::<f32>().unwrap();
+        let diff = (la - lb).abs().max_dim(2).into_data().try_to_vec::<f32>().unwrap();
         assert!(diff[..6].iter().all(|&d| d < 1e-5), "the past must not see the future: {diff:?}");
         assert!(diff[6] > 1e-4 && diff[7] > 1e-4, "{diff:?}");
     }
