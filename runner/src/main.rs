@@ -1,1 +1,22 @@
-fn main() {}
+//! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
+
+mod cli;
+mod config;
+mod db;
+mod detect;
+mod errors;
+mod executor;
+mod git;
+mod guard;
+mod keep;
+mod process;
+mod progress;
+mod proposer;
+mod results;
+mod runloop;
+mod train;
+mod tree;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -1,0 +1,498 @@
+//! The command line: parsing, config overrides and dispatch.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Budget, Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
+use crate::errors::{code, usage};
+use crate::git::Git;
+
+const ABOUT: &str = "Autonomous research on a Rust GPT trainer: propose a change, train for a fixed budget, keep it if val_bpb improves.";
+
+const LONG_ABOUT: &str = "\
+Autonomous research on a Rust GPT trainer (a port of karpathy/autoresearch).
+
+Every experiment changes the `trainer` crate only, trains it for a fixed budget with the read-only \
+`harness` (which owns the data, the clock and the metric), and is kept when val_bpb (validation \
+bits per byte, lower is better) improves. Kept experiments advance the branch autoresearch/<tag>; \
+every experiment, kept or not, stays reachable under refs/autoresearch/<tag>/<node>.
+
+Typical session:
+  autoresearch detect                   # hardware, platform profile, backend
+  autoresearch train                    # one run of the current trainer (a sanity check)
+  autoresearch run --max-experiments 50 # the loop (Ctrl-C, then `run --resume` to continue)
+  autoresearch results                  # results.tsv as a table
+  autoresearch tree visualize           # the experiment tree";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success
+  1    failure (the error says what went wrong)
+  2    usage: a bad flag, config key or value (the message names it)
+  3    repository state: not a git repo, branch exists (use --resume), no such run
+  4    cancelled at the confirmation prompt
+  130  interrupted (Ctrl-C); `autoresearch run --resume` continues
+  `train` exits with the harness's own code (0 ok, 1 diverged, 3 out of memory, 4 causality, ...)
+
+Files:
+  configs/research.toml        defaults for every `run` flag
+  configs/search_space.toml    the built-in search's parameters and values
+  configs/program.md           the coding agent's instructions
+  results.tsv                  one row per experiment (reference format)
+  .autoresearch/<tag>/         tree.db (SQLite), experiments.jsonl, logs/, autoresearch-summary.md
+  .worktrees/<tag>-n<id>       an experiment's checkout while it runs";
+
+#[derive(Debug, Parser)]
+#[command(name = "autoresearch", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Repository to work in. [default: the git repository containing the current directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report the CPU, GPUs and Vulkan, pick a platform profile and backend, show its adjustments.
+    Detect {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Cargo features the harness is (or will be) built with, e.g. tch or wgpu.
+        /// [default: `features` of the research config]
+        #[arg(long, value_name = "LIST")]
+        features: Option<String>,
+    },
+    /// One run of the current trainer in this checkout: build the harness, train, print the summary.
+    Train(TrainArgs),
+    /// The research loop: propose, commit, guard, train, keep or discard, repeat.
+    #[command(long_about = RUN_LONG_ABOUT)]
+    Run(RunArgs),
+    /// Inspect and edit the experiment tree of a run.
+    Tree {
+        /// Run to inspect. [default: the config's tag, else today's date]
+        #[arg(long, global = true)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, global = true, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TreeCommand,
+    },
+    /// Show results.tsv as a table.
+    Results {
+        /// results file. [default: `results_file` of the config]
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const RUN_LONG_ABOUT: &str = "\
+The research loop.
+
+Setup: creates branch autoresearch/<tag> at HEAD (refuses an existing one unless --resume), hashes \
+the read-only paths (sha256), and runs the unmodified trainer as the baseline (several seeds with \
+the noise-aware keep rule, to measure run-to-run noise).
+
+Each experiment: the proposer picks a parent node and makes one change in a fresh worktree \
+(.worktrees/<tag>-n<id>, checked out at the parent); the runner commits it (kept forever under \
+refs/autoresearch/<tag>/n<id>), checks that only the scope changed and the read-only files still \
+match their hashes (else `rejected`), builds and runs it with a hard timeout (the whole process \
+group is killed), retries once at half the device batch after an out-of-memory exit, applies the \
+keep rule, moves the branch on a keep, appends a results.tsv row and a JSONL record, and removes \
+the worktree. All worktrees share one cargo target directory (<repo>/target).
+
+Every flag overrides the key of the same name in the research config (configs/research.toml). \
+The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";
+
+#[derive(Debug, Args, Default)]
+pub struct ConfigArgs {
+    /// Research config file. [default: configs/research.toml; absent: built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run name: branch autoresearch/<tag>. [default: today's date, e.g. nov25]
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The trainer crate (the code under research).
+    #[arg(long, value_name = "PATH")]
+    pub trainer: Option<String>,
+    /// Path a change may touch (repeat for several). [default: the trainer]
+    #[arg(long, value_name = "PATH")]
+    pub scope: Vec<String>,
+    /// Read-only path, hashed at run start (repeat for several; replaces the config's list).
+    #[arg(long = "read-only", value_name = "PATH")]
+    pub read_only: Vec<String>,
+    /// Training budget: time:SECONDS, tokens:N or flops:N. [default: time:300]
+    #[arg(long, value_name = "SPEC", value_parser = check_budget)]
+    pub budget: Option<String>,
+    /// Summary-JSON key to optimise. [default: val_bpb]
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Which way the metric improves.
+    #[arg(long, value_enum)]
+    pub direction: Option<DirectionArg>,
+    /// Experiments after the baseline (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub max_experiments: Option<u64>,
+    /// Run until stopped (same as --max-experiments 0).
+    #[arg(long, conflicts_with = "max_experiments")]
+    pub unlimited: bool,
+    /// results.tsv path.
+    #[arg(long, value_name = "FILE")]
+    pub results_file: Option<String>,
+    /// Who proposes changes.
+    #[arg(long, value_enum)]
+    pub proposer: Option<ProposerKind>,
+    /// Shell command of the `command` proposer (run in the worktree).
+    #[arg(long, value_name = "CMD")]
+    pub proposer_command: Option<String>,
+    /// Command line of the `agent` proposer ({prompt}, {prompt_file}, {worktree}, {scope}).
+    #[arg(long, value_name = "CMD")]
+    pub agent_command: Option<String>,
+    /// Where experiments run.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// strict or noise-aware (see `run --help` and the README).
+    #[arg(long, value_enum)]
+    pub keep_rule: Option<KeepRule>,
+    /// Baseline repetitions for the noise estimate (noise-aware).
+    #[arg(long, value_name = "K")]
+    pub baseline_runs: Option<u32>,
+    /// Smallest gain kept when the noise is 0 (noise-aware).
+    #[arg(long, value_name = "X")]
+    pub noise_floor: Option<f64>,
+    /// Kill an experiment after SECONDS (build included). [default: 2 x budget + build allowance]
+    #[arg(long, value_name = "SECONDS")]
+    pub hard_timeout: Option<u64>,
+    /// Seed of the first run of each experiment.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Platform profile TOML. [default: the one `detect` picks]
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<String>,
+    /// Harness --device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Harness --cache-dir (prepared data).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<String>,
+    /// Extra cargo features of the harness build (tch, wgpu).
+    #[arg(long, value_name = "LIST")]
+    pub features: Option<String>,
+    /// Harness --device-batch-scale in (0, 1].
+    #[arg(long, value_name = "X")]
+    pub device_batch_scale: Option<f64>,
+    /// Shell command that runs one experiment (placeholders: see configs/research.toml).
+    #[arg(long, value_name = "CMD")]
+    pub experiment_command: Option<String>,
+    /// Search space of the `search` proposer.
+    #[arg(long, value_name = "FILE")]
+    pub search_space: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DirectionArg {
+    Lower,
+    Higher,
+}
+
+fn check_budget(s: &str) -> Result<String, String> {
+    Budget::parse(s).map(|_| s.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Continue the run of this tag (after Ctrl-C, a crash or kill -9).
+    #[arg(long)]
+    pub resume: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Also write the summary JSON here. [default: .autoresearch/train-summary.json]
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TreeCommand {
+    /// Every node: id, parent, status, commit, metric, description.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One node in detail (runs, timings, insight; --diff for the change).
+    Show {
+        node: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Add a planned node (an idea to try) under PARENT.
+    Add {
+        #[arg(long)]
+        parent: String,
+        #[arg(long)]
+        hypothesis: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Record the result of a node run outside the runner (manual proposer).
+    Record {
+        node: String,
+        /// The harness's --summary-json output.
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
+        /// The metric value.
+        #[arg(long, value_name = "X")]
+        metric: Option<f64>,
+        #[arg(long, value_name = "MB")]
+        memory_mb: Option<f64>,
+        /// The run failed: why.
+        #[arg(long, value_name = "WHY")]
+        crash: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        hypothesis: Option<String>,
+    },
+    /// The path from the baseline to the best node.
+    BestPath {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a node and its subtree `pruned` (never expanded again).
+    Prune { node: String },
+    /// Delete a node (and with --recursive its subtree) and its refs.
+    Delete {
+        node: String,
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Draw the tree.
+    Visualize,
+    /// Metrics of two nodes side by side, and the diff between their commits.
+    Compare { a: String, b: String },
+}
+
+impl ConfigArgs {
+    /// Loads the config file and applies the flags.
+    pub fn resolve(&self, root: &Path) -> Result<ResearchConfig> {
+        let mut c = ResearchConfig::load(root, self.config.as_deref())?;
+        macro_rules! set {
+            ($field:ident) => {
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone();
+                }
+            };
+        }
+        set!(tag);
+        set!(trainer);
+        set!(budget);
+        set!(metric);
+        set!(max_experiments);
+        set!(results_file);
+        set!(proposer);
+        set!(executor);
+        set!(keep_rule);
+        set!(baseline_runs);
+        set!(noise_floor);
+        set!(seed);
+        set!(profile);
+        set!(device);
+        set!(cache_dir);
+        set!(features);
+        set!(device_batch_scale);
+        set!(experiment_command);
+        set!(search_space);
+        if let Some(t) = self.trainer.as_ref()
+            && self.scope.is_empty()
+        {
+            c.scope = vec![t.clone()];
+        }
+        if !self.scope.is_empty() {
+            c.scope = self.scope.clone();
+        }
+        if !self.read_only.is_empty() {
+            c.read_only = self.read_only.clone();
+        }
+        if let Some(d) = self.direction {
+            c.direction = match d {
+                DirectionArg::Lower => Direction::Lower,
+                DirectionArg::Higher => Direction::Higher,
+            };
+        }
+        if self.unlimited {
+            c.max_experiments = 0;
+        }
+        if let Some(cmd) = &self.proposer_command {
+            c.command.command = cmd.clone();
+        }
+        if let Some(cmd) = &self.agent_command {
+            c.agent.command = cmd.clone();
+        }
+        if let Some(t) = self.hard_timeout {
+            c.hard_timeout_seconds = t;
+        }
+        c.finalize()?;
+        Ok(c)
+    }
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { code::USAGE } else { code::OK };
+        }
+    };
+    match dispatch(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            crate::errors::exit_code_of(&e)
+        }
+    }
+}
+
+fn repo(cli_repo: &Option<PathBuf>) -> Result<Git> {
+    let dir = match cli_repo {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    Git::discover(&dir)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Detect { json, features } => {
+            let root = match repo(&cli.repo) {
+                Ok(g) => g.root,
+                Err(_) => std::env::current_dir()?,
+            };
+            let cfg = ResearchConfig::load(&root, None).unwrap_or_default();
+            let d = crate::detect::detect(&root, features.as_deref().unwrap_or(&cfg.features))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", crate::detect::render(&d));
+            }
+            Ok(code::OK)
+        }
+        Command::Train(args) => {
+            let git = repo(&cli.repo)?;
+            let cfg = args.config.resolve(&git.root)?;
+            crate::train::train(&cfg, &git, args.summary_json.as_deref())
+        }
+        Command::Run(args) => {
+            let git = repo(&cli.repo)?;
+            let cfg = args.config.resolve(&git.root)?;
+            crate::runloop::run(&cfg, &git, crate::runloop::Options { resume: args.resume, yes: args.yes })?;
+            Ok(code::OK)
+        }
+        Command::Tree { tag, config, command } => {
+            let git = repo(&cli.repo)?;
+            let args = ConfigArgs { tag, config, ..Default::default() };
+            let cfg = args.resolve(&git.root)?;
+            let mut db = crate::tree::open_db(&git.root, &cfg)?;
+            use crate::tree::{self as t, node_id};
+            match command {
+                TreeCommand::List { json } => t::list(&db, json)?,
+                TreeCommand::Show { node, json, diff } => t::show(&db, &git, node_id(&node)?, json, diff)?,
+                TreeCommand::Add { parent, hypothesis, description } => t::add(&db, node_id(&parent)?, &hypothesis, &description)?,
+                TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis } => t::record(
+                    &db,
+                    &cfg,
+                    node_id(&node)?,
+                    &t::RecordArgs {
+                        summary_json: summary_json.as_deref(),
+                        metric,
+                        memory_mb,
+                        crash: crash.as_deref(),
+                        description: description.as_deref(),
+                        hypothesis: hypothesis.as_deref(),
+                    },
+                )?,
+                TreeCommand::BestPath { json } => t::best_path_cmd(&db, json)?,
+                TreeCommand::Prune { node } => t::prune(&db, node_id(&node)?)?,
+                TreeCommand::Delete { node, recursive } => t::delete(&mut db, &git, &cfg.tag, node_id(&node)?, recursive)?,
+                TreeCommand::Visualize => t::visualize(&db)?,
+                TreeCommand::Compare { a, b } => t::compare(&db, &git, node_id(&a)?, node_id(&b)?)?,
+            }
+            Ok(code::OK)
+        }
+        Command::Results { file, config, json } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { config, ..Default::default() }.resolve(&git.root)?;
+            let path = match file {
+                Some(f) => crate::config::resolve(&std::env::current_dir()?, &f),
+                None => crate::config::resolve(&git.root, Path::new(&cfg.results_file)),
+            };
+            if !path.exists() {
+                return Err(usage(format!("{}: no results yet (run `autoresearch run`, or pass --file)", path.display())));
+            }
+            let rows = crate::results::read_rows(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_results(&rows);
+            }
+            Ok(code::OK)
+        }
+    }
+}
+
+fn print_results(rows: &[crate::results::Row]) {
+    println!("{:>3}  {:<8} {:>10} {:>9}  {:<9} description", "#", "commit", "val_bpb", "memory_gb", "status");
+    let mut best: Option<f64> = None;
+    for (i, r) in rows.iter().enumerate() {
+        let mark = if r.status == "keep" && best.is_none_or(|b| r.val_bpb < b) {
+            best = Some(r.val_bpb);
+            "*"
+        } else {
+            " "
+        };
+        println!("{:>3}{mark} {:<8} {:>10.6} {:>9.1}  {:<9} {}", i + 1, r.commit, r.val_bpb, r.memory_gb, r.status, r.description);
+    }
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+    println!(
+        "{} rows: {} keep, {} discard, {} crash, {} rejected; best {}",
+        rows.len(),
+        count("keep"),
+        count("discard"),
+        count("crash"),
+        count("rejected"),
+        best.map(|b| format!("{b:.6}")).unwrap_or_else(|| "-".into())
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

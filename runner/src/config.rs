@@ -1,0 +1,389 @@
+//! The research configuration: `configs/research.toml` plus command-line overrides.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::errors::usage;
+
+/// Where `run` looks for the config when `--config` is not given (relative to the repository).
+pub const DEFAULT_CONFIG: &str = "configs/research.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Lower,
+    Higher,
+}
+
+impl Direction {
+    /// How much `candidate` improves on `best` (positive = better), whatever the direction.
+    pub fn gain(self, best: f64, candidate: f64) -> f64 {
+        match self {
+            Direction::Lower => best - candidate,
+            Direction::Higher => candidate - best,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProposerKind {
+    Search,
+    Agent,
+    Manual,
+    Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepRule {
+    Strict,
+    NoiseAware,
+}
+
+macro_rules! display_via_serde {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
+                f.write_str(&s.unwrap_or_default())
+            }
+        }
+    )*};
+}
+display_via_serde!(Direction, ProposerKind, ExecutorKind, KeepRule);
+
+/// The training budget handed to the harness (`--budget SPEC`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Time(f64),
+    Tokens(f64),
+    Flops(f64),
+}
+
+impl Budget {
+    pub fn parse(spec: &str) -> Result<Budget, String> {
+        let spec = spec.trim();
+        let (kind, num) = match spec.split_once(':') {
+            Some((k, n)) => (k, n),
+            None => ("time", spec),
+        };
+        let value: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("budget `{spec}`: `{num}` is not a number (examples: time:300, tokens:5e6, flops:1e15)"))?;
+        if !(value.is_finite() && value > 0.0) {
+            return Err(format!("budget `{spec}`: the amount must be positive"));
+        }
+        match kind {
+            "time" => Ok(Budget::Time(value)),
+            "tokens" => Ok(Budget::Tokens(value)),
+            "flops" => Ok(Budget::Flops(value)),
+            other => Err(format!("budget `{spec}`: unknown kind `{other}` (use time:SECONDS, tokens:N or flops:N)")),
+        }
+    }
+
+    /// The spec as the harness reads it.
+    pub fn spec(&self) -> String {
+        match self {
+            Budget::Time(v) => format!("time:{v}"),
+            Budget::Tokens(v) => format!("tokens:{v}"),
+            Budget::Flops(v) => format!("flops:{v}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Shell command line of a headless coding agent. Placeholders: {prompt} (shell-quoted
+    /// prompt text), {prompt_file}, {worktree}, {scope}.
+    pub command: String,
+    pub timeout_seconds: u64,
+    /// The agent's standing instructions, prepended to every prompt.
+    pub program: String,
+    /// How many recent results rows go into the prompt.
+    pub recent_results: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            command: "claude -p {prompt} --output-format json --max-turns 30 --permission-mode dontAsk --allowedTools Read 'Edit(trainer/**)'".into(),
+            timeout_seconds: 1200,
+            program: "configs/program.md".into(),
+            recent_results: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandConfig {
+    /// Shell command run in the experiment's worktree to make one change.
+    pub command: String,
+    pub timeout_seconds: u64,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        CommandConfig { command: String::new(), timeout_seconds: 600 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManualConfig {
+    /// How often `run` checks the database for `tree record`.
+    pub poll_seconds: f64,
+}
+
+impl Default for ManualConfig {
+    fn default() -> Self {
+        ManualConfig { poll_seconds: 2.0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResearchConfig {
+    /// Run name: branch `autoresearch/<tag>`. Empty: today's date (e.g. `nov25`).
+    pub tag: String,
+    /// The trainer crate (the code under research).
+    pub trainer: String,
+    /// Path prefixes a change may touch. Empty: `[trainer]`.
+    pub scope: Vec<String>,
+    /// Paths whose content is hashed at run start and must not change.
+    pub read_only: Vec<String>,
+    /// `time:SECONDS`, `tokens:N` or `flops:N`.
+    pub budget: String,
+    /// Key of the harness's JSON summary that is optimised.
+    pub metric: String,
+    pub direction: Direction,
+    /// Experiments after the baseline; 0 = unlimited.
+    pub max_experiments: u64,
+    pub results_file: String,
+    pub proposer: ProposerKind,
+    pub executor: ExecutorKind,
+    pub keep_rule: KeepRule,
+    /// Baseline repetitions (different seeds) for the noise estimate (noise-aware only).
+    pub baseline_runs: u32,
+    /// Smallest gain that counts when the measured noise is 0 (noise-aware only).
+    pub noise_floor: f64,
+    /// Kill an experiment after this long; 0 = 2 x time budget + build allowance.
+    pub hard_timeout_seconds: u64,
+    pub build_allowance_seconds: u64,
+    pub seed: u64,
+    /// Platform profile; empty = the one `detect` picks.
+    pub profile: String,
+    /// Harness `--device`; empty = the harness default.
+    pub device: String,
+    /// Harness `--cache-dir`; empty = the harness default.
+    pub cache_dir: String,
+    /// Harness `--device-batch-scale`; 0 = the profile's value.
+    pub device_batch_scale: f64,
+    /// Extra cargo features for the harness build (e.g. `tch`, `wgpu`); empty = the defaults.
+    pub features: String,
+    /// Shell command that runs one experiment in the worktree; empty = build and run the
+    /// harness. Placeholders: {summary_json} {seed} {budget} {profile} {device}
+    /// {device_batch_scale} {cache_dir} {target_dir} {worktree}.
+    pub experiment_command: String,
+    pub search_space: String,
+    /// Search: children tried under the best node before backtracking.
+    pub search_patience: u32,
+    pub agent: AgentConfig,
+    pub command: CommandConfig,
+    pub manual: ManualConfig,
+}
+
+impl Default for ResearchConfig {
+    fn default() -> Self {
+        ResearchConfig {
+            tag: String::new(),
+            trainer: "trainer".into(),
+            scope: Vec::new(),
+            read_only: vec![
+                "prepare".into(),
+                "harness".into(),
+                "configs/platforms".into(),
+                "Cargo.toml".into(),
+                "Cargo.lock".into(),
+            ],
+            budget: "time:300".into(),
+            metric: "val_bpb".into(),
+            direction: Direction::Lower,
+            max_experiments: 100,
+            results_file: "results.tsv".into(),
+            proposer: ProposerKind::Search,
+            executor: ExecutorKind::Local,
+            keep_rule: KeepRule::NoiseAware,
+            baseline_runs: 2,
+            noise_floor: 0.001,
+            hard_timeout_seconds: 0,
+            build_allowance_seconds: 900,
+            seed: 42,
+            profile: String::new(),
+            device: String::new(),
+            cache_dir: String::new(),
+            device_batch_scale: 0.0,
+            features: String::new(),
+            experiment_command: String::new(),
+            search_space: "configs/search_space.toml".into(),
+            search_patience: 8,
+            agent: AgentConfig::default(),
+            command: CommandConfig::default(),
+            manual: ManualConfig::default(),
+        }
+    }
+}
+
+impl ResearchConfig {
+    /// Reads `path` (relative to `repo` when relative). A missing default file gives defaults.
+    pub fn load(repo: &Path, path: Option<&Path>) -> Result<ResearchConfig> {
+        let (file, explicit) = match path {
+            Some(p) => (resolve(repo, p), true),
+            None => (repo.join(DEFAULT_CONFIG), false),
+        };
+        if !file.exists() {
+            if explicit {
+                return Err(usage(format!("--config {}: no such file", file.display())));
+            }
+            return Ok(ResearchConfig::default());
+        }
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", file.display())))
+    }
+
+    /// Fills derived defaults and checks every value; errors name the key.
+    pub fn finalize(&mut self) -> Result<()> {
+        if self.tag.is_empty() {
+            self.tag = today_tag();
+        }
+        validate_tag(&self.tag)?;
+        if self.scope.is_empty() {
+            self.scope = vec![self.trainer.clone()];
+        }
+        self.budget()?;
+        if self.metric.is_empty() {
+            return Err(usage("metric: must name a key of the summary JSON (e.g. val_bpb)"));
+        }
+        if self.keep_rule == KeepRule::NoiseAware && self.baseline_runs < 2 {
+            return Err(usage("baseline_runs: noise-aware keeping needs at least 2 baseline runs (or use --keep-rule strict)"));
+        }
+        if self.baseline_runs == 0 {
+            self.baseline_runs = 1;
+        }
+        if !(self.noise_floor >= 0.0) {
+            return Err(usage("noise_floor: must be >= 0"));
+        }
+        if self.device_batch_scale < 0.0 || self.device_batch_scale > 1.0 {
+            return Err(usage("device_batch_scale: must be in (0, 1], or 0 for the profile's value"));
+        }
+        if self.proposer == ProposerKind::Command && self.command.command.trim().is_empty() {
+            return Err(usage("proposer `command` needs [command] command = \"...\" in the config or --proposer-command"));
+        }
+        if self.proposer == ProposerKind::Agent && self.agent.command.trim().is_empty() {
+            return Err(usage("proposer `agent` needs [agent] command = \"...\" (see configs/research.toml)"));
+        }
+        Ok(())
+    }
+
+    pub fn budget(&self) -> Result<Budget> {
+        Budget::parse(&self.budget).map_err(|e| usage(format!("budget: {e}")))
+    }
+
+    /// The kill deadline for one experiment (build included).
+    pub fn hard_timeout(&self) -> std::time::Duration {
+        if self.hard_timeout_seconds > 0 {
+            return std::time::Duration::from_secs(self.hard_timeout_seconds);
+        }
+        let run = match self.budget() {
+            Ok(Budget::Time(s)) => 2.0 * s,
+            // Token and FLOP budgets have no wall-clock length: allow half an hour.
+            _ => 1800.0,
+        };
+        std::time::Duration::from_secs_f64(run + self.build_allowance_seconds as f64)
+    }
+
+    /// Whether a repository-relative path lies in the modification scope.
+    pub fn in_scope(&self, path: &str) -> bool {
+        self.scope.iter().any(|s| path_has_prefix(path, s))
+    }
+}
+
+/// `path` equals `prefix` or lies below it (both repository-relative, `/`-separated).
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+pub fn resolve(repo: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { repo.join(p) }
+}
+
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && !tag.starts_with(['.', '-'])
+        && !tag.ends_with(".lock")
+        && !tag.contains("..")
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(format!("tag `{tag}`: use letters, digits, `-`, `_` and `.` (it becomes branch autoresearch/<tag>)")))
+    }
+}
+
+/// Today's local date as the reference's tags: `nov25`.
+pub fn today_tag() -> String {
+    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
+    if !ok {
+        return "run".into();
+    }
+    format!("{}{}", MONTHS[(tm.tm_mon.clamp(0, 11)) as usize], tm.tm_mday)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!(Budget::parse("300").unwrap(), Budget::Time(300.0));
+        assert_eq!(Budget::parse("tokens:5e6").unwrap(), Budget::Tokens(5e6));
+        assert_eq!(Budget::parse("flops:1e15").unwrap().spec(), "flops:1000000000000000");
+        assert!(Budget::parse("time:-1").is_err());
+        assert!(Budget::parse("steps:3").is_err());
+    }
+
+    #[test]
+    fn defaults_and_scope() {
+        let mut c = ResearchConfig::default();
+        c.finalize().unwrap();
+        assert!(c.in_scope("trainer/src/model.rs"));
+        assert!(!c.in_scope("trainers/x"));
+        assert!(!c.in_scope("harness/src/main.rs"));
+        assert_eq!(c.hard_timeout().as_secs(), 600 + 900);
+        assert!(validate_tag("nov25").is_ok());
+        assert!(validate_tag("a/b").is_err());
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = include_str!("../../configs/research.toml");
+        let mut c: ResearchConfig = toml::from_str(text).unwrap();
+        c.finalize().unwrap();
+    }
+}

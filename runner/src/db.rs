@@ -1,0 +1,418 @@
+//! The experiment tree in SQLite (`.autoresearch/<tag>/tree.db`), written in transactions.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Running,
+    Keep,
+    Discard,
+    Crash,
+    Rejected,
+    Pruned,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Keep => "keep",
+            Status::Discard => "discard",
+            Status::Crash => "crash",
+            Status::Rejected => "rejected",
+            Status::Pruned => "pruned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "keep" => Status::Keep,
+            "discard" => Status::Discard,
+            "crash" => Status::Crash,
+            "rejected" => Status::Rejected,
+            "pruned" => Status::Pruned,
+            _ => return None,
+        })
+    }
+
+    /// Crashed or refused: the change taught nothing about the metric.
+    pub fn failed(self) -> bool {
+        matches!(self, Status::Crash | Status::Rejected)
+    }
+
+    pub fn finished(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+}
+
+/// One experiment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub id: i64,
+    pub parent: Option<i64>,
+    pub hypothesis: String,
+    pub description: String,
+    /// Search proposer: `{"param": .., "value": ..}`.
+    pub change: Option<Value>,
+    pub commit: Option<String>,
+    pub status: Status,
+    pub metric: Option<f64>,
+    pub metrics: Option<Value>,
+    pub memory_mb: Option<f64>,
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    pub platform: String,
+    pub proposer: String,
+    pub insight: String,
+    pub finish_seq: Option<i64>,
+    /// The results.tsv line written for this node (kept verbatim for reconciliation).
+    pub result_row: Option<String>,
+    pub jsonl: Option<String>,
+    /// Process group of the running experiment (to kill it after a runner crash).
+    pub pid: Option<i64>,
+    /// `tree record` input (manual proposer).
+    pub recorded: Option<Value>,
+}
+
+impl Node {
+    /// `n7`: the node's name in refs, worktrees and output.
+    pub fn name(&self) -> String {
+        node_name(self.id)
+    }
+}
+
+pub fn node_name(id: i64) -> String {
+    format!("n{id}")
+}
+
+/// Accepts `7` or `n7`.
+pub fn parse_node_id(s: &str) -> Option<i64> {
+    s.trim().trim_start_matches('n').parse().ok()
+}
+
+/// One execution of a node's experiment (a node has several with noise runs or an OOM retry).
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub node: i64,
+    pub seed: u64,
+    pub batch_scale: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub outcome: String,
+    pub metric: Option<f64>,
+    pub seconds: f64,
+    pub log: String,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER REFERENCES nodes(id),
+    hypothesis TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    change TEXT,
+    commit_id TEXT,
+    status TEXT NOT NULL,
+    metric REAL,
+    metrics TEXT,
+    memory_mb REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    platform TEXT NOT NULL DEFAULT '',
+    proposer TEXT NOT NULL DEFAULT '',
+    insight TEXT NOT NULL DEFAULT '',
+    finish_seq INTEGER UNIQUE,
+    result_row TEXT,
+    jsonl TEXT,
+    pid INTEGER,
+    recorded TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    node INTEGER NOT NULL REFERENCES nodes(id),
+    seed INTEGER NOT NULL,
+    batch_scale REAL,
+    exit_code INTEGER,
+    outcome TEXT NOT NULL,
+    metric REAL,
+    seconds REAL NOT NULL,
+    log TEXT NOT NULL
+);
+";
+
+const NODE_COLS: &str = "id, parent, hypothesis, description, change, commit_id, status, metric, metrics, memory_mb, \
+created_at, started_at, finished_at, platform, proposer, insight, finish_seq, result_row, jsonl, pid, recorded";
+
+fn json_col(s: Option<String>) -> Option<Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn row_to_node(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
+    let status: String = r.get(6)?;
+    Ok(Node {
+        id: r.get(0)?,
+        parent: r.get(1)?,
+        hypothesis: r.get(2)?,
+        description: r.get(3)?,
+        change: json_col(r.get(4)?),
+        commit: r.get(5)?,
+        status: Status::parse(&status).unwrap_or(Status::Crash),
+        metric: r.get(7)?,
+        metrics: json_col(r.get(8)?),
+        memory_mb: r.get(9)?,
+        created_at: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
+        platform: r.get(13)?,
+        proposer: r.get(14)?,
+        insight: r.get(15)?,
+        finish_seq: r.get(16)?,
+        result_row: r.get(17)?,
+        jsonl: r.get(18)?,
+        pid: r.get(19)?,
+        recorded: json_col(r.get(20)?),
+    })
+}
+
+/// What a finished node records, in one transaction.
+pub struct Finish<'a> {
+    pub status: Status,
+    pub metric: Option<f64>,
+    pub metrics: Option<&'a Value>,
+    pub memory_mb: Option<f64>,
+    pub insight: &'a str,
+    pub result_row: Option<&'a str>,
+    pub jsonl: Option<&'a str>,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Db { conn })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_node(
+        &self,
+        parent: Option<i64>,
+        hypothesis: &str,
+        description: &str,
+        change: Option<&Value>,
+        proposer: &str,
+        platform: &str,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO nodes(parent, hypothesis, description, change, status, created_at, platform, proposer)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7)",
+            params![parent, hypothesis, description, change.map(|c| c.to_string()), now(), platform, proposer],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn node(&self, id: i64) -> Result<Option<Node>> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?1"), [id], row_to_node)
+            .optional()?)
+    }
+
+    pub fn require_node(&self, id: i64) -> Result<Node> {
+        match self.node(id)? {
+            Some(n) => Ok(n),
+            None => Err(crate::errors::usage(format!("node n{id} does not exist (see `autoresearch tree list`)"))),
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        let mut st = self.conn.prepare(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY id"))?;
+        let rows = st.query_map([], row_to_node)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn set_text(&self, id: i64, column: &str, value: &str) -> Result<()> {
+        let allowed = ["hypothesis", "description", "insight", "commit_id"];
+        if !allowed.contains(&column) {
+            bail!("internal: column {column} is not settable");
+        }
+        self.conn.execute(&format!("UPDATE nodes SET {column} = ?1 WHERE id = ?2"), params![value, id])?;
+        Ok(())
+    }
+
+    pub fn set_running(&self, id: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE nodes SET status = 'running', started_at = ?1 WHERE id = ?2",
+            params![now(), id],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_pid(&self, id: i64, pid: Option<i64>) -> Result<()> {
+        self.conn.execute("UPDATE nodes SET pid = ?1 WHERE id = ?2", params![pid, id])?;
+        Ok(())
+    }
+
+    pub fn set_status(&self, id: i64, status: Status) -> Result<()> {
+        self.conn.execute("UPDATE nodes SET status = ?1 WHERE id = ?2", params![status.as_str(), id])?;
+        Ok(())
+    }
+
+    pub fn set_recorded(&self, id: i64, value: &Value) -> Result<()> {
+        self.conn.execute("UPDATE nodes SET recorded = ?1 WHERE id = ?2", params![value.to_string(), id])?;
+        Ok(())
+    }
+
+    /// Marks a node finished, in one transaction; returns its finish sequence number.
+    pub fn finish(&mut self, id: i64, f: &Finish<'_>) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(finish_seq), 0) + 1 FROM nodes", [], |r| r.get(0))?;
+        tx.execute(
+            "UPDATE nodes SET status = ?1, metric = ?2, metrics = ?3, memory_mb = ?4, insight = ?5,
+             result_row = ?6, jsonl = ?7, finish_seq = ?8, finished_at = ?9, pid = NULL WHERE id = ?10",
+            params![
+                f.status.as_str(),
+                f.metric,
+                f.metrics.map(|m| m.to_string()),
+                f.memory_mb,
+                f.insight,
+                f.result_row,
+                f.jsonl,
+                seq,
+                now(),
+                id
+            ],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Deletes a node and its runs (refuses when it has children).
+    pub fn delete_node(&mut self, id: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let children: i64 = tx.query_row("SELECT COUNT(*) FROM nodes WHERE parent = ?1", [id], |r| r.get(0))?;
+        if children > 0 {
+            return Err(crate::errors::usage(format!(
+                "node n{id} has {children} children: delete them first or use --recursive"
+            )));
+        }
+        tx.execute("DELETE FROM runs WHERE node = ?1", [id])?;
+        tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_run(&self, run: &Run) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO runs(node, seed, batch_scale, exit_code, outcome, metric, seconds, log)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![run.node, run.seed as i64, run.batch_scale, run.exit_code, run.outcome, run.metric, run.seconds, run.log],
+        )?;
+        Ok(())
+    }
+
+    pub fn runs(&self, node: i64) -> Result<Vec<Run>> {
+        let mut st = self.conn.prepare(
+            "SELECT node, seed, batch_scale, exit_code, outcome, metric, seconds, log FROM runs WHERE node = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([node], |r| {
+            Ok(Run {
+                node: r.get(0)?,
+                seed: r.get::<_, i64>(1)? as u64,
+                batch_scale: r.get(2)?,
+                exit_code: r.get(3)?,
+                outcome: r.get(4)?,
+                metric: r.get(5)?,
+                seconds: r.get(6)?,
+                log: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+/// Unix time in seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `2025-11-25T12:34:56Z` for a unix time.
+pub fn iso8601(t: f64) -> String {
+    let secs = t.max(0.0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_764_073_800.0), "2025-11-25T12:30:00Z");
+    }
+
+    #[test]
+    fn finish_is_sequenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let a = db.insert_node(None, "", "baseline", None, "search", "cpu").unwrap();
+        let b = db.insert_node(Some(a), "h", "d", None, "search", "cpu").unwrap();
+        let f = Finish { status: Status::Keep, metric: Some(1.0), metrics: None, memory_mb: None, insight: "", result_row: Some("r"), jsonl: None };
+        assert_eq!(db.finish(b, &f).unwrap(), 1);
+        assert_eq!(db.finish(a, &f).unwrap(), 2);
+        assert!(db.delete_node(a).is_err());
+        db.delete_node(b).unwrap();
+        assert_eq!(db.nodes().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,360 @@
+//! `autoresearch detect`: what hardware is here, which platform profile and backend fit it, and
+//! what that profile changes. Reads /proc, nvidia-smi and the Vulkan loader files; no GPU API.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cpu {
+    pub model: String,
+    pub logical_cores: usize,
+    pub simd: Vec<String>,
+    pub memory_total_gb: f64,
+    pub memory_available_gb: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gpu {
+    pub name: String,
+    pub memory_mb: Option<f64>,
+    pub driver: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Vulkan {
+    pub loader: Option<String>,
+    pub icds: Vec<String>,
+    /// Only CPU implementations (lavapipe/llvmpipe/swiftshader): no GPU behind them.
+    pub software_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Adjustments {
+    pub class: String,
+    pub seq_len: Option<i64>,
+    pub device_batch_scale: f64,
+    pub device_batch_size: Option<i64>,
+    pub total_batch_tokens: Option<i64>,
+    /// Gradient-accumulation steps that keep the total batch at this scale.
+    pub grad_accum_steps: Option<i64>,
+    pub fusion: bool,
+    pub autotune: bool,
+    pub dtype: String,
+    pub eval_tokens: Option<i64>,
+    pub warmup_steps: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    pub cpu: Cpu,
+    pub nvidia: Vec<Gpu>,
+    pub vulkan: Vulkan,
+    pub apple_silicon: bool,
+    /// The profile that fits the hardware.
+    pub recommended_profile: String,
+    /// The profile `run` and `train` use with the current build features.
+    pub profile: String,
+    pub profile_path: PathBuf,
+    pub backend: String,
+    /// Backends the harness build has (default features + `features` of the config).
+    pub build_backends: Vec<String>,
+    pub adjustments: Option<Adjustments>,
+    /// How to rebuild when the hardware has a GPU the build cannot use.
+    pub rebuild_hint: Option<String>,
+}
+
+pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
+    let cpu = cpu();
+    let nvidia = nvidia();
+    let vulkan = vulkan();
+    let apple_silicon = cfg!(all(target_os = "macos", target_arch = "aarch64"));
+    let mut build_backends = vec!["flex".to_string(), "ndarray".to_string()];
+    for f in features.split([',', ' ']).filter(|f| !f.is_empty()) {
+        let f = match f {
+            "vulkan" | "metal" => "wgpu",
+            other => other,
+        };
+        if !build_backends.iter().any(|b| b == f) {
+            build_backends.push(f.to_string());
+        }
+    }
+    let has = |b: &str| build_backends.iter().any(|x| x == b);
+    let recommended = if !nvidia.is_empty() {
+        "cuda"
+    } else if apple_silicon {
+        "mps"
+    } else if !vulkan.icds.is_empty() && !vulkan.software_only && vulkan.loader.is_some() {
+        "wgpu"
+    } else {
+        "cpu"
+    };
+    let needs = match recommended {
+        "cuda" | "mps" => Some("tch"),
+        "wgpu" => Some("wgpu"),
+        _ => None,
+    };
+    let (profile, rebuild_hint) = match needs {
+        Some(feat) if !has(feat) => {
+            let hint = if feat == "tch" {
+                format!(
+                    "this {} is unused by the current build. Rebuild with libtorch: `pip install torch==2.9.0 && export LIBTORCH_USE_PYTORCH=1 && cargo build --release -p harness --features tch`, and set features = \"tch\" in configs/research.toml (or pass --features tch). Without libtorch, `--features wgpu` also reaches the GPU (slower).",
+                    if recommended == "cuda" { "NVIDIA GPU" } else { "Apple GPU (MPS)" }
+                )
+            } else {
+                "this Vulkan GPU is unused by the current build: `cargo build --release -p harness --features wgpu` and set features = \"wgpu\" in configs/research.toml (or pass --features wgpu).".to_string()
+            };
+            // Apple without libtorch can still use Metal through wgpu.
+            if recommended == "mps" && has("wgpu") { ("wgpu", Some(hint)) } else { ("cpu", Some(hint)) }
+        }
+        _ => (recommended, None),
+    };
+    let profile_path = repo.join("configs/platforms").join(format!("{profile}.toml"));
+    let (backend, adjustments) = match read_profile(&profile_path) {
+        Ok(p) => (
+            p.get("backend").and_then(|v| v.as_str()).unwrap_or("flex").to_string(),
+            Some(adjustments(repo, &p)),
+        ),
+        Err(_) => (if profile == "cpu" { "flex" } else { profile }.to_string(), None),
+    };
+    Ok(Detection {
+        cpu,
+        nvidia,
+        vulkan,
+        apple_silicon,
+        recommended_profile: recommended.to_string(),
+        profile: profile.to_string(),
+        profile_path,
+        backend,
+        build_backends,
+        adjustments,
+        rebuild_hint,
+    })
+}
+
+pub fn read_profile(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading platform profile {} (see configs/platforms/)", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The profile's device batch scale (1.0 when absent or unreadable).
+pub fn profile_batch_scale(path: &Path) -> f64 {
+    read_profile(path)
+        .ok()
+        .and_then(|p| p.get("device_batch_scale").and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64))))
+        .unwrap_or(1.0)
+}
+
+fn adjustments(repo: &Path, p: &toml::Table) -> Adjustments {
+    let int = |k: &str| p.get(k).and_then(|v| v.as_integer().or(v.as_float().map(|f| f as i64)));
+    let class = p.get("class").and_then(|v| v.as_str()).unwrap_or("gpu").to_string();
+    let scale = p.get("device_batch_scale").and_then(|v| v.as_float()).unwrap_or(1.0);
+    let seq_len = int("seq_len");
+    // The trainer's batch for this class: [class] over [gpu].
+    let hp: Option<toml::Table> = std::fs::read_to_string(repo.join("trainer/hparams.toml"))
+        .ok()
+        .and_then(|t| toml::from_str(&t).ok());
+    let hp_int = |k: &str| -> Option<i64> {
+        let hp = hp.as_ref()?;
+        [class.as_str(), "gpu"]
+            .iter()
+            .find_map(|t| hp.get(*t).and_then(|t| t.get(k)).and_then(|v| v.as_integer()))
+    };
+    let device_batch_size = hp_int("device_batch_size");
+    let total = hp_int("total_batch_tokens");
+    let grad_accum_steps = match (device_batch_size, total, seq_len) {
+        (Some(b), Some(t), Some(s)) => {
+            let rows = ((b as f64 * scale).round() as i64).max(1);
+            Some(((t as f64) / (rows * s) as f64).ceil().max(1.0) as i64)
+        }
+        _ => None,
+    };
+    Adjustments {
+        class,
+        seq_len,
+        device_batch_scale: scale,
+        device_batch_size,
+        total_batch_tokens: total,
+        grad_accum_steps,
+        fusion: p.get("fusion").and_then(|v| v.as_bool()).unwrap_or(false),
+        autotune: p.get("autotune").and_then(|v| v.as_bool()).unwrap_or(false),
+        dtype: p.get("dtype").and_then(|v| v.as_str()).unwrap_or("f32").to_string(),
+        eval_tokens: int("eval_tokens"),
+        warmup_steps: int("warmup_steps"),
+    }
+}
+
+fn cpu() -> Cpu {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").or_else(|| field("Model")).or_else(|| field("Hardware")).unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let flags = field("flags").or_else(|| field("Features")).unwrap_or_default();
+    let interesting = [
+        "sse2", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+        "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm",
+    ];
+    let have: Vec<&str> = flags.split_whitespace().collect();
+    let mut simd: Vec<String> = interesting.iter().filter(|f| have.contains(f)).map(|s| s.to_string()).collect();
+    if simd.is_empty() && cfg!(target_arch = "aarch64") {
+        simd.push("neon".into());
+    }
+    let logical_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |name: &str| {
+        mem.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Cpu {
+        model,
+        logical_cores,
+        simd,
+        memory_total_gb: kb("MemTotal:") / 1024.0 / 1024.0,
+        memory_available_gb: kb("MemAvailable:") / 1024.0 / 1024.0,
+    }
+}
+
+fn nvidia() -> Vec<Gpu> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"])
+        .output();
+    if let Ok(out) = out
+        && out.status.success()
+    {
+        return String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').map(str::trim).collect();
+                Gpu {
+                    name: f.first().unwrap_or(&"NVIDIA GPU").to_string(),
+                    memory_mb: f.get(1).and_then(|m| m.parse().ok()),
+                    driver: f.get(2).map(|s| s.to_string()),
+                }
+            })
+            .collect();
+    }
+    // No nvidia-smi: the kernel driver's own listing.
+    let mut gpus = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc/driver/nvidia/gpus") {
+        for e in rd.flatten() {
+            let info = std::fs::read_to_string(e.path().join("information")).unwrap_or_default();
+            let name = info
+                .lines()
+                .find(|l| l.starts_with("Model:"))
+                .map(|l| l.trim_start_matches("Model:").trim().to_string())
+                .unwrap_or_else(|| "NVIDIA GPU".into());
+            gpus.push(Gpu { name, memory_mb: None, driver: None });
+        }
+    }
+    gpus
+}
+
+fn vulkan() -> Vulkan {
+    let loaders = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/aarch64-linux-gnu/libvulkan.so.1",
+        "/usr/lib64/libvulkan.so.1",
+        "/usr/lib/libvulkan.so.1",
+        "/usr/local/lib/libvulkan.so.1",
+    ];
+    let loader = loaders.iter().find(|p| Path::new(p).exists()).map(|s| s.to_string());
+    let mut icds = Vec::new();
+    for dir in ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"] {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    icds.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    icds.sort();
+    let software_only = !icds.is_empty()
+        && icds.iter().all(|p| {
+            let l = p.to_lowercase();
+            l.contains("lvp") || l.contains("llvmpipe") || l.contains("swiftshader")
+        });
+    Vulkan { loader, icds, software_only }
+}
+
+/// Human-readable report.
+pub fn render(d: &Detection) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "CPU      {} ({} logical cores)\n         SIMD: {}\n         memory: {:.1} GiB total, {:.1} GiB available\n",
+        d.cpu.model,
+        d.cpu.logical_cores,
+        if d.cpu.simd.is_empty() { "none found".into() } else { d.cpu.simd.join(" ") },
+        d.cpu.memory_total_gb,
+        d.cpu.memory_available_gb
+    ));
+    if d.nvidia.is_empty() {
+        s.push_str("NVIDIA   none (no nvidia-smi, no /proc/driver/nvidia)\n");
+    }
+    for g in &d.nvidia {
+        s.push_str(&format!(
+            "NVIDIA   {}{}{}\n",
+            g.name,
+            g.memory_mb.map(|m| format!(", {:.0} MiB", m)).unwrap_or_default(),
+            g.driver.as_ref().map(|v| format!(", driver {v}")).unwrap_or_default()
+        ));
+    }
+    s.push_str(&format!(
+        "Vulkan   loader: {}; ICDs: {}{}\n",
+        d.vulkan.loader.as_deref().unwrap_or("not found"),
+        if d.vulkan.icds.is_empty() { "none".into() } else { d.vulkan.icds.join(", ") },
+        if d.vulkan.software_only { " (software only, no GPU)" } else { "" }
+    ));
+    s.push_str(&format!("Apple    {}\n", if d.apple_silicon { "Apple Silicon: MPS (libtorch) or Metal (wgpu)" } else { "no" }));
+    s.push_str(&format!("Build    backends: {}\n", d.build_backends.join(", ")));
+    s.push_str(&format!(
+        "\nProfile  {} ({}), backend {}{}\n",
+        d.profile,
+        d.profile_path.display(),
+        d.backend,
+        if d.profile != d.recommended_profile { format!(" (the hardware fits `{}`)", d.recommended_profile) } else { String::new() }
+    ));
+    if let Some(a) = &d.adjustments {
+        s.push_str(&format!("         trainer table [{}], seq_len {}\n", a.class, opt(a.seq_len)));
+        s.push_str(&format!(
+            "         device batch scale {} -> {} rows per forward/backward, {} accumulation steps keep {} tokens per step\n",
+            a.device_batch_scale,
+            a.device_batch_size.map(|b| ((b as f64 * a.device_batch_scale).round() as i64).max(1).to_string()).unwrap_or("?".into()),
+            opt(a.grad_accum_steps),
+            opt(a.total_batch_tokens)
+        ));
+        s.push_str(&format!(
+            "         dtype {}, fusion {}, autotune {}, warm-up steps {}, eval tokens {}\n",
+            a.dtype,
+            on_off(a.fusion),
+            on_off(a.autotune),
+            opt(a.warmup_steps),
+            opt(a.eval_tokens)
+        ));
+    } else {
+        s.push_str("         (profile file not found: run from the repository root or pass --repo)\n");
+    }
+    if let Some(h) = &d.rebuild_hint {
+        s.push_str(&format!("\nRebuild  {h}\n"));
+    }
+    s
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}

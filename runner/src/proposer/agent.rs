@@ -1,0 +1,125 @@
+//! `agent` proposer: a headless coding agent (claude -p, codex exec, gemini -p, opencode, aider)
+//! run in the experiment's worktree with a prompt made of configs/program.md, the tree and the
+//! recent results. The agent only edits files; the runner commits, guards, runs and decides.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{Applied, Ctx, Plan, Proposer, proposer_env, read_proposal_file, tree_digest};
+use crate::config::ProposerKind;
+use crate::db::Node;
+use crate::process::{self, Output, shell_quote};
+
+pub struct Agent;
+
+/// The prompt for one proposal.
+pub fn build_prompt(ctx: &Ctx<'_>, node: &Node, worktree: &Path) -> Result<String> {
+    let program_path = crate::config::resolve(&ctx.git.root, Path::new(&ctx.cfg.agent.program));
+    let program = std::fs::read_to_string(&program_path)
+        .with_context(|| format!("reading the agent program {} ([agent] program in the config)", program_path.display()))?;
+    let nodes = ctx.db.nodes()?;
+    let parent = nodes.iter().find(|n| Some(n.id) == node.parent);
+    Ok(format!(
+        "{program}\n\n# This session (written by the runner)\n\n\
+Mode: the runner calls you. You are in a git worktree at {wt}, checked out at experiment {parent} \
+(the best so far, {metric} = {value}). Make ONE focused change to the files under: {scope}. \
+Do not run the training, do not commit, do not touch anything else: the runner commits your edit, \
+checks it, trains for the budget ({budget}) and keeps or discards it.\n\
+When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what you changed>\nHYPOTHESIS: <why it should lower {metric}>\n\
+(or write them to the file named by $AUTORESEARCH_PROPOSAL_FILE: description on line 1, hypothesis below).\n\n\
+## Experiment tree\n\n{digest}\n",
+        wt = worktree.display(),
+        parent = parent.map(|p| p.name()).unwrap_or_default(),
+        metric = ctx.cfg.metric,
+        value = super::fmt_metric(parent.and_then(|p| p.metric)),
+        scope = ctx.cfg.scope.join(", "),
+        budget = ctx.cfg.budget,
+        digest = tree_digest(&nodes, ctx.best, ctx.cfg.agent.recent_results),
+    ))
+}
+
+/// `DESCRIPTION:` / `HYPOTHESIS:` lines in the agent's output (also inside JSON strings).
+pub fn parse_tagged(text: &str, tag: &str) -> Option<String> {
+    let i = text.rfind(tag)?;
+    let rest = &text[i + tag.len()..];
+    let end = rest.find(['\n', '"']).or_else(|| rest.find("\\n")).unwrap_or(rest.len());
+    let end = rest[..end].find("\\n").unwrap_or(end);
+    let v = rest[..end].trim();
+    if v.is_empty() { None } else { Some(v.to_string()) }
+}
+
+impl Proposer for Agent {
+    fn kind(&self) -> ProposerKind {
+        ProposerKind::Agent
+    }
+
+    fn plan(&mut self, ctx: &Ctx<'_>) -> Result<Option<Plan>> {
+        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("agent proposal {}", ctx.iteration), change: None }))
+    }
+
+    fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {
+        let runs = ctx.state_dir.join("runs");
+        let logs = ctx.state_dir.join("logs");
+        std::fs::create_dir_all(&runs)?;
+        std::fs::create_dir_all(&logs)?;
+        let prompt = build_prompt(ctx, node, worktree)?;
+        let prompt_file = runs.join(format!("{}-prompt.md", node.name()));
+        std::fs::write(&prompt_file, &prompt)?;
+        let proposal = runs.join(format!("{}-proposal.txt", node.name()));
+        let _ = std::fs::remove_file(&proposal);
+        let command = ctx
+            .cfg
+            .agent
+            .command
+            .replace("{prompt_file}", &shell_quote(&prompt_file.display().to_string()))
+            .replace("{worktree}", &shell_quote(&worktree.display().to_string()))
+            .replace("{scope}", &shell_quote(&ctx.cfg.scope.join(" ")))
+            .replace("{prompt}", &shell_quote(&prompt));
+        let out = logs.join(format!("{}-agent.out", node.name()));
+        let err = logs.join(format!("{}-agent.log", node.name()));
+        let fin = process::run_shell(
+            &command,
+            worktree,
+            &proposer_env(ctx, node, worktree, &proposal),
+            Output::Split { stdout: &out, stderr: &err },
+            Duration::from_secs(ctx.cfg.agent.timeout_seconds.max(1)),
+            |_| Ok(()),
+            |_| {},
+        )?;
+        if fin.interrupted {
+            return Err(crate::errors::CliError::Interrupted.into());
+        }
+        // Edits made before a time or turn limit stay on disk: the diff decides, not the exit code.
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        let (mut description, mut hypothesis) = read_proposal_file(&proposal);
+        if description.is_none() {
+            description = parse_tagged(&stdout, "DESCRIPTION:");
+        }
+        if hypothesis.is_none() {
+            hypothesis = parse_tagged(&stdout, "HYPOTHESIS:");
+        }
+        if fin.timed_out {
+            eprintln!("agent timed out after {} s; checking what it changed", ctx.cfg.agent.timeout_seconds);
+        } else if fin.code != Some(0) {
+            eprintln!("agent exited with {:?} (log: {}); checking what it changed", fin.code, err.display());
+        }
+        Ok(Applied::Done { description, hypothesis })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tagged;
+
+    #[test]
+    fn tags_in_text_and_json() {
+        assert_eq!(parse_tagged("x\nDESCRIPTION: raise lr\nHYPOTHESIS: faster", "DESCRIPTION:").as_deref(), Some("raise lr"));
+        assert_eq!(
+            parse_tagged(r#"{"result":"done\nDESCRIPTION: swap relu\nHYPOTHESIS: h"}"#, "DESCRIPTION:").as_deref(),
+            Some("swap relu")
+        );
+        assert_eq!(parse_tagged("nothing", "DESCRIPTION:"), None);
+    }
+}

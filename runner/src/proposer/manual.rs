@@ -1,0 +1,57 @@
+//! `manual` proposer: a person (or a cluster job) makes the change and runs the experiment.
+//! `run` creates the node and its worktree, prints what to do, and waits until
+//! `autoresearch tree record` stores the result; the runner then commits, guards and decides.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Applied, Ctx, Plan, Proposer};
+use crate::config::ProposerKind;
+use crate::db::Node;
+
+pub struct Manual;
+
+impl Proposer for Manual {
+    fn kind(&self) -> ProposerKind {
+        ProposerKind::Manual
+    }
+
+    fn executes(&self) -> bool {
+        false
+    }
+
+    fn plan(&mut self, ctx: &Ctx<'_>) -> Result<Option<Plan>> {
+        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("manual experiment {}", ctx.iteration), change: None }))
+    }
+
+    fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {
+        let summary = ctx.state_dir.join("runs").join(format!("{}-manual.json", node.name()));
+        std::fs::create_dir_all(summary.parent().unwrap())?;
+        println!(
+            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  cd {wt} && CARGO_TARGET_DIR={target} cargo run --release -p harness -- --budget {budget} --summary-json {json}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
+            n = node.name(),
+            scope = ctx.cfg.scope.join(", "),
+            wt = worktree.display(),
+            target = crate::executor::target_dir(&ctx.git.root).display(),
+            budget = ctx.cfg.budget,
+            json = summary.display(),
+            tag = ctx.tag,
+        );
+        let poll = Duration::from_secs_f64(ctx.cfg.manual.poll_seconds.max(0.1));
+        loop {
+            if crate::process::interrupted() {
+                return Err(crate::errors::CliError::Interrupted.into());
+            }
+            if let Some(n) = ctx.db.node(node.id)?
+                && let Some(rec) = n.recorded
+            {
+                let description = rec.get("description").and_then(|v| v.as_str()).map(str::to_string);
+                let hypothesis = rec.get("hypothesis").and_then(|v| v.as_str()).map(str::to_string);
+                return Ok(Applied::Done { description, hypothesis });
+            }
+            std::thread::sleep(poll);
+        }
+    }
+}

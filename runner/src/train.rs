@@ -1,0 +1,51 @@
+//! `autoresearch train`: one run of the current trainer in the main checkout.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::config::ResearchConfig;
+use crate::executor::{self, RunSpec};
+use crate::git::Git;
+use crate::process::{self, Output};
+
+/// Builds and runs the harness (or `experiment_command`) with the terminal attached; returns
+/// the harness's exit code.
+pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Result<i32> {
+    let (profile, _, name) = crate::runloop::resolve_profile(&git.root, cfg)?;
+    let state = git.root.join(".autoresearch");
+    std::fs::create_dir_all(&state)?;
+    let summary = summary_json.map(Path::to_path_buf).unwrap_or_else(|| state.join("train-summary.json"));
+    let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
+    let spec = RunSpec {
+        cfg,
+        repo_root: &git.root,
+        worktree: &git.root,
+        profile: &profile,
+        seed: cfg.seed,
+        batch_scale: scale,
+        summary_json: summary.clone(),
+        log: state.join("train.log"),
+        timeout: cfg.hard_timeout(),
+    };
+    let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
+    let command = executor::render(&template, &spec);
+    eprintln!("profile {name} ({}), budget {}, seed {}\n$ {command}", profile.display(), cfg.budget, cfg.seed);
+    process::install_interrupt_handler();
+    let fin = process::run_shell(&command, &git.root, &executor::env_for(&spec), Output::Inherit, spec.timeout, |_| Ok(()), |_| {})?;
+    if fin.timed_out {
+        eprintln!("error: killed at the hard timeout ({} s)", spec.timeout.as_secs());
+        return Ok(crate::errors::code::FAILURE);
+    }
+    if fin.interrupted {
+        return Ok(crate::errors::code::INTERRUPTED);
+    }
+    if fin.code == Some(0) && !cfg.experiment_command.trim().is_empty() && summary.exists() {
+        // A custom command may not print the summary block: show its JSON.
+        println!("{}", std::fs::read_to_string(&summary)?);
+    }
+    if fin.code == Some(0) {
+        eprintln!("summary JSON: {}", summary.display());
+    }
+    Ok(fin.code.unwrap_or(crate::errors::code::FAILURE))
+}

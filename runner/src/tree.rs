@@ -1,0 +1,280 @@
+//! `autoresearch tree ...`: read and edit the experiment tree of a run.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::config::ResearchConfig;
+use crate::db::{Db, Node, Status, node_name, parse_node_id};
+use crate::errors::{repo_state, usage};
+use crate::git::Git;
+use crate::proposer::fmt_metric;
+use crate::runloop::Paths;
+
+pub fn open_db(root: &Path, cfg: &ResearchConfig) -> Result<Db> {
+    let paths = Paths::new(root, cfg);
+    if !paths.db.exists() {
+        let runs: Vec<String> = std::fs::read_dir(root.join(".autoresearch"))
+            .map(|rd| rd.flatten().filter(|e| e.path().join("tree.db").exists()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        return Err(repo_state(format!(
+            "no run with tag `{}` here ({} is missing); runs: {} (pass --tag)",
+            cfg.tag,
+            paths.db.display(),
+            if runs.is_empty() { "none, start one with `autoresearch run`".into() } else { runs.join(", ") }
+        )));
+    }
+    Db::open(&paths.db)
+}
+
+pub fn node_id(s: &str) -> Result<i64> {
+    parse_node_id(s).ok_or_else(|| usage(format!("`{s}` is not a node id (use 7 or n7, see `autoresearch tree list`)")))
+}
+
+pub fn best(nodes: &[Node]) -> Option<&Node> {
+    nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
+}
+
+pub fn best_path(nodes: &[Node]) -> Vec<&Node> {
+    let mut path = Vec::new();
+    let mut cur = best(nodes);
+    while let Some(n) = cur {
+        path.push(n);
+        cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
+    }
+    path.reverse();
+    path
+}
+
+fn short(c: &Option<String>) -> String {
+    c.as_deref().map(|c| c[..7.min(c.len())].to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn list(db: &Db, json_out: bool) -> Result<()> {
+    let nodes = db.nodes()?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    println!("{:<6} {:<6} {:<9} {:<8} {:>10}  description", "node", "parent", "status", "commit", "metric");
+    for n in &nodes {
+        println!(
+            "{:<6} {:<6} {:<9} {:<8} {:>10}  {}",
+            n.name(),
+            n.parent.map(node_name).unwrap_or_else(|| "-".into()),
+            n.status.as_str(),
+            short(&n.commit),
+            fmt_metric(n.metric),
+            n.description
+        );
+    }
+    Ok(())
+}
+
+pub fn show(db: &Db, git: &Git, id: i64, json_out: bool, diff: bool) -> Result<()> {
+    let n = db.require_node(id)?;
+    let runs = db.runs(id)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"node": n, "runs": runs}))?);
+        return Ok(());
+    }
+    println!("{}  {}  parent {}", n.name(), n.status.as_str(), n.parent.map(node_name).unwrap_or_else(|| "-".into()));
+    println!("commit:      {}", n.commit.as_deref().unwrap_or("-"));
+    println!("description: {}", n.description);
+    println!("hypothesis:  {}", n.hypothesis);
+    println!("metric:      {}   memory: {}", fmt_metric(n.metric), n.memory_mb.map(|m| format!("{:.1} GB", m / 1024.0)).unwrap_or("-".into()));
+    println!("platform:    {}   proposer: {}", n.platform, n.proposer);
+    if let (Some(s), Some(f)) = (n.started_at, n.finished_at) {
+        println!("time:        {:.1} s ({} -> {})", f - s, crate::db::iso8601(s), crate::db::iso8601(f));
+    }
+    for r in &runs {
+        println!("run:         seed {} {} exit {:?} {} {:.1}s log {}", r.seed, r.outcome, r.exit_code, fmt_metric(r.metric), r.seconds, r.log);
+    }
+    if !n.insight.is_empty() {
+        println!("insight:\n{}", indent(&n.insight));
+    }
+    if diff
+        && let (Some(c), Some(p)) = (&n.commit, n.parent.and_then(|p| db.node(p).ok().flatten()).and_then(|p| p.commit))
+    {
+        println!("\n{}", git.diff_text(Git::oid(&p)?, Git::oid(c)?, true)?);
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+pub fn add(db: &Db, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
+    db.require_node(parent)?;
+    let id = db.insert_node(Some(parent), hypothesis, description, None, "tree-add", "")?;
+    println!("{}", node_name(id));
+    Ok(())
+}
+
+pub struct RecordArgs<'a> {
+    pub summary_json: Option<&'a Path>,
+    pub metric: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub crash: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub hypothesis: Option<&'a str>,
+}
+
+pub fn record(db: &Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) -> Result<()> {
+    let n = db.require_node(id)?;
+    if n.status.finished() {
+        return Err(usage(format!("{} is already {}: only a pending or running node can be recorded", n.name(), n.status.as_str())));
+    }
+    let mut rec = json!({});
+    if let Some(p) = a.summary_json {
+        let text = std::fs::read_to_string(p).with_context(|| format!("--summary-json {}", p.display()))?;
+        let s: Value = serde_json::from_str(&text).map_err(|e| usage(format!("--summary-json {}: {e}", p.display())))?;
+        let m = s
+            .get(&cfg.metric)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
+        rec["metric"] = json!(m);
+        rec["memory_mb"] = s.get("peak_vram_mb").cloned().unwrap_or(Value::Null);
+        rec["summary"] = s;
+    }
+    if let Some(m) = a.metric {
+        rec["metric"] = json!(m);
+    }
+    if let Some(m) = a.memory_mb {
+        rec["memory_mb"] = json!(m);
+    }
+    if let Some(c) = a.crash {
+        rec["crash"] = json!(c);
+    }
+    if rec.get("metric").is_none() && rec.get("crash").is_none() {
+        return Err(usage("tree record needs --summary-json FILE, --metric VALUE or --crash WHY"));
+    }
+    if let Some(d) = a.description {
+        rec["description"] = json!(d);
+    }
+    if let Some(h) = a.hypothesis {
+        rec["hypothesis"] = json!(h);
+    }
+    db.set_recorded(id, &rec)?;
+    println!("recorded {}: {}", n.name(), rec);
+    Ok(())
+}
+
+fn subtree(nodes: &[Node], id: i64) -> Vec<i64> {
+    let mut out = vec![id];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(nodes.iter().filter(|n| n.parent == Some(cur)).map(|n| n.id));
+        i += 1;
+    }
+    out
+}
+
+pub fn prune(db: &Db, id: i64) -> Result<()> {
+    let nodes = db.nodes()?;
+    db.require_node(id)?;
+    let ids = subtree(&nodes, id);
+    let path: Vec<i64> = best_path(&nodes).iter().map(|n| n.id).collect();
+    if ids.iter().any(|i| path.contains(i)) {
+        return Err(usage(format!("n{id}'s subtree holds the best path: it cannot be pruned")));
+    }
+    for i in &ids {
+        db.set_status(*i, Status::Pruned)?;
+    }
+    println!("pruned {} node(s)", ids.len());
+    Ok(())
+}
+
+pub fn delete(db: &mut Db, git: &Git, tag: &str, id: i64, recursive: bool) -> Result<()> {
+    let nodes = db.nodes()?;
+    db.require_node(id)?;
+    let path: Vec<i64> = best_path(&nodes).iter().map(|n| n.id).collect();
+    let mut ids = if recursive { subtree(&nodes, id) } else { vec![id] };
+    if ids.iter().any(|i| path.contains(i)) {
+        return Err(usage(format!("n{id} is on (or above) the best path: it cannot be deleted")));
+    }
+    if ids.iter().any(|i| nodes.iter().any(|n| n.id == *i && n.status == Status::Running)) {
+        return Err(usage("a running node cannot be deleted: stop the run first"));
+    }
+    ids.reverse(); // children first
+    for i in &ids {
+        db.delete_node(*i)?;
+        git.delete_node_ref(tag, &node_name(*i))?;
+    }
+    println!("deleted {} node(s) and their refs", ids.len());
+    Ok(())
+}
+
+pub fn visualize(db: &Db) -> Result<()> {
+    let nodes = db.nodes()?;
+    let best_id = best(&nodes).map(|b| b.id);
+    fn walk(nodes: &[Node], id: i64, prefix: &str, last: bool, root: bool, best: Option<i64>, out: &mut String) {
+        let n = nodes.iter().find(|n| n.id == id).unwrap();
+        let branch = if root { "" } else if last { "└── " } else { "├── " };
+        out.push_str(&format!(
+            "{prefix}{branch}{} {} {} {}{}\n",
+            n.name(),
+            n.status.as_str(),
+            fmt_metric(n.metric),
+            n.description,
+            if Some(n.id) == best { "  <- best" } else { "" }
+        ));
+        let kids: Vec<&Node> = nodes.iter().filter(|m| m.parent == Some(id)).collect();
+        let child_prefix = if root { prefix.to_string() } else { format!("{prefix}{}", if last { "    " } else { "│   " }) };
+        for (i, k) in kids.iter().enumerate() {
+            walk(nodes, k.id, &child_prefix, i + 1 == kids.len(), false, best, out);
+        }
+    }
+    let mut out = String::new();
+    for r in nodes.iter().filter(|n| n.parent.is_none()) {
+        walk(&nodes, r.id, "", true, true, best_id, &mut out);
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub fn best_path_cmd(db: &Db, json_out: bool) -> Result<()> {
+    let nodes = db.nodes()?;
+    let path = best_path(&nodes);
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&path)?);
+        return Ok(());
+    }
+    for n in path {
+        println!("{} {} {} {}", n.name(), short(&n.commit), fmt_metric(n.metric), n.description);
+    }
+    Ok(())
+}
+
+pub fn compare(db: &Db, git: &Git, a: i64, b: i64) -> Result<()> {
+    let (x, y) = (db.require_node(a)?, db.require_node(b)?);
+    println!("{:<18} {:>14} {:>14} {:>12}", "", x.name(), y.name(), "delta");
+    println!("{:<18} {:>14} {:>14}", "status", x.status.as_str(), y.status.as_str());
+    let mut keys: Vec<String> = Vec::new();
+    for m in [&x.metrics, &y.metrics].into_iter().flatten() {
+        if let Value::Object(o) = m {
+            for (k, v) in o {
+                if v.is_number() && !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    let get = |n: &Node, k: &str| n.metrics.as_ref().and_then(|m| m.get(k)).and_then(Value::as_f64);
+    for k in keys {
+        let (va, vb) = (get(&x, &k), get(&y, &k));
+        let d = match (va, vb) {
+            (Some(p), Some(q)) => format!("{:+.6}", q - p),
+            _ => String::new(),
+        };
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_else(|| "-".into());
+        println!("{k:<18} {:>14} {:>14} {d:>12}", f(va), f(vb));
+    }
+    if let (Some(c1), Some(c2)) = (&x.commit, &y.commit) {
+        println!("\n{}", git.diff_text(Git::oid(c1)?, Git::oid(c2)?, false)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! A tiny research repository: a "trainer" that is just hparams.toml, an experiment script whose
+//! val_bpb is a deterministic function of it, and scripted proposers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const TAG: &str = "t1";
+
+pub struct Fixture {
+    pub _dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    /// Outside the repository: scripts and proposer state.
+    pub tools: PathBuf,
+}
+
+/// val_bpb = 1 + |matrix_lr - 0.04|; mode = crash | hang | slow changes the behaviour.
+pub const EXPERIMENT: &str = r#"#!/bin/sh
+f=trainer/hparams.toml
+get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//; s/"//g'; }
+mode=$(get mode)
+echo "experiment in $(pwd), seed $AUTORESEARCH_SEED, mode $mode"
+case "$mode" in
+  crash) echo "boom: simulated crash" >&2; exit 1 ;;
+  hang) sleep 60 ;;
+  slow) touch "$TOOLS/started"; sleep 30; touch "$TOOLS/orphan_finished" ;;
+esac
+lr=$(get matrix_lr)
+val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
+printf '{"val_bpb": %s, "peak_vram_mb": 2048.0, "training_seconds": 1.0, "num_steps": 3}\n' "$val" > "$1"
+echo "val_bpb: $val"
+"#;
+
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").args(args).current_dir(repo).output().expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Fixture {
+    pub fn new(hparams: &str, research_extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let tools = dir.path().join("tools");
+        for d in ["trainer", "prepare", "harness", "configs/platforms"] {
+            std::fs::create_dir_all(repo.join(d)).unwrap();
+        }
+        std::fs::create_dir_all(&tools).unwrap();
+        std::fs::write(repo.join("trainer/hparams.toml"), hparams).unwrap();
+        std::fs::write(repo.join("prepare/data.txt"), "pinned validation data\n").unwrap();
+        std::fs::write(repo.join("harness/main.rs"), "fn main() {}\n").unwrap();
+        std::fs::write(repo.join("Cargo.toml"), "[workspace]\n").unwrap();
+        std::fs::write(repo.join(".gitignore"), "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n").unwrap();
+        std::fs::write(repo.join("configs/platforms/cpu.toml"), "name = \"cpu\"\nclass = \"cpu\"\ndevice_batch_scale = 1.0\n").unwrap();
+        std::fs::write(tools.join("experiment.sh"), EXPERIMENT).unwrap();
+        let research = format!(
+            "tag = \"{TAG}\"\nprofile = \"configs/platforms/cpu.toml\"\nbudget = \"time:1\"\nexperiment_command = \"TOOLS={tools} sh {tools}/experiment.sh {{summary_json}}\"\n{research_extra}\n",
+            tools = tools.display()
+        );
+        std::fs::write(repo.join("configs/research.toml"), research).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+        git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial"]);
+        Fixture { _dir: dir, repo, tools }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_autoresearch"));
+        c.args(args).current_dir(&self.repo).env("TOOLS", &self.tools);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("autoresearch runs")
+    }
+
+    /// The data rows of results.tsv.
+    pub fn rows(&self) -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap_or_default();
+        let mut lines = text.lines();
+        if let Some(h) = lines.next() {
+            assert_eq!(h, "commit\tval_bpb\tmemory_gb\tstatus\tdescription");
+        }
+        lines.map(|l| l.split('\t').map(str::to_string).collect()).collect()
+    }
+
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["tree", "list", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+
+    pub fn node_refs(&self) -> Vec<String> {
+        let out = git(&self.repo, &["for-each-ref", "--format=%(refname)", &format!("refs/autoresearch/{TAG}/")]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    pub fn branch_tip(&self) -> String {
+        git(&self.repo, &["rev-parse", &format!("refs/heads/autoresearch/{TAG}")])
+    }
+
+    pub fn assert_worktrees_clean(&self) {
+        let wt = self.repo.join(".worktrees");
+        assert!(!wt.exists() || std::fs::read_dir(&wt).unwrap().next().is_none(), ".worktrees not cleaned");
+        let list = git(&self.repo, &["worktree", "list", "--porcelain"]);
+        assert_eq!(list.lines().filter(|l| l.starts_with("worktree ")).count(), 1, "{list}");
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}

@@ -1,0 +1,37 @@
+//! The built-in search fixes a deliberately bad hyperparameter, keeping the file's comments.
+
+mod common;
+use common::*;
+
+const HPARAMS: &str = "# hyperparameters\n[gpu]\nmatrix_lr = 0.5   # deliberately bad\nembedding_lr = 0.6 # fine\nmode = \"ok\"\n\n[cpu]\n";
+
+const SPACE: &str = "file = \"trainer/hparams.toml\"\ntable = \"gpu\"\n\n[[param]]\nname = \"matrix_lr\"\nvalues = [0.2, 0.04, 1.0, 0.03, 0.05]\n\n[[param]]\nname = \"embedding_lr\"\nvalues = [0.3, 1.2]\n";
+
+#[test]
+fn search_improves_a_bad_hyperparameter() {
+    let fx = Fixture::new(HPARAMS, "keep_rule = \"strict\"\nmax_experiments = 6\nproposer = \"search\"\nsearch_space = \"configs/search_space.toml\"\nsearch_patience = 3\n");
+    std::fs::write(fx.repo.join("configs/search_space.toml"), SPACE).unwrap();
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "space"]);
+
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    // Broad first: matrix_lr's first value, then embedding_lr's, before any finer value.
+    assert!(rows[1][4].starts_with("matrix_lr = 0.2"), "{rows:?}");
+    assert!(rows[2][4].starts_with("embedding_lr = 0.3"), "{rows:?}");
+    let tip = fx.branch_tip();
+    let file = git(&fx.repo, &["show", &format!("{tip}:trainer/hparams.toml")]);
+    assert!(file.contains("matrix_lr = 0.04   # deliberately bad"), "{file}");
+    assert!(file.contains("embedding_lr = 0.6 # fine") && file.starts_with("# hyperparameters"), "{file}");
+    let best: f64 = rows.iter().filter(|r| r[3] == "keep").map(|r| r[1].parse::<f64>().unwrap()).fold(f64::INFINITY, f64::min);
+    assert!((best - 1.0).abs() < 1e-9, "{rows:?}");
+    // No change tried twice from the same node.
+    let mut descs: Vec<String> = fx.nodes().iter().map(|n| format!("{} {}", n["parent"], n["change"])).collect();
+    let n = descs.len();
+    descs.sort();
+    descs.dedup();
+    assert_eq!(descs.len(), n);
+    fx.assert_worktrees_clean();
+}
