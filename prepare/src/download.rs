@@ -57,10 +57,10 @@ pub enum DownloadError {
         attempts: u32,
         last: String,
     },
-    #[error("cannot write {path}: {source} (is the disk full?)")]
+    #[error("cannot write {path}: {cause} (is the disk full?)")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{url} did not return a parquet file (no PAR1 magic); check --base-url")]
     NotParquet { url: String },
@@ -103,9 +103,9 @@ pub fn download_file(url: &str, dest: &Path, cfg: &DownloadConfig) -> Result<u64
                         },
                     }
                 })?;
-                std::fs::rename(&part, dest).map_err(|source| DownloadError::Write {
+                std::fs::rename(&part, dest).map_err(|cause| DownloadError::Write {
                     path: dest.to_path_buf(),
-                    source,
+                    cause,
                 })?;
                 return Ok(std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0));
             }
@@ -155,9 +155,9 @@ fn check_parquet_magic(path: &Path) -> Result<(), Option<DownloadError>> {
     match read() {
         Ok(true) => Ok(()),
         Ok(false) => Err(None),
-        Err(source) => Err(Some(DownloadError::Write {
+        Err(cause) => Err(Some(DownloadError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         })),
     }
 }
@@ -211,10 +211,10 @@ fn try_once(agent: &ureq::Agent, url: &str, part: &Path) -> Result<(), Attempt> 
             }));
         }
     };
-    let write_err = |source| {
+    let write_err = |cause| {
         Attempt::Fatal(DownloadError::Write {
             path: part.to_path_buf(),
-            source,
+            cause,
         })
     };
     let mut file = if append {
@@ -247,9 +247,9 @@ pub fn download_shards(
     dir: &Path,
     cfg: &DownloadConfig,
 ) -> Result<Vec<PathBuf>, DownloadError> {
-    std::fs::create_dir_all(dir).map_err(|source| DownloadError::Write {
+    std::fs::create_dir_all(dir).map_err(|cause| DownloadError::Write {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let bar = if cfg.progress {
         indicatif::ProgressBar::new(indices.len() as u64)

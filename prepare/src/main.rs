@@ -91,8 +91,19 @@ struct Args {
     retrain_tokenizer: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable chain, no backtrace: the messages say what to do.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         (261..=65536).contains(&args.vocab_size),
         "--vocab-size must be in 261..=65536 (ids are stored as 16 bits), got {}",
@@ -111,7 +122,8 @@ fn main() -> anyhow::Result<()> {
     } else if !args.text.is_empty() || !args.jsonl.is_empty() {
         anyhow::ensure!(args.num_shards.is_none(), "--num-shards applies to shards, not to --text/--jsonl");
         SourceSpec::Files {
-            train: args.text.iter().chain(&args.jsonl).cloned().collect(),
+            text: args.text.clone(),
+            jsonl: args.jsonl.clone(),
             val: args.val_file.clone(),
             split,
             val_percent: args.val_percent,

@@ -38,7 +38,11 @@ pub enum SourceSpec {
     },
     /// Plain-text and JSONL files (see [`crate::source`] for documents and validation).
     Files {
-        train: Vec<PathBuf>,
+        /// Plain-text files.
+        text: Vec<PathBuf>,
+        /// JSONL files (field `text`).
+        jsonl: Vec<PathBuf>,
+        /// Validation files; empty: the last `val_percent` % of the documents.
         val: Vec<PathBuf>,
         split: DocSplit,
         val_percent: f64,
@@ -233,11 +237,12 @@ fn build_corpus(opts: &PrepareOptions, layout: &CacheLayout, log: &dyn Fn(&str))
         }
         SourceSpec::Dir { dir, num_shards } => shard_dir_corpus(dir, *num_shards)?,
         SourceSpec::Files {
-            train,
+            text,
+            jsonl,
             val,
             split,
             val_percent,
-        } => text_corpus(train, val, *split, *val_percent)?,
+        } => text_corpus(text, jsonl, val, *split, *val_percent)?,
     })
 }
 

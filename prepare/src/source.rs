@@ -34,10 +34,10 @@ use crate::token_file::Digest32;
 /// Why documents cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is not a readable parquet file ({reason}); delete it (re-download) or point `prepare` at a valid shard")]
     NotParquet { path: PathBuf, reason: String },
@@ -60,9 +60,9 @@ pub enum SourceError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
-    move |source| SourceError::Io {
+    move |cause| SourceError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -209,21 +209,24 @@ pub fn shard_corpus(dir: &Path, train: &[usize], description: String) -> Corpus 
     }
 }
 
-/// Text/JSONL files as a corpus: see the module documentation for the validation split.
+/// Text files (`text`, split by `split`) and JSONL files (`jsonl`) as a corpus: see the module
+/// documentation for the validation split.
 pub fn text_corpus(
-    train_files: &[PathBuf],
+    text: &[PathBuf],
+    jsonl: &[PathBuf],
     val_files: &[PathBuf],
     split: DocSplit,
     val_percent: f64,
 ) -> Result<Corpus, SourceError> {
-    if train_files.is_empty() {
+    if text.is_empty() && jsonl.is_empty() {
         return Err(SourceError::Layout(
-            "no input: give --source-dir, --download, --text FILE or --jsonl FILE".into(),
+            "no input: give --source-dir DIR, --text FILE or --jsonl FILE (or nothing, to download)".into(),
         ));
     }
+    let train_files: Vec<&PathBuf> = text.iter().chain(jsonl).collect();
     let mut train = Vec::new();
-    for f in train_files {
-        let docs = read_docs_by_extension(f, split)?;
+    for (k, f) in train_files.iter().enumerate() {
+        let docs = if k < text.len() { read_text(f, split)? } else { read_jsonl(f)? };
         if docs.is_empty() {
             return Err(SourceError::Layout(format!(
                 "{} holds no document; remove it or fill it",
@@ -511,7 +514,7 @@ mod tests {
         let a = dir.path().join("a.txt");
         std::fs::write(&a, "one\nline two\n\n\n  \nthree\r\n\r\nfour\n\nfive").unwrap();
         assert_eq!(read_text(&a, DocSplit::Paragraph).unwrap(), ["one\nline two", "three", "four", "five"]);
-        let corpus = text_corpus(&[a.clone()], &[], DocSplit::Paragraph, 25.0).unwrap();
+        let corpus = text_corpus(&[a.clone()], &[], &[], DocSplit::Paragraph, 25.0).unwrap();
         let Origin::Docs(val) = &corpus.val.origin else { panic!() };
         assert_eq!(val.as_slice(), ["five"]);
         let Origin::Docs(train) = &corpus.train[0].origin else { panic!() };
@@ -523,18 +526,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("b.txt");
         std::fs::write(&bin, b"ok\xff\xfe").unwrap();
-        let err = text_corpus(&[bin], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
+        let err = text_corpus(&[bin], &[], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
         assert!(err.contains("b.txt") && err.contains("UTF-8"), "{err}");
         let empty = dir.path().join("e.txt");
         std::fs::write(&empty, "\n\n").unwrap();
-        let err = text_corpus(&[empty], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
+        let err = text_corpus(&[empty], &[], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
         assert!(err.contains("e.txt") && err.contains("no document"), "{err}");
         let j = dir.path().join("c.jsonl");
         std::fs::write(&j, "{\"text\": \"a\"}\n\n{\"txt\": 1}\n").unwrap();
-        let err = text_corpus(&[j], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
+        let err = text_corpus(&[], &[j], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
         assert!(err.contains("c.jsonl:3"), "{err}");
         let missing = dir.path().join("nope.txt");
-        let err = text_corpus(&[missing], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
+        let err = text_corpus(&[missing], &[], &[], DocSplit::Paragraph, 10.0).unwrap_err().to_string();
         assert!(err.contains("nope.txt"), "{err}");
     }
 }

@@ -45,11 +45,11 @@ pub fn hex(digest: &Digest32) -> String {
 /// Why a token file cannot be written or trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
-    #[error("cannot {action} token file {path}: {source}")]
+    #[error("cannot {action} token file {path}: {cause}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "token file {path} is damaged ({reason}); delete it and re-run `prepare` to rebuild it"
@@ -181,10 +181,10 @@ pub fn write(
 ) -> Result<(), TokenFileError> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| TokenFileError::Io {
+        move |cause| TokenFileError::Io {
             action,
             path: p,
-            source,
+            cause,
         }
     };
     let header = Header {
@@ -237,10 +237,10 @@ pub fn write(
 pub fn read_header(path: &Path) -> Result<Header, TokenFileError> {
     use std::io::Read;
     let mut bytes = [0u8; HEADER_LEN];
-    let mut f = File::open(path).map_err(|source| TokenFileError::Io {
+    let mut f = File::open(path).map_err(|cause| TokenFileError::Io {
         action: "open",
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     f.read_exact(&mut bytes).map_err(|_| TokenFileError::Corrupt {
         path: path.to_path_buf(),
@@ -264,18 +264,18 @@ impl TokenFile {
     /// Opens `path`, checks its structure, its checksum, and that its ids come from the
     /// tokenizer with `fingerprint`.
     pub fn open(path: &Path, fingerprint: &Digest32) -> Result<Self, TokenFileError> {
-        let file = File::open(path).map_err(|source| TokenFileError::Io {
+        let file = File::open(path).map_err(|cause| TokenFileError::Io {
             action: "open",
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         // SAFETY: token files are written once under a temporary name and renamed into place;
         // nothing writes to them afterwards. A concurrent truncation by another process would
         // fault, which is the documented risk of memory maps.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| TokenFileError::Io {
+        let map = unsafe { Mmap::map(&file) }.map_err(|cause| TokenFileError::Io {
             action: "map",
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let corrupt = |reason: String| TokenFileError::Corrupt {
             path: path.to_path_buf(),

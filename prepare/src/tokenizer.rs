@@ -32,11 +32,11 @@ pub enum TokenizerError {
         action: &'static str,
         message: String,
     },
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         action: &'static str,
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is not a tokenizer made by `prepare` ({reason}); re-run `prepare`")]
     Foreign { path: String, reason: String },
@@ -114,10 +114,10 @@ impl BpeTokenizer {
 
     /// Loads a `tokenizer.json` written by [`BpeTokenizer::save`].
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
-        let json = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+        let json = std::fs::read_to_string(path).map_err(|cause| TokenizerError::Io {
             action: "read",
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::from_json(json, &path.display().to_string())
     }
@@ -151,10 +151,10 @@ impl BpeTokenizer {
 
     /// Writes `tokenizer.json` atomically; its sha256 is [`BpeTokenizer::fingerprint`].
     pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
-        write_atomic(path, self.json.as_bytes()).map_err(|source| TokenizerError::Io {
+        write_atomic(path, self.json.as_bytes()).map_err(|cause| TokenizerError::Io {
             action: "write",
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 

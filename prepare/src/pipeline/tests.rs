@@ -123,7 +123,7 @@ fn text_and_jsonl_files_prepare_with_a_validation_file() {
     std::fs::write(&val, texts(30, "v").join("\n\n")).unwrap();
     let o = opts(
         &cache,
-        SourceSpec::Files { train: vec![txt, jsonl], val: vec![val], split: DocSplit::Paragraph, val_percent: 10.0 },
+        SourceSpec::Files { text: vec![txt], jsonl: vec![jsonl], val: vec![val], split: DocSplit::Paragraph, val_percent: 10.0 },
     );
     let r = prepare(&o, &quiet).unwrap();
     assert_eq!((r.train_docs, r.val_docs), (300, 30));
