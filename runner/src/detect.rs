@@ -29,6 +29,16 @@ pub struct Vulkan {
     pub icds: Vec<String>,
     /// Only CPU implementations (lavapipe/llvmpipe/swiftshader): no GPU behind them.
     pub software_only: bool,
+    /// GPU render nodes (/dev/dri/renderD*): an installed ICD without one drives no GPU.
+    pub render_nodes: Vec<String>,
+}
+
+impl Vulkan {
+    /// A hardware Vulkan driver with a device to drive.
+    pub fn usable_gpu(&self) -> bool {
+        let device = !self.render_nodes.is_empty() || !cfg!(target_os = "linux");
+        self.loader.is_some() && !self.icds.is_empty() && !self.software_only && device
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +96,7 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         "cuda"
     } else if apple_silicon {
         "mps"
-    } else if !vulkan.icds.is_empty() && !vulkan.software_only && vulkan.loader.is_some() {
+    } else if vulkan.usable_gpu() {
         "wgpu"
     } else {
         "cpu"
@@ -285,7 +295,16 @@ fn vulkan() -> Vulkan {
             let l = p.to_lowercase();
             l.contains("lvp") || l.contains("llvmpipe") || l.contains("swiftshader")
         });
-    Vulkan { loader, icds, software_only }
+    let mut render_nodes: Vec<String> = std::fs::read_dir("/dev/dri")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    render_nodes.sort();
+    Vulkan { loader, icds, software_only, render_nodes }
 }
 
 /// Human-readable report.
@@ -311,10 +330,11 @@ pub fn render(d: &Detection) -> String {
         ));
     }
     s.push_str(&format!(
-        "Vulkan   loader: {}; ICDs: {}{}\n",
+        "Vulkan   loader: {}; ICDs: {}{}\n         GPU render nodes: {}\n",
         d.vulkan.loader.as_deref().unwrap_or("not found"),
         if d.vulkan.icds.is_empty() { "none".into() } else { d.vulkan.icds.join(", ") },
-        if d.vulkan.software_only { " (software only, no GPU)" } else { "" }
+        if d.vulkan.software_only { " (software only, no GPU)" } else { "" },
+        if d.vulkan.render_nodes.is_empty() { "none (no GPU for Vulkan to drive)".into() } else { d.vulkan.render_nodes.join(", ") }
     ));
     s.push_str(&format!("Apple    {}\n", if d.apple_silicon { "Apple Silicon: MPS (libtorch) or Metal (wgpu)" } else { "no" }));
     s.push_str(&format!("Build    backends: {}\n", d.build_backends.join(", ")));

@@ -190,7 +190,8 @@ impl Loop<'_> {
     /// missing refs, the branch, and results/JSONL rows.
     fn recover(&mut self) -> Result<()> {
         for n in self.db.nodes()? {
-            if n.status.finished() {
+            // Finished nodes, and ideas planned with `tree add`, need nothing.
+            if n.status.finished() || n.proposer == crate::tree::PLANNED {
                 continue;
             }
             if let Some(pid) = n.pid

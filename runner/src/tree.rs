@@ -12,6 +12,9 @@ use crate::git::Git;
 use crate::proposer::fmt_metric;
 use crate::runloop::Paths;
 
+/// The proposer name of nodes added with `tree add` (ideas, not experiments).
+pub const PLANNED: &str = "tree-add";
+
 pub fn open_db(root: &Path, cfg: &ResearchConfig) -> Result<Db> {
     let paths = Paths::new(root, cfg);
     if !paths.db.exists() {
@@ -108,7 +111,7 @@ fn indent(s: &str) -> String {
 
 pub fn add(db: &Db, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
     db.require_node(parent)?;
-    let id = db.insert_node(Some(parent), hypothesis, description, None, "tree-add", "")?;
+    let id = db.insert_node(Some(parent), hypothesis, description, None, PLANNED, "")?;
     println!("{}", node_name(id));
     Ok(())
 }

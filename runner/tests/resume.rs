@@ -87,3 +87,32 @@ fn resume_restores_a_lost_row() {
     assert!(o.status.success(), "{}", stdout(&o));
     assert_eq!(fx.rows(), rows);
 }
+
+#[test]
+fn ctrl_c_stops_the_experiment_and_records_it() {
+    let fx = Fixture::new(
+        HPARAMS,
+        "keep_rule = \"strict\"\nmax_experiments = 2\nhard_timeout_seconds = 120\nproposer = \"command\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
+    );
+    std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
+    let child = fx.cmd(&["run", "--yes"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while !fx.tools.join("started").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the slow experiment never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "Ctrl-C did not stop the experiment quickly");
+    assert_eq!(out.status.code(), Some(130), "{}", stdout(&out));
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][3], "crash");
+    assert!(rows[1][4].contains("interrupted by the user"), "{rows:?}");
+    fx.assert_worktrees_clean();
+    // Resume goes on from there.
+    let o = fx.run(&["run", "--yes", "--resume"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(fx.rows().len(), 3);
+}

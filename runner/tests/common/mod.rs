@@ -22,6 +22,7 @@ mode=$(get mode)
 echo "experiment in $(pwd), seed $AUTORESEARCH_SEED, mode $mode"
 case "$mode" in
   crash) echo "boom: simulated crash" >&2; exit 1 ;;
+  oom) if [ "$AUTORESEARCH_DEVICE_BATCH_SCALE" = "1" ]; then echo "out of memory" >&2; exit 3; fi ;;
   hang) sleep 60 ;;
   slow) touch "$TOOLS/started"; sleep 30; touch "$TOOLS/orphan_finished" ;;
 esac
@@ -50,7 +51,7 @@ impl Fixture {
         std::fs::write(repo.join("prepare/data.txt"), "pinned validation data\n").unwrap();
         std::fs::write(repo.join("harness/main.rs"), "fn main() {}\n").unwrap();
         std::fs::write(repo.join("Cargo.toml"), "[workspace]\n").unwrap();
-        std::fs::write(repo.join(".gitignore"), "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n").unwrap();
+        std::fs::write(repo.join(".gitignore"), "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n*.bin\n").unwrap();
         std::fs::write(repo.join("configs/platforms/cpu.toml"), "name = \"cpu\"\nclass = \"cpu\"\ndevice_batch_scale = 1.0\n").unwrap();
         std::fs::write(tools.join("experiment.sh"), EXPERIMENT).unwrap();
         let research = format!(
