@@ -198,6 +198,12 @@ pub struct ConfigArgs {
     /// Search space of the `search` proposer.
     #[arg(long, value_name = "FILE")]
     pub search_space: Option<String>,
+    /// Search: children tried under the best node before backtracking.
+    #[arg(long, value_name = "N")]
+    pub search_patience: Option<u32>,
+    /// Seconds added to 2 x the time budget for the build (automatic hard timeout).
+    #[arg(long, value_name = "SECONDS")]
+    pub build_allowance: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -323,6 +329,10 @@ impl ConfigArgs {
         set!(device_batch_scale);
         set!(experiment_command);
         set!(search_space);
+        set!(search_patience);
+        if let Some(b) = self.build_allowance {
+            c.build_allowance_seconds = b;
+        }
         if let Some(t) = self.trainer.as_ref()
             && self.scope.is_empty()
         {
