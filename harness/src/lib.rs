@@ -16,4 +16,3 @@ pub mod memory;
 pub mod probe;
 pub mod run;
 pub mod summary;
-pub mod trainer_entry;

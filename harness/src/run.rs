@@ -91,8 +91,9 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
         Ok(()) => exit::SUCCESS,
         Err(failure) => {
             if failure.code == exit::DIVERGED {
-                // The reference prints exactly this and exits 1.
-                println!("FAIL");
+                // The reference prints exactly this and exits 1. The leading newline ends a
+                // progress line the trainer may have left open with `\r`, so `^FAIL` greps.
+                println!("\nFAIL");
             }
             eprintln!("harness: {}", failure.message);
             eprintln!("harness: exit {} ({})", failure.code, exit::status_name(failure.code));
@@ -183,7 +184,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
         };
         guarded("training", exit::OTHER_FAILURE, || {
             device.seed(cli.seed);
-            crate::trainer_entry::train(ctx)
+            trainer::train(ctx)
         })?
         .map_err(|e| classify_train_error(&e))?
     };
