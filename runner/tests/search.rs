@@ -35,3 +35,28 @@ fn search_improves_a_bad_hyperparameter() {
     assert_eq!(descs.len(), n);
     fx.assert_worktrees_clean();
 }
+
+#[test]
+fn search_prunes_dead_branches_and_stops_when_exhausted() {
+    let fx = Fixture::new(
+        "[gpu]\nmatrix_lr = 0.04\nmode = \"ok\"\n",
+        "keep_rule = \"strict\"\nmax_experiments = 20\nproposer = \"search\"\nsearch_space = \"configs/search_space.toml\"\nsearch_patience = 8\n",
+    );
+    std::fs::write(
+        fx.repo.join("configs/search_space.toml"),
+        "table = \"gpu\"\n[[param]]\nname = \"matrix_lr\"\nvalues = [0.45]\n[[param]]\nname = \"mode\"\nvalues = [\"crash\", \"crash2\"]\n",
+    )
+    .unwrap();
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "space"]);
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("search space is exhausted"), "{}", stdout(&o));
+    let nodes = fx.nodes();
+    let st: Vec<(i64, &str)> = nodes.iter().map(|n| (n["parent"].as_i64().unwrap_or(0), n["status"].as_str().unwrap())).collect();
+    // n2 (discard) is expanded after the baseline runs out of changes; both its children crash,
+    // so it is pruned and nothing is left to try.
+    assert_eq!(st, [(0, "keep"), (1, "pruned"), (1, "crash"), (1, "crash"), (2, "crash"), (2, "crash")], "{nodes:#?}");
+    // Its results row keeps the status it finished with.
+    assert_eq!(fx.rows()[1][3], "discard");
+}

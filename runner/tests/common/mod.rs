@@ -21,7 +21,7 @@ get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//; s/"//g'; }
 mode=$(get mode)
 echo "experiment in $(pwd), seed $AUTORESEARCH_SEED, mode $mode"
 case "$mode" in
-  crash) echo "boom: simulated crash" >&2; exit 1 ;;
+  crash*) echo "boom: simulated crash" >&2; exit 1 ;;
   oom) if [ "$AUTORESEARCH_DEVICE_BATCH_SCALE" = "1" ]; then echo "out of memory" >&2; exit 3; fi ;;
   hang) sleep 60 ;;
   slow) touch "$TOOLS/started"; sleep 30; touch "$TOOLS/orphan_finished" ;;
