@@ -3,6 +3,14 @@
 //!
 //! This is the one crate that experiments edit. The harness calls [`train`] with a
 //! [`TrainContext`] and scores the returned model itself.
+//!
+//! A port of the reference train.py (karpathy/autoresearch). Known differences:
+//! - Everything runs in f32: the profile's `dtype` is not applied (the reference trains in bf16
+//!   autocast and keeps the embeddings in bf16).
+//! - Muon updates each matrix on its own instead of stacking same-shaped matrices (same math).
+//! - The loss printed and checked for divergence is the mean over the micro-batches of a step
+//!   (the reference uses the last micro-batch's).
+//! - The value-embedding gates are Muon matrices, as in the reference (they live in the blocks).
 
 pub mod hparams;
 pub mod model;
@@ -206,6 +214,7 @@ mod tests {
     fn tiny_model_learns_a_cycle() {
         let hp = tiny_hparams("");
         let (first, last) = train_tiny(&hp, 30);
+        eprintln!("tiny model: loss {first:.3} -> {last:.3} in 30 steps");
         assert!((first - (64f64).ln()).abs() < 0.5, "initial loss {first} should be near ln(64)");
         assert!(last < 0.5 * first, "loss did not fall enough: {first} -> {last}");
     }
@@ -271,3 +280,4 @@ mod tests {
         assert_eq!(boxed.logits(ids).dims(), [2, 16, 64]);
     }
 }
+
