@@ -63,7 +63,7 @@ pub fn accumulate_batch(
     let nats: Vec<f32> = picked
         .into_data()
         .convert::<f32>()
-        .into_vec()
+        .try_into_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("cannot read log-probabilities back: {e:?}"))?;
     for (&target, &logp) in targets.iter().zip(&nats) {
         let bytes = token_bytes[target as usize];

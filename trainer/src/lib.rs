@@ -219,22 +219,15 @@ mod tests {
         assert!(last < 0.5 * first, "loss did not fall enough: {first} -> {last}");
     }
 
-    /// The whole `train` on a prepared cache, then `evaluate_bpb` on the returned model.
-    /// Runs only when `TRAINER_E2E_CACHE` names a prepared cache directory; optional
-    /// `TRAINER_E2E_HPARAMS` (TOML), `TRAINER_E2E_SEQ_LEN`, `TRAINER_E2E_TOKENS`.
+    /// The whole `train` on a tiny prepared cache, then `evaluate_bpb` on the returned model.
     #[test]
     fn end_to_end_on_a_prepared_cache() {
         use prepare::clock::TrainingClock;
         use prepare::profile::PlatformProfile;
-        let Ok(dir) = std::env::var("TRAINER_E2E_CACHE") else {
-            eprintln!("TRAINER_E2E_CACHE not set: end-to-end test skipped");
-            return;
-        };
-        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
-        let seq_len: usize = env("TRAINER_E2E_SEQ_LEN", "64").parse().unwrap();
-        let tokens: f64 = env("TRAINER_E2E_TOKENS", "16384").parse().unwrap();
-        let over = env("TRAINER_E2E_HPARAMS", "depth = 2\ntotal_batch_tokens = 2048\ndevice_batch_size = 8");
-        let data = prepare::data::PreparedData::open(std::path::Path::new(&dir)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        prepare::fixtures::prepare_tiny_cache(dir.path()).unwrap();
+        let data = prepare::data::PreparedData::open(dir.path()).unwrap();
+        let seq_len = 64;
         let profile = PlatformProfile {
             class: "cpu".into(),
             seq_len,
@@ -244,29 +237,29 @@ mod tests {
             dtype: "f32".into(),
             ..Default::default()
         };
-        let mut clock = TrainingClock::new(Budget::Tokens(tokens as u64), 1);
+        let over = "depth = 2\naspect_ratio = 32\nhead_dim = 32\ntotal_batch_tokens = 1024\ndevice_batch_size = 8";
+        let mut clock = TrainingClock::new(Budget::Tokens(16384), 1);
         let device = Device::flex();
-        let started = std::time::Instant::now();
+        let untrained = {
+            let hp = Hparams::load("cpu", Some(over)).unwrap();
+            let d = device.clone();
+            d.seed(42);
+            GptConfig::new(&hp, data.vocab_size(), seq_len).init(&d)
+        };
+        let before = prepare::eval::evaluate_bpb(&untrained, &data, &profile, &device).unwrap();
         let trained = train(TrainContext {
             device: device.clone(),
             data: &data,
             profile: &profile,
             clock: &mut clock,
             seed: 42,
-            hparams_override: Some(over),
+            hparams_override: Some(over.to_string()),
         })
         .unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        let sums = prepare::eval::evaluate_bpb(trained.model.as_ref(), &data, &profile, &device).unwrap();
-        eprintln!(
-            "e2e: {} steps, {} tokens in {secs:.1}s ({:.0} tok/s overall, {:.1}M params), val_bpb {:.4}",
-            clock.steps(),
-            clock.tokens(),
-            clock.tokens() as f64 / secs,
-            trained.num_params as f64 / 1e6,
-            sums.bpb()
-        );
-        assert!(sums.bpb().is_finite() && sums.bpb() > 0.0);
+        let after = prepare::eval::evaluate_bpb(trained.model.as_ref(), &data, &profile, &device).unwrap();
+        assert_eq!(clock.steps(), 16, "16384 tokens at 1024 per step");
+        assert_eq!(trained.depth, 2);
+        assert!(after.bpb() < 0.8 * before.bpb(), "val_bpb did not fall: {} -> {}", before.bpb(), after.bpb());
     }
 
     #[test]

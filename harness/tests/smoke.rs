@@ -1,0 +1,145 @@
+//! Smoke training on every backend compiled into this build: the real harness binary, a tiny
+//! model on a tiny prepared cache, and a loss that must fall.
+//!
+//! flex and ndarray always run. wgpu runs on a software Vulkan adapter (Mesa's lavapipe,
+//! Debian `mesa-vulkan-drivers`) when the build has the `wgpu` feature; CI installs Mesa, so
+//! there a missing adapter is a failure, not a skip.
+
+#[cfg(feature = "wgpu")]
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const PROFILE: &str = "\
+name = \"tiny\"
+class = \"cpu\"
+seq_len = 64
+eval_tokens = 4096
+eval_batch_size = 8
+warmup_steps = 1
+dtype = \"f32\"
+fusion = false
+autotune = false
+";
+
+/// Two layers of width 64 (two heads of 32), one 512-token micro-batch per step.
+const HPARAMS: &str = "\
+depth = 2
+aspect_ratio = 32
+head_dim = 32
+window_pattern = \"SL\"
+total_batch_tokens = 512
+device_batch_size = 8
+";
+
+/// One prepared cache, profile and hparams file shared by every test of this binary.
+fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
+    static FIXTURE: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        prepare::fixtures::prepare_tiny_cache(dir.path()).unwrap();
+        let profile = dir.path().join("tiny.toml");
+        let hparams = dir.path().join("hparams.toml");
+        std::fs::write(&profile, PROFILE).unwrap();
+        std::fs::write(&hparams, HPARAMS).unwrap();
+        (dir, profile, hparams)
+    })
+}
+
+/// Every `loss: X` of the trainer's progress lines, in order.
+fn losses(stdout: &str) -> Vec<f64> {
+    stdout
+        .split(['\r', '\n'])
+        .filter_map(|line| line.split("| loss: ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+struct Smoke {
+    first_loss: f64,
+    last_loss: f64,
+    summary: serde_json::Value,
+}
+
+fn smoke(device: &str) -> Smoke {
+    let (dir, profile, hparams) = fixture();
+    let json = dir.path().join(format!("summary-{device}.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .arg("--profile")
+        .arg(profile)
+        .arg("--hparams")
+        .arg(hparams)
+        .args(["--budget", "tokens:20480", "--device", device, "--summary-json"])
+        .arg(&json)
+        .env_remove("BURN_DEVICE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "harness on {device} failed: {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("\n---\nval_bpb:"), "no summary block on {device}:\n{stdout}");
+    let losses = losses(&stdout);
+    assert!(losses.len() >= 30, "expected a progress line per step on {device}, got {losses:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    Smoke { first_loss: losses[0], last_loss: *losses.last().unwrap(), summary }
+}
+
+fn assert_learns(device: &str) {
+    let s = smoke(device);
+    let vocab_ln = (prepare::fixtures::TINY_VOCAB as f64).ln();
+    assert!((s.first_loss - vocab_ln).abs() < 1.0, "{device}: first loss {} should be near ln V = {vocab_ln}", s.first_loss);
+    assert!(s.last_loss < s.first_loss - 1.0, "{device}: loss did not fall: {} -> {}", s.first_loss, s.last_loss);
+    let bpb = s.summary["val_bpb"].as_f64().unwrap();
+    assert!(bpb.is_finite() && bpb > 0.0, "{device}: val_bpb {bpb}");
+    assert_eq!(s.summary["num_steps"].as_u64(), Some(40), "{device}: 20480 tokens at 512 per step");
+    eprintln!("{device}: loss {:.3} -> {:.3}, val_bpb {bpb:.4}", s.first_loss, s.last_loss);
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_smoke_training_loss_falls() {
+    assert_learns("flex");
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_smoke_training_loss_falls() {
+    assert_learns("ndarray");
+}
+
+/// Whether a Vulkan driver is installed (lavapipe's ICD is enough).
+#[cfg(feature = "wgpu")]
+fn vulkan_icd_present() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(Path::new(d)).ok())
+        .flatten()
+        .any(|e| e.map(|e| e.path().extension().is_some_and(|x| x == "json")).unwrap_or(false))
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_software_adapter_smoke_training_loss_falls() {
+    if !vulkan_icd_present() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install mesa-vulkan-drivers so that wgpu has a software adapter"
+        );
+        eprintln!("no Vulkan driver: install mesa-vulkan-drivers to run the wgpu smoke test");
+        return;
+    }
+    assert_learns("wgpu-cpu");
+}
+
+#[test]
+fn summary_json_of_a_smoke_run_matches_the_printed_block() {
+    let s = smoke("flex");
+    for key in ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth"] {
+        assert!(s.summary.get(key).is_some(), "summary JSON lacks {key}: {}", s.summary);
+    }
+    assert_eq!(s.summary["depth"].as_u64(), Some(2));
+}
