@@ -67,6 +67,13 @@ pub enum Command {
         #[arg(long, value_name = "LIST")]
         features: Option<String>,
     },
+    /// Prepare the data: build and run the `prepare` binary of this checkout with ARGS
+    /// (`autoresearch prepare -- --num-shards 10`, `-- --source-dir DIR`; `-- --help` for all).
+    Prepare {
+        /// Arguments for `prepare` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// One run of the current trainer in this checkout: build the harness, train, print the summary.
     Train(TrainArgs),
     /// The research loop: propose, commit, guard, train, keep or discard, repeat.
@@ -408,6 +415,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 print!("{}", crate::detect::render(&d));
             }
             Ok(code::OK)
+        }
+        Command::Prepare { args } => {
+            let git = repo(&cli.repo)?;
+            crate::train::prepare(&git, &args)
         }
         Command::Train(args) => {
             let git = repo(&cli.repo)?;

@@ -81,7 +81,8 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
     let nvidia = nvidia();
     let vulkan = vulkan();
     let apple_silicon = cfg!(all(target_os = "macos", target_arch = "aarch64"));
-    let mut build_backends = vec!["flex".to_string(), "ndarray".to_string()];
+    // The workspace's default features: flex, ndarray and wgpu.
+    let mut build_backends = vec!["flex".to_string(), "ndarray".to_string(), "wgpu".to_string()];
     for f in features.split([',', ' ']).filter(|f| !f.is_empty()) {
         let f = match f {
             "vulkan" | "metal" => "wgpu",
@@ -116,8 +117,10 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
             } else {
                 "this Vulkan GPU is unused by the current build: `cargo build --release -p harness --features wgpu` and set features = \"wgpu\" in configs/research.toml (or pass --features wgpu).".to_string()
             };
-            // Apple without libtorch can still use Metal through wgpu.
-            if recommended == "mps" && has("wgpu") { ("wgpu", Some(hint)) } else { ("cpu", Some(hint)) }
+            // Without libtorch, Apple GPUs are still reached through Metal and NVIDIA GPUs
+            // through Vulkan, both by wgpu.
+            let wgpu_reaches_it = recommended == "mps" || vulkan.usable_gpu();
+            if feat == "tch" && has("wgpu") && wgpu_reaches_it { ("wgpu", Some(hint)) } else { ("cpu", Some(hint)) }
         }
         _ => (recommended, None),
     };

@@ -49,3 +49,15 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
     }
     Ok(fin.code.unwrap_or(crate::errors::code::FAILURE))
 }
+
+/// `autoresearch prepare ARGS`: builds the read-only `prepare` binary of this checkout (in the
+/// shared target directory) and runs it with the terminal attached; returns its exit code.
+pub fn prepare(git: &Git, args: &[String]) -> Result<i32> {
+    let status = std::process::Command::new("cargo")
+        .args(["run", "--release", "--locked", "-q", "-p", "prepare", "--"])
+        .args(args)
+        .current_dir(&git.root)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run cargo (is the Rust toolchain on PATH?): {e}"))?;
+    Ok(status.code().unwrap_or(crate::errors::code::FAILURE))
+}

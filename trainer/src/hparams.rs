@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(gpu.grad_accum_steps(128, 2048).unwrap(), 2);
         let cpu = Hparams::load("cpu", Some("matrix_lr = 0.02\ndepth = 2")).unwrap();
         assert_eq!((cpu.depth, cpu.window_pattern.as_str(), cpu.matrix_lr), (2, "L", 0.02));
-        assert_eq!(cpu.total_batch_tokens, 1 << 16);
+        assert_eq!(cpu.total_batch_tokens, 1 << 13);
         assert_eq!(cpu.embedding_lr, gpu.embedding_lr, "cpu inherits what it does not override");
     }
 
