@@ -111,11 +111,11 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         Some(feat) if !has(feat) => {
             let hint = if feat == "tch" {
                 format!(
-                    "this {} is unused by the current build. Rebuild with libtorch: `pip install torch==2.9.0 && export LIBTORCH_USE_PYTORCH=1 && cargo build --release -p harness --features tch`, and set features = \"tch\" in configs/research.toml (or pass --features tch). Without libtorch, `--features wgpu` also reaches the GPU (slower).",
+                    "this {} is unused by the current build. Rebuild with libtorch: `pip install torch==2.9.0 && export LIBTORCH_USE_PYTORCH=1 && cargo build --release --workspace --features harness/tch`, and set features = \"tch\" in configs/research.toml (or pass --features tch). Without libtorch, `--features wgpu` also reaches the GPU (slower).",
                     if recommended == "cuda" { "NVIDIA GPU" } else { "Apple GPU (MPS)" }
                 )
             } else {
-                "this Vulkan GPU is unused by the current build: `cargo build --release -p harness --features wgpu` and set features = \"wgpu\" in configs/research.toml (or pass --features wgpu).".to_string()
+                "this Vulkan GPU is unused by the current build: `cargo build --release --workspace --features harness/wgpu` and set features = \"wgpu\" in configs/research.toml (or pass --features wgpu).".to_string()
             };
             // Without libtorch, Apple GPUs are still reached through Metal and NVIDIA GPUs
             // through Vulkan, both by wgpu.

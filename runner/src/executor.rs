@@ -63,9 +63,16 @@ pub fn target_dir(repo_root: &Path) -> PathBuf {
 
 /// The default experiment: build the harness, then run it with the run's flags.
 pub fn default_command(cfg: &ResearchConfig) -> String {
-    let features = if cfg.features.is_empty() { String::new() } else { format!(" --features {}", shell_quote(&cfg.features)) };
+    // `--workspace`, like the README's build and test commands: building `-p harness` alone
+    // resolves features of shared crates differently and would compile Burn a second time.
+    let features = if cfg.features.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = cfg.features.split([',', ' ']).filter(|f| !f.is_empty()).map(|f| format!("harness/{f}")).collect();
+        format!(" --features {}", shell_quote(&list.join(",")))
+    };
     let mut c = format!(
-        "cargo build --release --locked -p harness{features} && \"{{target_dir}}/release/harness\" --profile {{profile}} --budget {{budget}} --seed {{seed}} --summary-json {{summary_json}} --device-batch-scale {{device_batch_scale}}",
+        "cargo build --release --locked --workspace{features} && \"{{target_dir}}/release/harness\" --profile {{profile}} --budget {{budget}} --seed {{seed}} --summary-json {{summary_json}} --device-batch-scale {{device_batch_scale}}",
     );
     if !cfg.device.is_empty() {
         c.push_str(" --device {device}");

@@ -50,14 +50,24 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
     Ok(fin.code.unwrap_or(crate::errors::code::FAILURE))
 }
 
-/// `autoresearch prepare ARGS`: builds the read-only `prepare` binary of this checkout (in the
-/// shared target directory) and runs it with the terminal attached; returns its exit code.
+/// `autoresearch prepare ARGS`: builds the workspace (the same feature set as every other
+/// build, so Burn compiles once) and runs the read-only `prepare` binary with the terminal
+/// attached; returns its exit code.
 pub fn prepare(git: &Git, args: &[String]) -> Result<i32> {
-    let status = std::process::Command::new("cargo")
-        .args(["run", "--release", "--locked", "-q", "-p", "prepare", "--"])
+    let cargo = |what: &str| anyhow::anyhow!("cannot run {what} (is the Rust toolchain on PATH?)");
+    let built = std::process::Command::new("cargo")
+        .args(["build", "--release", "--locked", "--workspace"])
+        .current_dir(&git.root)
+        .status()
+        .map_err(|_| cargo("cargo build"))?;
+    if !built.success() {
+        return Ok(built.code().unwrap_or(crate::errors::code::FAILURE));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| git.root.join("target"));
+    let status = std::process::Command::new(target.join("release").join("prepare"))
         .args(args)
         .current_dir(&git.root)
         .status()
-        .map_err(|e| anyhow::anyhow!("cannot run cargo (is the Rust toolchain on PATH?): {e}"))?;
+        .map_err(|_| cargo("target/release/prepare"))?;
     Ok(status.code().unwrap_or(crate::errors::code::FAILURE))
 }

@@ -30,7 +30,7 @@ impl Proposer for Manual {
         let summary = ctx.state_dir.join("runs").join(format!("{}-manual.json", node.name()));
         std::fs::create_dir_all(summary.parent().unwrap())?;
         println!(
-            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  cd {wt} && CARGO_TARGET_DIR={target} cargo run --release -p harness -- --budget {budget} --summary-json {json}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
+            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace && {target}/release/harness --budget {budget} --summary-json {json}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
             n = node.name(),
             scope = ctx.cfg.scope.join(", "),
             wt = worktree.display(),
