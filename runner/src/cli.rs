@@ -80,6 +80,7 @@ pub enum Command {
     #[command(long_about = RUN_LONG_ABOUT)]
     Run(RunArgs),
     /// Inspect and edit the experiment tree of a run.
+    #[command(after_long_help = HUMAN_LOOP)]
     Tree {
         /// Run to inspect. [default: the config's tag, else today's date]
         #[arg(long, global = true)]
@@ -121,6 +122,47 @@ the worktree. All worktrees share one cargo target directory (<repo>/target).
 
 Every flag overrides the key of the same name in the research config (configs/research.toml). \
 The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";
+
+const HUMAN_LOOP: &str = "\
+A person's experiment, step by step:
+  autoresearch tree add --parent n4 --hypothesis \"...\" --description \"warmup 0.05\"   # prints n9
+  autoresearch tree worktree n9        # checkout at n4's commit; prints the build/run command
+  (edit trainer/ in .worktrees/<tag>-n9)
+  autoresearch tree sync n9            # commit the edit, store it as n9's commit
+  (run the printed command)
+  autoresearch tree record n9 --summary-json FILE --insight \"warmup helps below 300 s\"
+  autoresearch tree worktree n9 --remove";
+
+const INSIGHT_LONG_ABOUT: &str = "\
+Store the lesson learned from node N: what the experiment taught, whatever its status. \
+`tree show` prints it and the agent proposer's prompt lists it next to the node. Replaces the \
+previous insight (an empty TEXT clears it); an insight set while the loop runs the node is kept, \
+the runner's own note added after it.
+
+Examples:
+  autoresearch tree insight n7 \"matrix_lr above 0.06 diverges at this depth\"
+  autoresearch tree insight --tag nov25 7 \"\"        # clear it";
+
+const WORKTREE_LONG_ABOUT: &str = "\
+Create the git worktree .worktrees/<tag>-n<N>, checked out (detached) at node N's commit, or, for \
+a node without one (made by `tree add`), at the commit of its nearest ancestor that has one. \
+Prints its path and the command that builds and runs the experiment there (all worktrees share \
+the cargo target directory <repo>/target). An existing worktree is kept as it is. \
+With --remove, removes it (refused while it has uncommitted changes, unless --force).
+
+Examples:
+  autoresearch tree worktree n9
+  autoresearch tree worktree n9 --remove";
+
+const SYNC_LONG_ABOUT: &str = "\
+Record the commit checked out in node N's worktree as N's commit. Uncommitted changes are \
+committed first (message: the node's description and hypothesis). The commit stays reachable \
+under refs/autoresearch/<tag>/n<N>, like the loop's. Prints `n<N> <commit>`. Only for a \
+node of your own (made by `tree add`) that is not finished yet. Warns when the change touches \
+paths outside the scope.
+
+Examples:
+  autoresearch tree sync n9";
 
 #[derive(Debug, Args, Default)]
 pub struct ConfigArgs {
@@ -286,7 +328,31 @@ pub enum TreeCommand {
         description: Option<String>,
         #[arg(long)]
         hypothesis: Option<String>,
+        /// The lesson learned (also `autoresearch tree insight N TEXT`).
+        #[arg(long, value_name = "TEXT")]
+        insight: Option<String>,
     },
+    /// Store the lesson learned from node N (shown by `tree show`, given to the agent).
+    #[command(long_about = INSIGHT_LONG_ABOUT)]
+    Insight {
+        node: String,
+        /// The lesson, in one or a few lines ("" clears it).
+        text: String,
+    },
+    /// Check node N out in .worktrees/<tag>-n<N> and print how to build and run it.
+    #[command(long_about = WORKTREE_LONG_ABOUT)]
+    Worktree {
+        node: String,
+        /// Remove the worktree instead (refused with uncommitted changes unless --force).
+        #[arg(long)]
+        remove: bool,
+        /// With --remove: discard uncommitted changes.
+        #[arg(long, requires = "remove")]
+        force: bool,
+    },
+    /// Commit node N's worktree and store that commit as the node's.
+    #[command(long_about = SYNC_LONG_ABOUT)]
+    Sync { node: String },
     /// The path from the baseline to the best node.
     BestPath {
         #[arg(long)]
@@ -441,8 +507,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, node_id(&node)?, json, diff)?,
                 TreeCommand::Add { parent, hypothesis, description } => t::add(&db, node_id(&parent)?, &hypothesis, &description)?,
-                TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis } => t::record(
-                    &db,
+                TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
+                    &mut db,
                     &cfg,
                     node_id(&node)?,
                     &t::RecordArgs {
@@ -452,8 +518,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         crash: crash.as_deref(),
                         description: description.as_deref(),
                         hypothesis: hypothesis.as_deref(),
+                        insight: insight.as_deref(),
                     },
                 )?,
+                TreeCommand::Insight { node, text } => t::insight(&mut db, node_id(&node)?, &text)?,
+                TreeCommand::Worktree { node, remove, force } => t::worktree(&db, &git, &cfg, node_id(&node)?, remove, force)?,
+                TreeCommand::Sync { node } => t::sync(&db, &git, &cfg, node_id(&node)?)?,
                 TreeCommand::BestPath { json } => t::best_path_cmd(&db, json)?,
                 TreeCommand::Prune { node } => t::prune(&db, node_id(&node)?)?,
                 TreeCommand::Delete { node, recursive } => t::delete(&mut db, &git, &cfg.tag, node_id(&node)?, recursive)?,

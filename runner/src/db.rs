@@ -293,17 +293,39 @@ impl Db {
         Ok(())
     }
 
-    pub fn set_recorded(&self, id: i64, value: &Value) -> Result<()> {
-        self.conn.execute("UPDATE nodes SET recorded = ?1 WHERE id = ?2", params![value.to_string(), id])?;
+    /// Stores a `tree record` result and, when given, the lesson learned, in one transaction.
+    pub fn set_recorded(&mut self, id: i64, value: &Value, insight: Option<&str>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("UPDATE nodes SET recorded = ?1 WHERE id = ?2", params![value.to_string(), id])?;
+        if n == 0 {
+            return Err(crate::errors::usage(format!("node n{id} does not exist (see `autoresearch tree list`)")));
+        }
+        if let Some(text) = insight {
+            tx.execute("UPDATE nodes SET insight = ?1 WHERE id = ?2", params![text, id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a node's insight (the lesson learned), in a transaction that checks the node exists.
+    pub fn set_insight(&mut self, id: i64, text: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("UPDATE nodes SET insight = ?1 WHERE id = ?2", params![text, id])?;
+        if n == 0 {
+            return Err(crate::errors::usage(format!("node n{id} does not exist (see `autoresearch tree list`)")));
+        }
+        tx.commit()?;
         Ok(())
     }
 
     /// Marks a node finished, in one transaction; returns its finish sequence number.
+    /// An insight already set (`tree insight`, `tree record --insight`) is kept, the runner's after it.
     pub fn finish(&mut self, id: i64, f: &Finish<'_>) -> Result<i64> {
         let tx = self.conn.transaction()?;
         let seq: i64 = tx.query_row("SELECT COALESCE(MAX(finish_seq), 0) + 1 FROM nodes", [], |r| r.get(0))?;
         tx.execute(
-            "UPDATE nodes SET status = ?1, metric = ?2, metrics = ?3, memory_mb = ?4, insight = ?5,
+            "UPDATE nodes SET status = ?1, metric = ?2, metrics = ?3, memory_mb = ?4,
+             insight = CASE WHEN insight = '' THEN ?5 WHEN ?5 = '' THEN insight ELSE insight || char(10) || ?5 END,
              result_row = ?6, jsonl = ?7, finish_seq = ?8, finished_at = ?9, pid = NULL WHERE id = ?10",
             params![
                 f.status.as_str(),
@@ -414,5 +436,25 @@ mod tests {
         assert!(db.delete_node(a).is_err());
         db.delete_node(b).unwrap();
         assert_eq!(db.nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn insight_is_set_and_kept_by_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let a = db.insert_node(None, "", "baseline", None, "search", "cpu").unwrap();
+        db.set_insight(a, "lr 0.04 is the sweet spot").unwrap();
+        assert_eq!(db.require_node(a).unwrap().insight, "lr 0.04 is the sweet spot");
+        let f = Finish { status: Status::Keep, metric: Some(1.0), metrics: None, memory_mb: None, insight: "recorded; gain 0.1", result_row: None, jsonl: None };
+        db.finish(a, &f).unwrap();
+        assert_eq!(db.require_node(a).unwrap().insight, "lr 0.04 is the sweet spot\nrecorded; gain 0.1");
+        let err = db.set_insight(99, "x").unwrap_err();
+        assert!(err.to_string().contains("n99"), "{err}");
+        assert_eq!(crate::errors::exit_code_of(&err), crate::errors::code::USAGE);
+        db.set_recorded(a, &serde_json::json!({"metric": 1.0}), Some("second lesson")).unwrap();
+        let n = db.require_node(a).unwrap();
+        assert_eq!(n.insight, "second lesson");
+        assert_eq!(n.recorded.unwrap()["metric"], 1.0);
+        assert!(db.set_recorded(99, &serde_json::json!({}), None).is_err());
     }
 }

@@ -149,8 +149,28 @@ impl Git {
         Ok(())
     }
 
-    /// Removes every worktree of the run (after a crash of the runner).
-    pub fn cleanup_worktrees(&self, tag: &str) -> Result<Vec<String>> {
+    /// The commit checked out in the node's worktree; None when there is no such worktree.
+    pub fn worktree_head(&self, tag: &str, node: &str) -> Result<Option<Oid>> {
+        let path = self.worktree_path(tag, node);
+        if self.repo.find_worktree(&worktree_name(tag, node)).is_err() || !path.join(".git").exists() {
+            return Ok(None);
+        }
+        let wt = Repository::open(&path).with_context(|| format!("opening worktree {}", path.display()))?;
+        let head = wt.head().with_context(|| format!("reading HEAD of worktree {}", path.display()))?;
+        Ok(Some(head.peel_to_commit()?.id()))
+    }
+
+    /// Whether a worktree has changes (tracked or untracked, not ignored) that are not committed.
+    pub fn is_dirty(&self, worktree: &Path) -> Result<bool> {
+        let wt = Repository::open(worktree).with_context(|| format!("opening worktree {}", worktree.display()))?;
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+        Ok(!wt.statuses(Some(&mut opts))?.is_empty())
+    }
+
+    /// Removes every worktree of the run (after a crash of the runner), except those of the
+    /// nodes in `keep` (a person's worktrees from `tree worktree`).
+    pub fn cleanup_worktrees(&self, tag: &str, keep: &[String]) -> Result<Vec<String>> {
         let prefix = format!("{tag}-n");
         let mut removed = Vec::new();
         let mut names: Vec<String> = self.repo.worktrees()?.iter().flatten().map(str::to_string).collect();
@@ -161,6 +181,9 @@ impl Git {
         names.dedup();
         for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
             let node = &name[tag.len() + 1..];
+            if keep.iter().any(|k| k == node) {
+                continue;
+            }
             self.remove_worktree(tag, node)?;
             removed.push(name);
         }

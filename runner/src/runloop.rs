@@ -211,7 +211,9 @@ impl Loop<'_> {
                 }
             }
         }
-        for wt in self.git.cleanup_worktrees(self.tag())? {
+        // Worktrees of planned nodes belong to a person (`tree worktree`): they stay.
+        let planned: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree::PLANNED).map(|n| n.name()).collect();
+        for wt in self.git.cleanup_worktrees(self.tag(), &planned)? {
             self.progress.line(&format!("resume: removed worktree {wt}"));
         }
         let nodes = self.db.nodes()?;

@@ -123,12 +123,14 @@ pub struct RecordArgs<'a> {
     pub crash: Option<&'a str>,
     pub description: Option<&'a str>,
     pub hypothesis: Option<&'a str>,
+    pub insight: Option<&'a str>,
 }
 
-pub fn record(db: &Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) -> Result<()> {
+pub fn record(db: &mut Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) -> Result<()> {
     let n = db.require_node(id)?;
     if n.status.finished() {
-        return Err(usage(format!("{} is already {}: only a pending or running node can be recorded", n.name(), n.status.as_str())));
+        let hint = if a.insight.is_some() { format!(" (for the lesson alone: `autoresearch tree insight {} \"TEXT\"`)", n.name()) } else { String::new() };
+        return Err(usage(format!("{} is already {}: only a pending or running node can be recorded{hint}", n.name(), n.status.as_str())));
     }
     let mut rec = json!({});
     if let Some(p) = a.summary_json {
@@ -160,8 +162,178 @@ pub fn record(db: &Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) -> Res
     if let Some(h) = a.hypothesis {
         rec["hypothesis"] = json!(h);
     }
-    db.set_recorded(id, &rec)?;
+    db.set_recorded(id, &rec, a.insight)?;
     println!("recorded {}: {}", n.name(), rec);
+    Ok(())
+}
+
+/// `tree insight N TEXT`: the lesson learned from node N (shown by `tree show`, given to agents).
+pub fn insight(db: &mut Db, id: i64, text: &str) -> Result<()> {
+    let n = db.require_node(id)?;
+    let text = text.trim();
+    db.set_insight(id, text)?;
+    if text.is_empty() {
+        println!("cleared the insight of {}", n.name());
+    } else {
+        println!("insight of {}: {text}", n.name());
+    }
+    Ok(())
+}
+
+/// Whether a run of the loop owns the node (it makes, commits and removes its worktree itself).
+fn owned_by_loop(n: &Node) -> bool {
+    !n.status.finished() && n.proposer != PLANNED
+}
+
+/// The commit a worktree of node `id` starts from: its own, else the nearest ancestor's.
+/// Returns the commit and the node it belongs to.
+pub fn checkout_commit(nodes: &[Node], id: i64) -> Result<(String, i64)> {
+    let mut cur = nodes.iter().find(|n| n.id == id);
+    let mut seen = Vec::new();
+    while let Some(n) = cur {
+        if let Some(c) = &n.commit {
+            return Ok((c.clone(), n.id));
+        }
+        if seen.contains(&n.id) {
+            break;
+        }
+        seen.push(n.id);
+        cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
+    }
+    Err(repo_state(format!(
+        "{} has no commit, and neither has any node above it ({}): nothing to check out; \
+         add the idea under a node that ran (`autoresearch tree add --parent N`, see `autoresearch tree list`)",
+        node_name(id),
+        if seen.len() > 1 { seen[1..].iter().map(|i| node_name(*i)).collect::<Vec<_>>().join(", ") } else { "it is a root".into() }
+    )))
+}
+
+/// `tree worktree N [--remove]`: a person's checkout of node N, and how to build and run it.
+pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool, force: bool) -> Result<()> {
+    let n = db.require_node(id)?;
+    let tag = &cfg.tag;
+    let path = git.worktree_path(tag, &n.name());
+    if remove {
+        if owned_by_loop(&n) {
+            return Err(usage(format!(
+                "{} is {} in a run of the loop (proposer {}), which removes its worktree itself (`run --resume` after a crash)",
+                n.name(),
+                n.status.as_str(),
+                n.proposer
+            )));
+        }
+        let Some(_) = git.worktree_head(tag, &n.name())? else {
+            if path.exists() {
+                git.remove_worktree(tag, &n.name())?;
+                println!("removed {}", path.display());
+            } else {
+                println!("{} has no worktree ({} does not exist)", n.name(), path.display());
+            }
+            return Ok(());
+        };
+        if !force && git.is_dirty(&path)? {
+            return Err(repo_state(format!(
+                "{} has uncommitted changes in {}: keep them with `autoresearch tree sync {}`, or pass --force to discard them",
+                n.name(),
+                path.display(),
+                n.name()
+            )));
+        }
+        git.remove_worktree(tag, &n.name())?;
+        println!("removed {}", path.display());
+        return Ok(());
+    }
+    match git.worktree_head(tag, &n.name())? {
+        Some(h) => println!("{} already has a worktree, at {h}", n.name()),
+        None => {
+            let (commit, from) = checkout_commit(&db.nodes()?, id)?;
+            let oid = Git::oid(&commit)?;
+            git.repo.find_commit(oid).with_context(|| format!("{}'s commit {commit} is not in this repository", node_name(from)))?;
+            git.add_worktree(tag, &n.name(), oid)?;
+            let whose = if from == id { String::new() } else { format!(" ({}'s commit)", node_name(from)) };
+            println!("created the worktree of {} at {commit}{whose}", n.name());
+        }
+    }
+    let summary = crate::proposer::manual::summary_path(&Paths::new(&git.root, cfg).state_dir, &n.name());
+    println!("{}", path.display());
+    println!("edit files under [{}] there, then build and run it:", cfg.scope.join(", "));
+    println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &summary));
+    if owned_by_loop(&n) {
+        println!("then record it (the loop is waiting):\n  autoresearch tree record --tag {tag} {} --summary-json {}", n.name(), summary.display());
+    } else {
+        println!(
+            "then:\n  autoresearch tree sync --tag {tag} {n}      # commit the change and store it as {n}'s commit\n  \
+             autoresearch tree record --tag {tag} {n} --summary-json {json} [--insight \"what it taught\"]",
+            n = n.name(),
+            json = summary.display()
+        );
+    }
+    Ok(())
+}
+
+/// `tree sync N`: commits the changes in node N's worktree (if any) and records the commit
+/// checked out there as the node's commit, kept under refs/autoresearch/<tag>/n<N>.
+pub fn sync(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64) -> Result<()> {
+    let n = db.require_node(id)?;
+    let tag = &cfg.tag;
+    if n.status.finished() {
+        return Err(usage(format!(
+            "{} is already {}: its commit is final; try a change on top of it with `autoresearch tree add --parent {}`",
+            n.name(),
+            n.status.as_str(),
+            n.name()
+        )));
+    }
+    if owned_by_loop(&n) {
+        return Err(usage(format!(
+            "{} is {} in a run of the loop (proposer {}), which commits it itself once you `autoresearch tree record {}`",
+            n.name(),
+            n.status.as_str(),
+            n.proposer,
+            n.name()
+        )));
+    }
+    let path = git.worktree_path(tag, &n.name());
+    let Some(head) = git.worktree_head(tag, &n.name())? else {
+        return Err(repo_state(format!(
+            "{} has no worktree ({} does not exist): create it with `autoresearch tree worktree {}`",
+            n.name(),
+            path.display(),
+            n.name()
+        )));
+    };
+    let mut message = if n.description.trim().is_empty() { format!("{} (tree sync)", n.name()) } else { n.description.clone() };
+    if !n.hypothesis.trim().is_empty() {
+        message = format!("{message}\n\nHypothesis: {}", n.hypothesis);
+    }
+    let commit = match git.commit_worktree(&path, head, &message)? {
+        Some(c) => {
+            println!("committed the changes in {}", path.display());
+            c
+        }
+        None => head,
+    };
+    db.set_text(id, "commit_id", &commit.to_string())?;
+    git.set_node_ref(tag, &n.name(), commit)?;
+    let nodes = db.nodes()?;
+    if let Some(p) = n.parent
+        && let Ok((base, _)) = checkout_commit(&nodes, p)
+    {
+        let base = Git::oid(&base)?;
+        if base == commit {
+            eprintln!("note: {} has no change yet: its commit is its parent's", n.name());
+        } else {
+            let outside: Vec<String> = git
+                .changed_paths(base, commit)?
+                .into_iter()
+                .filter(|p| !cfg.scope.iter().any(|s| crate::config::path_has_prefix(p, s)))
+                .collect();
+            if !outside.is_empty() {
+                eprintln!("warning: {} changes paths outside the scope [{}]: {}", n.name(), cfg.scope.join(", "), outside.join(", "));
+            }
+        }
+    }
+    println!("{} {commit}", n.name());
     Ok(())
 }
 
@@ -280,4 +452,28 @@ pub fn compare(db: &Db, git: &Git, a: i64, b: i64) -> Result<()> {
         println!("\n{}", git.diff_text(Git::oid(c1)?, Git::oid(c2)?, false)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_commit_walks_up_to_the_nearest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let root = db.insert_node(None, "", "baseline", None, "baseline", "cpu").unwrap();
+        let idea = db.insert_node(Some(root), "h", "idea", None, PLANNED, "").unwrap();
+        let sub = db.insert_node(Some(idea), "h", "sub-idea", None, PLANNED, "").unwrap();
+        // Nothing has a commit: the error names the node and its ancestors, exit code 3.
+        let err = checkout_commit(&db.nodes().unwrap(), sub).unwrap_err();
+        assert!(err.to_string().contains("n3 has no commit") && err.to_string().contains("n2, n1"), "{err}");
+        assert_eq!(crate::errors::exit_code_of(&err), crate::errors::code::REPO_STATE);
+        db.set_text(root, "commit_id", "aaaa").unwrap();
+        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("aaaa".into(), root));
+        db.set_text(idea, "commit_id", "bbbb").unwrap();
+        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("bbbb".into(), idea));
+        db.set_text(sub, "commit_id", "cccc").unwrap();
+        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("cccc".into(), sub));
+    }
 }

@@ -13,6 +13,23 @@ use crate::db::Node;
 
 pub struct Manual;
 
+/// The summary JSON a person's run of `node` writes (`.autoresearch/<tag>/runs/n<id>-manual.json`).
+pub fn summary_path(state_dir: &Path, node: &str) -> std::path::PathBuf {
+    state_dir.join("runs").join(format!("{node}-manual.json"))
+}
+
+/// The shell line that builds and runs one experiment by hand in `worktree`.
+pub fn run_hint(repo_root: &Path, cfg: &crate::config::ResearchConfig, worktree: &Path, summary: &Path) -> String {
+    let target = crate::executor::target_dir(repo_root);
+    format!(
+        "cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace && {target}/release/harness --budget {budget} --summary-json {json}",
+        wt = worktree.display(),
+        target = target.display(),
+        budget = cfg.budget,
+        json = summary.display(),
+    )
+}
+
 impl Proposer for Manual {
     fn kind(&self) -> ProposerKind {
         ProposerKind::Manual
@@ -27,15 +44,14 @@ impl Proposer for Manual {
     }
 
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {
-        let summary = ctx.state_dir.join("runs").join(format!("{}-manual.json", node.name()));
+        let summary = summary_path(ctx.state_dir, &node.name());
         std::fs::create_dir_all(summary.parent().unwrap())?;
         println!(
-            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace && {target}/release/harness --budget {budget} --summary-json {json}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
+            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  {run}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
             n = node.name(),
             scope = ctx.cfg.scope.join(", "),
             wt = worktree.display(),
-            target = crate::executor::target_dir(&ctx.git.root).display(),
-            budget = ctx.cfg.budget,
+            run = run_hint(&ctx.git.root, ctx.cfg, worktree, &summary),
             json = summary.display(),
             tag = ctx.tag,
         );

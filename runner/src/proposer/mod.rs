@@ -105,7 +105,7 @@ pub fn tree_digest(nodes: &[Node], best: i64, recent: usize) -> String {
         cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
     }
     for n in path.iter().rev() {
-        s.push_str(&format!("  {} {} {}: {}\n", n.name(), n.status.as_str(), fmt_metric(n.metric), n.description));
+        s.push_str(&format!("  {} {} {}: {}{}\n", n.name(), n.status.as_str(), fmt_metric(n.metric), n.description, insight_note(n)));
     }
     let mut done: Vec<&Node> = nodes.iter().filter(|n| n.finish_seq.is_some()).collect();
     done.sort_by_key(|n| n.finish_seq);
@@ -118,12 +118,46 @@ pub fn tree_digest(nodes: &[Node], best: i64, recent: usize) -> String {
             n.status.as_str(),
             fmt_metric(n.metric),
             n.description,
-            if n.insight.is_empty() { String::new() } else { format!(" [{}]", n.insight.lines().next().unwrap_or("")) }
+            insight_note(n)
         ));
     }
     s
 }
 
+/// ` [insight: first line]`, or nothing when the node has no insight.
+fn insight_note(n: &Node) -> String {
+    match n.insight.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(l) => format!(" [insight: {l}]"),
+        None => String::new(),
+    }
+}
+
 pub fn fmt_metric(m: Option<f64>) -> String {
     m.map(|m| format!("{m:.6}")).unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, Finish, Status};
+
+    #[test]
+    fn digest_lists_insights_of_best_path_and_recent_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let f = |s| Finish { status: s, metric: Some(1.0), metrics: None, memory_mb: None, insight: "", result_row: None, jsonl: None };
+        let a = db.insert_node(None, "", "baseline", None, "baseline", "cpu").unwrap();
+        db.finish(a, &f(Status::Keep)).unwrap();
+        let b = db.insert_node(Some(a), "", "raise lr", None, "agent", "cpu").unwrap();
+        db.finish(b, &f(Status::Keep)).unwrap();
+        db.set_insight(b, "higher lr helps up to 0.04\nsecond line").unwrap();
+        let c = db.insert_node(Some(b), "", "relu^2 -> gelu", None, "agent", "cpu").unwrap();
+        db.finish(c, &f(Status::Discard)).unwrap();
+        db.set_insight(c, "gelu is slower per step").unwrap();
+        let d = tree_digest(&db.nodes().unwrap(), b, 1);
+        let (best_path, recent) = d.split_once("Recent experiments").unwrap();
+        assert!(best_path.contains("n2 keep 1.000000: raise lr [insight: higher lr helps up to 0.04]"), "{d}");
+        assert!(!d.contains("second line"), "{d}");
+        assert!(recent.contains("n3 (parent n2) discard 1.000000: relu^2 -> gelu [insight: gelu is slower per step]"), "{d}");
+    }
 }

@@ -1,0 +1,136 @@
+//! The human-in-the-loop path: `tree add` -> `tree worktree` -> edit -> `tree sync` -> run ->
+//! `tree record --insight`, plus `tree insight` and the errors of the new commands.
+
+mod common;
+use common::*;
+
+const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\nmode = \"ok\"\n";
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn add_worktree_sync_record_insight() {
+    // A finished run: n1 baseline, n2 keep (matrix_lr 0.1).
+    let fx = Fixture::new(
+        HPARAMS,
+        "keep_rule = \"strict\"\nmax_experiments = 1\nproposer = \"command\"\n[command]\ncommand = \"sed -i 's/^matrix_lr = .*/matrix_lr = 0.1/' trainer/hparams.toml\"\n",
+    );
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let n2_commit = fx.nodes()[1]["commit"].as_str().unwrap().to_string();
+
+    // tree insight on a finished node: shown by `tree show`.
+    let o = fx.run(&["tree", "insight", "n2", "matrix_lr 0.1 beats 0.5"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = fx.run(&["tree", "show", "n2"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("insight:\n  matrix_lr 0.1 beats 0.5"), "{}", stdout(&o));
+
+    // tree add -> tree worktree: checked out at the parent's commit, with the build/run hint.
+    let o = fx.run(&["tree", "add", "--parent", "n2", "--hypothesis", "the reference value", "--description", "matrix_lr 0.04"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "n3");
+    let o = fx.run(&["tree", "worktree", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let wt = fx.repo.canonicalize().unwrap().join(".worktrees/t1-n3");
+    assert!(out.contains(&format!("{}\n", wt.display())), "{out}");
+    assert!(out.contains("n2's commit"), "{out}");
+    let target = fx.repo.canonicalize().unwrap().join("target");
+    let hint = format!(
+        "cd {} && CARGO_TARGET_DIR={t} cargo build --release --workspace && {t}/release/harness --budget time:1 --summary-json ",
+        wt.display(),
+        t = target.display()
+    );
+    assert!(out.contains(&hint), "{out}");
+    assert!(out.contains("autoresearch tree sync --tag t1 n3"), "{out}");
+    assert_eq!(git(&wt, &["rev-parse", "HEAD"]), n2_commit);
+    // Again: the existing worktree (and any edit in it) is kept.
+    std::fs::write(wt.join("trainer/hparams.toml"), "[gpu]\nmatrix_lr = 0.04\nmode = \"ok\"\n").unwrap();
+    let o = fx.run(&["tree", "worktree", "n3"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("already has a worktree"), "{}", stdout(&o));
+    assert!(std::fs::read_to_string(wt.join("trainer/hparams.toml")).unwrap().contains("0.04"));
+    // Removing a dirty worktree is refused.
+    let o = fx.run(&["tree", "worktree", "n3", "--remove"]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tree sync n3"), "{}", stdout(&o));
+
+    // tree sync: commits the edit on top of n2, stores it, keeps it under the node's ref.
+    let o = fx.run(&["tree", "sync", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let head = git(&wt, &["rev-parse", "HEAD"]);
+    assert_ne!(head, n2_commit);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("n3 {head}")), "{}", stdout(&o));
+    assert_eq!(fx.nodes()[2]["commit"], head.as_str());
+    assert_eq!(git(&fx.repo, &["rev-parse", "refs/autoresearch/t1/n3"]), head);
+    assert_eq!(git(&fx.repo, &["rev-parse", &format!("{head}^")]), n2_commit);
+    assert_eq!(git(&fx.repo, &["log", "-1", "--format=%s", &head]), "matrix_lr 0.04");
+    assert_eq!(git(&fx.repo, &["diff", "--name-only", &n2_commit, &head]), "trainer/hparams.toml");
+    // Clean worktree: sync again records the same commit.
+    let o = fx.run(&["tree", "sync", "n3"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&format!("n3 {head}")), "{}", stdout(&o));
+
+    // Run it by hand, record it with an insight.
+    let summary = fx.tools.join("n3.json");
+    let status = std::process::Command::new("sh")
+        .arg(fx.tools.join("experiment.sh"))
+        .arg(&summary)
+        .current_dir(&wt)
+        .env("TOOLS", &fx.tools)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = fx.run(&["tree", "record", "n3", "--summary-json", summary.to_str().unwrap(), "--insight", "0.04 is the sweet spot"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let n3 = &fx.nodes()[2];
+    assert_eq!(n3["insight"], "0.04 is the sweet spot");
+    assert_eq!(n3["recorded"]["metric"], 1.0);
+
+    // Remove: the worktree and its git bookkeeping are gone, the commit stays.
+    let o = fx.run(&["tree", "worktree", "n3", "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    fx.assert_worktrees_clean();
+    assert_eq!(git(&fx.repo, &["rev-parse", "refs/autoresearch/t1/n3"]), head);
+    // A node that ran has its own commit: its worktree starts there.
+    let o = fx.run(&["tree", "worktree", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(git(&wt, &["rev-parse", "HEAD"]), head);
+    let o = fx.run(&["tree", "worktree", "n3", "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    fx.assert_worktrees_clean();
+}
+
+#[test]
+fn new_tree_commands_name_the_node_in_errors() {
+    let fx = Fixture::new(HPARAMS, "keep_rule = \"strict\"\nmax_experiments = 1\nproposer = \"command\"\n[command]\ncommand = \"true\"\n");
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let err = |args: &[&str], want_code: i32, want: &str| {
+        let o = fx.run(args);
+        assert_eq!(code(&o), want_code, "{args:?}: {}", stdout(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    err(&["tree", "insight", "n99", "x"], 2, "n99 does not exist");
+    err(&["tree", "insight", "seven", "x"], 2, "`seven` is not a node id");
+    err(&["tree", "worktree", "n99"], 2, "n99 does not exist");
+    err(&["tree", "sync", "n99"], 2, "n99 does not exist");
+    err(&["tree", "worktree", "n1", "--force"], 2, "--remove");
+    // The baseline is finished: its commit is final.
+    err(&["tree", "sync", "n1"], 2, "n1 is already keep");
+    err(&["tree", "record", "n1", "--metric", "1", "--insight", "x"], 2, "tree insight n1");
+    // A planned node without a worktree.
+    let o = fx.run(&["tree", "add", "--parent", "n1", "--hypothesis", "h"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    err(&["tree", "sync", "n2"], 3, "tree worktree n2");
+    let o = fx.run(&["tree", "worktree", "n2", "--remove"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("n2 has no worktree"), "{}", stdout(&o));
+    // --help teaches the path.
+    let o = fx.run(&["tree", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    for c in ["insight", "worktree", "sync", "tree sync n9"] {
+        assert!(h.contains(c), "{h}");
+    }
+}
