@@ -335,6 +335,7 @@ pub enum TreeCommand {
     /// Store the lesson learned from node N (shown by `tree show`, given to the agent).
     #[command(long_about = INSIGHT_LONG_ABOUT)]
     Insight {
+        /// Node id: 7 or n7.
         node: String,
         /// The lesson, in one or a few lines ("" clears it).
         text: String,
@@ -342,6 +343,7 @@ pub enum TreeCommand {
     /// Check node N out in .worktrees/<tag>-n<N> and print how to build and run it.
     #[command(long_about = WORKTREE_LONG_ABOUT)]
     Worktree {
+        /// Node id: 7 or n7.
         node: String,
         /// Remove the worktree instead (refused with uncommitted changes unless --force).
         #[arg(long)]
@@ -352,7 +354,10 @@ pub enum TreeCommand {
     },
     /// Commit node N's worktree and store that commit as the node's.
     #[command(long_about = SYNC_LONG_ABOUT)]
-    Sync { node: String },
+    Sync {
+        /// Node id: 7 or n7.
+        node: String,
+    },
     /// The path from the baseline to the best node.
     BestPath {
         #[arg(long)]
