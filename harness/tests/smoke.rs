@@ -3,7 +3,8 @@
 //!
 //! flex and ndarray always run. wgpu runs on a software Vulkan adapter (Mesa's lavapipe,
 //! Debian `mesa-vulkan-drivers`) when the build has the `wgpu` feature; CI installs Mesa, so
-//! there a missing adapter is a failure, not a skip.
+//! there a missing adapter is a failure, not a skip. tch runs on libtorch's CPU in builds with
+//! the `tch` feature (`.ci/run` makes one).
 
 #[cfg(feature = "wgpu")]
 use std::path::Path;
@@ -133,6 +134,14 @@ fn wgpu_software_adapter_smoke_training_loss_falls() {
         return;
     }
     assert_learns("wgpu-cpu");
+}
+
+/// libtorch on the CPU (build with `--features harness/tch`, `LIBTORCH_USE_PYTORCH=1` and pip
+/// `torch==2.9.0`; `.ci/run` does).
+#[cfg(feature = "tch")]
+#[test]
+fn tch_cpu_smoke_training_loss_falls() {
+    assert_learns("tch-cpu");
 }
 
 #[test]
