@@ -58,6 +58,14 @@ fn losses(stdout: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The harness binary on the tiny cache, 20480 tokens (40 steps of 512) on `device`.
+fn harness(cache: &std::path::Path, profile: &PathBuf, hparams: &PathBuf, device: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.arg("--cache-dir").arg(cache).arg("--profile").arg(profile).arg("--hparams").arg(hparams);
+    cmd.args(["--budget", "tokens:20480", "--device", device]).env_remove("BURN_DEVICE");
+    cmd
+}
+
 struct Smoke {
     first_loss: f64,
     last_loss: f64,
@@ -67,18 +75,7 @@ struct Smoke {
 fn smoke(device: &str) -> Smoke {
     let (dir, profile, hparams) = fixture();
     let json = dir.path().join(format!("summary-{device}.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .arg("--cache-dir")
-        .arg(dir.path())
-        .arg("--profile")
-        .arg(profile)
-        .arg("--hparams")
-        .arg(hparams)
-        .args(["--budget", "tokens:20480", "--device", device, "--summary-json"])
-        .arg(&json)
-        .env_remove("BURN_DEVICE")
-        .output()
-        .unwrap();
+    let out = harness(dir.path(), profile, hparams, device).arg("--summary-json").arg(&json).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "harness on {device} failed: {:?}\n{stdout}\n{stderr}", out.status);
@@ -142,6 +139,20 @@ fn wgpu_software_adapter_smoke_training_loss_falls() {
 #[test]
 fn tch_cpu_smoke_training_loss_falls() {
     assert_learns("tch-cpu");
+}
+
+/// A diverging run prints `FAIL` on a line of its own and exits 1, as the reference, and
+/// writes no summary block.
+#[test]
+fn diverging_training_prints_fail_and_exits_1() {
+    let (dir, profile, _) = fixture();
+    let hparams = dir.path().join("diverge.toml");
+    std::fs::write(&hparams, format!("{HPARAMS}matrix_lr = 1e9\nembedding_lr = 1e9\nunembedding_lr = 1e9\n")).unwrap();
+    let out = harness(dir.path(), profile, &hparams, "flex").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "FAIL"), "no FAIL line:\n{stdout}");
+    assert!(!stdout.contains("val_bpb:"), "a failed run must not print a summary:\n{stdout}");
 }
 
 #[test]
