@@ -251,6 +251,21 @@ impl Loop<'_> {
         nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
     }
 
+    /// What a proposer sees for experiment number `iteration`, with `best` the current best.
+    fn proposer_ctx(&self, best: i64, iteration: u64) -> Ctx<'_> {
+        Ctx {
+            cfg: self.cfg,
+            git: self.git,
+            db: &self.db,
+            tag: &self.cfg.tag,
+            best,
+            iteration,
+            state_dir: &self.paths.state_dir,
+            results_file: self.paths.results.clone(),
+            class: &self.class,
+        }
+    }
+
     fn sigma(&self) -> f64 {
         self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
     }
@@ -280,17 +295,7 @@ impl Loop<'_> {
                 return Ok(());
             }
             let mut prop = proposer::build(self.cfg, &self.git.root)?;
-            let ctx = Ctx {
-                cfg: self.cfg,
-                git: self.git,
-                db: &self.db,
-                tag: &self.cfg.tag,
-                best: best.id,
-                iteration: done + 1,
-                state_dir: &self.paths.state_dir,
-                results_file: self.paths.results.clone(),
-                class: &self.class,
-            };
+            let ctx = self.proposer_ctx(best.id, done + 1);
             let Some(plan) = prop.plan(&ctx)? else {
                 self.progress.line("stopping: the search space is exhausted");
                 return Ok(());
@@ -384,17 +389,7 @@ impl Loop<'_> {
         let id = self.db.insert_node(Some(parent.id), &plan.hypothesis, &plan.description, plan.change.as_ref(), &prop.kind().to_string(), &self.platform)?;
         let node = self.db.require_node(id)?;
         let wt = self.git.add_worktree(self.tag(), &node.name(), parent_oid)?;
-        let ctx = Ctx {
-            cfg: self.cfg,
-            git: self.git,
-            db: &self.db,
-            tag: &self.cfg.tag,
-            best: best.id,
-            iteration,
-            state_dir: &self.paths.state_dir,
-            results_file: self.paths.results.clone(),
-            class: &self.class,
-        };
+        let ctx = self.proposer_ctx(best.id, iteration);
         let applied = match prop.apply(&ctx, &node, plan, &wt) {
             Ok(a) => a,
             Err(e) => {
