@@ -6,9 +6,7 @@
 //! there a missing adapter is a failure, not a skip. tch runs on libtorch's CPU in builds with
 //! the `tch` feature (`.ci/run` makes one).
 
-#[cfg(feature = "wgpu")]
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -59,7 +57,7 @@ fn losses(stdout: &str) -> Vec<f64> {
 }
 
 /// The harness binary on the tiny cache, 20480 tokens (40 steps of 512) on `device`.
-fn harness(cache: &std::path::Path, profile: &PathBuf, hparams: &PathBuf, device: &str) -> Command {
+fn harness(cache: &Path, profile: &Path, hparams: &Path, device: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
     cmd.arg("--cache-dir").arg(cache).arg("--profile").arg(profile).arg("--hparams").arg(hparams);
     cmd.args(["--budget", "tokens:20480", "--device", device]).env_remove("BURN_DEVICE");
