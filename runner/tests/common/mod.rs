@@ -2,6 +2,8 @@
 //! val_bpb is a deterministic function of it, and scripted proposers.
 #![allow(dead_code)]
 
+pub mod slurm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
