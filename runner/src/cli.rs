@@ -208,9 +208,16 @@ pub struct ConfigArgs {
     /// Command line of the `agent` proposer ({prompt}, {prompt_file}, {worktree}, {scope}).
     #[arg(long, value_name = "CMD")]
     pub agent_command: Option<String>,
-    /// Where experiments run.
+    /// Where experiments run: local (this machine) or slurm (one sbatch job per run; the
+    /// [slurm] table of the config sets partition, GPUs, CPUs, memory, account).
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorKind>,
+    /// Experiments in flight at once. [default: local: one per GPU, 1 without; slurm: 4]
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
+    /// Slurm partition (the config's slurm.partition).
+    #[arg(long, value_name = "NAME")]
+    pub slurm_partition: Option<String>,
     /// strict or noise-aware (see `run --help` and the README).
     #[arg(long, value_enum)]
     pub keep_rule: Option<KeepRule>,
@@ -396,6 +403,10 @@ impl ConfigArgs {
         set!(results_file);
         set!(proposer);
         set!(executor);
+        set!(slots);
+        if let Some(p) = &self.slurm_partition {
+            c.slurm.partition = p.clone();
+        }
         set!(keep_rule);
         set!(baseline_runs);
         set!(noise_floor);

@@ -40,7 +40,10 @@ pub enum ProposerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
+    /// `slots` experiments at once on this machine.
     Local,
+    /// One `sbatch` job per experiment run, on a Slurm cluster sharing this filesystem.
+    Slurm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -153,6 +156,47 @@ impl Default for ManualConfig {
     }
 }
 
+/// The `[slurm]` table: how each experiment's `sbatch` job is asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// `--partition`; empty: the cluster's default.
+    pub partition: String,
+    /// `--account`; empty: none.
+    pub account: String,
+    /// `--gres=gpu:N`; 0: no GPU requested.
+    pub gpus: u32,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: u32,
+    /// `--mem`, e.g. `32G`; empty: the cluster's default.
+    pub mem: String,
+    /// Added to the hard timeout for `--time` (queueing is not counted; Slurm's own limit is a
+    /// backstop behind the runner's `scancel`).
+    pub time_margin_minutes: u64,
+    /// More `#SBATCH` lines, verbatim (e.g. "--qos=high", "--constraint=h100").
+    pub extra_directives: Vec<String>,
+    /// Shell lines run before the build, e.g. "module load cuda/12.4".
+    pub setup: Vec<String>,
+    /// How often `squeue` is polled.
+    pub poll_seconds: f64,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: String::new(),
+            account: String::new(),
+            gpus: 1,
+            cpus_per_task: 8,
+            mem: String::new(),
+            time_margin_minutes: 10,
+            extra_directives: Vec::new(),
+            setup: Vec::new(),
+            poll_seconds: 5.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResearchConfig {
@@ -174,6 +218,9 @@ pub struct ResearchConfig {
     pub results_file: String,
     pub proposer: ProposerKind,
     pub executor: ExecutorKind,
+    /// Experiments in flight at once; 0 = one per GPU found by `detect` (one on a CPU-only
+    /// machine) for `local`, 4 for `slurm`.
+    pub slots: usize,
     pub keep_rule: KeepRule,
     /// Baseline repetitions (different seeds) for the noise estimate (noise-aware only).
     pub baseline_runs: u32,
@@ -203,6 +250,7 @@ pub struct ResearchConfig {
     pub agent: AgentConfig,
     pub command: CommandConfig,
     pub manual: ManualConfig,
+    pub slurm: SlurmConfig,
 }
 
 impl Default for ResearchConfig {
@@ -225,6 +273,7 @@ impl Default for ResearchConfig {
             results_file: "results.tsv".into(),
             proposer: ProposerKind::Search,
             executor: ExecutorKind::Local,
+            slots: 0,
             keep_rule: KeepRule::NoiseAware,
             baseline_runs: 2,
             noise_floor: 0.001,
@@ -242,6 +291,7 @@ impl Default for ResearchConfig {
             agent: AgentConfig::default(),
             command: CommandConfig::default(),
             manual: ManualConfig::default(),
+            slurm: SlurmConfig::default(),
         }
     }
 }
@@ -287,6 +337,9 @@ impl ResearchConfig {
         }
         if self.device_batch_scale < 0.0 || self.device_batch_scale > 1.0 {
             return Err(usage("device_batch_scale: must be in (0, 1], or 0 for the profile's value"));
+        }
+        if !(self.slurm.poll_seconds > 0.0) {
+            return Err(usage("slurm.poll_seconds: must be > 0"));
         }
         if self.proposer == ProposerKind::Command && self.command.command.trim().is_empty() {
             return Err(usage("proposer `command` needs [command] command = \"...\" in the config or --proposer-command"));

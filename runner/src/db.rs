@@ -79,7 +79,8 @@ pub struct Node {
     /// The results.tsv line written for this node (kept verbatim for reconciliation).
     pub result_row: Option<String>,
     pub jsonl: Option<String>,
-    /// Process group of the running experiment (to kill it after a runner crash).
+    /// Process group of a running experiment, as databases from before the `jobs` table
+    /// recorded it (to kill it after a runner crash).
     pub pid: Option<i64>,
     /// `tree record` input (manual proposer).
     pub recorded: Option<Value>,
@@ -105,6 +106,8 @@ pub fn parse_node_id(s: &str) -> Option<i64> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub node: i64,
+    /// Which run of the node: `0`, `1` (baseline seeds, confirmation), `0-oom` (the retry).
+    pub attempt: String,
     pub seed: u64,
     pub batch_scale: Option<f64>,
     pub exit_code: Option<i32>,
@@ -152,9 +155,30 @@ CREATE TABLE IF NOT EXISTS runs (
     outcome TEXT NOT NULL,
     metric REAL,
     seconds REAL NOT NULL,
-    log TEXT NOT NULL
+    log TEXT NOT NULL,
+    attempt TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    node INTEGER NOT NULL REFERENCES nodes(id),
+    attempt TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    batch_scale REAL NOT NULL,
+    handle TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    PRIMARY KEY (node, attempt)
 );
 ";
+
+/// A run in flight: how to find it again after a runner crash (`local:<pgid>`, `slurm:<job id>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub node: i64,
+    pub attempt: String,
+    pub seed: u64,
+    pub batch_scale: f64,
+    pub handle: String,
+    pub started_at: f64,
+}
 
 const NODE_COLS: &str = "id, parent, hypothesis, description, change, commit_id, status, metric, metrics, memory_mb, \
 created_at, started_at, finished_at, platform, proposer, insight, finish_seq, result_row, jsonl, pid, recorded";
@@ -211,6 +235,13 @@ impl Db {
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
+        // Databases from before runs had attempts.
+        let has_attempt: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'attempt'")?
+            .exists([])?;
+        if !has_attempt {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN attempt TEXT NOT NULL DEFAULT ''")?;
+        }
         Ok(Db { conn })
     }
 
@@ -283,11 +314,6 @@ impl Db {
         Ok(())
     }
 
-    pub fn set_pid(&self, id: i64, pid: Option<i64>) -> Result<()> {
-        self.conn.execute("UPDATE nodes SET pid = ?1 WHERE id = ?2", params![pid, id])?;
-        Ok(())
-    }
-
     pub fn set_status(&self, id: i64, status: Status) -> Result<()> {
         self.conn.execute("UPDATE nodes SET status = ?1 WHERE id = ?2", params![status.as_str(), id])?;
         Ok(())
@@ -354,23 +380,60 @@ impl Db {
             )));
         }
         tx.execute("DELETE FROM runs WHERE node = ?1", [id])?;
+        tx.execute("DELETE FROM jobs WHERE node = ?1", [id])?;
         tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn insert_run(&self, run: &Run) -> Result<()> {
+    /// Records a finished run and forgets its job, in one transaction.
+    pub fn insert_run(&mut self, run: &Run) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runs(node, attempt, seed, batch_scale, exit_code, outcome, metric, seconds, log)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![run.node, run.attempt, run.seed as i64, run.batch_scale, run.exit_code, run.outcome, run.metric, run.seconds, run.log],
+        )?;
+        tx.execute("DELETE FROM jobs WHERE node = ?1 AND attempt = ?2", params![run.node, run.attempt])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remembers a run in flight (replacing an earlier handle of the same attempt).
+    pub fn set_job(&self, job: &Job) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO runs(node, seed, batch_scale, exit_code, outcome, metric, seconds, log)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![run.node, run.seed as i64, run.batch_scale, run.exit_code, run.outcome, run.metric, run.seconds, run.log],
+            "INSERT OR REPLACE INTO jobs(node, attempt, seed, batch_scale, handle, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![job.node, job.attempt, job.seed as i64, job.batch_scale, job.handle, job.started_at],
         )?;
         Ok(())
     }
 
+    pub fn clear_jobs(&self, node: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM jobs WHERE node = ?1", [node])?;
+        Ok(())
+    }
+
+    /// Runs in flight, of one node or (None) of all.
+    pub fn jobs(&self, node: Option<i64>) -> Result<Vec<Job>> {
+        let mut st = self.conn.prepare(
+            "SELECT node, attempt, seed, batch_scale, handle, started_at FROM jobs WHERE ?1 IS NULL OR node = ?1 ORDER BY node, attempt",
+        )?;
+        let rows = st.query_map([node], |r| {
+            Ok(Job {
+                node: r.get(0)?,
+                attempt: r.get(1)?,
+                seed: r.get::<_, i64>(2)? as u64,
+                batch_scale: r.get(3)?,
+                handle: r.get(4)?,
+                started_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     pub fn runs(&self, node: i64) -> Result<Vec<Run>> {
         let mut st = self.conn.prepare(
-            "SELECT node, seed, batch_scale, exit_code, outcome, metric, seconds, log FROM runs WHERE node = ?1 ORDER BY id",
+            "SELECT node, seed, batch_scale, exit_code, outcome, metric, seconds, log, attempt FROM runs WHERE node = ?1 ORDER BY id",
         )?;
         let rows = st.query_map([node], |r| {
             Ok(Run {
@@ -382,6 +445,7 @@ impl Db {
                 metric: r.get(5)?,
                 seconds: r.get(6)?,
                 log: r.get(7)?,
+                attempt: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -237,6 +237,11 @@ fn cpu() -> Cpu {
     }
 }
 
+/// NVIDIA GPUs on this machine (the local executor's default slot count).
+pub fn gpu_count() -> usize {
+    nvidia().len()
+}
+
 fn nvidia() -> Vec<Gpu> {
     let out = Command::new("nvidia-smi")
         .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"])

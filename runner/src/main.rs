@@ -16,6 +16,7 @@ mod results;
 mod runloop;
 mod train;
 mod tree;
+mod worker;
 
 fn main() {
     std::process::exit(cli::main());

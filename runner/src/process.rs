@@ -24,6 +24,11 @@ pub fn install_interrupt_handler() {
     }
 }
 
+/// Makes every run in flight stop as if Ctrl-C had been pressed (the runner is stopping).
+pub fn request_stop() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
@@ -31,6 +36,8 @@ pub fn interrupted() -> bool {
 pub enum Output<'a> {
     /// stdout and stderr both into this file.
     Log(&'a Path),
+    /// Like `Log`, appending (a second step of the same run).
+    Append(&'a Path),
     /// stdout into this file, stderr into the log (agents print their JSON on stdout).
     Split { stdout: &'a Path, stderr: &'a Path },
     /// The runner's own terminal.
@@ -66,6 +73,14 @@ pub fn run_shell(
     match output {
         Output::Log(path) => {
             let f = File::create(path).with_context(|| format!("creating log {}", path.display()))?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        Output::Append(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log {}", path.display()))?;
             cmd.stdout(f.try_clone()?).stderr(f);
         }
         Output::Split { stdout, stderr } => {
@@ -117,6 +132,42 @@ fn terminate_group(pgid: u32, child: &mut std::process::Child) {
     }
     kill_group(pgid, libc::SIGKILL);
     let _ = child.wait();
+}
+
+/// An exclusive `flock` on `path` (created if missing), released when dropped or when the process
+/// dies: a killed runner never leaves it held.
+pub struct FileLock(File);
+
+impl FileLock {
+    /// Waits for the lock; gives up (None) once `give_up` says so (timeout, Ctrl-C).
+    pub fn acquire(path: &Path, mut give_up: impl FnMut() -> bool) -> Result<Option<FileLock>> {
+        use std::os::fd::AsRawFd;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        loop {
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(FileLock(f)));
+            }
+            if give_up() {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 /// Kills a process group left behind by a runner that died (kill -9); true if one was there.

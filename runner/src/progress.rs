@@ -1,14 +1,20 @@
-//! Progress: indicatif bars (experiment n/N with the best so far, a countdown for the current
-//! run) when stderr is a terminal, plain lines otherwise.
+//! Progress: indicatif bars (experiment n/N with the best so far, and a countdown per run in
+//! flight) when stderr is a terminal, plain lines otherwise.
 
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+#[derive(Clone)]
 pub struct Progress {
     mp: MultiProgress,
     overall: ProgressBar,
-    current: Option<ProgressBar>,
+}
+
+/// The countdown of one run; removed from the display when dropped. Cheap to move to a worker.
+pub struct RunBar {
+    mp: MultiProgress,
+    bar: ProgressBar,
 }
 
 impl Progress {
@@ -27,7 +33,7 @@ impl Progress {
             b.set_style(ProgressStyle::with_template("experiment {pos} (unlimited) {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
             b
         };
-        Progress { mp, overall, current: None }
+        Progress { mp, overall }
     }
 
     /// A line above the bars (or on stdout when the bars are hidden).
@@ -39,12 +45,13 @@ impl Progress {
         }
     }
 
-    pub fn set_done(&self, n: u64, best: &str) {
+    pub fn set_done(&self, n: u64, best: &str, in_flight: usize) {
         self.overall.set_position(n);
-        self.overall.set_message(format!("best {best}"));
+        let running = if in_flight > 0 { format!(", {in_flight} running") } else { String::new() };
+        self.overall.set_message(format!("best {best}{running}"));
     }
 
-    pub fn start_run(&mut self, label: &str, timeout: Duration) {
+    pub fn run_bar(&self, label: &str, timeout: Duration) -> RunBar {
         let b = self.mp.add(ProgressBar::new(timeout.as_secs().max(1)));
         b.set_style(
             ProgressStyle::with_template("  {msg} [{bar:30}] {elapsed} (killed at {len}s, {eta} left)")
@@ -52,23 +59,23 @@ impl Progress {
                 .progress_chars("=> "),
         );
         b.set_message(label.to_string());
-        self.current = Some(b);
-    }
-
-    pub fn tick(&self, elapsed: Duration) {
-        if let Some(b) = &self.current {
-            b.set_position(elapsed.as_secs());
-        }
-    }
-
-    pub fn end_run(&mut self) {
-        if let Some(b) = self.current.take() {
-            b.finish_and_clear();
-            self.mp.remove(&b);
-        }
+        RunBar { mp: self.mp.clone(), bar: b }
     }
 
     pub fn finish(&self) {
         self.overall.finish();
+    }
+}
+
+impl RunBar {
+    pub fn tick(&self, elapsed: Duration) {
+        self.bar.set_position(elapsed.as_secs());
+    }
+}
+
+impl Drop for RunBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        self.mp.remove(&self.bar);
     }
 }

@@ -1,27 +1,33 @@
 //! `autoresearch run`: the keep/discard loop.
 //!
 //! Per experiment: plan (proposer) -> node in the db -> worktree at the parent's commit -> change
-//! (proposer) -> commit, kept under refs/autoresearch/<tag>/<node> -> guard -> run (hard timeout,
-//! one retry at half batch after an out-of-memory exit) -> keep rule -> db transaction -> branch
-//! (keep only) -> results.tsv and JSONL rows -> worktree removed. `--resume` repairs whatever a
-//! kill left between those steps, from the database.
+//! (proposer) -> commit, kept under refs/autoresearch/<tag>/<node> -> guard -> runs on a worker
+//! thread through the executor (see worker.rs) -> keep rule, re-checked against the best when the
+//! result arrives -> db transaction -> branch (keep only) -> results.tsv and JSONL rows ->
+//! worktree removed. Up to `slots` experiments are in flight at once; only this thread touches
+//! git, the branch and the result files, so rows are whole and never interleaved. `--resume`
+//! repairs whatever a kill left between those steps, from the database, and follows Slurm jobs
+//! that are still running.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 
-use crate::config::{KeepRule, ResearchConfig};
+use crate::config::{ExecutorKind, KeepRule, ResearchConfig};
 use crate::db::{Db, Finish, Node, Run, Status, iso8601, now};
 use crate::errors::{CliError, repo_state};
-use crate::executor::{self, Outcome, RunSpec};
+use crate::executor;
 use crate::git::{Git, branch_name};
-use crate::keep::{self, Verdict};
+use crate::keep;
 use crate::progress::Progress;
 use crate::proposer::{self, Applied, Ctx, Plan};
 use crate::results;
+use crate::worker::{Decision, Shared, Task};
 
 /// Where a run keeps its state.
 pub struct Paths {
@@ -63,7 +69,7 @@ pub fn resolve_profile(root: &Path, cfg: &ResearchConfig) -> Result<(PathBuf, St
     Ok((path, class, name))
 }
 
-pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path) -> String {
+pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usize) -> String {
     let max = if cfg.max_experiments == 0 { "unlimited".to_string() } else { cfg.max_experiments.to_string() };
     let keep = match cfg.keep_rule {
         KeepRule::Strict => "strict (keep only a strictly better metric)".to_string(),
@@ -79,6 +85,14 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path) -> String {
         crate::config::ProposerKind::Manual => "manual (waits for `tree record`)".into(),
     };
     let exp = if cfg.experiment_command.is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
+    let exec = match cfg.executor {
+        ExecutorKind::Local => format!("local, {slots} at a time"),
+        ExecutorKind::Slurm => {
+            let s = &cfg.slurm;
+            let part = if s.partition.is_empty() { "default partition".to_string() } else { format!("partition {}", s.partition) };
+            format!("slurm, {slots} jobs at a time ({part}, {} GPU, {} CPUs per job)", s.gpus, s.cpus_per_task)
+        }
+    };
     format!(
         "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
         tag = cfg.tag,
@@ -88,7 +102,6 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path) -> String {
         dir = cfg.direction,
         scope = cfg.scope.join(", "),
         ro = cfg.read_only.join(", "),
-        exec = cfg.executor,
         profile = profile.display(),
         timeout = cfg.hard_timeout().as_secs(),
         seed = cfg.seed,
@@ -109,12 +122,18 @@ struct Loop<'a> {
     git: &'a Git,
     db: Db,
     paths: Paths,
-    profile: PathBuf,
     class: String,
     platform: String,
     ro_hashes: BTreeMap<String, String>,
     progress: Progress,
     started: f64,
+    shared: Arc<Shared>,
+    /// Nodes whose worker is running, with the worktree it runs in.
+    in_flight: BTreeMap<i64, PathBuf>,
+    tx: mpsc::Sender<(i64, Result<Decision>)>,
+    rx: mpsc::Receiver<(i64, Result<Decision>)>,
+    /// Set when a worker was interrupted: no new work, stop once the others are in.
+    stopping: bool,
 }
 
 pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
@@ -141,13 +160,15 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         }
         _ => {}
     }
-    println!("{}", describe(cfg, &paths, &profile));
+    let executor = crate::executor::build(cfg);
+    println!("{}", describe(cfg, &paths, &profile, executor.slots()));
     if !opts.yes && std::io::stdin().is_terminal() {
         confirm(if opts.resume { "Resume this run?" } else { "Start this run?" })?;
     }
     crate::process::install_interrupt_handler();
-    std::fs::create_dir_all(paths.state_dir.join("logs"))?;
-    std::fs::create_dir_all(paths.state_dir.join("runs"))?;
+    for d in ["logs", "runs", "bin"] {
+        std::fs::create_dir_all(paths.state_dir.join(d))?;
+    }
     let db = Db::open(&paths.db)?;
     let ro_hashes = if opts.resume {
         let text = db.meta("ro_hashes")?.ok_or_else(|| anyhow!("{}: no recorded read-only hashes", paths.db.display()))?;
@@ -165,12 +186,44 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         hashes
     };
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
-    let total = cfg.max_experiments;
-    let mut lp = Loop { cfg, git, db, paths, profile, class, platform, ro_hashes, progress: Progress::new(total), started };
-    if opts.resume {
-        lp.recover()?;
+    let progress = Progress::new(cfg.max_experiments);
+    let shared = Arc::new(Shared {
+        cfg: Arc::new(cfg.clone()),
+        root: root.clone(),
+        profile,
+        state_dir: paths.state_dir.clone(),
+        db_path: paths.db.clone(),
+        executor,
+        progress: progress.clone(),
+    });
+    let (tx, rx) = mpsc::channel();
+    let mut lp = Loop {
+        cfg,
+        git,
+        db,
+        paths,
+        class,
+        platform,
+        ro_hashes,
+        progress,
+        started,
+        shared,
+        in_flight: BTreeMap::new(),
+        tx,
+        rx,
+        stopping: false,
+    };
+    let mut result = if opts.resume { lp.recover() } else { Ok(()) };
+    if result.is_ok() {
+        result = lp.main_loop();
     }
-    let result = lp.main_loop();
+    // Whatever stopped the loop, no run is left behind: stop the workers' runs and record them.
+    if !lp.in_flight.is_empty() {
+        crate::process::request_stop();
+        if let Err(e) = lp.drain() {
+            lp.progress.line(&format!("error while stopping the runs in flight: {e:#}"));
+        }
+    }
     lp.progress.finish();
     let summary = lp.write_summary();
     match (&result, summary) {
@@ -187,21 +240,29 @@ impl Loop<'_> {
     }
 
     /// Repairs what a kill left: orphaned experiment processes, unfinished nodes, worktrees,
-    /// missing refs, the branch, and results/JSONL rows.
+    /// missing refs, the branch, and results/JSONL rows. Nodes whose runs may still be going
+    /// (Slurm jobs), or that have runs left to do, get a worker again.
     fn recover(&mut self) -> Result<()> {
+        let mut resumable = Vec::new();
         for n in self.db.nodes()? {
             // Finished nodes, and ideas planned with `tree add`, need nothing.
             if n.status.finished() || n.proposer == crate::tree::PLANNED {
                 continue;
             }
-            if let Some(pid) = n.pid
-                && crate::process::kill_orphan_group(pid)
-            {
-                self.progress.line(&format!("resume: killed the orphaned experiment of {} (process group {pid})", n.name()));
+            let jobs = self.db.jobs(Some(n.id))?;
+            let mut orphans: Vec<i64> = jobs.iter().filter_map(|j| j.handle.strip_prefix("local:").and_then(|p| p.parse().ok())).collect();
+            orphans.extend(n.pid);
+            for pgid in orphans {
+                if crate::process::kill_orphan_group(pgid) {
+                    self.progress.line(&format!("resume: killed the orphaned experiment of {} (process group {pgid})", n.name()));
+                }
             }
+            let followable = jobs.iter().any(|j| j.handle.starts_with("slurm:"));
             match &n.commit {
+                Some(_) if n.status == Status::Running && followable => resumable.push(n),
                 Some(_) => {
                     let insight = "interrupted: the runner stopped during this experiment";
+                    self.db.clear_jobs(n.id)?;
                     self.finish_node(&n, Status::Crash, None, None, None, insight, None, &[])?;
                     self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
                 }
@@ -211,9 +272,11 @@ impl Loop<'_> {
                 }
             }
         }
-        // Worktrees of planned nodes belong to a person (`tree worktree`): they stay.
-        let planned: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree::PLANNED).map(|n| n.name()).collect();
-        for wt in self.git.cleanup_worktrees(self.tag(), &planned)? {
+        // Worktrees of planned nodes belong to a person (`tree worktree`), and those of
+        // followed jobs are in use: they stay.
+        let mut keep: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree::PLANNED).map(|n| n.name()).collect();
+        keep.extend(resumable.iter().map(|n| n.name()));
+        for wt in self.git.cleanup_worktrees(self.tag(), &keep)? {
             self.progress.line(&format!("resume: removed worktree {wt}"));
         }
         let nodes = self.db.nodes()?;
@@ -222,7 +285,7 @@ impl Loop<'_> {
                 self.git.set_node_ref(self.tag(), &n.name(), Git::oid(c)?)?;
             }
         }
-        if let Some(best) = self.best_node(&nodes)
+        if let Some(best) = best_node(&nodes)
             && let Some(c) = &best.commit
             && self.git.branch_tip(self.tag())?.map(|o| o.to_string()).as_deref() != Some(c.as_str())
         {
@@ -230,6 +293,17 @@ impl Loop<'_> {
             self.progress.line(&format!("resume: branch moved to the best experiment {}", best.name()));
         }
         self.reconcile_rows(&nodes)?;
+        for n in resumable {
+            let commit = Git::oid(n.commit.as_deref().unwrap_or_default())?;
+            let wt = self.git.add_worktree(self.tag(), &n.name(), commit)?;
+            let task = match (n.parent, best_node(&nodes).and_then(|b| b.metric)) {
+                (None, _) => Task::Baseline,
+                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar() },
+                (Some(_), None) => continue,
+            };
+            self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
+            self.spawn(n, wt, task);
+        }
         Ok(())
     }
 
@@ -244,11 +318,6 @@ impl Loop<'_> {
             self.progress.line(&format!("resume: restored {a} results rows and {b} log lines"));
         }
         Ok(())
-    }
-
-    /// The best experiment: the last keep.
-    fn best_node<'n>(&self, nodes: &'n [Node]) -> Option<&'n Node> {
-        nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
     }
 
     /// What a proposer sees for experiment number `iteration`, with `best` the current best.
@@ -270,51 +339,116 @@ impl Loop<'_> {
         self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
     }
 
+    fn bar(&self) -> f64 {
+        keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor)
+    }
+
+    fn slots(&self) -> usize {
+        self.shared.executor.slots().max(1)
+    }
+
+    /// Starts a worker for `node` in `worktree`.
+    fn spawn(&mut self, node: Node, worktree: PathBuf, task: Task) {
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        let id = node.id;
+        let wt = worktree.clone();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.work(&node, &wt, task)))
+                .unwrap_or_else(|_| Err(anyhow!("the worker of {} panicked", node.name())));
+            let _ = tx.send((id, r));
+        });
+        self.in_flight.insert(id, worktree);
+    }
+
+    /// Waits up to `timeout` for one worker's result and records it.
+    fn collect(&mut self, timeout: Duration) -> Result<bool> {
+        match self.rx.recv_timeout(timeout) {
+            Ok((id, result)) => {
+                self.in_flight.remove(&id);
+                self.conclude(id, result)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Waits for every worker (after Ctrl-C or an error), recording each result.
+    fn drain(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.collect(Duration::from_millis(200)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn main_loop(&mut self) -> Result<()> {
         let mut idle = 0; // consecutive proposals that changed nothing or failed
+        let mut exhausted = false;
         loop {
-            if crate::process::interrupted() {
+            if crate::process::interrupted() || self.stopping {
+                self.drain()?;
                 return Err(CliError::Interrupted.into());
             }
+            while self.collect(Duration::ZERO)? {}
             let nodes = self.db.nodes()?;
             let done = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
-            let best = match self.best_node(&nodes) {
-                Some(b) => b.clone(),
-                None => {
-                    self.baseline()?;
-                    continue;
+            let Some(best) = best_node(&nodes).cloned() else {
+                if self.in_flight.is_empty() {
+                    self.start_baseline()?;
                 }
+                self.collect(Duration::from_millis(200))?;
+                continue;
             };
-            self.progress.set_done(done, &format!("{} ({})", proposer::fmt_metric(best.metric), best.name()));
-            if self.cfg.max_experiments > 0 && done >= self.cfg.max_experiments {
-                self.progress.line(&format!("done: {done} experiments"));
+            let running = self.in_flight.len() as u64;
+            self.progress.set_done(done, &format!("{} ({})", proposer::fmt_metric(best.metric), best.name()), self.in_flight.len());
+            let reached = self.cfg.max_experiments > 0 && done + running >= self.cfg.max_experiments;
+            let stop_proposing = reached || exhausted || idle >= 3;
+            if stop_proposing && self.in_flight.is_empty() {
+                if reached {
+                    self.progress.line(&format!("done: {done} experiments"));
+                } else if exhausted {
+                    self.progress.line("stopping: the search space is exhausted");
+                } else {
+                    self.progress.line("stopping: the proposer made no usable change three times in a row");
+                }
                 return Ok(());
             }
-            if idle >= 3 {
-                self.progress.line("stopping: the proposer made no usable change three times in a row");
-                return Ok(());
+            if stop_proposing || self.in_flight.len() >= self.slots() {
+                if self.collect(Duration::from_millis(200))? {
+                    self.after_result()?;
+                }
+                continue;
             }
             let mut prop = proposer::build(self.cfg, &self.git.root)?;
-            let ctx = self.proposer_ctx(best.id, done + 1);
+            let iteration = done + running + 1;
+            let ctx = self.proposer_ctx(best.id, iteration);
             let Some(plan) = prop.plan(&ctx)? else {
-                self.progress.line("stopping: the search space is exhausted");
-                return Ok(());
+                exhausted = true;
+                continue;
             };
-            match self.experiment(&mut *prop, &plan, &best, done + 1)? {
+            match self.experiment(&mut *prop, &plan, &best, iteration)? {
                 true => idle = 0,
                 false => idle += 1,
-            }
-            let finished = done + 1;
-            if finished % 10 == 0 {
-                self.progress_line(finished)?;
             }
         }
     }
 
-    fn progress_line(&self, finished: u64) -> Result<()> {
+    /// Every 10 finished experiments, the reference's progress line.
+    fn after_result(&self) -> Result<()> {
         let nodes = self.db.nodes()?;
+        let finished = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
+        if finished > 0 && finished % 10 == 0 {
+            self.progress_line(&nodes, finished);
+        }
+        Ok(())
+    }
+
+    fn progress_line(&self, nodes: &[Node], finished: u64) {
         let count = |s: Status| nodes.iter().filter(|n| n.parent.is_some() && n.status == s).count();
-        let best = self.best_node(&nodes);
+        let best = best_node(nodes);
         let hours = ((now() - self.started) / 3600.0).max(1e-9);
         self.progress.line(&format!(
             "-- {finished} experiments: best {} ({}), {} keeps, {} discards, {} crashes, {} rejected, {:.1} experiments/hour",
@@ -326,63 +460,24 @@ impl Loop<'_> {
             count(Status::Rejected),
             finished as f64 / hours
         ));
-        Ok(())
     }
 
     /// The unmodified trainer, run `baseline_runs` times (noise-aware) to measure the noise.
-    fn baseline(&mut self) -> Result<()> {
+    fn start_baseline(&mut self) -> Result<()> {
         let tip = self.git.branch_tip(self.tag())?.context("the run branch disappeared")?;
         let id = self.db.insert_node(None, "the unmodified trainer", "baseline", None, "baseline", &self.platform)?;
         let node = self.db.require_node(id)?;
         self.db.set_text(id, "commit_id", &tip.to_string())?;
         self.git.set_node_ref(self.tag(), &node.name(), tip)?;
-        let node = self.db.require_node(id)?;
         self.db.set_running(id)?;
+        let node = self.db.require_node(id)?;
         let wt = self.git.add_worktree(self.tag(), &node.name(), tip)?;
-        let k = if self.cfg.keep_rule == KeepRule::NoiseAware { self.cfg.baseline_runs.max(2) } else { 1 };
-        let mut metrics = Vec::new();
-        let mut runs = Vec::new();
-        let mut memory: Option<f64> = None;
-        let mut last_summary = None;
-        for i in 0..k {
-            let (out, run) = self.run_with_retry(&node, &wt, self.cfg.seed + i as u64, i)?;
-            runs.push(run);
-            match out {
-                Outcome::Ok { metric, memory_mb, summary } => {
-                    metrics.push(metric);
-                    memory = max_opt(memory, memory_mb);
-                    last_summary = Some(summary);
-                }
-                Outcome::Interrupted => return self.interrupted(&node, &runs),
-                other => {
-                    let (status, insight) = failure(&other);
-                    self.finish_node(&node, status, None, None, None, &insight, None, &runs)?;
-                    self.git.remove_worktree(self.tag(), &node.name())?;
-                    return Err(anyhow!(
-                        "the baseline failed ({}); fix the trainer or the setup, then `autoresearch run --resume --tag {}`:\n{}",
-                        other.label(),
-                        self.tag(),
-                        insight
-                    ));
-                }
-            }
-        }
-        let (mean, sd) = keep::mean_std(&metrics);
-        self.db.set_meta("sigma", &sd.to_string())?;
-        let bar = keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor);
-        let insight = format!("{} runs: {:?}; sigma {:.6}; keep bar {:.6}", metrics.len(), metrics, sd, bar);
-        let mut summary = last_summary.unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut summary {
-            m.insert("runs".into(), json!(metrics));
-            m.insert("sigma".into(), json!(sd));
-        }
-        self.finish_node(&node, Status::Keep, Some(mean), Some(&summary), memory, &insight, None, &runs)?;
-        self.git.remove_worktree(self.tag(), &node.name())?;
-        self.progress.line(&format!("{} baseline {} = {:.6} (sigma {:.6}, bar {:.6})", node.name(), self.cfg.metric, mean, sd, bar));
+        self.spawn(node, wt, Task::Baseline);
         Ok(())
     }
 
-    /// One experiment. Returns false when the proposer produced nothing usable.
+    /// Prepares one experiment and hands it to a worker (or, for `manual`, records it).
+    /// Returns false when the proposer produced nothing usable.
     fn experiment(&mut self, prop: &mut dyn proposer::Proposer, plan: &Plan, best: &Node, iteration: u64) -> Result<bool> {
         let parent = self.db.require_node(plan.parent)?;
         let parent_oid = Git::oid(parent.commit.as_deref().context("the parent node has no commit")?)?;
@@ -419,30 +514,103 @@ impl Loop<'_> {
         self.git.set_node_ref(self.tag(), &node.name(), commit)?;
         let node = self.db.require_node(id)?;
         if let Some(reason) = crate::guard::check(self.git, self.cfg, parent_oid, commit, &wt, &self.ro_hashes)? {
-            self.finish_node(&node, Status::Rejected, None, None, None, &reason, Some(best), &[])?;
+            let best = self.current_best()?;
+            self.finish_node(&node, Status::Rejected, None, None, None, &reason, best.as_ref(), &[])?;
             self.git.remove_worktree(self.tag(), &node.name())?;
-            self.report(&node.name(), "rejected", None, best, &format!("{description}: {reason}"));
+            self.report(&node.name(), "rejected", None, best.as_ref(), &format!("{description}: {reason}"));
             return Ok(true);
         }
         self.db.set_running(id)?;
+        let node = self.db.require_node(id)?;
         let best_value = best.metric.context("the best node has no metric")?;
-        let bar = keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor);
-        let (status, metric, summary, memory, insight, runs) = if prop.executes() {
-            self.execute_and_decide(&node, &wt, best_value, bar)?
+        if prop.executes() {
+            self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar() });
         } else {
-            self.recorded_and_decide(&node, best_value, bar)?
-        };
-        if status == Status::Running {
-            return self.interrupted(&node, &runs).map(|_| true);
+            let d = self.recorded_and_decide(&node, best_value, self.bar())?;
+            self.conclude(id, Ok(d))?;
         }
-        self.finish_node(&node, status, metric, summary.as_ref(), memory, &insight, Some(best), &runs)?;
-        self.git.remove_worktree(self.tag(), &node.name())?;
-        self.report(&node.name(), status.as_str(), metric, best, &description);
         Ok(true)
     }
 
-    fn report(&self, name: &str, status: &str, metric: Option<f64>, best: &Node, description: &str) {
-        let delta = match (metric, best.metric) {
+    fn current_best(&self) -> Result<Option<Node>> {
+        Ok(best_node(&self.db.nodes()?).cloned())
+    }
+
+    /// Records a worker's result: the keep decision re-checked against the best as it is now
+    /// (another experiment may have finished first), the database, the branch, the rows, the
+    /// worktree.
+    fn conclude(&mut self, id: i64, result: Result<Decision>) -> Result<()> {
+        let node = self.db.require_node(id)?;
+        let mut d = match result {
+            Ok(d) => d,
+            Err(e) => {
+                // The worker itself failed (a database or executor error, not the experiment):
+                // the node is recorded as a crash so the run stays consistent, then the loop stops.
+                let insight = format!("runner error: {e:#}");
+                let best = self.current_best()?;
+                self.finish_node(&node, Status::Crash, None, None, None, &insight, best.as_ref(), &[])?;
+                self.git.remove_worktree(self.tag(), &node.name())?;
+                return Err(e);
+            }
+        };
+        if node.parent.is_none() {
+            return self.conclude_baseline(&node, d);
+        }
+        let best = self.current_best()?;
+        if d.status == Status::Keep
+            && let (Some(m), Some(b)) = (d.metric, best.as_ref().and_then(|b| b.metric))
+        {
+            let gain = self.cfg.direction.gain(b, m);
+            let clears = match self.cfg.keep_rule {
+                KeepRule::Strict => gain > 0.0,
+                KeepRule::NoiseAware => gain > self.bar(),
+            };
+            if !clears {
+                d.status = Status::Discard;
+                d.insight = format!("{}; not kept: {} reached {} while it ran (gain {gain:.6})", d.insight, best.as_ref().map(|b| b.name()).unwrap_or_default(), proposer::fmt_metric(Some(b)));
+            }
+        }
+        if d.interrupted {
+            self.stopping = true;
+        }
+        self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs)?;
+        self.git.remove_worktree(self.tag(), &node.name())?;
+        self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &node.description);
+        Ok(())
+    }
+
+    fn conclude_baseline(&mut self, node: &Node, d: Decision) -> Result<()> {
+        if d.interrupted {
+            self.stopping = true;
+        }
+        self.finish_node(node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, None, &d.runs)?;
+        self.git.remove_worktree(self.tag(), &node.name())?;
+        if d.status != Status::Keep {
+            if d.interrupted {
+                return Ok(());
+            }
+            return Err(anyhow!(
+                "the baseline failed ({}); fix the trainer or the setup, then `autoresearch run --resume --tag {}`:\n{}",
+                d.status.as_str(),
+                self.tag(),
+                d.insight
+            ));
+        }
+        let sd = d.sigma.unwrap_or(0.0);
+        self.db.set_meta("sigma", &sd.to_string())?;
+        self.progress.line(&format!(
+            "{} baseline {} = {:.6} (sigma {:.6}, bar {:.6})",
+            node.name(),
+            self.cfg.metric,
+            d.metric.unwrap_or(f64::NAN),
+            sd,
+            keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)
+        ));
+        Ok(())
+    }
+
+    fn report(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, description: &str) {
+        let delta = match (metric, best.and_then(|b| b.metric)) {
             (Some(m), Some(b)) => format!(" ({:+.6})", m - b),
             _ => String::new(),
         };
@@ -455,143 +623,40 @@ impl Loop<'_> {
         self.db.delete_node(node.id)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn execute_and_decide(
-        &mut self,
-        node: &Node,
-        wt: &Path,
-        best: f64,
-        bar: f64,
-    ) -> Result<(Status, Option<f64>, Option<Value>, Option<f64>, String, Vec<Run>)> {
-        let dir = self.cfg.direction;
-        let (out, run) = self.run_with_retry(node, wt, self.cfg.seed, 0)?;
-        let mut runs = vec![run];
-        let (m1, mem1, summary) = match out {
-            Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
-            Outcome::Interrupted => return Ok((Status::Running, None, None, None, String::new(), runs)),
-            other => {
-                let (status, insight) = failure(&other);
-                return Ok((status, None, None, None, insight, runs));
-            }
-        };
-        match keep::first(self.cfg.keep_rule, dir, best, m1, bar) {
-            Verdict::Keep => Ok((Status::Keep, Some(m1), Some(summary), mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
-            Verdict::Discard => Ok((
-                Status::Discard,
-                Some(m1),
-                Some(summary),
-                mem1,
-                format!("gain {:.6} does not clear the bar {:.6}", dir.gain(best, m1), bar),
-                runs,
-            )),
-            Verdict::Confirm => {
-                let (out, run) = self.run_with_retry(node, wt, self.cfg.seed + 1, 1)?;
-                runs.push(run);
-                match out {
-                    Outcome::Ok { metric: m2, memory_mb, .. } => {
-                        let vals = [m1, m2];
-                        let (mean, _) = keep::mean_std(&vals);
-                        let mut summary = summary;
-                        if let Value::Object(m) = &mut summary {
-                            m.insert("runs".into(), json!(vals));
-                        }
-                        let mem = max_opt(mem1, memory_mb);
-                        let v = keep::confirmed(dir, best, &vals, bar);
-                        let insight = format!("runs {vals:?}, mean gain {:.6} vs bar {:.6}", dir.gain(best, mean), bar);
-                        let status = if v == Verdict::Keep { Status::Keep } else { Status::Discard };
-                        Ok((status, Some(mean), Some(summary), mem, insight, runs))
-                    }
-                    Outcome::Interrupted => Ok((Status::Running, None, None, None, String::new(), runs)),
-                    other => Ok((
-                        Status::Discard,
-                        Some(m1),
-                        Some(summary),
-                        mem1,
-                        format!("the confirmation run failed ({}): not kept", other.label()),
-                        runs,
-                    )),
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn recorded_and_decide(&mut self, node: &Node, best: f64, bar: f64) -> Result<(Status, Option<f64>, Option<Value>, Option<f64>, String, Vec<Run>)> {
+    fn recorded_and_decide(&mut self, node: &Node, best: f64, bar: f64) -> Result<Decision> {
         let rec = self.db.require_node(node.id)?.recorded.unwrap_or(Value::Null);
+        let failed = |why: &str| Decision {
+            status: Status::Crash,
+            metric: None,
+            summary: None,
+            memory_mb: None,
+            insight: why.to_string(),
+            runs: vec![],
+            interrupted: false,
+            sigma: None,
+        };
         if let Some(why) = rec.get("crash").and_then(Value::as_str) {
-            return Ok((Status::Crash, None, None, None, why.to_string(), vec![]));
+            return Ok(failed(why));
         }
         let Some(m) = rec.get("metric").and_then(Value::as_f64) else {
-            return Ok((Status::Crash, None, None, None, "recorded without a metric".into(), vec![]));
+            return Ok(failed("recorded without a metric"));
         };
-        let mem = rec.get("memory_mb").and_then(Value::as_f64);
-        let summary = rec.get("summary").cloned();
         // One recorded run: a confirmation would need another manual run, so the bar alone decides.
         let gain = self.cfg.direction.gain(best, m);
         let keep = match self.cfg.keep_rule {
             KeepRule::Strict => gain > 0.0,
             KeepRule::NoiseAware => gain > bar,
         };
-        let status = if keep { Status::Keep } else { Status::Discard };
-        Ok((status, Some(m), summary, mem, format!("recorded; gain {gain:.6}, bar {bar:.6}"), vec![]))
-    }
-
-    /// One run; after an out-of-memory exit, one retry with the device batch halved.
-    fn run_with_retry(&mut self, node: &Node, wt: &Path, seed: u64, attempt: u32) -> Result<(Outcome, Run)> {
-        let mut scale = if self.cfg.device_batch_scale > 0.0 {
-            self.cfg.device_batch_scale
-        } else {
-            crate::detect::profile_batch_scale(&self.profile)
-        };
-        let mut retried = false;
-        loop {
-            let suffix = if retried { format!("{attempt}-oom") } else { attempt.to_string() };
-            let spec = RunSpec {
-                cfg: self.cfg,
-                repo_root: &self.git.root,
-                worktree: wt,
-                profile: &self.profile,
-                seed,
-                batch_scale: scale,
-                summary_json: self.paths.state_dir.join("runs").join(format!("{}-{suffix}.json", node.name())),
-                log: self.paths.state_dir.join("logs").join(format!("{}-{suffix}.log", node.name())),
-                timeout: self.cfg.hard_timeout(),
-            };
-            self.progress.start_run(&format!("{} seed {seed}", node.name()), spec.timeout);
-            let db = &self.db;
-            let progress = &self.progress;
-            let id = node.id;
-            let res = executor::run_once(&spec, |pgid| db.set_pid(id, Some(pgid as i64)), |e| progress.tick(e));
-            self.progress.end_run();
-            let (out, seconds, code) = res?;
-            self.db.set_pid(node.id, None)?;
-            let run = Run {
-                node: node.id,
-                seed,
-                batch_scale: Some(scale),
-                exit_code: code,
-                outcome: out.label().to_string(),
-                metric: if let Outcome::Ok { metric, .. } = &out { Some(*metric) } else { None },
-                seconds,
-                log: spec.log.display().to_string(),
-            };
-            self.db.insert_run(&run)?;
-            if let Outcome::OutOfMemory { .. } = out
-                && !retried
-            {
-                retried = true;
-                scale /= 2.0;
-                self.progress.line(&format!("{}: out of memory, retrying with device batch scale {scale}", node.name()));
-                continue;
-            }
-            return Ok((out, run));
-        }
-    }
-
-    fn interrupted(&mut self, node: &Node, runs: &[Run]) -> Result<()> {
-        self.finish_node(node, Status::Crash, None, None, None, "interrupted by the user", None, runs)?;
-        self.git.remove_worktree(self.tag(), &node.name())?;
-        Err(CliError::Interrupted.into())
+        Ok(Decision {
+            status: if keep { Status::Keep } else { Status::Discard },
+            metric: Some(m),
+            summary: rec.get("summary").cloned(),
+            memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
+            insight: format!("recorded; gain {gain:.6}, bar {bar:.6}"),
+            runs: vec![],
+            interrupted: false,
+            sigma: None,
+        })
     }
 
     /// Records a finished node: db transaction, then the branch (keep), then the two log rows.
@@ -636,10 +701,11 @@ impl Loop<'_> {
             "description": node.description,
             "insight": insight,
             "platform": self.platform,
+            "executor": self.cfg.executor.to_string(),
             "started_at": node.started_at.map(iso8601),
             "finished_at": iso8601(finished),
             "seconds": runs.iter().map(|r| r.seconds).sum::<f64>(),
-            "runs": runs.iter().map(|r| json!({"seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "log": r.log})).collect::<Vec<_>>(),
+            "runs": runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
         });
         let line = record.to_string();
         let has_commit = node.commit.is_some();
@@ -655,6 +721,7 @@ impl Loop<'_> {
                 jsonl: Some(&line),
             },
         )?;
+        self.db.clear_jobs(node.id)?;
         if status == Status::Keep && has_commit {
             self.git.set_branch(self.tag(), Git::oid(&commit)?, &format!("autoresearch: keep {}", node.name()))?;
         }
@@ -673,23 +740,10 @@ impl Loop<'_> {
     }
 }
 
-fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    }
-}
-
-/// Status and insight for a failed run.
-fn failure(out: &Outcome) -> (Status, String) {
-    match out {
-        Outcome::Causality { tail } => (Status::Rejected, format!("causality violation (harness exit 4)\n{tail}")),
-        Outcome::OutOfMemory { tail } => (Status::Crash, format!("out of memory, also at half the device batch\n{tail}")),
-        Outcome::Timeout { tail } => (Status::Crash, format!("timeout: killed at the hard timeout\n{tail}")),
-        Outcome::Crash { reason, tail } => (Status::Crash, format!("{reason}\n{tail}")),
-        Outcome::Interrupted => (Status::Crash, "interrupted".into()),
-        Outcome::Ok { .. } => (Status::Keep, String::new()),
-    }
+/// The best experiment: the last keep. Keeps are decided against the best at the moment they
+/// finish, so the last one is always the best, whatever order results arrive in.
+fn best_node(nodes: &[Node]) -> Option<&Node> {
+    nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
 }
 
 /// `autoresearch-summary.md`.

@@ -18,14 +18,16 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
     let summary = summary_json.map(Path::to_path_buf).unwrap_or_else(|| state.join("train-summary.json"));
     let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
     let spec = RunSpec {
-        cfg,
-        repo_root: &git.root,
-        worktree: &git.root,
-        profile: &profile,
+        cfg: std::sync::Arc::new(cfg.clone()),
+        repo_root: git.root.clone(),
+        worktree: git.root.clone(),
+        profile: profile.clone(),
+        label: "train".into(),
         seed: cfg.seed,
         batch_scale: scale,
         summary_json: summary.clone(),
         log: state.join("train.log"),
+        harness_copy: executor::target_dir(&git.root).join("release").join("harness"),
         timeout: cfg.hard_timeout(),
     };
     let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };

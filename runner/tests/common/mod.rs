@@ -56,9 +56,14 @@ impl Fixture {
         std::fs::write(repo.join(".gitignore"), "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n*.bin\n").unwrap();
         std::fs::write(repo.join("configs/platforms/cpu.toml"), "name = \"cpu\"\nclass = \"cpu\"\ndevice_batch_scale = 1.0\n").unwrap();
         std::fs::write(tools.join("experiment.sh"), EXPERIMENT).unwrap();
+        // A test may bring its own experiment command.
+        let experiment = if research_extra.contains("experiment_command") {
+            String::new()
+        } else {
+            format!("experiment_command = \"TOOLS={tools} sh {tools}/experiment.sh {{summary_json}}\"\n", tools = tools.display())
+        };
         let research = format!(
-            "tag = \"{TAG}\"\nprofile = \"configs/platforms/cpu.toml\"\nbudget = \"time:1\"\nexperiment_command = \"TOOLS={tools} sh {tools}/experiment.sh {{summary_json}}\"\n{research_extra}\n",
-            tools = tools.display()
+            "tag = \"{TAG}\"\nprofile = \"configs/platforms/cpu.toml\"\nbudget = \"time:1\"\n{experiment}{research_extra}\n"
         );
         std::fs::write(repo.join("configs/research.toml"), research).unwrap();
         git(&repo, &["init", "-q", "-b", "main"]);

@@ -1,0 +1,214 @@
+//! Executors: where one run of an experiment happens. `local` runs it as a process group on this
+//! machine; `slurm` submits it as an `sbatch` job. Both build the harness in the node's worktree,
+//! run it under the hard timeout, and classify what came back from its exit code and JSON summary.
+
+pub mod local;
+pub mod slurm;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::config::{ExecutorKind, ResearchConfig};
+use crate::process::shell_quote;
+
+/// Harness exit codes (see `harness --help`).
+pub mod harness_exit {
+    pub const DIVERGED: i32 = 1;
+    pub const OUT_OF_MEMORY: i32 = 3;
+    pub const CAUSALITY: i32 = 4;
+}
+
+/// What one run of the experiment produced.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok { metric: f64, memory_mb: Option<f64>, summary: Value },
+    /// Out of memory (exit 3): the caller retries once with a halved device batch.
+    OutOfMemory { tail: String },
+    /// The harness refused the model (exit 4): a trainer that looks at future tokens.
+    Causality { tail: String },
+    Crash { reason: String, tail: String },
+    Timeout { tail: String },
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::OutOfMemory { .. } => "oom",
+            Outcome::Causality { .. } => "causality",
+            Outcome::Crash { .. } => "crash",
+            Outcome::Timeout { .. } => "timeout",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One run: everything an executor needs, owned, so that it can run on a worker thread.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub cfg: Arc<ResearchConfig>,
+    pub repo_root: PathBuf,
+    pub worktree: PathBuf,
+    pub profile: PathBuf,
+    /// `n7`, or `n7-s43` style labels for job names.
+    pub label: String,
+    pub seed: u64,
+    pub batch_scale: f64,
+    pub summary_json: PathBuf,
+    pub log: PathBuf,
+    /// Where this run's private copy of the harness binary lives while it runs.
+    pub harness_copy: PathBuf,
+    pub timeout: Duration,
+}
+
+/// What came back from a run.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub seconds: f64,
+    pub code: Option<i32>,
+}
+
+/// Where runs happen. `started` receives a handle (a process group, a job id) as soon as the run
+/// exists, so that a runner restarted after a crash can find it again; `tick` the elapsed time.
+pub trait Executor: Send + Sync {
+    /// Experiments in flight at once.
+    fn slots(&self) -> usize;
+    fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished>;
+    /// Waits for a run that an earlier runner process started (`handle` as given to `started`).
+    /// None: the run is gone and cannot be recovered (the caller records a crash).
+    fn attach(&self, spec: &RunSpec, handle: &str, tick: &mut dyn FnMut(Duration)) -> Result<Option<Finished>>;
+}
+
+pub fn build(cfg: &ResearchConfig) -> Box<dyn Executor> {
+    match cfg.executor {
+        ExecutorKind::Local => Box::new(local::Local::new(cfg)),
+        ExecutorKind::Slurm => Box::new(slurm::Slurm::new(cfg)),
+    }
+}
+
+/// The shared cargo target directory: Burn compiles once for all worktrees.
+pub fn target_dir(repo_root: &Path) -> PathBuf {
+    repo_root.join("target")
+}
+
+/// Taken around "build, then copy the harness out of the target directory": parallel runs of
+/// different nodes share one target directory, and each build overwrites `release/harness`.
+pub fn build_lock(repo_root: &Path) -> PathBuf {
+    target_dir(repo_root).join(".autoresearch-build.lock")
+}
+
+fn feature_flags(cfg: &ResearchConfig) -> String {
+    if cfg.features.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = cfg.features.split([',', ' ']).filter(|f| !f.is_empty()).map(|f| format!("harness/{f}")).collect();
+    format!(" --features {}", shell_quote(&list.join(",")))
+}
+
+/// Builds the harness. `--workspace`, like the README's build and test commands: building
+/// `-p harness` alone resolves features of shared crates differently and would compile Burn a
+/// second time.
+pub fn build_command(cfg: &ResearchConfig) -> String {
+    format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
+}
+
+/// Runs a built harness (`{harness}`: its path) with the run's flags.
+pub fn harness_command(cfg: &ResearchConfig) -> String {
+    let mut c = "{harness} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --device-batch-scale {device_batch_scale}".to_string();
+    if !cfg.device.is_empty() {
+        c.push_str(" --device {device}");
+    }
+    if !cfg.cache_dir.is_empty() {
+        c.push_str(" --cache-dir {cache_dir}");
+    }
+    c
+}
+
+/// The whole default experiment as one shell line, for one run at a time (`train`, hints).
+pub fn default_command(cfg: &ResearchConfig) -> String {
+    format!("{} && {}", build_command(cfg), harness_command(cfg).replace("{harness}", "\"{target_dir}/release/harness\""))
+}
+
+/// True when the config runs its own `experiment_command` instead of building the harness.
+pub fn custom_command(cfg: &ResearchConfig) -> Option<&str> {
+    let c = cfg.experiment_command.trim();
+    (!c.is_empty()).then_some(c)
+}
+
+/// Fills the placeholders of an experiment command (values shell-quoted).
+pub fn render(template: &str, spec: &RunSpec) -> String {
+    let budget = spec.cfg.budget().map(|b| b.spec()).unwrap_or_else(|_| spec.cfg.budget.clone());
+    let pairs = [
+        ("{summary_json}", spec.summary_json.display().to_string()),
+        ("{seed}", spec.seed.to_string()),
+        ("{budget}", budget),
+        ("{profile}", spec.profile.display().to_string()),
+        ("{device}", spec.cfg.device.clone()),
+        ("{device_batch_scale}", format!("{}", spec.batch_scale)),
+        ("{cache_dir}", spec.cfg.cache_dir.clone()),
+        ("{target_dir}", target_dir(&spec.repo_root).display().to_string()),
+        ("{worktree}", spec.worktree.display().to_string()),
+        ("{harness}", spec.harness_copy.display().to_string()),
+    ];
+    let mut out = template.to_string();
+    for (k, v) in pairs {
+        // {target_dir} sits inside double quotes in the default command: no extra quoting.
+        let v = if k == "{target_dir}" { v } else { shell_quote(&v) };
+        out = out.replace(k, &v);
+    }
+    out
+}
+
+pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
+    vec![
+        ("CARGO_TARGET_DIR".into(), target_dir(&spec.repo_root).display().to_string()),
+        ("AUTORESEARCH_SUMMARY_JSON".into(), spec.summary_json.display().to_string()),
+        ("AUTORESEARCH_SEED".into(), spec.seed.to_string()),
+        ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.clone()),
+        ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),
+        ("AUTORESEARCH_NODE".into(), spec.label.clone()),
+    ]
+}
+
+/// Classifies a finished run from its exit code, its log and its summary JSON.
+pub fn classify(spec: &RunSpec, code: Option<i32>, timed_out: bool, interrupted: bool) -> Outcome {
+    let tail = || crate::process::tail(&spec.log, 40);
+    if interrupted {
+        return Outcome::Interrupted;
+    }
+    if timed_out {
+        return Outcome::Timeout { tail: tail() };
+    }
+    match code {
+        Some(0) => read_summary(&spec.summary_json, &spec.cfg.metric, tail),
+        Some(harness_exit::OUT_OF_MEMORY) => Outcome::OutOfMemory { tail: tail() },
+        Some(harness_exit::CAUSALITY) => Outcome::Causality { tail: tail() },
+        Some(harness_exit::DIVERGED) => Outcome::Crash { reason: "exit 1 (FAIL: diverged, or the build failed)".into(), tail: tail() },
+        Some(c) => Outcome::Crash { reason: format!("exit {c}"), tail: tail() },
+        None => Outcome::Crash { reason: "killed by a signal".into(), tail: tail() },
+    }
+}
+
+fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Crash { reason: format!("exit 0 but no summary JSON at {}", path.display()), tail: tail() },
+    };
+    let summary: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Crash { reason: format!("unreadable summary JSON: {e}"), tail: tail() },
+    };
+    match summary.get(metric).and_then(Value::as_f64) {
+        Some(m) if m.is_finite() => {
+            let memory_mb = summary.get("peak_vram_mb").and_then(Value::as_f64);
+            Outcome::Ok { metric: m, memory_mb, summary }
+        }
+        _ => Outcome::Crash { reason: format!("the summary JSON has no finite `{metric}`"), tail: tail() },
+    }
+}

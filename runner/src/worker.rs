@@ -1,0 +1,302 @@
+//! The runs of one node, on a worker thread: the baseline's seeds, or an experiment's run and its
+//! confirmation, each with one out-of-memory retry at half the device batch. A worker decides
+//! against the best metric known when it started; the loop re-checks the decision against the
+//! best at the moment the result arrives (results can arrive out of order).
+//!
+//! Every run is recorded in the database as it starts (`jobs`: its process group or Slurm job
+//! id) and as it ends (`runs`), so a worker started again by `run --resume` skips the runs that
+//! finished, follows the ones still in flight, and starts the rest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::config::{KeepRule, ResearchConfig};
+use crate::db::{Db, Job, Node, Run, Status, now};
+use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
+use crate::keep::{self, Verdict};
+use crate::progress::Progress;
+
+/// What every worker shares.
+pub struct Shared {
+    pub cfg: Arc<ResearchConfig>,
+    pub root: PathBuf,
+    pub profile: PathBuf,
+    pub state_dir: PathBuf,
+    pub db_path: PathBuf,
+    pub executor: Box<dyn Executor>,
+    pub progress: Progress,
+}
+
+/// What a node's worker has to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Task {
+    /// `baseline_runs` seeds (one with the strict rule), as many at once as there are slots.
+    Baseline,
+    /// One run, decided against `best` with the keep bar `bar`; a confirmation run if needed.
+    Experiment { best: f64, bar: f64 },
+}
+
+/// A worker's result.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub status: Status,
+    pub metric: Option<f64>,
+    pub summary: Option<Value>,
+    pub memory_mb: Option<f64>,
+    pub insight: String,
+    pub runs: Vec<Run>,
+    /// Stopped by Ctrl-C (or the runner stopping): recorded as a crash, and the loop stops.
+    pub interrupted: bool,
+    /// Baseline: the standard deviation of its runs.
+    pub sigma: Option<f64>,
+}
+
+impl Decision {
+    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
+        let (status, insight) = failure(out);
+        Decision {
+            status,
+            metric: None,
+            summary: None,
+            memory_mb: None,
+            insight,
+            runs,
+            interrupted: matches!(out, Outcome::Interrupted),
+            sigma: None,
+        }
+    }
+}
+
+/// Status and insight for a failed run.
+pub fn failure(out: &Outcome) -> (Status, String) {
+    match out {
+        Outcome::Causality { tail } => (Status::Rejected, format!("causality violation (harness exit 4)\n{tail}")),
+        Outcome::OutOfMemory { tail } => (Status::Crash, format!("out of memory, also at half the device batch\n{tail}")),
+        Outcome::Timeout { tail } => (Status::Crash, format!("timeout: killed at the hard timeout\n{tail}")),
+        Outcome::Crash { reason, tail } => (Status::Crash, format!("{reason}\n{tail}")),
+        Outcome::Interrupted => (Status::Crash, "interrupted by the user".into()),
+        Outcome::Ok { .. } => (Status::Keep, String::new()),
+    }
+}
+
+pub fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl Shared {
+    pub fn work(&self, node: &Node, worktree: &Path, task: Task) -> Result<Decision> {
+        match task {
+            Task::Baseline => self.baseline(node, worktree),
+            Task::Experiment { best, bar } => self.experiment(node, worktree, best, bar),
+        }
+    }
+
+    fn baseline(&self, node: &Node, wt: &Path) -> Result<Decision> {
+        let cfg = &self.cfg;
+        let k = if cfg.keep_rule == KeepRule::NoiseAware { cfg.baseline_runs.max(2) } else { 1 } as u64;
+        let width = self.executor.slots().max(1) as u64;
+        let mut results: Vec<(Outcome, Run)> = Vec::new();
+        // Seeds in waves of `slots`: nothing else runs while the baseline does.
+        for wave in (0..k).collect::<Vec<_>>().chunks(width as usize) {
+            let wave_results: Vec<Result<(Outcome, Run)>> = std::thread::scope(|s| {
+                let handles: Vec<_> = wave.iter().map(|&i| s.spawn(move || self.attempt(node, wt, &i.to_string(), cfg.seed + i))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a baseline run panicked")))).collect()
+            });
+            for r in wave_results {
+                results.push(r?);
+            }
+            if results.iter().any(|(o, _)| !matches!(o, Outcome::Ok { .. })) {
+                break;
+            }
+        }
+        let runs: Vec<Run> = results.iter().map(|(_, r)| r.clone()).collect();
+        if let Some((bad, _)) = results.iter().find(|(o, _)| !matches!(o, Outcome::Ok { .. })) {
+            return Ok(Decision::failed(bad, runs));
+        }
+        let mut metrics = Vec::new();
+        let mut memory = None;
+        let mut summary = Value::Null;
+        for (o, _) in &results {
+            if let Outcome::Ok { metric, memory_mb, summary: s } = o {
+                metrics.push(*metric);
+                memory = max_opt(memory, *memory_mb);
+                summary = s.clone();
+            }
+        }
+        let (mean, sd) = keep::mean_std(&metrics);
+        let bar = keep::bar(cfg.keep_rule, sd, cfg.noise_floor);
+        if let Value::Object(m) = &mut summary {
+            m.insert("runs".into(), json!(metrics));
+            m.insert("sigma".into(), json!(sd));
+        }
+        Ok(Decision {
+            status: Status::Keep,
+            metric: Some(mean),
+            summary: Some(summary),
+            memory_mb: memory,
+            insight: format!("{} runs: {:?}; sigma {:.6}; keep bar {:.6}", metrics.len(), metrics, sd, bar),
+            runs,
+            interrupted: false,
+            sigma: Some(sd),
+        })
+    }
+
+    fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64) -> Result<Decision> {
+        let cfg = &self.cfg;
+        let dir = cfg.direction;
+        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let mut runs = vec![run];
+        let (m1, mem1, summary) = match out {
+            Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
+            other => return Ok(Decision::failed(&other, runs)),
+        };
+        let decided = |status, metric, summary, memory_mb, insight, runs| Decision {
+            status,
+            metric: Some(metric),
+            summary: Some(summary),
+            memory_mb,
+            insight,
+            runs,
+            interrupted: false,
+            sigma: None,
+        };
+        match keep::first(cfg.keep_rule, dir, best, m1, bar) {
+            Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
+            Verdict::Discard => Ok(decided(
+                Status::Discard,
+                m1,
+                summary,
+                mem1,
+                format!("gain {:.6} does not clear the bar {:.6}", dir.gain(best, m1), bar),
+                runs,
+            )),
+            Verdict::Confirm => {
+                let (out, run) = self.attempt(node, wt, "1", cfg.seed + 1)?;
+                runs.push(run);
+                match out {
+                    Outcome::Ok { metric: m2, memory_mb, .. } => {
+                        let vals = [m1, m2];
+                        let (mean, _) = keep::mean_std(&vals);
+                        let mut summary = summary;
+                        if let Value::Object(m) = &mut summary {
+                            m.insert("runs".into(), json!(vals));
+                        }
+                        let insight = format!("runs {vals:?}, mean gain {:.6} vs bar {:.6}", dir.gain(best, mean), bar);
+                        let status = if keep::confirmed(dir, best, &vals, bar) == Verdict::Keep { Status::Keep } else { Status::Discard };
+                        Ok(decided(status, mean, summary, max_opt(mem1, memory_mb), insight, runs))
+                    }
+                    Outcome::Interrupted => Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                    other => Ok(decided(Status::Discard, m1, summary, mem1, format!("the confirmation run failed ({}): not kept", other.label()), runs)),
+                }
+            }
+        }
+    }
+
+    fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {
+        let name = format!("{}-{attempt}", node.name());
+        RunSpec {
+            cfg: self.cfg.clone(),
+            repo_root: self.root.clone(),
+            worktree: wt.to_path_buf(),
+            profile: self.profile.clone(),
+            label: node.name(),
+            seed,
+            batch_scale: scale,
+            summary_json: self.state_dir.join("runs").join(format!("{name}.json")),
+            log: self.state_dir.join("logs").join(format!("{name}.log")),
+            harness_copy: self.state_dir.join("bin").join(&name).join(format!("harness{}", std::env::consts::EXE_SUFFIX)),
+            timeout: self.cfg.hard_timeout(),
+        }
+    }
+
+    fn initial_scale(&self) -> f64 {
+        if self.cfg.device_batch_scale > 0.0 { self.cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&self.profile) }
+    }
+
+    /// One run of the node (`attempt` names it), with one retry at half the device batch after
+    /// an out-of-memory exit. A run already recorded is not run again; one still in flight from
+    /// an earlier runner is followed rather than started again.
+    fn attempt(&self, node: &Node, wt: &Path, attempt: &str, seed: u64) -> Result<(Outcome, Run)> {
+        let mut db = Db::open(&self.db_path)?;
+        let done = db.runs(node.id)?;
+        let jobs = db.jobs(Some(node.id))?;
+        let mut scale = self.initial_scale();
+        for retry in [false, true] {
+            let label = if retry { format!("{attempt}-oom") } else { attempt.to_string() };
+            if let Some(run) = done.iter().find(|r| r.attempt == label) {
+                let spec = self.spec(node, wt, &label, seed, run.batch_scale.unwrap_or(scale));
+                let out = recorded_outcome(run, &spec);
+                if matches!(out, Outcome::OutOfMemory { .. }) && !retry {
+                    scale = run.batch_scale.unwrap_or(scale) / 2.0;
+                    continue;
+                }
+                return Ok((out, run.clone()));
+            }
+            let job = jobs.iter().find(|j| j.attempt == label);
+            if let Some(j) = job {
+                scale = j.batch_scale;
+            }
+            let spec = self.spec(node, wt, &label, seed, scale);
+            let bar = self.progress.run_bar(&format!("{} seed {seed}", node.name()), spec.timeout);
+            let mut tick = |e| bar.tick(e);
+            let fin = match job {
+                Some(j) => {
+                    self.progress.line(&format!("resume: following {} run {label} ({})", node.name(), j.handle));
+                    self.executor.attach(&spec, &j.handle, &mut tick)?.unwrap_or_else(|| Finished {
+                        outcome: Outcome::Crash {
+                            reason: "interrupted: the runner stopped during this run".into(),
+                            tail: crate::process::tail(&spec.log, 40),
+                        },
+                        seconds: 0.0,
+                        code: None,
+                    })
+                }
+                None => {
+                    let mut started = |handle: &str| {
+                        db.set_job(&Job { node: node.id, attempt: label.clone(), seed, batch_scale: scale, handle: handle.to_string(), started_at: now() })
+                    };
+                    self.executor.run(&spec, &mut started, &mut tick)?
+                }
+            };
+            drop(bar);
+            let run = Run {
+                node: node.id,
+                attempt: label.clone(),
+                seed,
+                batch_scale: Some(scale),
+                exit_code: fin.code,
+                outcome: fin.outcome.label().to_string(),
+                metric: if let Outcome::Ok { metric, .. } = &fin.outcome { Some(*metric) } else { None },
+                seconds: fin.seconds,
+                log: spec.log.display().to_string(),
+            };
+            db.insert_run(&run)?;
+            if matches!(fin.outcome, Outcome::OutOfMemory { .. }) && !retry {
+                scale /= 2.0;
+                self.progress.line(&format!("{}: out of memory, retrying with device batch scale {scale}", node.name()));
+                continue;
+            }
+            return Ok((fin.outcome, run));
+        }
+        unreachable!("the retry loop returns on its second pass")
+    }
+}
+
+/// The outcome of a run recorded before a restart, rebuilt from its row, summary and log.
+fn recorded_outcome(run: &Run, spec: &RunSpec) -> Outcome {
+    let tail = || crate::process::tail(&spec.log, 40);
+    match run.outcome.as_str() {
+        "ok" => executor::classify(spec, Some(0), false, false),
+        "oom" => Outcome::OutOfMemory { tail: tail() },
+        "causality" => Outcome::Causality { tail: tail() },
+        "timeout" => Outcome::Timeout { tail: tail() },
+        "interrupted" => Outcome::Interrupted,
+        _ => Outcome::Crash { reason: run.exit_code.map(|c| format!("exit {c}")).unwrap_or_else(|| "crashed".into()), tail: tail() },
+    }
+}

@@ -1,0 +1,93 @@
+//! Several experiments in flight with the local executor: results recorded as they finish, keep
+//! decisions re-checked when results arrive out of order, whole results rows.
+
+mod common;
+use common::*;
+
+const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\ndelay = 0\n";
+
+/// val_bpb = 1 + |matrix_lr - 0.04| after `delay` seconds; logs start and end times.
+const EXPERIMENT: &str = r#"#!/bin/sh
+f=trainer/hparams.toml
+get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
+echo "start $AUTORESEARCH_NODE $(date +%s.%N)" >> "$TOOLS/timeline"
+sleep "$(get delay)"
+lr=$(get matrix_lr)
+val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
+printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
+echo "end $AUTORESEARCH_NODE $(date +%s.%N)" >> "$TOOLS/timeline"
+"#;
+
+/// Experiment 1 is good but slow, experiment 2 better and fast, then quick small steps.
+const PROPOSER: &str = r#"#!/bin/sh
+n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
+f=trainer/hparams.toml
+set_() { sed -i "s/^$1 = .*/$1 = $2/" $f; }
+case $n in
+  1) set_ matrix_lr 0.3; set_ delay 3; echo "slow lr 0.3" > "$AUTORESEARCH_PROPOSAL_FILE" ;;
+  2) set_ matrix_lr 0.05; set_ delay 0.2; echo "fast lr 0.05" > "$AUTORESEARCH_PROPOSAL_FILE" ;;
+  *) set_ matrix_lr "0.0$n"; set_ delay 1; echo "lr 0.0$n" > "$AUTORESEARCH_PROPOSAL_FILE" ;;
+esac
+"#;
+
+#[test]
+fn parallel_slots_record_out_of_order_results_correctly() {
+    let fx = Fixture::new(
+        HPARAMS,
+        "keep_rule = \"strict\"\nmax_experiments = 5\nslots = 2\nhard_timeout_seconds = 60\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {summary_json}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
+    );
+    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
+    let out = fx.run(&["run", "--yes"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let log = stdout(&out);
+    assert!(log.contains("local, 2 at a time"), "{log}");
+
+    let nodes = fx.nodes();
+    let by_name = |d: &str| nodes.iter().find(|n| n["description"] == d).unwrap_or_else(|| panic!("no node {d}: {nodes:#?}"));
+    let (slow, fast) = (by_name("slow lr 0.3"), by_name("fast lr 0.05"));
+    // Both started from the baseline; the fast one finished first and was kept.
+    assert_eq!(slow["parent"], 1);
+    assert_eq!(fast["parent"], 1);
+    assert!(fast["finish_seq"].as_i64() < slow["finish_seq"].as_i64(), "{nodes:#?}");
+    assert_eq!(fast["status"], "keep");
+    // The slow one beat the baseline it started from, but not the best when it finished.
+    assert_eq!(slow["status"], "discard", "{slow:#}");
+    assert!(slow["insight"].as_str().unwrap().contains("while it ran"), "{slow:#}");
+
+    // The two ran at the same time.
+    let timeline = std::fs::read_to_string(fx.tools.join("timeline")).unwrap();
+    let at = |what: &str, node: &str| -> f64 {
+        let line = timeline.lines().find(|l| l.starts_with(&format!("{what} {node} "))).unwrap_or_else(|| panic!("{what} {node}: {timeline}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (s, f) = (format!("n{}", slow["id"]), format!("n{}", fast["id"]));
+    assert!(at("start", &f) < at("end", &s) && at("start", &s) < at("end", &f), "not concurrent:\n{timeline}");
+    let mut level = 0;
+    let mut peak = 0;
+    let mut events: Vec<(f64, i32)> = timeline.lines().map(|l| {
+        let v: Vec<&str> = l.split(' ').collect();
+        (v[2].parse().unwrap(), if v[0] == "start" { 1 } else { -1 })
+    }).collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    for (_, d) in events {
+        level += d;
+        peak = peak.max(level);
+    }
+    assert_eq!(peak, 2, "never more than `slots` at once:\n{timeline}");
+
+    // Rows: whole, one per finished node, in finishing order; the branch at the best.
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.iter().all(|r| r.len() == 5), "{rows:?}");
+    let mut finished: Vec<&serde_json::Value> = nodes.iter().collect();
+    finished.sort_by_key(|n| n["finish_seq"].as_i64());
+    for (row, n) in rows.iter().zip(&finished) {
+        assert_eq!(row.join("\t"), n["result_row"].as_str().unwrap());
+    }
+    let best = nodes.iter().filter(|n| n["status"] == "keep").max_by_key(|n| n["finish_seq"].as_i64()).unwrap();
+    let best_metric = best["metric"].as_f64().unwrap();
+    assert!(nodes.iter().filter_map(|n| n["metric"].as_f64()).all(|m| m >= best_metric - 1e-12), "{nodes:#?}");
+    assert!(fx.branch_tip().starts_with(&best["commit"].as_str().unwrap()[..7]));
+    fx.assert_worktrees_clean();
+}
