@@ -1,0 +1,156 @@
+//! The slurm executor against a real one-node cluster on loopback (common/slurm.rs): experiments
+//! run as concurrent sbatch jobs, a job cancelled mid-run is recorded as a crash while the loop
+//! goes on, and a runner killed with jobs in flight follows them after `run --resume` instead
+//! of submitting them again. Each test skips where Slurm is not installed, unless
+//! AUTORESEARCH_REQUIRE_SLURM=1 (CI).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::slurm::Cluster;
+use common::*;
+
+const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\ndelay = 0\n";
+
+/// val_bpb = 1 + |matrix_lr - 0.04| after `delay` seconds; logs start and end times.
+const EXPERIMENT: &str = r#"#!/bin/sh
+f=trainer/hparams.toml
+get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
+echo "start $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
+sleep "$(get delay)"
+lr=$(get matrix_lr)
+val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
+printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
+echo "end $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
+"#;
+
+/// Experiment k sets matrix_lr and delay from the lists below (k = 1, 2, ...).
+fn proposer(lrs: &[&str], delays: &[&str]) -> String {
+    format!(
+        r#"#!/bin/sh
+n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
+lr=$(echo "{}" | cut -d' ' -f$n); d=$(echo "{}" | cut -d' ' -f$n)
+sed -i "s/^matrix_lr = .*/matrix_lr = $lr/; s/^delay = .*/delay = $d/" trainer/hparams.toml
+echo "lr $lr" > "$AUTORESEARCH_PROPOSAL_FILE"
+"#,
+        lrs.join(" "),
+        delays.join(" ")
+    )
+}
+
+fn fixture(max: u32, slots: u32, lrs: &[&str], delays: &[&str]) -> Fixture {
+    let fx = Fixture::new(
+        HPARAMS,
+        &format!(
+            "keep_rule = \"strict\"\nmax_experiments = {max}\nslots = {slots}\nexecutor = \"slurm\"\nhard_timeout_seconds = 120\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {{summary_json}}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n[slurm]\ngpus = 0\ncpus_per_task = 1\npoll_seconds = 0.3\nextra_directives = [\"--comment=autoresearch-test\"]\n"
+        ),
+    );
+    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), proposer(lrs, delays)).unwrap();
+    fx
+}
+
+fn timeline(fx: &Fixture) -> String {
+    std::fs::read_to_string(fx.tools.join("timeline")).unwrap_or_default()
+}
+
+fn starts(fx: &Fixture, node: &str) -> usize {
+    timeline(fx).lines().filter(|l| l.starts_with(&format!("start {node} "))).count()
+}
+
+#[test]
+fn experiments_run_as_concurrent_jobs() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(3, 2, &["0.3", "0.05", "0.2"], &["3", "3", "1"]);
+    let out = fx.cmd(&["run", "--yes"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), cluster.logs());
+    assert!(stdout(&out).contains("slurm, 2 jobs at a time"), "{}", stdout(&out));
+
+    let rows = fx.rows();
+    let status: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(status[0], "keep");
+    // n2 (lr 0.3) and n3 (lr 0.05) ran side by side, as Slurm jobs.
+    let t = timeline(&fx);
+    let field = |what: &str, node: &str, i: usize| -> String {
+        t.lines().find(|l| l.starts_with(&format!("{what} {node} "))).unwrap_or_else(|| panic!("{what} {node}:\n{t}")).split(' ').nth(i).unwrap().to_string()
+    };
+    let at = |what: &str, node: &str| field(what, node, 2).parse::<f64>().unwrap();
+    assert!(at("start", "n3") < at("end", "n2") && at("start", "n2") < at("end", "n3"), "not concurrent:\n{t}");
+    assert!(!field("start", "n2", 3).is_empty(), "not run by Slurm:\n{t}");
+    assert_ne!(field("start", "n2", 3), field("start", "n3", 3));
+    // The job script carries the config's directives; the branch is at the best; all clean.
+    let script = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/logs/n2-0.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --comment=autoresearch-test") && script.contains("#SBATCH --cpus-per-task=1"), "{script}");
+    assert!(!script.contains("--gres"), "{script}");
+    let nodes = fx.nodes();
+    let best = nodes.iter().filter(|n| n["status"] == "keep").max_by_key(|n| n["finish_seq"].as_i64()).unwrap();
+    assert_eq!(best["description"], "lr 0.05", "{nodes:#?}");
+    assert!(fx.branch_tip().starts_with(best["commit"].as_str().unwrap()));
+    fx.assert_worktrees_clean();
+    assert!(cluster.queue().is_empty());
+}
+
+#[test]
+fn a_cancelled_job_is_a_crash_and_the_loop_goes_on() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(3, 2, &["0.3", "0.05", "0.2"], &["60", "1", "1"]);
+    let child = fx.cmd(&["run", "--yes"]).envs(cluster.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // n2 is the slow one: cancel its job once it runs.
+    let t0 = Instant::now();
+    let job = loop {
+        let t = timeline(&fx);
+        if let Some(l) = t.lines().find(|l| l.starts_with("start n2 ")) {
+            break l.split(' ').nth(3).unwrap().to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "n2 never started:\n{t}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    cluster.run("scancel", &[&job]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(t0.elapsed() < Duration::from_secs(50), "the cancelled job was waited for");
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let n2 = fx.nodes().into_iter().find(|n| n["id"] == 2).unwrap();
+    assert_eq!(n2["status"], "crash", "{n2:#}");
+    let row = rows.iter().find(|r| r.join("\t") == n2["result_row"].as_str().unwrap()).unwrap();
+    assert!(row[4].contains("cancelled"), "{row:?}");
+    assert_eq!(rows.iter().filter(|r| r[3] == "crash").count(), 1, "{rows:?}");
+    fx.assert_worktrees_clean();
+}
+
+#[test]
+fn a_killed_runner_follows_its_jobs_after_resume() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(3, 2, &["0.3", "0.05", "0.2"], &["5", "5", "1"]);
+    let mut child = fx.cmd(&["run", "--yes"]).envs(cluster.env()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while starts(&fx, "n2") + starts(&fx, "n3") < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "two jobs never ran:\n{}\n{}", timeline(&fx), cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL: the jobs go on without their runner
+    child.wait().unwrap();
+    assert_eq!(cluster.queue().len(), 2, "the jobs outlive the runner");
+    assert_eq!(fx.rows().len(), 1, "only the baseline finished");
+
+    let out = fx.cmd(&["run", "--yes", "--resume"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let log = stdout(&out);
+    assert!(log.contains("resume: following n2 run 0 (slurm:") && log.contains("resume: following n3 run 0 (slurm:"), "{log}");
+    // Followed, not submitted again.
+    assert_eq!((starts(&fx, "n2"), starts(&fx, "n3")), (1, 1), "{}", timeline(&fx));
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let mut lines: Vec<String> = rows.iter().map(|r| r.join("\t")).collect();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 4, "duplicated rows: {rows:?}");
+    let nodes = fx.nodes();
+    assert!(nodes.iter().all(|n| n["status"] != "running" && n["status"] != "pending"), "{nodes:#?}");
+    assert_eq!(nodes.iter().find(|n| n["id"] == 3).unwrap()["status"], "keep");
+    fx.assert_worktrees_clean();
+}
