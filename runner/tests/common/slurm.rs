@@ -39,9 +39,10 @@
 //! folder (a slurmstepd left behind ignores SIGTERM). Never anything by name alone: other
 //! clusters may be running.
 //!
-//! Slurm 22.05 as seen here: `start` takes well under a second; jobs submitted in the first two
-//! seconds after it wait (PENDING, reason None) for the scheduler's first pass; later ones start
-//! within a few hundred milliseconds. A cancelled job shows COMPLETING in `squeue` and in
+//! Slurm 22.05 as seen here: `start` takes well under a second (the node is idle at once), but
+//! the first jobs wait 2 to 3 s (PENDING, reason None) for the scheduler's first pass; later ones
+//! start within about a second (the controller's background loop; `batch_sched_delay=0`, or
+//! jobs submitted in a row would wait 3 s each). A cancelled job shows COMPLETING in `squeue` and in
 //! `scontrol show job` for about 3 s (KillWait=2) and only then CANCELLED, in `scontrol` alone,
 //! for MinJobAge=300 s. `scontrol shutdown` leaves running jobs running.
 
