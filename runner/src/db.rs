@@ -298,7 +298,7 @@ impl Db {
     }
 
     pub fn set_text(&self, id: i64, column: &str, value: &str) -> Result<()> {
-        let allowed = ["hypothesis", "description", "insight", "commit_id"];
+        let allowed = ["hypothesis", "description", "insight", "commit_id", "proposer"];
         if !allowed.contains(&column) {
             bail!("internal: column {column} is not settable");
         }

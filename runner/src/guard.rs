@@ -20,19 +20,35 @@ pub fn check(
     worktree: &Path,
     recorded: &BTreeMap<String, String>,
 ) -> Result<Option<String>> {
+    if let Some(why) = scope_violation(git, cfg, parent, commit)? {
+        return Ok(Some(why));
+    }
+    let now = disk_hashes(worktree, &cfg.read_only)?;
+    Ok(compare_hashes(recorded, &now))
+}
+
+/// The same checks on a commit alone (no checkout): for a person's recorded experiment.
+pub fn check_commit(git: &Git, cfg: &ResearchConfig, parent: Oid, commit: Oid, recorded: &BTreeMap<String, String>) -> Result<Option<String>> {
+    if let Some(why) = scope_violation(git, cfg, parent, commit)? {
+        return Ok(Some(why));
+    }
+    let now = git.tree_hashes(commit, &cfg.read_only)?;
+    Ok(compare_hashes(recorded, &now))
+}
+
+fn scope_violation(git: &Git, cfg: &ResearchConfig, parent: Oid, commit: Oid) -> Result<Option<String>> {
     let outside: Vec<String> = git
         .changed_paths(parent, commit)?
         .into_iter()
         .filter(|p| !cfg.in_scope(p))
         .collect();
-    if !outside.is_empty() {
-        return Ok(Some(format!(
-            "changes outside the scope [{}]: {}",
-            cfg.scope.join(", "),
-            abbreviate(&outside)
-        )));
+    if outside.is_empty() {
+        return Ok(None);
     }
-    let now = disk_hashes(worktree, &cfg.read_only)?;
+    Ok(Some(format!("changes outside the scope [{}]: {}", cfg.scope.join(", "), abbreviate(&outside))))
+}
+
+fn compare_hashes(recorded: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Option<String> {
     let mut changed = Vec::new();
     for (path, hash) in recorded {
         if now.get(path) != Some(hash) {
@@ -44,11 +60,11 @@ pub fn check(
             changed.push(path.clone());
         }
     }
-    if !changed.is_empty() {
-        changed.sort();
-        return Ok(Some(format!("read-only files differ from their run-start sha256: {}", abbreviate(&changed))));
+    if changed.is_empty() {
+        return None;
     }
-    Ok(None)
+    changed.sort();
+    Some(format!("read-only files differ from their run-start sha256: {}", abbreviate(&changed)))
 }
 
 fn abbreviate(paths: &[String]) -> String {

@@ -424,12 +424,16 @@ impl Loop<'_> {
             }
             let mut prop = proposer::build(self.cfg, &self.git.root)?;
             let iteration = done + running + 1;
+            if let Some(started) = self.take_idea(&mut *prop, &best, iteration)? {
+                idle = if started { 0 } else { idle + 1 };
+                continue;
+            }
             let ctx = self.proposer_ctx(best.id, iteration);
             let Some(plan) = prop.plan(&ctx)? else {
                 exhausted = true;
                 continue;
             };
-            match self.experiment(&mut *prop, &plan, &best, iteration)? {
+            match self.experiment(&mut *prop, &plan, &best, iteration, None)? {
                 true => idle = 0,
                 false => idle += 1,
             }
@@ -476,12 +480,85 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Prepares one experiment and hands it to a worker (or, for `manual`, records it).
-    /// Returns false when the proposer produced nothing usable.
-    fn experiment(&mut self, prop: &mut dyn proposer::Proposer, plan: &Plan, best: &Node, iteration: u64) -> Result<bool> {
+    /// Ideas queued with `tree add` go before the proposer's own, oldest first, once their
+    /// parent has run: one with a commit (`tree sync`) runs as it is, or is concluded when a
+    /// person recorded its result (`tree record`); one without is implemented by the proposer
+    /// when it can (`adopt`). An idea a person has a worktree for, and no commit yet, waits.
+    /// Some(started) when an idea was taken.
+    fn take_idea(&mut self, prop: &mut dyn proposer::Proposer, best: &Node, iteration: u64) -> Result<Option<bool>> {
+        let nodes = self.db.nodes()?;
+        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && n.status == Status::Pending && !self.in_flight.contains_key(&n.id));
+        for idea in ideas {
+            let Some(parent) = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)) else { continue };
+            if !matches!(parent.status, Status::Keep | Status::Discard) || parent.commit.is_none() {
+                continue;
+            }
+            let persons_worktree = self.git.worktree_head(self.tag(), &idea.name())?.is_some();
+            match (&idea.commit, &idea.recorded) {
+                (Some(_), Some(_)) => return self.conclude_recorded_idea(idea, parent).map(|_| Some(true)),
+                (Some(_), None) if !persons_worktree => return self.run_synced_idea(prop, idea, parent).map(|_| Some(true)),
+                (None, None) if !persons_worktree => {
+                    let ctx = self.proposer_ctx(best.id, iteration);
+                    if let Some(plan) = prop.adopt(&ctx, idea)? {
+                        self.progress.line(&format!("{}: taking up the queued idea \"{}\"", idea.name(), idea.description));
+                        return self.experiment(prop, &plan, best, iteration, Some(idea.clone())).map(Some);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// A person's experiment, committed and recorded: guarded on its commit, then decided.
+    fn conclude_recorded_idea(&mut self, idea: &Node, parent: &Node) -> Result<()> {
+        let (p, c) = (Git::oid(parent.commit.as_deref().unwrap_or_default())?, Git::oid(idea.commit.as_deref().unwrap_or_default())?);
+        let best = self.current_best()?.context("no best node")?;
+        if let Some(reason) = crate::guard::check_commit(self.git, self.cfg, p, c, &self.ro_hashes)? {
+            self.finish_node(idea, Status::Rejected, None, None, None, &reason, Some(&best), &[])?;
+            self.report(&idea.name(), "rejected", None, Some(&best), &format!("{}: {reason}", idea.description));
+            return Ok(());
+        }
+        let d = self.recorded_and_decide(idea, best.metric.context("the best node has no metric")?, self.bar())?;
+        self.conclude(idea.id, Ok(d))
+    }
+
+    /// A person's change, committed with `tree sync` but not run: the loop runs it.
+    fn run_synced_idea(&mut self, prop: &dyn proposer::Proposer, idea: &Node, parent: &Node) -> Result<()> {
+        let (p, c) = (Git::oid(parent.commit.as_deref().unwrap_or_default())?, Git::oid(idea.commit.as_deref().unwrap_or_default())?);
+        // From here the loop owns the node: it makes and removes its worktree, resume repairs it.
+        self.db.set_text(idea.id, "proposer", &prop.kind().to_string())?;
+        let node = self.db.require_node(idea.id)?;
+        let wt = self.git.add_worktree(self.tag(), &node.name(), c)?;
+        self.progress.line(&format!("{}: running the queued change \"{}\"", node.name(), node.description));
+        let best = self.current_best()?.context("no best node")?;
+        if let Some(reason) = crate::guard::check(self.git, self.cfg, p, c, &wt, &self.ro_hashes)? {
+            self.finish_node(&node, Status::Rejected, None, None, None, &reason, Some(&best), &[])?;
+            self.git.remove_worktree(self.tag(), &node.name())?;
+            self.report(&node.name(), "rejected", None, Some(&best), &format!("{}: {reason}", node.description));
+            return Ok(());
+        }
+        self.db.set_running(node.id)?;
+        let node = self.db.require_node(node.id)?;
+        let best_value = best.metric.context("the best node has no metric")?;
+        self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar() });
+        Ok(())
+    }
+
+    /// Prepares one experiment (a new node, or the queued `idea` it implements) and hands it to
+    /// a worker (or, for `manual`, records it). Returns false when the proposer produced nothing
+    /// usable.
+    fn experiment(&mut self, prop: &mut dyn proposer::Proposer, plan: &Plan, best: &Node, iteration: u64, idea: Option<Node>) -> Result<bool> {
         let parent = self.db.require_node(plan.parent)?;
         let parent_oid = Git::oid(parent.commit.as_deref().context("the parent node has no commit")?)?;
-        let id = self.db.insert_node(Some(parent.id), &plan.hypothesis, &plan.description, plan.change.as_ref(), &prop.kind().to_string(), &self.platform)?;
+        let kind = prop.kind().to_string();
+        let id = match &idea {
+            Some(n) => {
+                self.db.set_text(n.id, "proposer", &kind)?;
+                n.id
+            }
+            None => self.db.insert_node(Some(parent.id), &plan.hypothesis, &plan.description, plan.change.as_ref(), &kind, &self.platform)?,
+        };
         let node = self.db.require_node(id)?;
         let wt = self.git.add_worktree(self.tag(), &node.name(), parent_oid)?;
         let ctx = self.proposer_ctx(best.id, iteration);
@@ -494,7 +571,7 @@ impl Loop<'_> {
         };
         let (description, hypothesis) = match applied {
             Applied::Failed(reason) => {
-                self.drop_node(&node)?;
+                self.drop_or_requeue(&node, idea.is_some())?;
                 self.progress.line(&format!("{}: no proposal ({reason})", node.name()));
                 return Ok(false);
             }
@@ -506,7 +583,7 @@ impl Loop<'_> {
         self.db.set_text(id, "hypothesis", &hypothesis)?;
         let message = if hypothesis.is_empty() { description.clone() } else { format!("{description}\n\nHypothesis: {hypothesis}") };
         let Some(commit) = self.git.commit_worktree(&wt, parent_oid, &message)? else {
-            self.drop_node(&node)?;
+            self.drop_or_requeue(&node, idea.is_some())?;
             self.progress.line(&format!("{}: no proposal (the change was empty)", node.name()));
             return Ok(false);
         };
@@ -574,7 +651,10 @@ impl Loop<'_> {
             self.stopping = true;
         }
         self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs)?;
-        self.git.remove_worktree(self.tag(), &node.name())?;
+        // A person's worktree (a recorded `tree add` idea) is theirs to remove.
+        if node.proposer != crate::tree::PLANNED {
+            self.git.remove_worktree(self.tag(), &node.name())?;
+        }
         self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &node.description);
         Ok(())
     }
@@ -621,6 +701,17 @@ impl Loop<'_> {
         self.git.remove_worktree(self.tag(), &node.name())?;
         self.git.delete_node_ref(self.tag(), &node.name())?;
         self.db.delete_node(node.id)
+    }
+
+    /// A proposal that produced nothing: a new node is dropped; a queued idea is not lost but
+    /// marked `crash` with the reason, so it isn't offered again and again.
+    fn drop_or_requeue(&mut self, node: &Node, is_idea: bool) -> Result<()> {
+        if !is_idea {
+            return self.drop_node(node);
+        }
+        self.git.remove_worktree(self.tag(), &node.name())?;
+        let best = self.current_best()?;
+        self.finish_node(node, Status::Crash, None, None, None, "the proposer could not implement this queued idea", best.as_ref(), &[])
     }
 
     fn recorded_and_decide(&mut self, node: &Node, best: f64, bar: f64) -> Result<Decision> {

@@ -134,3 +134,74 @@ fn new_tree_commands_name_the_node_in_errors() {
         assert!(h.contains(c), "{h}");
     }
 }
+
+/// Ideas queued with `tree add` are taken up by `run` before the proposer's own: a synced change
+/// runs as it is, a recorded one is concluded, one described as `param = value` is implemented
+/// by the search, and a person's idea with a worktree but no commit waits.
+#[test]
+fn queued_ideas_are_taken_up_by_the_loop() {
+    let fx = Fixture::new(
+        "[gpu]\nmatrix_lr = 0.5   # start\nmode = \"ok\"\n",
+        "keep_rule = \"strict\"\nmax_experiments = 1\nproposer = \"search\"\nsearch_space = \"configs/space.toml\"\n",
+    );
+    std::fs::write(fx.repo.join("configs/space.toml"), "table = \"gpu\"\n[[param]]\nname = \"matrix_lr\"\nvalues = [0.3, 0.2]\n").unwrap();
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "space"]);
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(fx.rows().len(), 2); // n1 baseline 1.46, n2 matrix_lr 0.3 keep (1.26)
+
+    let add = |parent: &str, desc: &str| {
+        let o = fx.run(&["tree", "add", "--parent", parent, "--hypothesis", "queued", "--description", desc]);
+        assert!(o.status.success(), "{}", stdout(&o));
+        String::from_utf8_lossy(&o.stdout).lines().next().unwrap().trim().to_string()
+    };
+    let edit = |node: &str, lr: &str| {
+        let o = fx.run(&["tree", "worktree", node]);
+        assert!(o.status.success(), "{}", stdout(&o));
+        let wt = fx.repo.join(format!(".worktrees/t1-{node}"));
+        std::fs::write(wt.join("trainer/hparams.toml"), format!("[gpu]\nmatrix_lr = {lr}\nmode = \"ok\"\n")).unwrap();
+        let o = fx.run(&["tree", "sync", node]);
+        assert!(o.status.success(), "{}", stdout(&o));
+    };
+    // n3: synced, not run -> the loop runs it (worktree removed first: a person is done with it).
+    let n3 = add("n2", "lr 0.1 by hand");
+    edit(&n3, "0.1");
+    let o = fx.run(&["tree", "worktree", &n3, "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // n4: synced and recorded by a person -> concluded with its recorded metric.
+    let n4 = add("n2", "lr 0.06 on the cluster");
+    edit(&n4, "0.06");
+    let o = fx.run(&["tree", "record", &n4, "--metric", "1.02"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // n5: `param = value` -> implemented by the search proposer.
+    let n5 = add("n2", "matrix_lr = 0.04");
+    // n6: a person is editing it (worktree, no commit) -> it waits.
+    let n6 = add("n2", "something clever");
+    let o = fx.run(&["tree", "worktree", &n6]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    let o = fx.run(&["run", "--yes", "--resume", "--max-experiments", "4"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let log = stdout(&o);
+    assert!(log.contains(&format!("{n3}: running the queued change")), "{log}");
+    assert!(log.contains(&format!("{n5}: taking up the queued idea")), "{log}");
+    let nodes = fx.nodes();
+    let node = |name: &str| nodes.iter().find(|n| format!("n{}", n["id"]) == name).unwrap().clone();
+    assert_eq!(node(&n3)["status"], "keep", "{:#}", node(&n3));
+    assert!((node(&n3)["metric"].as_f64().unwrap() - 1.06).abs() < 1e-9);
+    assert_eq!(node(&n4)["status"], "keep", "{:#}", node(&n4));
+    assert!((node(&n4)["metric"].as_f64().unwrap() - 1.02).abs() < 1e-9);
+    assert_eq!(node(&n5)["status"], "keep", "{:#}", node(&n5));
+    assert!((node(&n5)["metric"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    let n5_commit = node(&n5)["commit"].as_str().unwrap().to_string();
+    let kept = git(&fx.repo, &["show", &format!("{n5_commit}:trainer/hparams.toml")]);
+    assert!(kept.contains("matrix_lr = 0.04   # start"), "{kept}");
+    assert_eq!(node(&n6)["status"], "pending");
+    assert!(fx.branch_tip().starts_with(&n5_commit));
+    // Every taken idea has its row; the waiting one has none.
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().any(|r| r[4] == "lr 0.06 on the cluster" && r[1] == "1.020000"), "{rows:?}");
+    assert!(fx.repo.join(format!(".worktrees/t1-{n6}")).exists(), "the person's worktree stays");
+}

@@ -15,16 +15,25 @@ use crate::process::{self, Output, shell_quote};
 pub struct Agent;
 
 /// The prompt for one proposal.
-pub fn build_prompt(ctx: &Ctx<'_>, node: &Node, worktree: &Path) -> Result<String> {
+pub fn build_prompt(ctx: &Ctx<'_>, node: &Node, plan: &Plan, worktree: &Path) -> Result<String> {
     let program_path = crate::config::resolve(&ctx.git.root, Path::new(&ctx.cfg.agent.program));
     let program = std::fs::read_to_string(&program_path)
         .with_context(|| format!("reading the agent program {} ([agent] program in the config)", program_path.display()))?;
     let nodes = ctx.db.nodes()?;
     let parent = nodes.iter().find(|n| Some(n.id) == node.parent);
+    let task = if plan.idea {
+        format!(
+            "Make the change a person queued for this experiment (`tree add`), and nothing else:\n  {}\n  Hypothesis: {}\n",
+            plan.description,
+            if plan.hypothesis.is_empty() { "(none given)" } else { &plan.hypothesis }
+        )
+    } else {
+        "Make ONE focused change ".to_string()
+    };
     Ok(format!(
         "{program}\n\n# This session (written by the runner)\n\n\
 Mode: the runner calls you. You are in a git worktree at {wt}, checked out at experiment {parent} \
-(the best so far, {metric} = {value}). Make ONE focused change to the files under: {scope}. \
+({metric} = {value}). {task}to the files under: {scope}. \
 Do not run the training, do not commit, do not touch anything else: the runner commits your edit, \
 checks it, trains for the budget ({budget}) and keeps or discards it.\n\
 When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what you changed>\nHYPOTHESIS: <why it should lower {metric}>\n\
@@ -56,15 +65,19 @@ impl Proposer for Agent {
     }
 
     fn plan(&mut self, ctx: &Ctx<'_>) -> Result<Option<Plan>> {
-        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("agent proposal {}", ctx.iteration), change: None }))
+        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("agent proposal {}", ctx.iteration), change: None, idea: false }))
     }
 
-    fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {
+    fn adopt(&mut self, _ctx: &Ctx<'_>, idea: &Node) -> Result<Option<Plan>> {
+        Ok(Plan::from_idea(idea))
+    }
+
+    fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, plan: &Plan, worktree: &Path) -> Result<Applied> {
         let runs = ctx.state_dir.join("runs");
         let logs = ctx.state_dir.join("logs");
         std::fs::create_dir_all(&runs)?;
         std::fs::create_dir_all(&logs)?;
-        let prompt = build_prompt(ctx, node, worktree)?;
+        let prompt = build_prompt(ctx, node, plan, worktree)?;
         let prompt_file = runs.join(format!("{}-prompt.md", node.name()));
         std::fs::write(&prompt_file, &prompt)?;
         let proposal = runs.join(format!("{}-proposal.txt", node.name()));

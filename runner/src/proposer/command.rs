@@ -25,7 +25,12 @@ impl Proposer for CommandProposer {
             hypothesis: String::new(),
             description: format!("command proposal {}", ctx.iteration),
             change: None,
+            idea: false,
         }))
+    }
+
+    fn adopt(&mut self, _ctx: &Ctx<'_>, idea: &Node) -> Result<Option<Plan>> {
+        Ok(Plan::from_idea(idea))
     }
 
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {

@@ -40,7 +40,7 @@ impl Proposer for Manual {
     }
 
     fn plan(&mut self, ctx: &Ctx<'_>) -> Result<Option<Plan>> {
-        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("manual experiment {}", ctx.iteration), change: None }))
+        Ok(Some(Plan { parent: ctx.best, hypothesis: String::new(), description: format!("manual experiment {}", ctx.iteration), change: None, idea: false }))
     }
 
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {

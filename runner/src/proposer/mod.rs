@@ -39,6 +39,15 @@ pub struct Plan {
     pub hypothesis: String,
     pub description: String,
     pub change: Option<Value>,
+    /// An idea queued with `tree add`, taken up by the loop: the change must implement it.
+    pub idea: bool,
+}
+
+impl Plan {
+    /// The plan for a queued idea (`tree add`): its parent, hypothesis and description.
+    pub fn from_idea(idea: &Node) -> Option<Plan> {
+        Some(Plan { parent: idea.parent?, hypothesis: idea.hypothesis.clone(), description: idea.description.clone(), change: None, idea: true })
+    }
 }
 
 /// What applying a plan in the worktree did.
@@ -59,6 +68,11 @@ pub trait Proposer {
     /// False when someone else runs the experiment and records it (`manual`).
     fn executes(&self) -> bool {
         true
+    }
+    /// A plan that implements `idea` (a node queued with `tree add`), or None when this
+    /// proposer can't (the idea then waits for a person or another proposer).
+    fn adopt(&mut self, _ctx: &Ctx<'_>, _idea: &Node) -> Result<Option<Plan>> {
+        Ok(None)
     }
 }
 
@@ -92,6 +106,9 @@ pub fn proposer_env(ctx: &Ctx<'_>, node: &Node, worktree: &Path, proposal_file: 
         ("AUTORESEARCH_PROPOSAL_FILE".into(), proposal_file.display().to_string()),
         ("AUTORESEARCH_RESULTS".into(), ctx.results_file.display().to_string()),
         ("AUTORESEARCH_SCOPE".into(), ctx.cfg.scope.join(" ")),
+        // Set when the experiment implements an idea queued with `tree add`.
+        ("AUTORESEARCH_DESCRIPTION".into(), node.description.clone()),
+        ("AUTORESEARCH_HYPOTHESIS".into(), node.hypothesis.clone()),
     ]
 }
 

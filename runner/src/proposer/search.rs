@@ -223,9 +223,28 @@ impl Proposer for Search {
                 ),
                 description: format!("{} = {} (was {})", p.name, v, was),
                 change: Some(json!({"param": p.name, "value": v.to_string(), "canon": canon(v)})),
+                idea: false,
             }));
         }
         Ok(None)
+    }
+
+    /// An idea whose description reads `param = value` for a parameter of the space (any value
+    /// that parses as TOML) becomes that one change; anything else is left for a person.
+    fn adopt(&mut self, _ctx: &Ctx<'_>, idea: &Node) -> Result<Option<Plan>> {
+        let Some((name, value)) = idea.description.split_once('=') else { return Ok(None) };
+        let (name, value) = (name.trim(), value.trim());
+        let Ok(v) = value.parse::<toml_edit::Value>() else { return Ok(None) };
+        if !self.space.params.iter().any(|p| p.name == name) {
+            return Ok(None);
+        }
+        let v: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+            Ok(t) => t["v"].clone(),
+            Err(_) => return Ok(None),
+        };
+        let Some(mut plan) = Plan::from_idea(idea) else { return Ok(None) };
+        plan.change = Some(json!({"param": name, "value": v.to_string(), "canon": canon(&v)}));
+        Ok(Some(plan))
     }
 
     fn apply(&mut self, ctx: &Ctx<'_>, _node: &Node, plan: &Plan, worktree: &Path) -> Result<Applied> {
