@@ -103,7 +103,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the run's progress chart, tree picture, summary and HTML report.
+    #[command(long_about = REPORT_LONG_ABOUT)]
+    Report {
+        /// Run to report on. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory to write into. [default: .autoresearch/<tag>/]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// A live view of a run: what runs now (with a countdown), the best so far, the last results.
+    #[command(long_about = WATCH_LONG_ABOUT)]
+    Watch {
+        /// Run to watch. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seconds between redraws.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        interval: f64,
+        /// Print one view and exit.
+        #[arg(long)]
+        once: bool,
+        /// How many recent results to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        last: usize,
+    },
 }
+
+const REPORT_LONG_ABOUT: &str = "\
+Write pictures and a summary of a run into its directory, .autoresearch/<tag>/ (or --out DIR):
+  progress.png, progress.svg   the metric of every experiment in order: kept, discarded and failed
+                               styled apart, the best so far as a step line, kept changes labelled,
+                               baseline and best marked
+  tree.svg, tree.png           the experiment tree, coloured by status, best path highlighted,
+                               pruned branches greyed (tree.svg nodes link to their diffs)
+  autoresearch-summary.md      baseline, best, improvement, top improvements, what didn't work,
+                               totals, recommended next directions
+  report.html                  all of the above on one self-contained page, with every diff
+It only reads the tree database and git, so it can run while the loop does.";
+
+const WATCH_LONG_ABOUT: &str = "\
+A live terminal view of a run, redrawn every --interval seconds until Ctrl-C: the experiments in \
+flight with a countdown (to the typical experiment length and to the hard timeout), the best so \
+far against the baseline, and the last results. It reads the tree database only, in short read \
+transactions, so it never disturbs the runner; start it in a second terminal. --once prints one \
+view (for scripts).";
 
 const RUN_LONG_ABOUT: &str = "\
 The research loop.
@@ -522,7 +573,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, node_id(&node)?, json, diff)?,
-                TreeCommand::Add { parent, hypothesis, description } => t::add(&db, node_id(&parent)?, &hypothesis, &description)?,
+                TreeCommand::Add { parent, hypothesis, description } => t::add(&db, &git, &cfg, node_id(&parent)?, &hypothesis, &description)?,
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
                     &mut db,
                     &cfg,
@@ -546,6 +597,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Visualize => t::visualize(&db)?,
                 TreeCommand::Compare { a, b } => t::compare(&db, &git, node_id(&a)?, node_id(&b)?)?,
             }
+            Ok(code::OK)
+        }
+        Command::Report { tag, config, out } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::report::run(&git, &cfg, out.as_deref())?;
+            Ok(code::OK)
+        }
+        Command::Watch { tag, config, interval, once, last } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::watch::run(&git, &cfg, &crate::watch::Options { interval, once, last })?;
             Ok(code::OK)
         }
         Command::Results { file, config, json } => {

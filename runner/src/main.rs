@@ -12,10 +12,12 @@ mod keep;
 mod process;
 mod progress;
 mod proposer;
+mod report;
 mod results;
 mod runloop;
 mod train;
 mod tree;
+mod watch;
 mod worker;
 
 fn main() {

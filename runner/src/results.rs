@@ -107,13 +107,20 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// Writes `text` to `path` through a uniquely named temporary file in the same directory, synced
-/// and then renamed over `path`: a reader sees the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+/// Writes `data` (text or bytes) to `path` through a uniquely named temporary file in the same
+/// directory, synced and then renamed over `path`: a reader sees the old file or the new one,
+/// never half of one.
+pub fn write_atomic(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes()).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.write_all(data.as_ref()).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("writing {}", tmp.path().display()))?;
+    // Readable by others like any file the user writes (a temporary file starts as 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path).with_context(|| format!("renaming a temporary file to {}", path.display()))?;
     Ok(())
 }
