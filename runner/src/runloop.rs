@@ -837,47 +837,7 @@ fn best_node(nodes: &[Node]) -> Option<&Node> {
     nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
 }
 
-/// `autoresearch-summary.md`.
+/// `autoresearch-summary.md` (the same text `autoresearch report` writes).
 pub fn summary_markdown(cfg: &ResearchConfig, nodes: &[Node], started: f64) -> String {
-    let baseline = nodes.iter().find(|n| n.parent.is_none() && n.status == Status::Keep);
-    let best = nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq);
-    let exps: Vec<&Node> = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).collect();
-    let count = |s: Status| exps.iter().filter(|n| n.status == s).count();
-    let last = nodes.iter().filter_map(|n| n.finished_at).fold(started, f64::max);
-    let hours = ((last - started) / 3600.0).max(1e-9);
-    let mut s = format!("# autoresearch run `{}`\n\n", cfg.tag);
-    s.push_str(&format!("- branch: `{}`\n- metric: {} ({} is better), budget {}\n", branch_name(&cfg.tag), cfg.metric, cfg.direction, cfg.budget));
-    if let Some(b) = baseline {
-        s.push_str(&format!("- baseline: {} ({})\n", proposer::fmt_metric(b.metric), b.name()));
-    }
-    if let (Some(b), Some(base)) = (best, baseline) {
-        let (bm, m0) = (b.metric.unwrap_or(f64::NAN), base.metric.unwrap_or(f64::NAN));
-        let gain = cfg.direction.gain(m0, bm);
-        s.push_str(&format!(
-            "- best: {} ({}, commit {})\n- improvement: {:.6} ({:.2} %)\n",
-            proposer::fmt_metric(b.metric),
-            b.name(),
-            b.commit.as_deref().map(|c| &c[..7.min(c.len())]).unwrap_or("-"),
-            gain,
-            100.0 * gain / m0.abs().max(1e-12)
-        ));
-    }
-    s.push_str(&format!(
-        "- experiments: {} ({} keep, {} discard, {} crash, {} rejected, {} pruned) in {:.2} h: {:.1} experiments/hour\n",
-        exps.len(),
-        count(Status::Keep),
-        count(Status::Discard),
-        count(Status::Crash),
-        count(Status::Rejected),
-        count(Status::Pruned),
-        hours,
-        exps.len() as f64 / hours
-    ));
-    s.push_str("\n## Kept changes\n\n| node | metric | description |\n|---|---|---|\n");
-    let mut keeps: Vec<&Node> = nodes.iter().filter(|n| n.status == Status::Keep).collect();
-    keeps.sort_by_key(|n| n.finish_seq);
-    for n in keeps {
-        s.push_str(&format!("| {} | {} | {} |\n", n.name(), proposer::fmt_metric(n.metric), n.description.replace('|', "/")));
-    }
-    s
+    crate::report::summary_markdown(cfg, nodes, Some(started))
 }

@@ -109,10 +109,22 @@ fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
 }
 
-pub fn add(db: &Db, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
+/// `tree add`: queues an idea under `parent`; prints its name first. With the slurm executor it
+/// also writes the node's job script and says how to submit it (a person's cluster job).
+pub fn add(db: &Db, git: &Git, cfg: &ResearchConfig, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
     db.require_node(parent)?;
     let id = db.insert_node(Some(parent), hypothesis, description, None, PLANNED, "")?;
-    println!("{}", node_name(id));
+    let name = node_name(id);
+    println!("{name}");
+    if cfg.executor == crate::config::ExecutorKind::Slurm {
+        let wt = git.worktree_path(&cfg.tag, &name);
+        let (script, summary) = crate::proposer::manual::write_job_script(&git.root, cfg, &name, &wt)?;
+        println!(
+            "job script: {}\nto run it yourself: `autoresearch tree worktree {name}`, edit, `autoresearch tree sync {name}`, then\n{}\n(or leave it queued: `autoresearch run --resume` takes it up)",
+            script.display(),
+            crate::proposer::manual::submit_hint(&cfg.tag, &name, &script, &summary)
+        );
+    }
     Ok(())
 }
 
@@ -256,8 +268,14 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
     }
     let summary = crate::proposer::manual::summary_path(&Paths::new(&git.root, cfg).state_dir, &n.name());
     println!("{}", path.display());
-    println!("edit files under [{}] there, then build and run it:", cfg.scope.join(", "));
-    println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &summary));
+    if cfg.executor == crate::config::ExecutorKind::Slurm {
+        let (script, _) = crate::proposer::manual::write_job_script(&git.root, cfg, &n.name(), &path)?;
+        println!("edit files under [{}] there, commit them (`autoresearch tree sync {}`), then submit its job:", cfg.scope.join(", "), n.name());
+        println!("  sbatch {}", script.display());
+    } else {
+        println!("edit files under [{}] there, then build and run it:", cfg.scope.join(", "));
+        println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &summary));
+    }
     if owned_by_loop(&n) {
         println!("then record it (the loop is waiting):\n  autoresearch tree record --tag {tag} {} --summary-json {}", n.name(), summary.display());
     } else {

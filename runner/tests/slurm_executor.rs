@@ -154,3 +154,47 @@ fn a_killed_runner_follows_its_jobs_after_resume() {
     assert_eq!(nodes.iter().find(|n| n["id"] == 3).unwrap()["status"], "keep");
     fx.assert_worktrees_clean();
 }
+
+/// A person's cluster experiment: `tree add` writes the job script and says how to submit it,
+/// the person edits and syncs, submits it with sbatch, records the job's summary, and the loop
+/// concludes it.
+#[test]
+fn a_person_submits_a_queued_idea_and_records_it() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(1, 1, &["0.3"], &["0"]);
+    let out = fx.cmd(&["run", "--yes"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let o = fx.run(&["tree", "add", "--parent", "n2", "--hypothesis", "closer to 0.04", "--description", "lr 0.05 on the cluster"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(text.lines().next(), Some("n3"), "{text}");
+    let script = fx.repo.canonicalize().unwrap().join(".autoresearch/t1/jobs/n3.sbatch");
+    assert!(text.contains(&format!("sbatch {}", script.display())), "{text}");
+    let summary = text.lines().find_map(|l| l.split("--summary-json ").nth(1)).unwrap().trim().to_string();
+    let o = fx.run(&["tree", "worktree", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sbatch "), "{}", stdout(&o));
+    let wt = fx.repo.join(".worktrees/t1-n3");
+    std::fs::write(wt.join("trainer/hparams.toml"), "[gpu]\nmatrix_lr = 0.05\ndelay = 0\n").unwrap();
+    let o = fx.run(&["tree", "sync", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    let out = cluster.cmd("sbatch").arg("--parsable").arg(&script).env("TOOLS", &fx.tools).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    cluster.wait_job_state(&job, &["COMPLETED"], Duration::from_secs(60));
+    let o = fx.run(&["tree", "record", "n3", "--summary-json", &summary]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = fx.run(&["tree", "worktree", "n3", "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    let out = fx.cmd(&["run", "--yes", "--resume", "--max-experiments", "2"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let n3 = fx.nodes().into_iter().find(|n| n["id"] == 3).unwrap();
+    assert_eq!(n3["status"], "keep", "{n3:#}");
+    assert!((n3["metric"].as_f64().unwrap() - 1.01).abs() < 1e-9, "{n3:#}");
+    assert!(fx.branch_tip().starts_with(n3["commit"].as_str().unwrap()));
+    assert_eq!(fx.rows().len(), 3);
+    fx.assert_worktrees_clean();
+}
