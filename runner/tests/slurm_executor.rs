@@ -198,3 +198,52 @@ fn a_person_submits_a_queued_idea_and_records_it() {
     assert_eq!(fx.rows().len(), 3);
     fx.assert_worktrees_clean();
 }
+
+/// The README's "Running on a cluster" section: its config block and its `autoresearch`
+/// commands, verbatim, against the loopback cluster (only the fixture's experiment command and
+/// proposer are added).
+#[test]
+fn readme_cluster_section_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("## Running on a cluster").expect("the README has the section")..];
+    let block = |lang: &str| -> String {
+        let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no ```{lang} block")) + lang.len() + 4;
+        section[start..start + section[start..].find("```").unwrap()].to_string()
+    };
+    let (config, commands) = (block("toml"), block("sh"));
+    assert!(config.contains("executor = \"slurm\""), "{config}");
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = Fixture::new(
+        HPARAMS,
+        &format!(
+            "keep_rule = \"strict\"\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {{summary_json}}\"\n{config}\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n"
+        ),
+    );
+    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), proposer(&["0.3", "0.05", "0.2", "0.04"], &["1", "1", "1", "1"])).unwrap();
+    let mut ran = 0;
+    for line in commands.lines().map(|l| l.split('#').next().unwrap().trim()).filter(|l| !l.is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let out = if words[0] == "autoresearch" {
+            ran += 1;
+            fx.cmd(&words[1..]).envs(cluster.env()).output().unwrap()
+        } else {
+            let mut c = cluster.cmd(words[0]);
+            // The quoted squeue format is one argument.
+            match line.split_once('\'') {
+                Some((head, rest)) => c.args(head.split_whitespace().skip(1)).arg(rest.trim_end_matches('\'')),
+                None => c.args(&words[1..]),
+            };
+            c.output().unwrap()
+        };
+        assert!(out.status.success(), "`{line}`: {}", stdout(&out));
+    }
+    assert_eq!(ran, 2, "{commands}");
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 5, "baseline + 4 experiments: {rows:?}");
+    let script = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/logs/n2-0.sbatch")).unwrap();
+    for d in ["--partition=debug", "--gres=gpu:1", "--cpus-per-task=2", "--mem=4G", "--comment=autoresearch"] {
+        assert!(script.contains(&format!("#SBATCH {d}\n")), "{d} missing:\n{script}");
+    }
+    fx.assert_worktrees_clean();
+}
