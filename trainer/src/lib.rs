@@ -13,6 +13,7 @@
 //! - The value-embedding gates are Muon matrices, as in the reference (they live in the blocks).
 
 pub mod hparams;
+pub mod kernels;
 pub mod model;
 pub mod optim;
 
@@ -27,7 +28,7 @@ use prepare::experiment::{TrainContext, TrainError, TrainedModel};
 use prepare::loader::PackedLoader;
 
 use hparams::Hparams;
-use model::{Gpt, GptConfig, cross_entropy};
+use model::{Gpt, GptConfig};
 use optim::{MuonAdamW, StepSchedule};
 
 /// Trains a model within the context's budget and hands it back without autodiff.
@@ -115,7 +116,7 @@ pub fn micro_step(
     accum: usize,
     grads: &mut GradientsAccumulator<Gpt>,
 ) -> Tensor<1> {
-    let loss = cross_entropy(model.forward(inputs), targets);
+    let loss = model.loss(inputs, targets);
     let backward = loss.clone().div_scalar(accum as f64).backward();
     grads.accumulate(model, GradientsParams::from_grads(backward, model));
     loss.inner()

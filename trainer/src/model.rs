@@ -170,6 +170,21 @@ pub struct Block {
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
+        let logits = linear(self.hidden(idx), self.lm_head.val(), None); // [B, T, V]
+        logits.div_scalar(LOGIT_SOFTCAP).tanh().mul_scalar(LOGIT_SOFTCAP)
+    }
+
+    /// Training loss: mean cross-entropy (nats) of the soft-capped logits against `targets`
+    /// `[B, T]`, `[1]`. The same math as `cross_entropy(self.forward(idx), targets)`; the LM
+    /// head's soft-cap and cross-entropy run as one fused op on flex (see `kernels.rs`).
+    pub fn loss(&self, idx: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let [b, t] = idx.dims();
+        let z = linear(self.hidden(idx), self.lm_head.val(), None).reshape([b * t, self.config.vocab_size]);
+        crate::kernels::softcap_cross_entropy(z, targets.reshape([b * t]), LOGIT_SOFTCAP)
+    }
+
+    /// The final normed hidden states `[B, T, C]`, the LM head's input.
+    pub fn hidden(&self, idx: Tensor<2, Int>) -> Tensor<3> {
         let cfg = &self.config;
         let [b, t] = idx.dims();
         let device = idx.device();
@@ -187,8 +202,7 @@ impl Gpt {
             let mask = (windows[i] < t).then(|| window_mask(b, cfg.n_head, t, windows[i], &device));
             x = block.forward(x, ve, &cos, &sin, mask, cfg);
         }
-        let logits = linear(rms_norm(x), self.lm_head.val(), None); // [B, T, V]
-        logits.div_scalar(LOGIT_SOFTCAP).tanh().mul_scalar(LOGIT_SOFTCAP)
+        rms_norm(x)
     }
 }
 
@@ -286,6 +300,15 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let log_probs = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
     let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B*T, 1]
     picked.mean().neg()
+}
+
+/// `cross_entropy` of the soft-capped logits `cap * tanh(z / cap)`, for raw logits `z` `[N, V]`
+/// and `targets` `[N]`: the plain tensor formulation that `kernels::softcap_cross_entropy`
+/// fuses on flex.
+pub fn softcap_cross_entropy_reference(z: Tensor<2>, targets: Tensor<1, Int>, cap: f64) -> Tensor<1> {
+    let [n, v] = z.dims();
+    let logits = z.div_scalar(cap).tanh().mul_scalar(cap).reshape([1, n, v]);
+    cross_entropy(logits, targets.reshape([1, n]))
 }
 
 #[cfg(test)]

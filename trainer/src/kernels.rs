@@ -1,0 +1,311 @@
+//! Hand-written CPU kernels for the `flex` backend, with their own backward passes.
+//!
+//! Why this file exists: on flex, the soft-capped cross-entropy over 8192-wide logits was the
+//! largest cost of a training step after the matmuls. Written with tensor ops it is ~15 passes
+//! over a `[B*T, V]` tensor (div, tanh, mul, max, sub, exp, sum, log, gather and their
+//! backwards), each allocating a fresh 67 MB buffer at the CPU benchmark size, with Burn's scalar
+//! `tanh`/`exp` on one core. [`softcap_cross_entropy`] does the same math in two row-parallel,
+//! SIMD passes (one forward, one backward), reusing the logits buffer in place.
+//!
+//! The math is unchanged: `loss = mean_i( logsumexp(c_i) - c_i[t_i] )` with
+//! `c = cap * tanh(z / cap)`, and `dloss/dz = (softmax(c) - onehot(t)) * (1 - (c/cap)^2) / N`.
+//! Every other backend (and flex without autodiff) runs the plain tensor formulation in
+//! [`crate::model::softcap_cross_entropy_reference`]; `tests` check the two agree.
+
+use burn::prelude::*;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::model::softcap_cross_entropy_reference;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels off (every backend then runs the tensor formulation) or back on;
+/// for benchmarks that compare the two.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Mean cross-entropy (nats) of the soft-capped logits `cap * tanh(z / cap)`, where `z` is
+/// `[N, V]` (raw LM-head outputs) and `targets` `[N]`. Returns `[1]`.
+pub fn softcap_cross_entropy(z: Tensor<2>, targets: Tensor<1, Int>, cap: f64) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        let z = match flex::try_fused(z, &targets, cap) {
+            Ok(loss) => return loss,
+            Err(z) => z,
+        };
+        return softcap_cross_entropy_reference(z, targets, cap);
+    }
+    softcap_cross_entropy_reference(z, targets, cap)
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::backend::{Autodiff, Flex};
+    use burn::prelude::*;
+    use burn::tensor::{Bytes, DType};
+    use rayon::prelude::*;
+
+    use super::simd;
+
+    /// Runs the fused op when `z` is a flex tensor under autodiff; hands `z` back otherwise.
+    pub fn try_fused(z: Tensor<2>, targets: &Tensor<1, Int>, cap: f64) -> Result<Tensor<1>, Tensor<2>> {
+        if !matches!(z.device().gradient_checkpointing_strategy(), Some(_)) {
+            return Err(z);
+        }
+        if let Ok(p) = z.clone().try_into_primitive::<Autodiff<Flex, NoCheckpointing>>() {
+            return Ok(Tensor::from_primitive::<Autodiff<Flex, NoCheckpointing>>(fused::<NoCheckpointing>(p, targets, cap)));
+        }
+        if let Ok(p) = z.clone().try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>() {
+            return Ok(Tensor::from_primitive::<Autodiff<Flex, BalancedCheckpointing>>(fused::<BalancedCheckpointing>(p, targets, cap)));
+        }
+        Err(z)
+    }
+
+    type AdTensor<C> = burn::backend::tensor::FloatTensor<Autodiff<Flex, C>>;
+
+    /// Saved for the backward pass: the capped logits (in the logits' own buffer), each row's
+    /// log-sum-exp, the targets and the cap.
+    #[derive(Debug, Clone)]
+    struct State {
+        capped: FlexTensor,
+        lse: std::sync::Arc<Vec<f32>>,
+        targets: std::sync::Arc<Vec<usize>>,
+        cap: f32,
+    }
+
+    #[derive(Debug)]
+    struct SoftcapCrossEntropy;
+
+    impl Backward<Flex, 1> for SoftcapCrossEntropy {
+        type State = State;
+
+        fn backward(self, ops: Ops<State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [parent] = ops.parents;
+            let grad_out = grads.consume::<Flex>(&ops.node);
+            let Some(parent) = parent else { return };
+            let State { mut capped, lse, targets, cap } = ops.state;
+            let upstream = grad_out.storage::<f32>()[grad_out.layout().start_offset()];
+            let shape = capped.layout().shape().clone();
+            let v = shape[1];
+            let scale = upstream / targets.len() as f32;
+            // Reuse the saved buffer when nothing else holds it.
+            let mut grad = match capped.try_storage_mut::<f32>() {
+                Some(_) => capped,
+                None => FlexTensor::new(Bytes::from_elems(capped.storage::<f32>().to_vec()), Layout::contiguous(shape.clone()), DType::F32),
+            };
+            let data = grad.storage_mut::<f32>();
+            data.par_chunks_mut(v).zip(lse.par_iter()).zip(targets.par_iter()).for_each(|((row, &lse), &t)| {
+                simd::softcap_ce_backward_row(row, lse, t, cap, scale);
+            });
+            grads.register::<Flex>(parent.id, grad);
+        }
+    }
+
+    fn fused<C: CheckpointStrategy>(z: AdTensor<C>, targets: &Tensor<1, Int>, cap: f64) -> AdTensor<C> {
+        let cap = cap as f32;
+        let targets: Vec<usize> = targets.to_data().convert::<i64>().try_into_vec::<i64>().expect("int targets").into_iter().map(|t| t as usize).collect();
+        let prep = SoftcapCrossEntropy.prepare::<C>([z.node()]).compute_bound().stateful();
+        let z = z.into_primitive();
+        let shape = z.layout().shape().clone();
+        let (n, v) = (shape[0], shape[1]);
+        assert_eq!(targets.len(), n, "one target per row");
+        assert!(targets.iter().all(|&t| t < v), "target id out of range");
+        // Contiguous and uniquely owned: overwrite z with the capped logits.
+        let mut capped = if z.is_contiguous() && z.layout().start_offset() == 0 && z.is_unique() {
+            z
+        } else {
+            let owned = z.as_slice::<f32>().map(|s| s.to_vec()).unwrap_or_else(|| z.clone().into_data().try_into_vec::<f32>().expect("f32 logits"));
+            FlexTensor::new(Bytes::from_elems(owned), Layout::contiguous(shape.clone()), DType::F32)
+        };
+        let mut lse = vec![0f32; n];
+        let mut row_loss = vec![0f32; n];
+        capped
+            .storage_mut::<f32>()
+            .par_chunks_mut(v)
+            .zip(lse.par_iter_mut())
+            .zip(row_loss.par_iter_mut())
+            .zip(targets.par_iter())
+            .for_each(|(((row, lse), loss), &t)| {
+                *lse = simd::softcap_lse_row(row, cap);
+                *loss = *lse - row[t];
+            });
+        let loss = (row_loss.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
+        let output = FlexTensor::new(Bytes::from_elems(vec![loss]), Layout::contiguous(burn::tensor::Shape::new([1])), DType::F32);
+        match prep {
+            OpsKind::Tracked(prep) => {
+                prep.finish(State { capped, lse: std::sync::Arc::new(lse), targets: std::sync::Arc::new(targets), cap }, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+/// Row kernels, compiled for AVX-512 and AVX2 and picked at run time (a plain build targets
+/// x86-64 v1, where the compiler would only use SSE2). Lanes are accumulated separately so the
+/// loops vectorise without fast-math.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+mod simd {
+    const LANES: usize = 16;
+
+    /// `e^x` to about 1 ulp for `x` in [-87, 88] (Cephes `expf`), written to vectorise.
+    #[inline(always)]
+    fn exp(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        // n = round(x / ln 2) by the 1.5 * 2^23 trick, r = x - n ln 2 in two parts.
+        let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+        let n = t - 12_582_912.0;
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = 1.987_569_1e-4_f32;
+        let p = p * r + 1.398_199_9e-3;
+        let p = p * r + 8.333_452e-3;
+        let p = p * r + 4.166_579_6e-2;
+        let p = p * r + 1.666_666_5e-1;
+        let p = p * r + 5e-1;
+        let e = p * r * r + r + 1.0;
+        // 2^n from the integer n held in t's low mantissa bits (no float->int cast, which
+        // would not vectorise).
+        e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23)
+    }
+
+    /// `cap * tanh(z / cap)`.
+    #[inline(always)]
+    fn softcap(z: f32, cap: f32) -> f32 {
+        // tanh(y) = 1 - 2 / (e^{2y} + 1): absolute error ~1e-7, enough for logits.
+        cap - 2.0 * cap / (exp(2.0 * z / cap) + 1.0)
+    }
+
+    /// Overwrites `row` with its capped logits and returns their log-sum-exp. The capped values
+    /// lie in [-cap, cap], so `e^(c - cap)` neither overflows nor underflows: no max pass.
+    #[inline(always)]
+    fn lse_row_generic(row: &mut [f32], cap: f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (x, a) in chunk.iter_mut().zip(acc.iter_mut()) {
+                let c = softcap(*x, cap);
+                *x = c;
+                *a += exp(c - cap);
+            }
+        }
+        let mut sum: f32 = 0.0;
+        for x in chunks.into_remainder() {
+            let c = softcap(*x, cap);
+            *x = c;
+            sum += exp(c - cap);
+        }
+        cap + (acc.iter().sum::<f32>() + sum).ln()
+    }
+
+    /// Overwrites the capped logits `row` with `d loss / d z` for that row.
+    #[inline(always)]
+    fn backward_row_generic(row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) {
+        let inv_cap2 = 1.0 / (cap * cap);
+        let at_target = row[target];
+        for x in row.iter_mut() {
+            let c = *x;
+            *x = exp(c - lse) * (1.0 - c * c * inv_cap2) * scale;
+        }
+        row[target] -= (1.0 - at_target * at_target * inv_cap2) * scale;
+    }
+
+    macro_rules! dispatch {
+        ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+            pub fn $name($($arg: $ty),*) -> $ret {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                    unsafe fn avx512($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has the features the function was compiled for.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                        // SAFETY: as above.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                $generic($($arg),*)
+            }
+        };
+    }
+
+    dispatch!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
+    dispatch!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn exp_matches_std() {
+            let mut worst = 0f32;
+            for i in -8000..8000 {
+                let x = i as f32 / 100.0;
+                let rel = ((super::exp(x) - x.exp()) / x.exp()).abs();
+                worst = worst.max(rel);
+            }
+            assert!(worst < 1e-6, "max relative error {worst}");
+        }
+
+        #[test]
+        fn softcap_matches_tanh() {
+            for i in -4000..4000 {
+                let z = i as f32 / 40.0;
+                let want = 15.0 * (z / 15.0).tanh();
+                assert!((super::softcap(z, 15.0) - want).abs() < 4e-6, "z {z}");
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// The fused op and the tensor formulation give the same loss and the same gradients, for
+    /// the logits and for a weight upstream of them.
+    #[test]
+    fn fused_matches_reference_loss_and_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let (n, c, v) = (37, 16, 300);
+        let h = Tensor::<2>::random([n, c], Distribution::Normal(0.0, 1.0), &device);
+        let w0 = Tensor::<2>::random([c, v], Distribution::Normal(0.0, 3.0), &device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new((0..n as i64).map(|i| (i * 7919) % v as i64).collect::<Vec<_>>(), [n]), &device);
+        let run = |fused: bool| {
+            let w = w0.clone().detach().require_grad();
+            let z = h.clone().matmul(w.clone());
+            let loss = if fused { softcap_cross_entropy(z, targets.clone(), 15.0) } else { softcap_cross_entropy_reference(z, targets.clone(), 15.0) };
+            let grads = loss.clone().backward();
+            (loss.into_scalar::<f32>(), w.grad(&grads).unwrap().into_data().try_into_vec::<f32>().unwrap())
+        };
+        let z = h.clone().matmul(w0.clone().require_grad());
+        assert!(flex::try_fused(z, &targets, 15.0).is_ok(), "flex under autodiff takes the fused path");
+        let (loss_ref, grad_ref) = run(false);
+        let (loss_fused, grad_fused) = run(true);
+        assert!((loss_ref - loss_fused).abs() < 1e-5 * loss_ref.abs().max(1.0), "{loss_ref} vs {loss_fused}");
+        let scale = grad_ref.iter().fold(0f32, |m, g| m.max(g.abs()));
+        for (a, b) in grad_ref.iter().zip(&grad_fused) {
+            assert!((a - b).abs() < 1e-4 * scale, "{a} vs {b}");
+        }
+    }
+
+    /// Without autodiff (evaluation), the op still gives the reference loss.
+    #[test]
+    fn fused_without_autodiff_is_the_reference() {
+        let device = Device::flex();
+        let z = Tensor::<2>::random([5, 40], Distribution::Normal(0.0, 20.0), &device);
+        let t = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 39, 7, 7, 20], [5]), &device);
+        let a = softcap_cross_entropy(z.clone(), t.clone(), 15.0).into_scalar::<f32>();
+        let b = softcap_cross_entropy_reference(z, t, 15.0).into_scalar::<f32>();
+        assert_eq!(a, b);
+    }
+}
