@@ -1,5 +1,6 @@
 //! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
 
+mod bench;
 mod cli;
 mod config;
 mod db;
