@@ -116,6 +116,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Training-step throughput of the trainer on every backend of the build, beside PyTorch.
+    #[command(long_about = BENCH_LONG_ABOUT)]
+    Bench(BenchArgs),
     /// A live view of a run: what runs now (with a countdown), the best so far, the last results.
     #[command(long_about = WATCH_LONG_ABOUT)]
     Watch {
@@ -136,6 +139,24 @@ pub enum Command {
         last: usize,
     },
 }
+
+const BENCH_LONG_ABOUT: &str = "\
+Training-step throughput of the trainer on every backend of the build, beside PyTorch.
+
+Builds the workspace (unless --no-build), then runs harness's bench_step once per backend and \
+size, each in its own process so its peak memory (VmHWM on CPU backends) is its own: the \
+trainer's model and optimizer on random tokens, `--warmup` untimed steps, then `--steps` timed \
+ones. Reports tokens/s, step time, MFU, peak memory, start-up and first-step time, and the loss \
+after the last step (backends should agree). --vs-torch runs the PyTorch reference \
+(../shared/bench/torch_reference.py, AdamW) at the same sizes in the same run and adds the \
+ratios; only such side-by-side ratios mean anything on a shared machine. Writes bench.csv and \
+bench.json under --out.
+
+Sizes: small = 256x4:8x256 (d256, 4 layers, B8, T256), large = 512x8:4x1024, or \
+WIDTHxDEPTH:BATCHxSEQ[:hHEADS].
+
+  autoresearch bench --size small,large --vs-torch
+  autoresearch bench --devices flex,tch-cpu --features tch --steps 20";
 
 const REPORT_LONG_ABOUT: &str = "\
 Write pictures and a summary of a run into its directory, .autoresearch/<tag>/ (or --out DIR):
@@ -342,6 +363,44 @@ pub struct TrainArgs {
     /// Also write the summary JSON here. [default: .autoresearch/train-summary.json]
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Sizes to run: small, large, or WIDTHxDEPTH:BATCHxSEQ[:hHEADS], comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "small")]
+    pub size: String,
+    /// Devices (harness names: flex, ndarray, tch-cpu, wgpu-cpu, cuda...). [default: every CPU device of the build]
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
+    /// Timed steps per backend and size.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    /// muon (the trainer's MuonAdamW) or adamw (Burn's AdamW on every parameter, like PyTorch's side).
+    #[arg(long, default_value = "muon")]
+    pub optim: String,
+    /// Also run PyTorch at the same sizes: ../shared/bench/torch_reference.py, or CMD (given the
+    /// size flags; it prints a JSON line with tokens_per_s).
+    #[arg(long, value_name = "CMD", num_args = 0..=1, default_missing_value = "")]
+    pub vs_torch: Option<String>,
+    /// Python interpreter for the default PyTorch script.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Where bench.csv and bench.json go. [default: .autoresearch/bench]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Use target/release/bench_step as it is.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Cargo features for the build, e.g. tch. [default: `features` of the research config]
+    #[arg(long, value_name = "LIST")]
+    pub features: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -573,7 +632,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, node_id(&node)?, json, diff)?,
-                TreeCommand::Add { parent, hypothesis, description } => t::add(&db, node_id(&parent)?, &hypothesis, &description)?,
+                TreeCommand::Add { parent, hypothesis, description } => t::add(&db, &git, &cfg, node_id(&parent)?, &hypothesis, &description)?,
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
                     &mut db,
                     &cfg,
@@ -604,6 +663,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
             crate::report::run(&git, &cfg, out.as_deref())?;
             Ok(code::OK)
+        }
+        Command::Bench(args) => {
+            let git = repo(&cli.repo)?;
+            let cfg = ResearchConfig::load(&git.root, None).unwrap_or_default();
+            let sizes = args.size.split(',').map(str::trim).filter(|s| !s.is_empty()).map(crate::bench::parse_size).collect::<Result<Vec<_>>>()?;
+            let devices = args.devices.map(|d| d.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect());
+            let opts = crate::bench::Options {
+                sizes,
+                vocab: args.vocab,
+                devices,
+                steps: args.steps,
+                warmup: args.warmup,
+                optim: args.optim,
+                vs_torch: args.vs_torch,
+                python: args.python,
+                out: args.out.map(|o| crate::config::resolve(&std::env::current_dir().unwrap_or_default(), &o)).unwrap_or_else(|| git.root.join(".autoresearch").join("bench")),
+                build: !args.no_build,
+                features: args.features.unwrap_or(cfg.features),
+            };
+            crate::bench::run(&git, &opts)
         }
         Command::Watch { tag, config, interval, once, last } => {
             let git = repo(&cli.repo)?;
