@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::config::ResearchConfig;
-use crate::db::{Db, Node, Status, now};
+use crate::db::{Db, Job, Node, Status, now};
 use crate::git::{Git, branch_name};
 use crate::proposer::fmt_metric;
 use crate::report::Research;
@@ -45,13 +45,33 @@ fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max.saturating_sub(1)).collect::<String>()) }
 }
 
-/// Whether a running node's process group is gone (the runner was killed, say); `None` when
-/// that cannot be told (no process recorded, e.g. a Slurm job).
-fn gone(n: &Node) -> Option<bool> {
-    let pid = n.pid.filter(|p| *p > 1)?;
+/// Whether a run's process group is gone (the runner was killed, say); `None` when that
+/// cannot be told from here (a Slurm job, no process recorded).
+fn gone(handle: Option<&str>, pid: Option<i64>) -> Option<bool> {
+    let pgid = match handle {
+        Some(h) => h.strip_prefix("local:")?.parse::<i64>().ok()?,
+        None => pid?,
+    };
+    if pgid <= 1 {
+        return None;
+    }
     // Signal 0 checks existence without signalling; a negative pid names the process group.
-    let r = unsafe { libc::kill(-(pid as libc::pid_t), 0) };
+    let r = unsafe { libc::kill(-(pgid as libc::pid_t), 0) };
     Some(r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+}
+
+/// One countdown line: time since `start`, against the typical run and the hard timeout.
+fn countdown(el: f64, typical: Option<f64>, timeout: f64) -> String {
+    let mut line = format!("{} running", duration(el));
+    if let Some(ty) = typical {
+        let left = ty - el;
+        let _ = write!(line, "  {} ", bar(el / ty, 24));
+        line.push_str(&if left >= 0.0 { format!("about {} left (typical {})", duration(left), duration(ty)) } else { format!("{} over the typical {}", duration(-left), duration(ty)) });
+    }
+    if timeout > 0.0 {
+        let _ = write!(line, "; killed in {}", duration(timeout - el));
+    }
+    line
 }
 
 fn bar(frac: f64, width: usize) -> String {
@@ -60,7 +80,7 @@ fn bar(frac: f64, width: usize) -> String {
 }
 
 /// One screen of the view at time `t`.
-pub fn frame(r: &Research, t: f64, last: usize, width: usize) -> String {
+pub fn frame(r: &Research, jobs: &[Job], t: f64, last: usize, width: usize) -> String {
     let cfg = &r.cfg;
     let dir = r.direction();
     let mut s = String::new();
@@ -84,8 +104,16 @@ pub fn frame(r: &Research, t: f64, last: usize, width: usize) -> String {
         _ => s.push_str("best: - (no baseline yet)\n"),
     }
 
-    // Running experiments, with a countdown to the typical length and to the hard timeout.
-    let mut lengths: Vec<f64> = exps.iter().filter_map(|n| Some(n.finished_at? - n.started_at?)).filter(|d| *d > 0.0).collect();
+    // Running experiments, with a countdown to the typical run length and to the hard timeout
+    // (both per run: a noise-aware keep or an out-of-memory retry runs again).
+    let mut lengths: Vec<f64> = exps
+        .iter()
+        .filter_map(|n| {
+            let runs = n.metrics.as_ref().and_then(|m| m.get("runs")).and_then(|r| r.as_array()).map_or(1, |r| r.len().max(1));
+            Some((n.finished_at? - n.started_at?) / runs as f64)
+        })
+        .filter(|d| *d > 0.0)
+        .collect();
     lengths.sort_by(f64::total_cmp);
     let typical = lengths.get(lengths.len() / 2).copied();
     let timeout = cfg.hard_timeout().as_secs_f64();
@@ -95,20 +123,19 @@ pub fn frame(r: &Research, t: f64, last: usize, width: usize) -> String {
         s.push_str("  nothing: the loop is between experiments, done, or stopped\n");
     }
     for n in running {
-        let el = n.started_at.map_or(0.0, |st| t - st);
         let _ = writeln!(s, "  {:<5} {}", n.name(), cut(&n.description, width.saturating_sub(10)));
-        let mut line = format!("        {} running", duration(el));
-        if let Some(ty) = typical {
-            let left = ty - el;
-            let _ = write!(line, "  {} ", bar(el / ty, 24));
-            line.push_str(&if left >= 0.0 { format!("about {} left (typical {})", duration(left), duration(ty)) } else { format!("{} over the typical {}", duration(-left), duration(ty)) });
+        let mine: Vec<&Job> = jobs.iter().filter(|j| j.node == n.id).collect();
+        let mut lost = false;
+        if mine.is_empty() {
+            // Being proposed, built or between runs: time since the node started.
+            let _ = writeln!(s, "        {}", countdown(n.started_at.map_or(0.0, |st| t - st), typical, 0.0));
+            lost |= gone(None, n.pid) == Some(true);
         }
-        if timeout > 0.0 {
-            let _ = write!(line, "; killed in {}", duration(timeout - el));
+        for j in mine {
+            let _ = writeln!(s, "        run {} (seed {}, {}): {}", j.attempt, j.seed, j.handle, countdown(t - j.started_at, typical, timeout));
+            lost |= gone(Some(&j.handle), None) == Some(true);
         }
-        s.push_str(&line);
-        s.push('\n');
-        if gone(n) == Some(true) {
+        if lost {
             s.push_str("        its process is gone: the runner stopped? (`autoresearch run --resume` continues)\n");
         }
     }
@@ -137,8 +164,8 @@ pub fn run(git: &Git, cfg: &ResearchConfig, opts: &Options) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     let interval = Duration::from_secs_f64(opts.interval.clamp(0.2, 3600.0));
     loop {
-        let text = match Research::load(&db, cfg) {
-            Ok(r) => frame(&r, now(), opts.last, if tty { columns() } else { 100 }),
+        let text = match Research::load(&db, cfg).and_then(|r| Ok((r, db.jobs(None)?))) {
+            Ok((r, jobs)) => frame(&r, &jobs, now(), opts.last, if tty { columns() } else { 100 }),
             // A transient error (the database busy for over 10 s): show it, try again.
             Err(e) => format!("reading the tree database failed: {e:#}\n"),
         };
@@ -185,10 +212,15 @@ mod tests {
         let mut cfg = ResearchConfig { tag: "w".into(), ..Default::default() };
         cfg.finalize().unwrap();
         let r = Research::load(&db, &cfg).unwrap();
-        let text = frame(&r, now() + 30.0, 5, 100);
+        let text = frame(&r, &[], now() + 30.0, 5, 100);
         assert!(text.contains("run `w`"), "{text}");
         assert!(text.contains("best: 1.000000 (n1"), "{text}");
-        assert!(text.contains("n2    matrix_lr = 0.02") && text.contains("running") && text.contains("killed in"), "{text}");
+        assert!(text.contains("n2    matrix_lr = 0.02\n        30s running"), "{text}");
+        // A run in flight: its own countdown, to the hard timeout too; a vanished process is said.
+        let job = Job { node: b, attempt: "0".into(), seed: 42, batch_scale: 1.0, handle: "local:999999999".into(), started_at: now() };
+        let text = frame(&r, &[job], now() + 60.0, 5, 100);
+        assert!(text.contains("run 0 (seed 42, local:999999999): 1m 00s running; killed in"), "{text}");
+        assert!(text.contains("its process is gone"), "{text}");
         assert!(text.contains("vs parent  change\n  none yet"), "{text}");
     }
 }

@@ -122,3 +122,27 @@ fn report_and_watch_on_an_empty_tree() {
     let o = fx.run(&["watch", "--once"]);
     assert!(o.status.success() && out_text(&o).contains("best: - (no baseline yet)"), "{}", stdout(&o));
 }
+
+#[test]
+fn watch_shows_the_experiment_in_flight() {
+    // The experiment of n2 sleeps until the hard timeout (3 s) kills it.
+    let fx = Fixture::new(
+        HPARAMS,
+        "keep_rule = \"strict\"\nmax_experiments = 1\nhard_timeout_seconds = 3\nproposer = \"command\"\n[command]\ncommand = \"sed -i 's/^mode = .*/mode = \\\"slow\\\"/' trainer/hparams.toml\"\n",
+    );
+    let mut child = fx.cmd(&["run", "--yes"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !fx.tools.join("started").exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the slow experiment never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = fx.run(&["watch", "--once"]);
+    let w = out_text(&o);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(w.contains("running:\n  n2    "), "{w}");
+    assert!(w.contains("run 0 (seed 42, local:") && w.contains("; killed in "), "{w}");
+    assert!(w.contains("best: 1.460000 (n1"), "{w}");
+    assert!(child.wait().unwrap().success());
+    let o = fx.run(&["watch", "--once"]);
+    assert!(out_text(&o).contains("n2    crash"), "{}", stdout(&o));
+}
