@@ -56,7 +56,7 @@ fn report_watch_and_results_on_a_finished_run() {
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     for n in &nodes {
         let id = n["id"].as_i64().unwrap();
-        assert!(tree.contains(&format!(">n{id}  ")), "tree.svg lacks n{id}");
+        assert!(tree.contains(&format!(">n{id} · ")), "tree.svg lacks n{id}");
         assert!(tree.contains(&format!("href=\"report.html#diff-n{id}\"")), "tree.svg does not link n{id}");
         assert!(html.contains(&format!("id=\"diff-n{id}\"")) && html.contains(&format!("href=\"#diff-n{id}\"")), "report.html lacks n{id}");
     }

@@ -124,7 +124,7 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
     let exps = points.iter().filter(|p| p.node.parent.is_some()).count();
     let mut title = format!("autoresearch {}: {exps} experiments, {kept} kept", r.cfg.tag);
     if let (Some(b), Some(m)) = (baseline, best.and_then(|b| b.metric)) {
-        title.push_str(&format!("   {metric} {b:.6} → {m:.6} ({:+.2} %)", 100.0 * (m - b) / b.abs().max(1e-12)));
+        title.push_str(&format!(" · {metric} {b:.6} → {m:.6} ({:+.2} %)", 100.0 * (m - b) / b.abs().max(1e-12)));
     }
     c.text(Text::new(&title, LEFT, 40.0, 22.0).bold());
 

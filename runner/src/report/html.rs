@@ -99,9 +99,12 @@ pub fn page(r: &Research, summary_md: &str, chart_svg: &str, tree_svg: &str, dif
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>\n{STYLE}\n</style>\n</head>\n<body>\n",
         escape(&title)
     );
+    let _ = writeln!(s, "<h1>{}</h1>", escape(&title));
     s.push_str("<nav><a href=\"#progress\">progress</a><a href=\"#summary\">summary</a><a href=\"#tree\">tree</a><a href=\"#diffs\">diffs</a></nav>\n");
     let _ = writeln!(s, "<h2 id=\"progress\">Progress</h2>\n{chart_svg}");
-    let _ = writeln!(s, "<section id=\"summary\">\n{}</section>", markdown_to_html(summary_md));
+    // The page has its own title: the summary's first heading would repeat it.
+    let body = summary_md.strip_prefix('#').map_or(summary_md, |rest| rest.split_once('\n').map_or("", |(_, b)| b));
+    let _ = writeln!(s, "<section id=\"summary\">\n{}</section>", markdown_to_html(body));
     let _ = writeln!(s, "<h2 id=\"tree\">Experiment tree</h2>\n<p class=\"meta\">Click a node for its diff; hover for its hypothesis and insight.</p>\n<div class=\"tree\">\n{tree_svg}</div>");
     s.push_str("<h2 id=\"diffs\">Diffs</h2>\n");
     for n in &r.nodes {

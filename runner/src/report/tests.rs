@@ -135,7 +135,7 @@ fn preview(name: &str, r: &Research) {
 
 #[test]
 fn report_renders_empty_one_row_typical_and_huge_trees() {
-    for n in [0, 1, 2, 60, 500] {
+    for n in [0, 1, 2, 60, 200, 500] {
         let (_dir, nodes) = sample(n);
         let r = research(&nodes);
         preview(&format!("n{n}"), &r);
@@ -153,7 +153,7 @@ fn report_renders_empty_one_row_typical_and_huge_trees() {
 
         let svg = tree_svg(&r, &|n| Some(format!("#diff-n{}", n.id)));
         for node in &nodes {
-            assert!(svg.contains(&format!(">{}  ", node.name())), "n={n}: tree.svg lacks {}", node.name());
+            assert!(svg.contains(&format!(">{} · ", node.name())), "n={n}: tree.svg lacks {}", node.name());
             assert!(svg.contains(&format!("href=\"#diff-n{}\"", node.id)), "n={n}: no link for {}", node.name());
         }
         assert!(chart_svg(&r).ends_with("</svg>\n"));

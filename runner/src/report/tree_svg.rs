@@ -160,13 +160,14 @@ pub fn draw(r: &Research, c: &mut dyn Canvas, link: &dyn Fn(&Node) -> Option<Str
             paint = Paint::both(fill, BEST, 3.0);
         }
         c.rect(x, y, BOX_W, BOX_H, 5.0, paint);
-        let mut head = format!("{}  {}", n.name(), crate::proposer::fmt_metric(n.metric));
+        // " · ", not spaces: SVG viewers collapse runs of spaces.
+        let mut head = format!("{} · {}", n.name(), crate::proposer::fmt_metric(n.metric));
         if n.status == Status::Keep
             && let Some(g) = r.step_gain(n)
         {
             // The change in the metric itself (a drop is good when lower is better).
             let delta = if dir == crate::config::Direction::Lower { -g } else { g };
-            head.push_str(&format!("  ({delta:+.4})"));
+            head.push_str(&format!(" ({delta:+.4})"));
         }
         let status = if Some(n.id) == best { "best".to_string() } else { n.status.as_str().to_string() };
         c.text(Text::new(&head, x + 8.0, y + 15.0, 12.0).color(text).bold());
