@@ -166,7 +166,15 @@ fn report_renders_empty_one_row_typical_and_huge_trees() {
 
 #[test]
 fn summary_numbers_match_the_data() {
-    let (_dir, nodes) = sample(60);
+    let (_dir, mut nodes) = sample(60);
+    // An experiment every 100 s, each 90 s long.
+    let t0 = 1_764_000_000.0;
+    for n in nodes.iter_mut() {
+        if let Some(k) = n.finish_seq {
+            n.started_at = Some(t0 + 100.0 * (k - 1) as f64);
+            n.finished_at = Some(t0 + 100.0 * (k - 1) as f64 + 90.0);
+        }
+    }
     let r = research(&nodes);
     let md = summary::markdown(&r);
     let exps: Vec<&Node> = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).collect();
@@ -189,7 +197,11 @@ fn summary_numbers_match_the_data() {
     assert!(md.contains(&format!("- improvement: {:.6} ({:.2} %)", 1.0 - bm, 100.0 * (1.0 - bm))), "{md}");
     // Training: 60 s per run; the baseline and each keep ran twice.
     let runs: usize = nodes.iter().filter(|n| n.metrics.is_some()).map(|n| if n.status == Status::Keep { 2 } else { 1 }).sum();
-    assert!(md.contains(&format!("- training: {:.2} h", runs as f64 * 60.0 / 3600.0)), "{md}");
+    let finished = nodes.iter().filter(|n| n.finish_seq.is_some()).count();
+    let wall = 100.0 * (finished - 1) as f64 + 90.0;
+    assert!(md.contains(&format!("- time: {:.2} h, {:.1} experiments per hour", wall / 3600.0, exps.len() as f64 / (wall / 3600.0))), "{md}");
+    let share = 100.0 * runs as f64 * 60.0 / wall;
+    assert!(md.contains(&format!("- training: {:.2} h, {share:.0} % of the time", runs as f64 * 60.0 / 3600.0)), "{md}");
     // Every category that failed appears, and the planned ideas and lessons are suggested.
     for n in exps.iter().filter(|n| matches!(n.status, Status::Discard | Status::Crash | Status::Rejected)) {
         assert!(md.contains(&format!("| {} |", data::category(n))), "{md}");
