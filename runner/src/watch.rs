@@ -143,7 +143,7 @@ pub fn frame(r: &Research, jobs: &[Job], t: f64, last: usize, width: usize) -> S
     // The last results.
     let mut done: Vec<&Node> = exps.clone();
     done.sort_by_key(|n| std::cmp::Reverse(n.finish_seq));
-    let _ = writeln!(s, "\nlast results:  {:<5} {:<8} {:>10} {:>10}  change", "node", "status", cfg.metric, "vs parent");
+    let _ = writeln!(s, "\nlast results:\n  {:<5} {:<8} {:>10} {:>10}  change", "node", "status", cfg.metric, "vs parent");
     if done.is_empty() {
         s.push_str("  none yet\n");
     }
