@@ -96,6 +96,11 @@ fn report_watch_and_results_on_a_finished_run() {
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 4);
 
+    // Bad input: a clear usage error.
+    let o = fx.run(&["watch", "--interval", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--interval 0"), "{}", stdout(&o));
+
     // A run that does not exist: a clear error naming the runs there are, exit 3.
     for cmd in ["report", "watch"] {
         let o = fx.run(&[cmd, "--tag", "nope"]);

@@ -34,7 +34,11 @@ impl RasterCanvas {
     /// A picture of a `w` x `h` drawing, at `scale` pixels per drawing unit, white background.
     /// `None` when the size is zero or too large to allocate.
     pub fn new(w: f32, h: f32, scale: f32) -> Option<RasterCanvas> {
-        let (pw, ph) = ((w * scale).round() as u32, (h * scale).round() as u32);
+        if !(w > 0.0 && h > 0.0 && scale > 0.0) {
+            return None;
+        }
+        // At least one pixel: a very long, flat tree scaled down must still make an image.
+        let (pw, ph) = (((w * scale).round() as u32).max(1), ((h * scale).round() as u32).max(1));
         let mut pixmap = Pixmap::new(pw, ph)?;
         pixmap.fill(tiny_skia::Color::WHITE);
         Some(RasterCanvas { pixmap, base: Transform::from_scale(scale, scale) })

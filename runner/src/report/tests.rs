@@ -215,3 +215,24 @@ fn summary_of_an_empty_run_says_so() {
     let md = summary::markdown(&research(&[]));
     assert!(md.contains("no baseline yet") && md.contains("- experiments: 0 ("), "{md}");
 }
+
+#[test]
+fn a_long_chain_of_keeps_renders() {
+    // 400 keeps in a row: a tree 400 columns wide and one row high.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("tree.db")).unwrap();
+    let mut parent = None;
+    for i in 0..400 {
+        let id = db.insert_node(parent, "", &format!("step {i}"), None, "search", "cpu").unwrap();
+        db.set_running(id).unwrap();
+        let f = Finish { status: Status::Keep, metric: Some(2.0 - i as f64 * 1e-3), metrics: None, memory_mb: None, insight: "", result_row: None, jsonl: None };
+        db.finish(id, &f).unwrap();
+        parent = Some(id);
+    }
+    let r = research(&db.nodes().unwrap());
+    let (png, (w, h)) = tree_png(&r).unwrap();
+    assert_eq!(decode_png(&png).0, w);
+    assert!(w as f32 <= TREE_PNG_MAX && h >= 1);
+    assert_eq!(chart_png(&r).unwrap().1, (chart::WIDTH as u32, chart::HEIGHT as u32));
+    assert!(summary::markdown(&r).contains("through 399 kept change(s)"));
+}
