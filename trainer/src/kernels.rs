@@ -7,12 +7,19 @@
 //! `tanh`/`exp` on one core. [`softcap_cross_entropy`] does the same math in two row-parallel,
 //! SIMD passes (one forward, one backward), reusing the logits buffer in place.
 //!
+//! [`causal_attention`] is the same kind of replacement for Burn's attention, which under
+//! autodiff always runs its unfused fallback (scores, mask, softmax and their backwards as ~12
+//! separate tensor ops over `[B, H, T, T]`): one pass per head for the forward, keeping the
+//! probabilities, and one for the backward, each a few `gemm` calls, heads in parallel.
+//!
 //! The math is unchanged: `loss = mean_i( logsumexp(c_i) - c_i[t_i] )` with
 //! `c = cap * tanh(z / cap)`, and `dloss/dz = (softmax(c) - onehot(t)) * (1 - (c/cap)^2) / N`.
 //! Every other backend (and flex without autodiff) runs the plain tensor formulation in
 //! [`crate::model::softcap_cross_entropy_reference`]; `tests` check the two agree.
 
 use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,6 +45,27 @@ pub fn softcap_cross_entropy(z: Tensor<2>, targets: Tensor<1, Int>, cap: f64) ->
         return softcap_cross_entropy_reference(z, targets, cap);
     }
     softcap_cross_entropy_reference(z, targets, cap)
+}
+
+/// Causal softmax attention `softmax(scale * q k^T + mask) v` of `q`, `k`, `v` `[B, H, T, D]`,
+/// where query i sees keys `i - window ..= i` (all keys up to i when `window` is `None`).
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, window: Option<usize>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        match flex::try_attention(q, k, v, scale, window) {
+            Ok(y) => return y,
+            Err((q, k, v)) => return causal_attention_reference(q, k, v, scale, window),
+        }
+    }
+    causal_attention_reference(q, k, v, scale, window)
+}
+
+/// [`causal_attention`] through Burn's attention op, with a window mask when `window` is set.
+pub fn causal_attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, window: Option<usize>) -> Tensor<4> {
+    let [b, h, t, _] = q.dims();
+    let mask = window.filter(|&w| w < t).map(|w| crate::model::window_mask(b, h, t, w, &q.device()));
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: true };
+    attention(q, k, v, mask, None, options)
 }
 
 #[cfg(feature = "flex")]
@@ -145,6 +173,152 @@ mod flex {
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
+
+    /// Runs the fused attention when the inputs are flex tensors under autodiff.
+    #[allow(clippy::type_complexity)]
+    pub fn try_attention(
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        scale: f64,
+        window: Option<usize>,
+    ) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>)> {
+        if q.device().gradient_checkpointing_strategy().is_none() {
+            return Err((q, k, v));
+        }
+        macro_rules! with_strategy {
+            ($c:ty) => {
+                if let (Ok(pq), Ok(pk), Ok(pv)) = (
+                    q.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
+                    k.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
+                    v.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
+                ) {
+                    return Ok(Tensor::from_primitive::<Autodiff<Flex, $c>>(attention_fused::<$c>(pq, pk, pv, scale as f32, window)));
+                }
+            };
+        }
+        with_strategy!(NoCheckpointing);
+        with_strategy!(BalancedCheckpointing);
+        Err((q, k, v))
+    }
+
+    fn contiguous(t: FlexTensor) -> FlexTensor {
+        if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+    }
+
+    fn from_vec(data: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+        FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
+    }
+
+    /// `dst[m, n] (+)= alpha * a[m, k] b[k, n]`, each operand given with (row, column) strides.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize, alpha: f32) {
+        assert!(dst.len() >= m * n);
+        let last = |rs: isize, cs: isize, rows: usize, cols: usize| (rows as isize - 1) * rs + (cols as isize - 1) * cs;
+        assert!(last(a_rs, a_cs, m, k) < a.len() as isize && last(b_rs, b_cs, k, n) < b.len() as isize);
+        // SAFETY: the asserts keep every index the strides reach inside the slices.
+        unsafe {
+            gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 0.0, alpha, false, false, false, gemm::Parallelism::None);
+        }
+    }
+
+    /// Keys query `i` may see: `lo(i) ..= i`.
+    fn first_key(i: usize, window: Option<usize>) -> usize {
+        window.map_or(0, |w| i.saturating_sub(w))
+    }
+
+    #[derive(Debug, Clone)]
+    struct AttnState {
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        probs: FlexTensor,
+        scale: f32,
+        window: Option<usize>,
+    }
+
+    #[derive(Debug)]
+    struct CausalAttention;
+
+    impl Backward<Flex, 3> for CausalAttention {
+        type State = AttnState;
+
+        fn backward(self, ops: Ops<AttnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [nq, nk, nv] = ops.parents;
+            let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+            let AttnState { q, k, v, probs, scale, window } = ops.state;
+            let shape = q.layout().shape().clone();
+            let (t, d) = (shape[2], shape[3]);
+            let (q, k, v, p, go) = (q.as_slice::<f32>().unwrap(), k.as_slice::<f32>().unwrap(), v.as_slice::<f32>().unwrap(), probs.as_slice::<f32>().unwrap(), d_out.as_slice::<f32>().unwrap());
+            let n = q.len();
+            let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            dq.par_chunks_mut(t * d)
+                .zip(dk.par_chunks_mut(t * d))
+                .zip(dv.par_chunks_mut(t * d))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; t * t],
+                    |ds, (hd, ((dq, dk), dv))| {
+                        let (o, po) = (hd * t * d, hd * t * t);
+                        let (q, k, v, go, p) = (&q[o..o + t * d], &k[o..o + t * d], &v[o..o + t * d], &go[o..o + t * d], &p[po..po + t * t]);
+                        let (di, dd) = (d as isize, t as isize);
+                        // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale (0 off the mask).
+                        mm(t, t, d, ds, go, di, 1, v, 1, di, 1.0);
+                        for i in 0..t {
+                            let row = &mut ds[i * t..(i + 1) * t];
+                            let prow = &p[i * t..(i + 1) * t];
+                            let lo = first_key(i, window);
+                            let delta: f32 = (lo..=i).map(|j| prow[j] * row[j]).sum();
+                            for j in 0..t {
+                                row[j] = if j < lo || j > i { 0.0 } else { prow[j] * (row[j] - delta) * scale };
+                            }
+                        }
+                        mm(t, d, t, dq, ds, dd, 1, k, di, 1, 1.0); // dQ = dS K
+                        mm(t, d, t, dk, ds, 1, dd, q, di, 1, 1.0); // dK = dS^T Q
+                        mm(t, d, t, dv, p, 1, dd, go, di, 1, 1.0); // dV = P^T dO
+                    },
+                );
+            for (node, grad) in [(nq, dq), (nk, dk), (nv, dv)] {
+                if let Some(node) = node {
+                    grads.register::<Flex>(node.id, from_vec(grad, shape.clone()));
+                }
+            }
+        }
+    }
+
+    fn attention_fused<C: CheckpointStrategy>(q: AdTensor<C>, k: AdTensor<C>, v: AdTensor<C>, scale: f32, window: Option<usize>) -> AdTensor<C> {
+        let prep = CausalAttention.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful();
+        let (q, k, v) = (contiguous(q.into_primitive()), contiguous(k.into_primitive()), contiguous(v.into_primitive()));
+        let shape = q.layout().shape().clone();
+        assert_eq!(&shape, k.layout().shape(), "q and k shapes");
+        assert_eq!(&shape, v.layout().shape(), "q and v shapes");
+        let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
+        let (qs, ks, vs) = (q.as_slice::<f32>().unwrap(), k.as_slice::<f32>().unwrap(), v.as_slice::<f32>().unwrap());
+        let mut out = vec![0f32; b * h * t * d];
+        let mut probs = vec![0f32; b * h * t * t];
+        out.par_chunks_mut(t * d).zip(probs.par_chunks_mut(t * t)).enumerate().for_each(|(hd, (out, p))| {
+            let o = hd * t * d;
+            let (q, k, v) = (&qs[o..o + t * d], &ks[o..o + t * d], &vs[o..o + t * d]);
+            let di = d as isize;
+            mm(t, t, d, p, q, di, 1, k, 1, di, scale); // S = scale Q K^T
+            for i in 0..t {
+                let row = &mut p[i * t..(i + 1) * t];
+                let lo = first_key(i, window);
+                row[..lo].fill(0.0);
+                row[i + 1..].fill(0.0);
+                simd::softmax_in_place(&mut row[lo..=i]);
+            }
+            mm(t, d, t, out, p, t as isize, 1, v, di, 1, 1.0); // O = P V
+        });
+        let output = from_vec(out, shape.clone());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let probs = from_vec(probs, burn::tensor::Shape::new([b, h, t, t]));
+                prep.finish(AttnState { q, k, v, probs, scale, window }, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
 }
 
 /// Row kernels, compiled for AVX-512 and AVX2 and picked at run time (a plain build targets
@@ -238,6 +412,28 @@ mod simd {
         };
     }
 
+    /// `row = softmax(row)`.
+    #[inline(always)]
+    fn softmax_generic(row: &mut [f32]) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut acc = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (x, a) in chunk.iter_mut().zip(acc.iter_mut()) {
+                *x = exp(*x - max);
+                *a += *x;
+            }
+        }
+        let mut sum: f32 = 0.0;
+        for x in chunks.into_remainder() {
+            *x = exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / (acc.iter().sum::<f32>() + sum);
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+
+    dispatch!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
     dispatch!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
     dispatch!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
 
@@ -295,6 +491,41 @@ mod tests {
         let scale = grad_ref.iter().fold(0f32, |m, g| m.max(g.abs()));
         for (a, b) in grad_ref.iter().zip(&grad_fused) {
             assert!((a - b).abs() < 1e-4 * scale, "{a} vs {b}");
+        }
+    }
+
+    /// The fused attention and Burn's (fallback) attention agree on the output and on the
+    /// gradients of q, k and v, with and without a sliding window.
+    #[test]
+    fn fused_attention_matches_reference() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let (b, h, t, d) = (2, 3, 19, 8);
+        let r = || Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let (q0, k0, v0, w) = (r(), r(), r(), r());
+        for window in [None, Some(5)] {
+            let run = |fused: bool| {
+                let (q, k, v) = (q0.clone().require_grad(), k0.clone().require_grad(), v0.clone().require_grad());
+                // v through a transpose, as the model's (non-contiguous input).
+                let vt = v.clone().swap_dims(1, 2).swap_dims(1, 2);
+                let y = if fused {
+                    let y = flex::try_attention(q.clone(), k.clone(), vt, 0.35, window);
+                    assert!(y.is_ok(), "flex under autodiff takes the fused path");
+                    y.ok().unwrap()
+                } else {
+                    causal_attention_reference(q.clone(), k.clone(), vt, 0.35, window)
+                };
+                let grads = (y.clone() * w.clone()).sum().backward();
+                let flat = |t: Tensor<4>| t.into_data().try_into_vec::<f32>().unwrap();
+                [flat(y), flat(q.grad(&grads).unwrap()), flat(k.grad(&grads).unwrap()), flat(v.grad(&grads).unwrap())]
+            };
+            let (want, got) = (run(false), run(true));
+            for (name, (a, b)) in ["out", "dq", "dk", "dv"].iter().zip(want.iter().zip(&got)) {
+                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-4 * scale.max(1.0), "{name} window {window:?}: {x} vs {y}");
+                }
+            }
         }
     }
 

@@ -10,8 +10,7 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::module::{attention, embedding, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::embedding;
 
 use crate::hparams::Hparams;
 
@@ -170,7 +169,7 @@ pub struct Block {
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        let logits = linear(self.hidden(idx), self.lm_head.val(), None); // [B, T, V]
+        let logits = dense(self.hidden(idx), self.lm_head.val()); // [B, T, V]
         logits.div_scalar(LOGIT_SOFTCAP).tanh().mul_scalar(LOGIT_SOFTCAP)
     }
 
@@ -179,14 +178,14 @@ impl Gpt {
     /// head's soft-cap and cross-entropy run as one fused op on flex (see `kernels.rs`).
     pub fn loss(&self, idx: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t] = idx.dims();
-        let z = linear(self.hidden(idx), self.lm_head.val(), None).reshape([b * t, self.config.vocab_size]);
+        let z = dense(self.hidden(idx), self.lm_head.val()).reshape([b * t, self.config.vocab_size]);
         crate::kernels::softcap_cross_entropy(z, targets.reshape([b * t]), LOGIT_SOFTCAP)
     }
 
     /// The final normed hidden states `[B, T, C]`, the LM head's input.
     pub fn hidden(&self, idx: Tensor<2, Int>) -> Tensor<3> {
         let cfg = &self.config;
-        let [b, t] = idx.dims();
+        let [_, t] = idx.dims();
         let device = idx.device();
         let (cos, sin) = rotary_tables(t, cfg.head_dim, &device);
         let windows = cfg.window_sizes();
@@ -198,9 +197,9 @@ impl Gpt {
             let skip = self.x0_lambdas.val().narrow(0, i, 1).reshape([1, 1, 1]);
             x = x * resid + x0.clone() * skip;
             let ve = self.value_embeds[i].as_ref().map(|w| embedding(w.val(), idx.clone())); // [B, T, H*D]
-            // Causality comes from the attention op; a mask is only needed for a short window.
-            let mask = (windows[i] < t).then(|| window_mask(b, cfg.n_head, t, windows[i], &device));
-            x = block.forward(x, ve, &cos, &sin, mask, cfg);
+            // Causal attention; a sliding window only where it is shorter than the sequence.
+            let window = (windows[i] < t).then_some(windows[i]);
+            x = block.forward(x, ve, &cos, &sin, window, cfg);
         }
         rms_norm(x)
     }
@@ -214,12 +213,12 @@ impl Block {
         ve: Option<Tensor<3>>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: Option<Tensor<4, Bool>>,
+        window: Option<usize>,
         cfg: &GptConfig,
     ) -> Tensor<3> {
-        let x = x.clone() + self.attention(rms_norm(x), ve, cos, sin, mask, cfg);
-        let h = relu(linear(rms_norm(x.clone()), self.c_fc.val(), None)).square(); // [B, T, 4C]
-        x + linear(h, self.mlp_proj.val(), None)
+        let x = x.clone() + self.attention(rms_norm(x), ve, cos, sin, window, cfg);
+        let h = relu(dense(rms_norm(x.clone()), self.c_fc.val())).square(); // [B, T, 4C]
+        x + dense(h, self.mlp_proj.val())
     }
 
     fn attention(
@@ -228,27 +227,36 @@ impl Block {
         ve: Option<Tensor<3>>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: Option<Tensor<4, Bool>>,
+        window: Option<usize>,
         cfg: &GptConfig,
     ) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (h, d) = (cfg.n_head, cfg.head_dim);
-        let q = linear(x.clone(), self.c_q.val(), None).reshape([b, t, h, d]);
-        let k = linear(x.clone(), self.c_k.val(), None).reshape([b, t, h, d]);
-        let mut v = linear(x.clone(), self.c_v.val(), None).reshape([b, t, h, d]);
+        let q = dense(x.clone(), self.c_q.val()).reshape([b, t, h, d]);
+        let k = dense(x.clone(), self.c_k.val()).reshape([b, t, h, d]);
+        let mut v = dense(x.clone(), self.c_v.val()).reshape([b, t, h, d]);
         // Value residual (ResFormer): v += 2 * sigmoid(x[..., :32] @ W_g) * ve, one gate per head.
         if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
-            let g = sigmoid(linear(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val(), None)).mul_scalar(2.0); // [B, T, H]
+            let g = sigmoid(dense(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val())).mul_scalar(2.0); // [B, T, H]
             v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, h, d]);
         }
         // [B, H, T, D]; rotary first, then QK-norm, as the reference.
         let q = rms_norm(rotary(q.swap_dims(1, 2), cos, sin));
         let k = rms_norm(rotary(k.swap_dims(1, 2), cos, sin));
         let v = v.swap_dims(1, 2);
-        let options = AttentionModuleOptions { scale: Some(1.0 / (d as f64).sqrt()), softcap: None, is_causal: true };
-        let y = attention(q, k, v, mask, None, options); // [B, H, T, D]
-        linear(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val(), None)
+        // Burn's attention with a window mask; one fused op on flex (kernels.rs).
+        let y = crate::kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
+        dense(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val())
     }
+}
+
+/// `x @ w` for `x` `[B, T, C_in]` and `w` `[C_in, C_out]`, as one `[B*T, C_in] @ [C_in, C_out]`
+/// matmul (Burn's `linear` keeps a batched matmul when T is a multiple of its row tile, which
+/// re-packs `w` for each of the B matrices on flex). Same math as `linear(x, w, None)`.
+pub fn dense(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    let [b, t, c] = x.dims();
+    let out = w.dims()[1];
+    x.reshape([b * t, c]).matmul(w).reshape([b, t, out])
 }
 
 /// RMSNorm over the last dimension, without a learnable weight (eps = f32 machine epsilon, as
