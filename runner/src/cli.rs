@@ -24,6 +24,8 @@ Typical session:
   autoresearch train                    # one run of the current trainer (a sanity check)
   autoresearch run --max-experiments 50 # the loop (Ctrl-C, then `run --resume` to continue)
   autoresearch results                  # results.tsv as a table
+  autoresearch watch                    # live view of a running loop (another terminal)
+  autoresearch report                   # progress chart, tree picture, summary, report.html
   autoresearch tree visualize           # the experiment tree";
 
 const AFTER_HELP: &str = "\
@@ -41,7 +43,8 @@ Files:
   configs/search_space.toml    the built-in search's parameters and values
   configs/program.md           the coding agent's instructions
   results.tsv                  one row per experiment (reference format)
-  .autoresearch/<tag>/         tree.db (SQLite), experiments.jsonl, logs/, autoresearch-summary.md
+  .autoresearch/<tag>/         tree.db (SQLite), experiments.jsonl, logs/, autoresearch-summary.md;
+                               `report` adds progress.png/.svg, tree.svg/.png, report.html
   .worktrees/<tag>-n<id>       an experiment's checkout while it runs";
 
 #[derive(Debug, Parser)]
