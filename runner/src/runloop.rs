@@ -294,8 +294,12 @@ impl Loop<'_> {
         }
         self.reconcile_rows(&nodes)?;
         for n in resumable {
-            let commit = Git::oid(n.commit.as_deref().unwrap_or_default())?;
-            let wt = self.git.add_worktree(self.tag(), &n.name(), commit)?;
+            // The jobs run in this worktree: keep it as it is (re-creating it would pull the
+            // directory out from under them); make it only if it is gone.
+            let wt = match self.git.worktree_head(self.tag(), &n.name())? {
+                Some(_) => self.git.worktree_path(self.tag(), &n.name()),
+                None => self.git.add_worktree(self.tag(), &n.name(), Git::oid(n.commit.as_deref().unwrap_or_default())?)?,
+            };
             let task = match (n.parent, best_node(&nodes).and_then(|b| b.metric)) {
                 (None, _) => Task::Baseline,
                 (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar() },

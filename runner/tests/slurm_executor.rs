@@ -151,7 +151,12 @@ fn a_killed_runner_follows_its_jobs_after_resume() {
     assert_eq!(lines.len(), 4, "duplicated rows: {rows:?}");
     let nodes = fx.nodes();
     assert!(nodes.iter().all(|n| n["status"] != "running" && n["status"] != "pending"), "{nodes:#?}");
-    assert_eq!(nodes.iter().find(|n| n["id"] == 3).unwrap()["status"], "keep");
+    assert_eq!(nodes.iter().find(|n| n["id"] == 3).unwrap()["status"], "keep", "{nodes:#?}\n{log}");
+    // The followed jobs ran in their own, untouched worktrees: each measured its own change.
+    for (id, want) in [(2, 1.26), (3, 1.01)] {
+        let m = nodes.iter().find(|n| n["id"] == id).unwrap()["metric"].as_f64().unwrap();
+        assert!((m - want).abs() < 1e-9, "n{id}: {m} (want {want})\n{nodes:#?}");
+    }
     fx.assert_worktrees_clean();
 }
 
