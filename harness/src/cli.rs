@@ -77,6 +77,11 @@ pub struct Cli {
     /// it after an out-of-memory exit (3).
     #[arg(long, value_name = "X")]
     pub device_batch_scale: Option<f64>,
+
+    /// Print the devices this build can run on as JSON (wgpu adapters through Burn, CUDA and
+    /// MPS through libtorch) and exit; `autoresearch detect` reads it.
+    #[arg(long)]
+    pub list_devices: bool,
 }
 
 fn after_help() -> String {

@@ -5,13 +5,14 @@
 //! through one call, `trainer::train(TrainContext) -> Result<TrainedModel, TrainError>`.
 //!
 //! Modules: [`cli`] (arguments and help), [`device`] (run-time device choice), [`run`] (the
-//! flow), [`probe`] (causality), [`flops`] (peak FLOP/s and MFU), [`memory`] (peak memory),
+//! flow), [`probe`] (causality), [`flops`] (peak FLOP/s and MFU), [`inventory`] (`--list-devices`), [`memory`] (peak memory),
 //! [`summary`] (the reference block and the JSON), [`exit`] (exit codes).
 
 pub mod cli;
 pub mod device;
 pub mod exit;
 pub mod flops;
+pub mod inventory;
 pub mod memory;
 pub mod probe;
 pub mod run;

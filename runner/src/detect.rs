@@ -1,11 +1,14 @@
 //! `autoresearch detect`: what hardware is here, which platform profile and backend fit it, and
-//! what that profile changes. Reads /proc, nvidia-smi and the Vulkan loader files; no GPU API.
+//! what that profile changes. Reads /proc, nvidia-smi and the Vulkan loader files, and, when the
+//! harness is built, asks the build's own backends (`harness --list-devices`: wgpu's Vulkan,
+//! Metal or DX12 adapters through Burn, CUDA and MPS through libtorch). The runner itself links
+//! no GPU API.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
@@ -41,6 +44,88 @@ impl Vulkan {
     }
 }
 
+/// What the built harness found through its backends (`harness --list-devices`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct BuildDevices {
+    /// `--device` names compiled in.
+    pub compiled: Vec<String>,
+    pub wgpu: Vec<WgpuAdapter>,
+    pub libtorch: Option<LibTorchDevices>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct WgpuAdapter {
+    pub device: String,
+    pub name: Option<String>,
+    pub software: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct LibTorchDevices {
+    pub cuda_devices: usize,
+    pub mps: bool,
+}
+
+impl BuildDevices {
+    fn hardware_wgpu(&self) -> bool {
+        self.wgpu.iter().any(|a| !a.software)
+    }
+
+    fn cuda(&self) -> usize {
+        self.libtorch.as_ref().map_or(0, |l| l.cuda_devices)
+    }
+
+    fn mps(&self) -> bool {
+        self.libtorch.as_ref().is_some_and(|l| l.mps)
+    }
+
+    /// The backends (cargo features) behind the compiled device names.
+    fn backends(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for d in &self.compiled {
+            let b = match d.as_str() {
+                "wgpu-cpu" | "vulkan" | "metal" => "wgpu",
+                "tch-cpu" | "cuda" | "mps" => "tch",
+                other => other,
+            };
+            if !out.iter().any(|x| x == b) {
+                out.push(b.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// Asks the built harness (`<repo>/target/release/harness --list-devices`); Err says why not.
+fn ask_harness(repo: &Path) -> Result<BuildDevices, String> {
+    let harness = crate::executor::target_dir(repo).join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
+    if !harness.exists() {
+        return Err(format!("{} is not built yet (`cargo build --release --workspace`)", harness.display()));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let cmd = format!("{} --list-devices", crate::process::shell_quote(&harness.display().to_string()));
+    let fin = crate::process::run_shell(
+        &cmd,
+        repo,
+        &[],
+        crate::process::Output::Split { stdout: &out, stderr: &err },
+        std::time::Duration::from_secs(60),
+        |_| Ok(()),
+        |_| {},
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    if fin.code != Some(0) {
+        return Err(format!("`{cmd}` failed: {}", crate::process::tail(&err, 3)));
+    }
+    let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("`{cmd}` printed no device list ({e}); rebuild the workspace"))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Adjustments {
     pub class: String,
@@ -63,6 +148,9 @@ pub struct Detection {
     pub nvidia: Vec<Gpu>,
     pub vulkan: Vulkan,
     pub apple_silicon: bool,
+    /// What the built harness found through its backends; None with `build_devices_note` saying why.
+    pub build_devices: Option<BuildDevices>,
+    pub build_devices_note: Option<String>,
     /// The profile that fits the hardware.
     pub recommended_profile: String,
     /// The profile `run` and `train` use with the current build features.
@@ -81,8 +169,16 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
     let nvidia = nvidia();
     let vulkan = vulkan();
     let apple_silicon = cfg!(all(target_os = "macos", target_arch = "aarch64"));
-    // The workspace's default features: flex, ndarray and wgpu.
-    let mut build_backends = vec!["flex".to_string(), "ndarray".to_string(), "wgpu".to_string()];
+    let (build_devices, build_devices_note) = match ask_harness(repo) {
+        Ok(b) => (Some(b), None),
+        Err(why) => (None, Some(why)),
+    };
+    // What the build has, as the harness reports it; before a build, the workspace's default
+    // features (flex, ndarray and wgpu).
+    let mut build_backends = match &build_devices {
+        Some(b) if !b.compiled.is_empty() => b.backends(),
+        _ => vec!["flex".to_string(), "ndarray".to_string(), "wgpu".to_string()],
+    };
     for f in features.split([',', ' ']).filter(|f| !f.is_empty()) {
         let f = match f {
             "vulkan" | "metal" => "wgpu",
@@ -93,11 +189,15 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         }
     }
     let has = |b: &str| build_backends.iter().any(|x| x == b);
-    let recommended = if !nvidia.is_empty() {
+    let found = build_devices.clone().unwrap_or_default();
+    // A GPU that wgpu reaches through Burn (Vulkan, Metal or DX12) counts even where the
+    // Vulkan files say nothing (macOS, Windows).
+    let wgpu_gpu = vulkan.usable_gpu() || found.hardware_wgpu();
+    let recommended = if !nvidia.is_empty() || found.cuda() > 0 {
         "cuda"
-    } else if apple_silicon {
+    } else if apple_silicon || found.mps() {
         "mps"
-    } else if vulkan.usable_gpu() {
+    } else if wgpu_gpu {
         "wgpu"
     } else {
         "cpu"
@@ -119,7 +219,7 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
             };
             // Without libtorch, Apple GPUs are still reached through Metal and NVIDIA GPUs
             // through Vulkan, both by wgpu.
-            let wgpu_reaches_it = recommended == "mps" || vulkan.usable_gpu();
+            let wgpu_reaches_it = recommended == "mps" || wgpu_gpu;
             if feat == "tch" && has("wgpu") && wgpu_reaches_it { ("wgpu", Some(hint)) } else { ("cpu", Some(hint)) }
         }
         _ => (recommended, None),
@@ -137,6 +237,8 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         nvidia,
         vulkan,
         apple_silicon,
+        build_devices,
+        build_devices_note,
         recommended_profile: recommended.to_string(),
         profile: profile.to_string(),
         profile_path,
@@ -346,6 +448,28 @@ pub fn render(d: &Detection) -> String {
     ));
     s.push_str(&format!("Apple    {}\n", if d.apple_silicon { "Apple Silicon: MPS (libtorch) or Metal (wgpu)" } else { "no" }));
     s.push_str(&format!("Build    backends: {}\n", d.build_backends.join(", ")));
+    match (&d.build_devices, &d.build_devices_note) {
+        (Some(b), _) => {
+            let adapters: Vec<String> = b
+                .wgpu
+                .iter()
+                .map(|a| format!("{} ({}{})", a.name.as_deref().unwrap_or("unnamed"), a.device, if a.software { ", software" } else { "" }))
+                .collect();
+            s.push_str(&format!(
+                "         wgpu adapters (through Burn): {}\n",
+                if adapters.is_empty() { "none".to_string() } else { adapters.join(", ") }
+            ));
+            match &b.libtorch {
+                Some(l) => s.push_str(&format!("         libtorch: {} CUDA device(s), MPS {}\n", l.cuda_devices, if l.mps { "yes" } else { "no" })),
+                None => s.push_str("         libtorch: not in this build (--features tch)\n"),
+            }
+            for n in &b.notes {
+                s.push_str(&format!("         note: {n}\n"));
+            }
+        }
+        (None, Some(why)) => s.push_str(&format!("         devices not asked through the backends: {why}\n")),
+        (None, None) => {}
+    }
     s.push_str(&format!(
         "\nProfile  {} ({}), backend {}{}\n",
         d.profile,
