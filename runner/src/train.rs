@@ -23,6 +23,7 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
         worktree: git.root.clone(),
         profile: profile.clone(),
         label: "train".into(),
+        commit: git.head_commit().map(|c| c.to_string()).unwrap_or_default(),
         seed: cfg.seed,
         batch_scale: scale,
         summary_json: summary.clone(),

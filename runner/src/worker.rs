@@ -206,6 +206,7 @@ impl Shared {
             worktree: wt.to_path_buf(),
             profile: self.profile.clone(),
             label: node.name(),
+            commit: node.commit.clone().unwrap_or_default(),
             seed,
             batch_scale: scale,
             summary_json: self.state_dir.join("runs").join(format!("{name}.json")),

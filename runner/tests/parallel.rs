@@ -11,6 +11,7 @@ const EXPERIMENT: &str = r#"#!/bin/sh
 f=trainer/hparams.toml
 get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
 echo "start $AUTORESEARCH_NODE $(date +%s.%N)" >> "$TOOLS/timeline"
+echo "$AUTORESEARCH_NODE $AUTORESEARCH_COMMIT" >> "$TOOLS/commits"
 sleep "$(get delay)"
 lr=$(get matrix_lr)
 val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
@@ -65,6 +66,12 @@ fn parallel_slots_record_out_of_order_results_correctly() {
     assert!(at("start", &f) < at("end", &s) && at("start", &s) < at("end", &f), "not concurrent:\n{timeline}");
     let mut level = 0;
     let mut peak = 0;
+    // Each run was told the commit it tests (the harness records it in its summary).
+    let commits = std::fs::read_to_string(fx.tools.join("commits")).unwrap();
+    for n in [slow, fast] {
+        let line = format!("n{} {}", n["id"], n["commit"].as_str().unwrap());
+        assert!(commits.lines().any(|l| l == line), "{line} not in\n{commits}");
+    }
     let mut events: Vec<(f64, i32)> = timeline.lines().map(|l| {
         let v: Vec<&str> = l.split(' ').collect();
         (v[2].parse().unwrap(), if v[0] == "start" { 1 } else { -1 })

@@ -55,8 +55,10 @@ pub struct RunSpec {
     pub repo_root: PathBuf,
     pub worktree: PathBuf,
     pub profile: PathBuf,
-    /// `n7`, or `n7-s43` style labels for job names.
+    /// The node's name (`n7`), for job names and the environment.
     pub label: String,
+    /// The commit under test (the harness records it in its summary JSON); empty if unknown.
+    pub commit: String,
     pub seed: u64,
     pub batch_scale: f64,
     pub summary_json: PathBuf,
@@ -173,6 +175,7 @@ pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
         ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.clone()),
         ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),
         ("AUTORESEARCH_NODE".into(), spec.label.clone()),
+        ("AUTORESEARCH_COMMIT".into(), spec.commit.clone()),
     ]
 }
 

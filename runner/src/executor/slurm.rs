@@ -251,6 +251,7 @@ mod tests {
             worktree: "/repo/.worktrees/t-n3".into(),
             profile: "/repo/configs/platforms/cuda.toml".into(),
             label: "n3".into(),
+            commit: "abc123".into(),
             seed: 43,
             batch_scale: 0.5,
             summary_json: "/repo/.autoresearch/t/runs/n3-1.json".into(),

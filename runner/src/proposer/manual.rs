@@ -32,6 +32,7 @@ pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, n
         worktree: worktree.to_path_buf(),
         profile,
         label: node.to_string(),
+        commit: String::new(),
         seed: cfg.seed,
         batch_scale: scale,
         summary_json: summary.clone(),
