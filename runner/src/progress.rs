@@ -54,11 +54,12 @@ impl Progress {
     pub fn run_bar(&self, label: &str, timeout: Duration) -> RunBar {
         let b = self.mp.add(ProgressBar::new(timeout.as_secs().max(1)));
         b.set_style(
-            ProgressStyle::with_template("  {msg} [{bar:30}] {elapsed} (killed at {len}s, {eta} left)")
+            ProgressStyle::with_template("  {msg} [{bar:30}] {elapsed} {prefix}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
         b.set_message(label.to_string());
+        b.set_prefix(format!("(killed in {}s)", timeout.as_secs()));
         RunBar { mp: self.mp.clone(), bar: b }
     }
 
@@ -69,7 +70,13 @@ impl Progress {
 
 impl RunBar {
     pub fn tick(&self, elapsed: Duration) {
-        self.bar.set_position(elapsed.as_secs());
+        let at = elapsed.as_secs();
+        if at != self.bar.position() {
+            self.bar.set_position(at);
+            // indicatif's {eta} extrapolates a rate; the deadline is known exactly.
+            let len = self.bar.length().unwrap_or(0);
+            self.bar.set_prefix(format!("(killed in {}s)", len.saturating_sub(at)));
+        }
     }
 }
 

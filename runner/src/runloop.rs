@@ -231,6 +231,16 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         (Ok(()), Err(e)) => return Err(e),
         (Err(_), Err(_)) => {}
     }
+    // The pictures and the page too; a run's result never depends on them.
+    drop(lp);
+    match crate::report::write(git, cfg, None) {
+        Ok(files) => {
+            if let Some(page) = files.iter().find(|p| p.ends_with("report.html")) {
+                println!("report: {}", page.display());
+            }
+        }
+        Err(e) => eprintln!("warning: the report was not written ({e:#}); `autoresearch report` retries"),
+    }
     result
 }
 

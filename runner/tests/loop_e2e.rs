@@ -92,6 +92,11 @@ fn loop_end_to_end() {
     assert!((recs[1]["previous_best"].as_f64().unwrap() - 1.46).abs() < 1e-9);
     assert!((recs[1]["delta"].as_f64().unwrap() + 0.45).abs() < 1e-9);
     assert!(fx.repo.join(".autoresearch/t1/autoresearch-summary.md").exists());
+    // The loop ends by writing the report: chart, tree and page.
+    for f in ["progress.png", "progress.svg", "tree.svg", "report.html"] {
+        assert!(fx.repo.join(".autoresearch/t1").join(f).exists(), "{f} missing\n{log}");
+    }
+    assert!(log.contains("report: "), "{log}");
 
     fx.assert_worktrees_clean();
 
