@@ -210,16 +210,29 @@ mod flex {
         FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
     }
 
-    /// `dst[m, n] (+)= alpha * a[m, k] b[k, n]`, each operand given with (row, column) strides.
+    /// `dst[m, n] = alpha * a[m, k] b[k, n]` (`+=` with `accumulate`); `dst` has row stride
+    /// `dst_rs`, the operands are given with their (row, column) strides.
     #[allow(clippy::too_many_arguments)]
-    fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize, alpha: f32) {
-        assert!(dst.len() >= m * n);
-        let last = |rs: isize, cs: isize, rows: usize, cols: usize| (rows as isize - 1) * rs + (cols as isize - 1) * cs;
-        assert!(last(a_rs, a_cs, m, k) < a.len() as isize && last(b_rs, b_cs, k, n) < b.len() as isize);
-        // SAFETY: the asserts keep every index the strides reach inside the slices.
+    fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, alpha: f32) {
+        let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+        assert!(last(dst_rs, 1, m, n) < dst.len() && last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len());
+        let i = |x: usize| x as isize;
+        // SAFETY: the assert keeps every index the strides reach inside the slices.
         unsafe {
-            gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 0.0, alpha, false, false, false, gemm::Parallelism::None);
+            gemm::gemm(
+                m, n, k, dst.as_mut_ptr(), 1, i(dst_rs), accumulate, a.as_ptr(), i(a_cs), i(a_rs), b.as_ptr(), i(b_cs), i(b_rs),
+                if accumulate { 1.0 } else { 0.0 }, alpha, false, false, false, gemm::Parallelism::None,
+            );
         }
+    }
+
+    /// Query rows are processed in blocks of this many, each against keys up to its last row
+    /// only: the causal half of the scores is never computed.
+    const ROW_BLOCK: usize = 64;
+
+    /// Row blocks `r0..r1` of a sequence of `t`, with the first key any of their rows sees.
+    fn row_blocks(t: usize, window: Option<usize>) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..t).step_by(ROW_BLOCK).map(move |r0| (r0, (r0 + ROW_BLOCK).min(t), first_key(r0, window)))
     }
 
     /// Keys query `i` may see: `lo(i) ..= i`.
@@ -257,25 +270,27 @@ mod flex {
                 .zip(dv.par_chunks_mut(t * d))
                 .enumerate()
                 .for_each_init(
-                    || vec![0f32; t * t],
+                    || vec![0f32; ROW_BLOCK * t],
                     |ds, (hd, ((dq, dk), dv))| {
                         let (o, po) = (hd * t * d, hd * t * t);
                         let (q, k, v, go, p) = (&q[o..o + t * d], &k[o..o + t * d], &v[o..o + t * d], &go[o..o + t * d], &p[po..po + t * t]);
-                        let (di, dd) = (d as isize, t as isize);
-                        // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale (0 off the mask).
-                        mm(t, t, d, ds, go, di, 1, v, 1, di, 1.0);
-                        for i in 0..t {
-                            let row = &mut ds[i * t..(i + 1) * t];
-                            let prow = &p[i * t..(i + 1) * t];
-                            let lo = first_key(i, window);
-                            let delta: f32 = (lo..=i).map(|j| prow[j] * row[j]).sum();
-                            for j in 0..t {
-                                row[j] = if j < lo || j > i { 0.0 } else { prow[j] * (row[j] - delta) * scale };
+                        for (r0, r1, k0) in row_blocks(t, window) {
+                            let (rows, nk) = (r1 - r0, r1 - k0);
+                            // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale (0 off the mask).
+                            mm(rows, nk, d, ds, nk, false, &go[r0 * d..], d, 1, &v[k0 * d..], 1, d, 1.0);
+                            for i in r0..r1 {
+                                let row = &mut ds[(i - r0) * nk..(i - r0 + 1) * nk];
+                                let prow = &p[i * t + k0..i * t + r1];
+                                let (lo, hi) = (first_key(i, window) - k0, i - k0);
+                                let delta: f32 = (lo..=hi).map(|j| prow[j] * row[j]).sum();
+                                for (j, x) in row.iter_mut().enumerate() {
+                                    *x = if j < lo || j > hi { 0.0 } else { prow[j] * (*x - delta) * scale };
+                                }
                             }
+                            mm(rows, d, nk, &mut dq[r0 * d..], d, false, ds, nk, 1, &k[k0 * d..], d, 1, 1.0); // dQ = dS K
+                            mm(nk, d, rows, &mut dk[k0 * d..], d, true, ds, 1, nk, &q[r0 * d..], d, 1, 1.0); // dK += dS^T Q
+                            mm(nk, d, rows, &mut dv[k0 * d..], d, true, &p[r0 * t + k0..], 1, t, &go[r0 * d..], d, 1, 1.0); // dV += P^T dO
                         }
-                        mm(t, d, t, dq, ds, dd, 1, k, di, 1, 1.0); // dQ = dS K
-                        mm(t, d, t, dk, ds, 1, dd, q, di, 1, 1.0); // dK = dS^T Q
-                        mm(t, d, t, dv, p, 1, dd, go, di, 1, 1.0); // dV = P^T dO
                     },
                 );
             for (node, grad) in [(nq, dq), (nk, dk), (nv, dv)] {
@@ -299,16 +314,18 @@ mod flex {
         out.par_chunks_mut(t * d).zip(probs.par_chunks_mut(t * t)).enumerate().for_each(|(hd, (out, p))| {
             let o = hd * t * d;
             let (q, k, v) = (&qs[o..o + t * d], &ks[o..o + t * d], &vs[o..o + t * d]);
-            let di = d as isize;
-            mm(t, t, d, p, q, di, 1, k, 1, di, scale); // S = scale Q K^T
-            for i in 0..t {
-                let row = &mut p[i * t..(i + 1) * t];
-                let lo = first_key(i, window);
-                row[..lo].fill(0.0);
-                row[i + 1..].fill(0.0);
-                simd::softmax_in_place(&mut row[lo..=i]);
+            for (r0, r1, k0) in row_blocks(t, window) {
+                let (rows, nk) = (r1 - r0, r1 - k0);
+                mm(rows, nk, d, &mut p[r0 * t + k0..], t, false, &q[r0 * d..], d, 1, &k[k0 * d..], 1, d, scale); // S = scale Q K^T
+                for i in r0..r1 {
+                    let row = &mut p[i * t..(i + 1) * t];
+                    let lo = first_key(i, window);
+                    row[..lo].fill(0.0);
+                    row[i + 1..].fill(0.0);
+                    simd::softmax_in_place(&mut row[lo..=i]);
+                }
+                mm(rows, d, nk, &mut out[r0 * d..], d, false, &p[r0 * t + k0..], t, 1, &v[k0 * d..], d, 1, 1.0); // O = P V
             }
-            mm(t, d, t, out, p, t as isize, 1, v, di, 1, 1.0); // O = P V
         });
         let output = from_vec(out, shape.clone());
         match prep {
@@ -500,10 +517,10 @@ mod tests {
     fn fused_attention_matches_reference() {
         let device = Device::flex().autodiff();
         device.seed(5);
-        let (b, h, t, d) = (2, 3, 19, 8);
+        let (b, h, t, d) = (2, 3, 150, 8); // three row blocks, the last one partial
         let r = || Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
         let (q0, k0, v0, w) = (r(), r(), r(), r());
-        for window in [None, Some(5)] {
+        for window in [None, Some(5), Some(70)] {
             let run = |fused: bool| {
                 let (q, k, v) = (q0.clone().require_grad(), k0.clone().require_grad(), v0.clone().require_grad());
                 // v through a transpose, as the model's (non-contiguous input).
