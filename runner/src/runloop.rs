@@ -84,7 +84,14 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         crate::config::ProposerKind::Search => format!("search over {}", cfg.search_space),
         crate::config::ProposerKind::Manual => "manual (waits for `tree record`)".into(),
     };
-    let exp = if cfg.experiment_command.is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
+    let exp = match executor::custom_command(cfg) {
+        Some(c) => c.to_string(),
+        None => format!(
+            "{} (one build at a time), then a private copy of the harness: {}",
+            executor::build_command(cfg),
+            executor::harness_command(cfg).replace("{harness}", ".autoresearch/<tag>/bin/<run>/harness")
+        ),
+    };
     let exec = match cfg.executor {
         ExecutorKind::Local => format!("local, {slots} at a time"),
         ExecutorKind::Slurm => {

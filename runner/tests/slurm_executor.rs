@@ -252,3 +252,30 @@ fn readme_cluster_section_runs_as_written() {
     }
     fx.assert_worktrees_clean();
 }
+
+/// Ctrl-C with jobs in flight: every job is cancelled with scancel, each node is recorded as
+/// interrupted, and `run --resume` goes on.
+#[test]
+fn ctrl_c_cancels_the_jobs_in_flight() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(3, 2, &["0.3", "0.05", "0.2"], &["60", "60", "1"]);
+    let child = fx.cmd(&["run", "--yes"]).envs(cluster.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while starts(&fx, "n2") + starts(&fx, "n3") < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "two jobs never ran:\n{}\n{}", timeline(&fx), cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stdout(&out));
+    assert!(t.elapsed() < Duration::from_secs(30), "stopping took {:?}", t.elapsed());
+    assert!(cluster.queue().is_empty(), "jobs left running: {:?}", cluster.queue());
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows[1..].iter().all(|r| r[3] == "crash" && r[4].contains("interrupted by the user")), "{rows:?}");
+    fx.assert_worktrees_clean();
+    let out = fx.cmd(&["run", "--yes", "--resume", "--max-experiments", "3"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(fx.rows().len(), 4);
+}
