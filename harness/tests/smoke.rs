@@ -161,3 +161,19 @@ fn summary_json_of_a_smoke_run_matches_the_printed_block() {
     }
     assert_eq!(s.summary["depth"].as_u64(), Some(2));
 }
+
+/// `--list-devices` answers from the backends of this build (what `autoresearch detect` reads).
+#[test]
+fn list_devices_reports_this_builds_backends() {
+    let out = Command::new(env!("CARGO_BIN_EXE_harness")).arg("--list-devices").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let compiled: Vec<&str> = v["compiled"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert_eq!(compiled.contains(&"flex"), cfg!(feature = "flex"), "{v}");
+    assert_eq!(compiled.contains(&"cuda"), cfg!(feature = "tch"), "{v}");
+    // A tch build asks libtorch; libtorch's CPU build from pip sees no CUDA device here.
+    assert_eq!(v["libtorch"].is_object(), cfg!(feature = "tch"), "{v}");
+    if cfg!(feature = "tch") {
+        assert!(v["libtorch"]["cuda_devices"].is_u64(), "{v}");
+    }
+}
