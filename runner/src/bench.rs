@@ -72,6 +72,8 @@ pub struct Options {
     pub devices: Option<Vec<String>>,
     pub steps: usize,
     pub warmup: usize,
+    /// Rounds per size, alternating PyTorch and the backends; each keeps its median.
+    pub repeat: usize,
     /// `muon` (the trainer's MuonAdamW) or `adamw` (Burn's AdamW, like the PyTorch side).
     pub optim: String,
     /// `Some("")`: the default PyTorch script; `Some(cmd)`: that command.
@@ -99,6 +101,10 @@ pub struct Row {
     pub first_step_s: Option<f64>,
     pub loss: Option<f64>,
     pub vs_torch: Option<f64>,
+    /// Rounds run (`--repeat`) and the lowest and highest tokens/s among them.
+    pub rounds: Option<usize>,
+    pub tokens_per_s_min: Option<f64>,
+    pub tokens_per_s_max: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -113,6 +119,9 @@ pub fn validate(opts: &Options) -> Result<()> {
     }
     if opts.steps == 0 {
         return Err(usage("--steps must be at least 1"));
+    }
+    if opts.repeat == 0 {
+        return Err(usage("--repeat must be at least 1"));
     }
     if opts.vocab < 2 {
         return Err(usage("--vocab must be at least 2"));
@@ -155,21 +164,27 @@ pub fn run(git: &Git, opts: &Options) -> Result<i32> {
 
     let mut rows = Vec::new();
     for size in &opts.sizes {
-        let torch = torch_cmd.as_ref().map(|cmd| {
-            eprintln!("bench: {} PyTorch ({cmd})", size.name);
-            run_torch(cmd, size, opts, root)
-        });
-        let torch_tps = torch.as_ref().and_then(|r| r.tokens_per_s);
-        rows.extend(torch);
-        for device in &devices {
-            eprintln!("bench: {} {device}", size.name);
-            let mut row = run_burn(&bin, device, size, opts, root);
+        // Rounds alternate PyTorch and the backends, so a load that comes and goes on a shared
+        // machine falls on both sides; each implementation keeps its median round.
+        let mut rounds: Vec<Vec<Row>> = Vec::new();
+        for round in 0..opts.repeat {
+            let mut this = Vec::new();
+            if let Some(cmd) = &torch_cmd {
+                eprintln!("bench: {} round {} PyTorch ({cmd})", size.name, round + 1);
+                this.push(run_torch(cmd, size, opts, root));
+            }
+            for device in &devices {
+                eprintln!("bench: {} round {} {device}", size.name, round + 1);
+                this.push(run_burn(&bin, device, size, opts, root));
+            }
+            rounds.push(this);
+        }
+        let mut merged: Vec<Row> = (0..rounds[0].len()).map(|i| median_round(rounds.iter().map(|r| r[i].clone()).collect())).collect();
+        let torch_tps = merged.iter().find(|r| r.implementation.starts_with("torch")).and_then(|r| r.tokens_per_s).filter(|_| torch_cmd.is_some());
+        for row in &mut merged {
             row.vs_torch = ratio(row.tokens_per_s, torch_tps);
-            rows.push(row);
         }
-        if let Some(t) = rows.iter_mut().find(|r| r.size == size.name && r.implementation.starts_with("torch")) {
-            t.vs_torch = ratio(t.tokens_per_s, torch_tps);
-        }
+        rows.extend(merged);
     }
 
     print!("{}", render_table(&rows, opts));
@@ -187,6 +202,24 @@ pub fn run(git: &Git, opts: &Options) -> Result<i32> {
         return Ok(code::FAILURE);
     }
     Ok(code::OK)
+}
+
+/// The round with the median tokens/s (the lower middle one for an even count), with the
+/// spread of all rounds; a failed round counts only when every round failed.
+fn median_round(mut runs: Vec<Row>) -> Row {
+    let all = runs.len();
+    let first = runs[0].clone();
+    runs.retain(|r| r.error.is_none() && r.tokens_per_s.is_some());
+    if runs.is_empty() {
+        return Row { rounds: Some(all), ..first };
+    }
+    runs.sort_by(|a, b| a.tokens_per_s.partial_cmp(&b.tokens_per_s).unwrap_or(std::cmp::Ordering::Equal));
+    let (lo, hi) = (runs[0].tokens_per_s, runs[runs.len() - 1].tokens_per_s);
+    let mut row = runs[(runs.len() - 1) / 2].clone();
+    row.rounds = Some(all);
+    row.tokens_per_s_min = lo;
+    row.tokens_per_s_max = hi;
+    row
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -312,15 +345,19 @@ pub fn render_table(rows: &[Row], opts: &Options) -> String {
         "\n{} timed steps after {} warm-up, V {}, optimizer {} (PyTorch: AdamW)\n\n",
         opts.steps, opts.warmup, opts.vocab, opts.optim
     );
-    s.push_str("| size | implementation | tokens/s | step (s) | MFU % | peak MB | start-up (s) | first step (s) | loss | vs torch |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| size | implementation | tokens/s | range (rounds) | step (s) | MFU % | peak MB | start-up (s) | first step (s) | loss | vs torch |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         if let Some(e) = &r.error {
-            s.push_str(&format!("| {} | {} | error: {e} | | | | | | | |\n", r.size, r.implementation));
+            s.push_str(&format!("| {} | {} | error: {e} | | | | | | | | |\n", r.size, r.implementation));
             continue;
         }
+        let range = match (r.tokens_per_s_min, r.tokens_per_s_max, r.rounds) {
+            (Some(lo), Some(hi), Some(n)) if n > 1 => format!("{lo:.0}-{hi:.0} ({n})"),
+            _ => "-".into(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {range} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.size,
             r.implementation,
             fmt(r.tokens_per_s, 0),
@@ -337,7 +374,7 @@ pub fn render_table(rows: &[Row], opts: &Options) -> String {
 }
 
 pub const CSV_HEADER: &str =
-    "size,implementation,params,tokens_per_s,step_s,mfu_percent,peak_mem_mb,memory_source,startup_s,first_step_s,loss,vs_torch,error";
+    "size,implementation,params,tokens_per_s,step_s,mfu_percent,peak_mem_mb,memory_source,startup_s,first_step_s,loss,vs_torch,rounds,tokens_per_s_min,tokens_per_s_max,error";
 
 pub fn to_csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
@@ -357,6 +394,9 @@ pub fn to_csv(rows: &[Row]) -> String {
             num(r.first_step_s),
             num(r.loss),
             num(r.vs_torch),
+            r.rounds.map(|n| n.to_string()).unwrap_or_default(),
+            num(r.tokens_per_s_min),
+            num(r.tokens_per_s_max),
             csv_field(r.error.as_deref().unwrap_or("")),
         ];
         s.push_str(&fields.join(","));
@@ -413,6 +453,6 @@ mod tests {
         let csv = to_csv(&[row]);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[1], "s,burn flex,,10.5,,,,,,,,,\"a, \"\"b\"\"\"");
+        assert_eq!(lines[1], "s,burn flex,,10.5,,,,,,,,,,,,\"a, \"\"b\"\"\"");
     }
 }

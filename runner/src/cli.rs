@@ -382,6 +382,10 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Rounds per size, alternating PyTorch and the backends; each keeps its median round and
+    /// the table shows the range.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Vocabulary size.
     #[arg(long, default_value_t = 8192)]
     pub vocab: usize,
@@ -678,6 +682,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 devices,
                 steps: args.steps,
                 warmup: args.warmup,
+                repeat: args.repeat,
                 optim: args.optim,
                 vs_torch: args.vs_torch,
                 python: args.python,

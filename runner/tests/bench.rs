@@ -24,7 +24,7 @@ fn bench_runs_each_backend_beside_torch_and_writes_csv_and_json() {
     let out = dir.path().join("out");
     let o = autoresearch(&[
         "bench", "--no-build", "--size", "64x2:2x32:h2", "--vocab", "256", "--steps", "2", "--warmup", "1",
-        "--devices", "flex,ndarray", "--vs-torch", &format!("sh {}", torch.display()), "--out", out.to_str().unwrap(),
+        "--devices", "flex,ndarray", "--repeat", "2", "--vs-torch", &format!("sh {}", torch.display()), "--out", out.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
@@ -49,6 +49,8 @@ fn bench_runs_each_backend_beside_torch_and_writes_csv_and_json() {
         assert!(tps > 0.0);
         assert!((r["vs_torch"].as_f64().unwrap() - tps / 1000.0).abs() < 1e-9);
         assert!(r["step_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["rounds"], 2);
+        assert!(r["tokens_per_s_min"].as_f64().unwrap() <= tps && tps <= r["tokens_per_s_max"].as_f64().unwrap());
         assert!(r["peak_mem_mb"].as_f64().unwrap() > 0.0);
         assert_eq!(r["memory_source"], "process_peak_rss");
         assert!(r["mfu_percent"].as_f64().is_some() && r["startup_s"].as_f64().is_some() && r["first_step_s"].as_f64().is_some());
@@ -69,6 +71,7 @@ fn bench_rejects_bad_flags_with_usage_errors() {
         (vec!["bench", "--no-build", "--steps", "0"], "--steps"),
         (vec!["bench", "--no-build", "--optim", "sgd"], "--optim"),
         (vec!["bench", "--no-build", "--devices", ","], "--devices"),
+        (vec!["bench", "--no-build", "--repeat", "0"], "--repeat"),
     ] {
         let o = autoresearch(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
