@@ -220,6 +220,11 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
             // Without libtorch, Apple GPUs are still reached through Metal and NVIDIA GPUs
             // through Vulkan, both by wgpu.
             let wgpu_reaches_it = recommended == "mps" || wgpu_gpu;
+            let hint = if feat == "tch" && has("wgpu") && !wgpu_reaches_it && vulkan.loader.is_none() && cfg!(target_os = "linux") {
+                format!("{hint} This build has wgpu, but no Vulkan loader is installed, so it sees no GPU: install it (Debian/Ubuntu: `apt-get install libvulkan1`) to train on the GPU through Vulkan without libtorch.")
+            } else {
+                hint
+            };
             if feat == "tch" && has("wgpu") && wgpu_reaches_it { ("wgpu", Some(hint)) } else { ("cpu", Some(hint)) }
         }
         _ => (recommended, None),
