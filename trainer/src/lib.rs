@@ -41,6 +41,7 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     let tokens_per_step = (device_batch * seq_len * accum) as u64;
 
     let config = GptConfig::new(&hp, data.vocab_size(), seq_len);
+    kernels::tune_allocator();
     let device = device.autodiff();
     device.seed(seed);
     let mut model = config.init(&device);

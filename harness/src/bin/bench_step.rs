@@ -116,6 +116,7 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
     let device = inner.clone().autodiff();
     device.seed(42);
     trainer::kernels::set_enabled(!args.no_fused);
+    trainer::kernels::tune_allocator();
     let config = GptConfig::new(&hp, args.vocab, args.seq);
     anyhow::ensure!(config.n_embd == args.width, "width {} is not depth x a multiple of head_dim", args.width);
     let mut model = config.init(&device);
