@@ -279,3 +279,26 @@ fn ctrl_c_cancels_the_jobs_in_flight() {
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(fx.rows().len(), 4);
 }
+
+/// A job that runs past the hard timeout (counted from when it starts running) is cancelled
+/// with scancel and recorded as a timeout crash.
+#[test]
+fn a_job_past_the_hard_timeout_is_cancelled() {
+    let Some(cluster) = Cluster::start() else { return };
+    let fx = fixture(1, 1, &["0.3"], &["120"]);
+    let config = fx.repo.join("configs/research.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("hard_timeout_seconds = 120", "hard_timeout_seconds = 4");
+    std::fs::write(&config, text).unwrap();
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "short timeout"]);
+    let t0 = Instant::now();
+    let out = fx.cmd(&["run", "--yes"]).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][3], "crash");
+    assert!(rows[1][4].contains("timeout"), "{rows:?}");
+    assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
+    let script = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/logs/n2-0.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --time=11\n"), "Slurm's own limit backs the runner's: {script}");
+}
