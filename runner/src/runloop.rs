@@ -9,7 +9,7 @@
 //! repairs whatever a kill left between those steps, from the database, and follows Slurm jobs
 //! that are still running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
@@ -135,8 +135,8 @@ struct Loop<'a> {
     progress: Progress,
     started: f64,
     shared: Arc<Shared>,
-    /// Nodes whose worker is running, with the worktree it runs in.
-    in_flight: BTreeMap<i64, PathBuf>,
+    /// Nodes whose worker is running.
+    in_flight: BTreeSet<i64>,
     tx: mpsc::Sender<(i64, Result<Decision>)>,
     rx: mpsc::Receiver<(i64, Result<Decision>)>,
     /// Set when a worker was interrupted: no new work, stop once the others are in.
@@ -215,7 +215,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         progress,
         started,
         shared,
-        in_flight: BTreeMap::new(),
+        in_flight: BTreeSet::new(),
         tx,
         rx,
         stopping: false,
@@ -373,13 +373,12 @@ impl Loop<'_> {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let id = node.id;
-        let wt = worktree.clone();
         std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.work(&node, &wt, task)))
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.work(&node, &worktree, task)))
                 .unwrap_or_else(|_| Err(anyhow!("the worker of {} panicked", node.name())));
             let _ = tx.send((id, r));
         });
-        self.in_flight.insert(id, worktree);
+        self.in_flight.insert(id);
     }
 
     /// Waits up to `timeout` for one worker's result and records it.
@@ -438,9 +437,7 @@ impl Loop<'_> {
                 return Ok(());
             }
             if stop_proposing || self.in_flight.len() >= self.slots() {
-                if self.collect(Duration::from_millis(200))? {
-                    self.after_result()?;
-                }
+                self.collect(Duration::from_millis(200))?;
                 continue;
             }
             let mut prop = proposer::build(self.cfg, &self.git.root)?;
@@ -508,7 +505,7 @@ impl Loop<'_> {
     /// Some(started) when an idea was taken.
     fn take_idea(&mut self, prop: &mut dyn proposer::Proposer, best: &Node, iteration: u64) -> Result<Option<bool>> {
         let nodes = self.db.nodes()?;
-        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && n.status == Status::Pending && !self.in_flight.contains_key(&n.id));
+        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && n.status == Status::Pending && !self.in_flight.contains(&n.id));
         for idea in ideas {
             let Some(parent) = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)) else { continue };
             if !matches!(parent.status, Status::Keep | Status::Discard) || parent.commit.is_none() {
@@ -677,7 +674,7 @@ impl Loop<'_> {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
         self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &node.description);
-        Ok(())
+        self.after_result()
     }
 
     fn conclude_baseline(&mut self, node: &Node, d: Decision) -> Result<()> {

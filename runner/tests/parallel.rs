@@ -98,3 +98,22 @@ fn parallel_slots_record_out_of_order_results_correctly() {
     assert!(fx.branch_tip().starts_with(&best["commit"].as_str().unwrap()[..7]));
     fx.assert_worktrees_clean();
 }
+
+/// Every 10 finished experiments the loop prints the reference's progress line, whatever
+/// order the results arrive in.
+#[test]
+fn a_progress_line_every_ten_experiments() {
+    let fx = Fixture::new(
+        HPARAMS,
+        "keep_rule = \"strict\"\nmax_experiments = 10\nslots = 3\nhard_timeout_seconds = 60\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {summary_json}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
+    );
+    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), PROPOSER.replace("set_ delay 3", "set_ delay 1")).unwrap();
+    let out = fx.run(&["run", "--yes"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let log = stdout(&out);
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("-- ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].starts_with("-- 10 experiments: best ") && lines[0].contains("experiments/hour"), "{log}");
+    assert_eq!(fx.rows().len(), 11);
+}
