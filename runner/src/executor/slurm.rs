@@ -129,11 +129,26 @@ pub fn cancel(job: &str) {
     let _ = client("scancel", &[job]);
 }
 
-/// `squeue`'s state of a job (PENDING, RUNNING, COMPLETING, ...); None once it has left the queue.
-fn queue_state(job: &str) -> Option<String> {
-    let state = client("squeue", &["--noheader", "--jobs", job, "--format=%T"]).ok()?;
-    let state = state.lines().next()?.trim().to_string();
-    (!state.is_empty()).then_some(state)
+/// What `squeue` says of a job.
+enum Queue {
+    /// PENDING, RUNNING, COMPLETING, ...
+    Listed(String),
+    /// It has left the queue (finished, or purged).
+    Gone,
+    /// squeue itself failed (controller unreachable, ...): ask again later.
+    Unknown(String),
+}
+
+fn queue_state(job: &str) -> Queue {
+    match client("squeue", &["--noheader", "--jobs", job, "--format=%T"]) {
+        Ok(out) => match out.lines().next().map(str::trim) {
+            Some(state) if !state.is_empty() => Queue::Listed(state.to_string()),
+            _ => Queue::Gone,
+        },
+        // squeue refuses a job id the controller no longer knows.
+        Err(e) if e.to_string().contains("Invalid job id") => Queue::Gone,
+        Err(e) => Queue::Unknown(format!("{e:#}")),
+    }
 }
 
 /// `JobState` and `ExitCode` (its first number) from `scontrol show job`, while Slurm remembers it.
@@ -152,6 +167,8 @@ fn wait(spec: &RunSpec, job: &str, tick: &mut dyn FnMut(Duration)) -> Result<Opt
     let mut running_since: Option<Instant> = None;
     let mut last_poll: Option<Instant> = None;
     let mut seen = false;
+    // Since when squeue has been failing.
+    let mut unreachable: Option<Instant> = None;
     loop {
         let interrupted = crate::process::interrupted();
         let timed_out = running_since.is_some_and(|t| t.elapsed() >= spec.timeout);
@@ -163,13 +180,28 @@ fn wait(spec: &RunSpec, job: &str, tick: &mut dyn FnMut(Duration)) -> Result<Opt
         if last_poll.is_none_or(|t| t.elapsed() >= poll) {
             last_poll = Some(Instant::now());
             match queue_state(job) {
-                Some(state) => {
+                Queue::Listed(state) => {
                     seen = true;
+                    unreachable = None;
                     if running_since.is_none() && matches!(state.as_str(), "RUNNING" | "COMPLETING") {
                         running_since = Some(Instant::now());
                     }
                 }
-                None => return Ok(finished(spec, job, seen, t0)),
+                Queue::Gone => return Ok(finished(spec, job, seen, t0)),
+                Queue::Unknown(why) => {
+                    let since = *unreachable.get_or_insert_with(Instant::now);
+                    // A controller restart takes seconds; minutes without an answer is an outage.
+                    if since.elapsed() >= (poll * 20).max(Duration::from_secs(120)) {
+                        return Ok(Some(Finished {
+                            outcome: Outcome::Crash {
+                                reason: format!("lost track of Slurm job {job} (not cancelled; check `squeue`): {why}"),
+                                tail: crate::process::tail(&spec.log, 40),
+                            },
+                            seconds: t0.elapsed().as_secs_f64(),
+                            code: None,
+                        }));
+                    }
+                }
             }
         }
         if let Some(t) = running_since {
@@ -181,7 +213,7 @@ fn wait(spec: &RunSpec, job: &str, tick: &mut dyn FnMut(Duration)) -> Result<Opt
 
 fn wait_gone(job: &str) {
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) && queue_state(job).is_some() {
+    while t.elapsed() < Duration::from_secs(30) && !matches!(queue_state(job), Queue::Gone) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
