@@ -344,9 +344,14 @@ fn cpu() -> Cpu {
     }
 }
 
-/// NVIDIA GPUs on this machine (the local executor's default slot count).
-pub fn gpu_count() -> usize {
-    nvidia().len()
+/// The NVIDIA GPUs experiments may use, as `CUDA_VISIBLE_DEVICES` names them: the runner's own
+/// `CUDA_VISIBLE_DEVICES` when set (indices or UUIDs), else every GPU nvidia-smi lists. The local
+/// executor runs one slot per GPU by default, each run on its own.
+pub fn gpu_ids() -> Vec<String> {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    }
+    (0..nvidia().len()).map(|i| i.to_string()).collect()
 }
 
 fn nvidia() -> Vec<Gpu> {

@@ -3,7 +3,11 @@
 //! The default experiment builds the workspace in the node's worktree (shared target directory),
 //! copies the harness binary out under a file lock, and runs the copy: another slot's build of a
 //! different node overwrites `target/release/harness` and must not change what this run executes.
+//!
+//! On a machine with NVIDIA GPUs each run gets one (`CUDA_VISIBLE_DEVICES`), the least busy, so
+//! that N slots on N GPUs use every GPU instead of N runs on the first.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -14,12 +18,33 @@ use crate::process::{self, FileLock, Output};
 
 pub struct Local {
     slots: usize,
+    /// GPU names (`CUDA_VISIBLE_DEVICES` values) and how many runs each has now.
+    gpus: Mutex<Vec<(String, usize)>>,
 }
 
 impl Local {
     pub fn new(cfg: &ResearchConfig) -> Local {
-        let slots = if cfg.slots > 0 { cfg.slots } else { crate::detect::gpu_count().max(1) };
-        Local { slots }
+        Local::with_gpus(cfg, crate::detect::gpu_ids())
+    }
+
+    pub fn with_gpus(cfg: &ResearchConfig, gpus: Vec<String>) -> Local {
+        let slots = if cfg.slots > 0 { cfg.slots } else { gpus.len().max(1) };
+        Local { slots, gpus: Mutex::new(gpus.into_iter().map(|g| (g, 0)).collect()) }
+    }
+
+    /// The least busy GPU, now one run busier; None without GPUs.
+    fn take_gpu(&self) -> Option<String> {
+        let mut gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let g = gpus.iter_mut().min_by_key(|(_, busy)| *busy)?;
+        g.1 += 1;
+        Some(g.0.clone())
+    }
+
+    fn release_gpu(&self, name: &str) {
+        let mut gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gpus.iter_mut().find(|(n, _)| n == name) {
+            g.1 = g.1.saturating_sub(1);
+        }
     }
 }
 
@@ -29,8 +54,31 @@ impl Executor for Local {
     }
 
     fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished> {
+        let gpu = self.take_gpu();
+        let result = self.run_on(spec, gpu.as_deref(), started, tick);
+        if let Some(g) = &gpu {
+            self.release_gpu(g);
+        }
+        result
+    }
+
+    /// A local run can't outlive its runner usefully (its exit code is lost with its parent):
+    /// the orphaned process group is killed and the run counts as interrupted.
+    fn attach(&self, _spec: &RunSpec, handle: &str, _tick: &mut dyn FnMut(Duration)) -> Result<Option<Finished>> {
+        if let Some(pgid) = handle.strip_prefix("local:").and_then(|p| p.parse::<i64>().ok()) {
+            process::kill_orphan_group(pgid);
+        }
+        Ok(None)
+    }
+}
+
+impl Local {
+    fn run_on(&self, spec: &RunSpec, gpu: Option<&str>, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished> {
         let _ = std::fs::remove_file(&spec.summary_json);
-        let env = env_for(spec);
+        let mut env = env_for(spec);
+        if let Some(g) = gpu {
+            env.push(("CUDA_VISIBLE_DEVICES".into(), g.to_string()));
+        }
         let t0 = Instant::now();
         let left = |t0: Instant| spec.timeout.saturating_sub(t0.elapsed());
         let mut on_start = |pgid: u32| started(&format!("local:{pgid}"));
@@ -64,13 +112,54 @@ impl Executor for Local {
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })
     }
+}
 
-    /// A local run can't outlive its runner usefully (its exit code is lost with its parent):
-    /// the orphaned process group is killed and the run counts as interrupted.
-    fn attach(&self, _spec: &RunSpec, handle: &str, _tick: &mut dyn FnMut(Duration)) -> Result<Option<Finished>> {
-        if let Some(pgid) = handle.strip_prefix("local:").and_then(|p| p.parse::<i64>().ok()) {
-            process::kill_orphan_group(pgid);
-        }
-        Ok(None)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn each_run_in_flight_gets_its_own_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ResearchConfig {
+            experiment_command: "echo $CUDA_VISIBLE_DEVICES > {summary_json}.gpu; sleep 1; echo '{\"val_bpb\": 1.5}' > {summary_json}".into(),
+            ..Default::default()
+        };
+        let local = Local::with_gpus(&cfg, vec!["0".into(), "1".into()]);
+        assert_eq!(local.slots(), 2);
+        let spec = |i: usize| RunSpec {
+            cfg: Arc::new(cfg.clone()),
+            repo_root: dir.path().into(),
+            worktree: dir.path().into(),
+            profile: dir.path().join("p.toml"),
+            label: format!("n{i}"),
+            commit: String::new(),
+            seed: 1,
+            batch_scale: 1.0,
+            summary_json: dir.path().join(format!("n{i}.json")),
+            log: dir.path().join(format!("n{i}.log")),
+            harness_copy: dir.path().join("h"),
+            timeout: Duration::from_secs(30),
+        };
+        let gpus: Vec<String> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|i| {
+                    let (local, spec) = (&local, spec(i));
+                    s.spawn(move || {
+                        let f = local.run(&spec, &mut |_| Ok(()), &mut |_| {}).unwrap();
+                        assert!(matches!(f.outcome, crate::executor::Outcome::Ok { .. }), "{:?}", f.outcome);
+                        std::fs::read_to_string(format!("{}.gpu", spec.summary_json.display())).unwrap().trim().to_string()
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = gpus.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["0", "1"], "two runs at once, one per GPU: {gpus:?}");
+        // Both released: the next run may take either.
+        assert!(local.gpus.lock().unwrap().iter().all(|(_, busy)| *busy == 0));
+        assert!(Local::with_gpus(&cfg, vec![]).take_gpu().is_none());
     }
 }
