@@ -8,7 +8,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Inventory {
-    /// `--device` names compiled into this build.
+    /// `--device` names compiled into this build (`cuda` also takes `:N`).
     pub compiled: Vec<String>,
     /// wgpu adapters (Vulkan, Metal or DX12, whichever wgpu picks on this platform).
     pub wgpu: Vec<Adapter>,
@@ -57,7 +57,7 @@ fn short_name(debug: &str) -> String {
 }
 
 pub fn inventory() -> Inventory {
-    let mut inv = Inventory { compiled: crate::device::compiled_devices().iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let mut inv = Inventory { compiled: crate::device::compiled_devices().iter().map(|s| s.trim_end_matches("[:N]").to_string()).collect(), ..Default::default() };
     // Backends that find nothing may panic; their messages go into `notes`, not stderr.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -78,7 +78,9 @@ pub fn inventory() -> Inventory {
             inv.notes.push("wgpu found no adapter (it skips software ones; `--device wgpu-cpu` forces Mesa's lavapipe)".into());
         }
     }
+    // burn-tch is deprecated in Burn 0.22 but is how this project reaches CUDA and MPS.
     #[cfg(feature = "tch")]
+    #[allow(deprecated)]
     {
         use burn::prelude::{Device, Tensor};
         use burn::tensor::DeviceType;
