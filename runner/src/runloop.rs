@@ -406,7 +406,9 @@ impl Loop<'_> {
 
     fn main_loop(&mut self) -> Result<()> {
         let mut idle = 0; // consecutive proposals that changed nothing or failed
-        let mut exhausted = false;
+        // The proposer had nothing left when this many nodes had finished; a later result (a
+        // new best, say) may give it something again.
+        let mut exhausted_at: Option<usize> = None;
         loop {
             if crate::process::interrupted() || self.stopping {
                 self.drain()?;
@@ -423,6 +425,7 @@ impl Loop<'_> {
                 continue;
             };
             let running = self.in_flight.len() as u64;
+            let exhausted = exhausted_at == Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
             self.progress.set_done(done, &format!("{} ({})", proposer::fmt_metric(best.metric), best.name()), self.in_flight.len());
             let reached = self.cfg.max_experiments > 0 && done + running >= self.cfg.max_experiments;
             let stop_proposing = reached || exhausted || idle >= 3;
@@ -448,7 +451,7 @@ impl Loop<'_> {
             }
             let ctx = self.proposer_ctx(best.id, iteration);
             let Some(plan) = prop.plan(&ctx)? else {
-                exhausted = true;
+                exhausted_at = Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
                 continue;
             };
             match self.experiment(&mut *prop, &plan, &best, iteration, None)? {
