@@ -60,3 +60,29 @@ fn search_prunes_dead_branches_and_stops_when_exhausted() {
     // Its results row keeps the status it finished with.
     assert_eq!(fx.rows()[1][3], "discard");
 }
+
+/// With several slots the search can run out of untried changes while experiments are in
+/// flight; a keep among them opens new ones, and the loop asks again instead of stopping.
+#[test]
+fn an_exhausted_search_goes_on_after_a_keep_in_flight() {
+    let fx = Fixture::new(HPARAMS, "keep_rule = \"strict\"\nmax_experiments = 10\nslots = 4\nproposer = \"search\"\nsearch_space = \"configs/search_space.toml\"\n");
+    // Three changes of the baseline, all in flight at once, and a free slot: the search has
+    // nothing left to propose until one of them finishes.
+    let space = "file = \"trainer/hparams.toml\"\ntable = \"gpu\"\n\n[[param]]\nname = \"matrix_lr\"\nvalues = [0.3, 0.04]\n\n[[param]]\nname = \"embedding_lr\"\nvalues = [0.3]\n";
+    std::fs::write(fx.repo.join("configs/search_space.toml"), space).unwrap();
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+    git(&fx.repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "space"]);
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // The three changes of the baseline went out at once and left nothing untried; the nodes
+    // that finished afterwards were expanded all the same.
+    let nodes = fx.nodes();
+    let first_wave = nodes.iter().filter(|n| n["parent"] == 1).count();
+    assert_eq!(first_wave, 3, "{nodes:#?}");
+    assert!(
+        nodes.iter().any(|n| n["parent"].as_i64().is_some_and(|p| p > 1)),
+        "nothing was tried after the first 'exhausted'\n{nodes:#?}\n{}",
+        stdout(&o)
+    );
+    fx.assert_worktrees_clean();
+}
