@@ -6,19 +6,6 @@ use common::*;
 
 const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\ndelay = 0\n";
 
-/// val_bpb = 1 + |matrix_lr - 0.04| after `delay` seconds; logs start and end times.
-const EXPERIMENT: &str = r#"#!/bin/sh
-f=trainer/hparams.toml
-get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
-echo "start $AUTORESEARCH_NODE $(date +%s.%N)" >> "$TOOLS/timeline"
-echo "$AUTORESEARCH_NODE $AUTORESEARCH_COMMIT" >> "$TOOLS/commits"
-sleep "$(get delay)"
-lr=$(get matrix_lr)
-val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
-printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
-echo "end $AUTORESEARCH_NODE $(date +%s.%N)" >> "$TOOLS/timeline"
-"#;
-
 /// Experiment 1 is good but slow, experiment 2 better and fast, then quick small steps.
 const PROPOSER: &str = r#"#!/bin/sh
 n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
@@ -37,7 +24,7 @@ fn parallel_slots_record_out_of_order_results_correctly() {
         HPARAMS,
         "keep_rule = \"strict\"\nmax_experiments = 5\nslots = 2\nhard_timeout_seconds = 60\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {summary_json}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
     );
-    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("experiment.sh"), TIMED_EXPERIMENT).unwrap();
     std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
     let out = fx.run(&["run", "--yes"]);
     assert!(out.status.success(), "{}", stdout(&out));
@@ -60,7 +47,7 @@ fn parallel_slots_record_out_of_order_results_correctly() {
     let timeline = std::fs::read_to_string(fx.tools.join("timeline")).unwrap();
     let at = |what: &str, node: &str| -> f64 {
         let line = timeline.lines().find(|l| l.starts_with(&format!("{what} {node} "))).unwrap_or_else(|| panic!("{what} {node}: {timeline}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        line.split(' ').nth(2).unwrap().parse().unwrap()
     };
     let (s, f) = (format!("n{}", slow["id"]), format!("n{}", fast["id"]));
     assert!(at("start", &f) < at("end", &s) && at("start", &s) < at("end", &f), "not concurrent:\n{timeline}");
@@ -107,7 +94,7 @@ fn a_progress_line_every_ten_experiments() {
         HPARAMS,
         "keep_rule = \"strict\"\nmax_experiments = 10\nslots = 3\nhard_timeout_seconds = 60\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {summary_json}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
     );
-    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("experiment.sh"), TIMED_EXPERIMENT).unwrap();
     std::fs::write(fx.tools.join("propose.sh"), PROPOSER.replace("set_ delay 3", "set_ delay 1")).unwrap();
     let out = fx.run(&["run", "--yes"]);
     assert!(out.status.success(), "{}", stdout(&out));

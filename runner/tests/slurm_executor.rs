@@ -14,18 +14,6 @@ use common::*;
 
 const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\ndelay = 0\n";
 
-/// val_bpb = 1 + |matrix_lr - 0.04| after `delay` seconds; logs start and end times.
-const EXPERIMENT: &str = r#"#!/bin/sh
-f=trainer/hparams.toml
-get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
-echo "start $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
-sleep "$(get delay)"
-lr=$(get matrix_lr)
-val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
-printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
-echo "end $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
-"#;
-
 /// Experiment k sets matrix_lr and delay from the lists below (k = 1, 2, ...).
 fn proposer(lrs: &[&str], delays: &[&str]) -> String {
     format!(
@@ -47,7 +35,7 @@ fn fixture(max: u32, slots: u32, lrs: &[&str], delays: &[&str]) -> Fixture {
             "keep_rule = \"strict\"\nmax_experiments = {max}\nslots = {slots}\nexecutor = \"slurm\"\nhard_timeout_seconds = 120\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {{summary_json}}\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n[slurm]\ngpus = 0\ncpus_per_task = 1\npoll_seconds = 0.3\nextra_directives = [\"--comment=autoresearch-test\"]\n"
         ),
     );
-    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("experiment.sh"), TIMED_EXPERIMENT).unwrap();
     std::fs::write(fx.tools.join("propose.sh"), proposer(lrs, delays)).unwrap();
     fx
 }
@@ -224,7 +212,7 @@ fn readme_cluster_section_runs_as_written() {
             "keep_rule = \"strict\"\nproposer = \"command\"\nexperiment_command = \"sh $TOOLS/experiment.sh {{summary_json}}\"\n{config}\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n"
         ),
     );
-    std::fs::write(fx.tools.join("experiment.sh"), EXPERIMENT).unwrap();
+    std::fs::write(fx.tools.join("experiment.sh"), TIMED_EXPERIMENT).unwrap();
     std::fs::write(fx.tools.join("propose.sh"), proposer(&["0.3", "0.05", "0.2", "0.04"], &["1", "1", "1", "1"])).unwrap();
     let mut ran = 0;
     for line in commands.lines().map(|l| l.split('#').next().unwrap().trim()).filter(|l| !l.is_empty()) {

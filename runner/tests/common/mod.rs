@@ -34,6 +34,21 @@ printf '{"val_bpb": %s, "peak_vram_mb": 2048.0, "training_seconds": 1.0, "num_st
 echo "val_bpb: $val"
 "#;
 
+/// For tests of runs in flight at once: val_bpb = 1 + |matrix_lr - 0.04| after `delay` seconds.
+/// Appends `start|end NODE TIME SLURM_JOB_ID` to $TOOLS/timeline and `NODE COMMIT` to
+/// $TOOLS/commits.
+pub const TIMED_EXPERIMENT: &str = r#"#!/bin/sh
+f=trainer/hparams.toml
+get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
+echo "start $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
+echo "$AUTORESEARCH_NODE $AUTORESEARCH_COMMIT" >> "$TOOLS/commits"
+sleep "$(get delay)"
+lr=$(get matrix_lr)
+val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
+printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
+echo "end $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
+"#;
+
 pub fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(args).current_dir(repo).output().expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
