@@ -54,17 +54,10 @@ pub fn accumulate_batch(
         "model returned {v} logits per position but the vocabulary has {} tokens",
         token_bytes.len()
     );
-    let device = logits.device();
-    let logits = logits.reshape([b * t, v]);
-    let target_ids: Vec<i64> = targets.iter().map(|&id| id as i64).collect();
-    let target_ids = Tensor::<1, Int>::from_data(TensorData::new(target_ids, [b * t]), &device);
-    let log_probs = log_softmax(logits, 1);
-    let picked = log_probs.gather(1, target_ids.reshape([b * t, 1]));
-    let nats: Vec<f32> = picked
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("cannot read log-probabilities back: {e:?}"))?;
+    if let Some(&bad) = targets.iter().find(|&&id| id as usize >= v) {
+        anyhow::bail!("target token {bad} lies outside the vocabulary of {v}");
+    }
+    let nats = target_log_probs(logits.reshape([b * t, v]), targets)?;
     for (&target, &logp) in targets.iter().zip(&nats) {
         let bytes = token_bytes[target as usize];
         if bytes == 0 {
@@ -79,6 +72,47 @@ pub fn accumulate_batch(
         sums.tokens += 1;
     }
     Ok(())
+}
+
+/// `log softmax(logits[i])[targets[i]]` for each row of `logits` `[N, V]`.
+///
+/// On flex the rows are read in place and reduced on every core with a vectorised `exp`
+/// ([`crate::fastmath`]); Burn's `log_softmax` there is ~6 passes over `[N, V]` with a scalar
+/// `exp` on one core. Other backends keep the tensor formulation on their device. Both compute
+/// `z_t - (m + ln sum_j e^(z_j - m))`, `m` the row maximum, in f32 (tested to agree).
+fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> anyhow::Result<Vec<f32>> {
+    #[cfg(feature = "flex")]
+    if let Ok(p) = logits.clone().try_into_primitive::<burn::backend::Flex>() {
+        if p.dtype() == burn::tensor::DType::F32 {
+            let p = if p.as_slice::<f32>().is_some() { p } else { p.to_contiguous() };
+            let rows = p.as_slice::<f32>().expect("contiguous after to_contiguous");
+            return Ok(host_target_log_probs(rows, logits.dims()[1], targets));
+        }
+    }
+    tensor_target_log_probs(logits, targets)
+}
+
+/// [`target_log_probs`] with Burn's tensor ops, on the logits' device.
+fn tensor_target_log_probs(logits: Tensor<2>, targets: &[u32]) -> anyhow::Result<Vec<f32>> {
+    let device = logits.device();
+    let n = targets.len();
+    let target_ids: Vec<i64> = targets.iter().map(|&id| id as i64).collect();
+    let target_ids = Tensor::<1, Int>::from_data(TensorData::new(target_ids, [n]), &device);
+    let picked = log_softmax(logits, 1).gather(1, target_ids.reshape([n, 1]));
+    picked
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read log-probabilities back: {e:?}"))
+}
+
+/// [`target_log_probs`] of row-major host logits, rows of `v`, on every core.
+fn host_target_log_probs(rows: &[f32], v: usize, targets: &[u32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    rows.par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| row[t as usize] - crate::fastmath::log_sum_exp(row))
+        .collect()
 }
 
 /// val_bpb of `model` on the pinned validation shard, with the evaluation size of `profile`.
@@ -105,4 +139,44 @@ pub fn evaluate_bpb(
     }
     anyhow::ensure!(sums.bytes > 0, "the validation batches held no countable bytes");
     Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// The host path and Burn's `log_softmax` give the same log-probabilities, on logits of the
+    /// size and spread evaluation sees, and on a strided view.
+    #[test]
+    fn host_log_probs_match_burn_log_softmax() {
+        let device = Device::flex();
+        device.seed(7);
+        let (n, v) = (64, 8192);
+        let logits = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 5.0), &device);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 977) % v as u32).collect();
+        let want = tensor_target_log_probs(logits.clone(), &targets).unwrap();
+        let got = target_log_probs(logits.clone(), &targets).unwrap();
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() <= 2e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        // A transposed view (strided rows) is read correctly too.
+        let strided = Tensor::<2>::random([v, n], Distribution::Normal(0.0, 5.0), &device).transpose();
+        let want = tensor_target_log_probs(strided.clone(), &targets).unwrap();
+        let got = target_log_probs(strided, &targets).unwrap();
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() <= 2e-5 * a.abs().max(1.0), "strided: {a} vs {b}");
+        }
+    }
+
+    /// A target id outside the vocabulary is an error, not a panic or a silent miss.
+    #[test]
+    fn target_outside_the_vocabulary_is_an_error() {
+        let device = Device::flex();
+        let logits = Tensor::<3>::zeros([1, 2, 5], &device);
+        let mut sums = BpbSums::default();
+        let err = accumulate_batch(&mut sums, logits, &[1, 5], &[1; 5]).unwrap_err();
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+        assert_eq!(sums, BpbSums::default());
+    }
 }

@@ -11,6 +11,7 @@ pub mod constants;
 pub mod data;
 pub mod download;
 pub mod eval;
+pub mod fastmath;
 pub mod fixtures;
 pub mod experiment;
 pub mod loader;

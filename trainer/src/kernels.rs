@@ -85,6 +85,58 @@ pub fn causal_attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scal
     attention(q, k, v, mask, None, options)
 }
 
+/// `x @ w` for `x` `[N, K]` and `w` `[K, M]`: `[N, M]`.
+///
+/// On flex (with or without autodiff) one `gemm` call into a fresh buffer, and two for the
+/// backward: flex's own matmul zero-fills its output and then copies it into an aligned one
+/// (see runner/benches/README.md, "Upstream limits"), 13-15% of a step at d256.
+pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        return match flex::try_matmul(x, w) {
+            Ok(y) => y,
+            Err((x, w)) => x.matmul(w),
+        };
+    }
+    x.matmul(w)
+}
+
+/// RMSNorm over the last dimension, without a learnable weight: `x / sqrt(mean(x^2) + eps)`
+/// with eps = f32 machine epsilon (PyTorch's `F.rms_norm` default).
+///
+/// On flex one row-parallel pass forward and one backward, instead of the ~5 tensor ops (and
+/// their backwards) of [`crate::model::rms_norm_reference`].
+pub fn rms_norm<const N: usize>(x: Tensor<N>) -> Tensor<N> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        return match flex::try_rms_norm(x) {
+            Ok(y) => y,
+            Err(x) => crate::model::rms_norm_reference(x),
+        };
+    }
+    crate::model::rms_norm_reference(x)
+}
+
+/// The logit soft-cap `cap * tanh(z / cap)`, for inference (evaluation, the causality probe).
+///
+/// On flex without autodiff it runs in place, row-parallel and vectorised; Burn's `tanh` there
+/// is scalar libm on one core, which made evaluation most of a short CPU run's overhead.
+pub fn softcap<const N: usize>(z: Tensor<N>, cap: f64) -> Tensor<N> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        return match flex::try_softcap(z, cap) {
+            Ok(y) => y,
+            Err(z) => softcap_reference(z, cap),
+        };
+    }
+    softcap_reference(z, cap)
+}
+
+/// [`softcap`] as tensor ops.
+pub fn softcap_reference<const N: usize>(z: Tensor<N>, cap: f64) -> Tensor<N> {
+    z.div_scalar(cap).tanh().mul_scalar(cap)
+}
+
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -99,15 +151,32 @@ mod flex {
 
     use super::simd;
 
+    /// Returns `Ok($op::<C>(primitives..., args...))` as a `Tensor<$d>` when the tensors `$t...`
+    /// all live on flex under autodiff (either checkpointing strategy); falls through otherwise.
+    macro_rules! on_autodiff_flex {
+        ($op:ident, [$($t:ident),+] $(, $arg:expr)*; $d:tt) => {
+            if let ($(Ok($t),)+) = ($($t.clone().try_into_primitive::<Autodiff<Flex, NoCheckpointing>>(),)+) {
+                return Ok(Tensor::<$d>::from_primitive::<Autodiff<Flex, NoCheckpointing>>($op::<NoCheckpointing>($($t),+ $(, $arg)*)));
+            }
+            if let ($(Ok($t),)+) = ($($t.clone().try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>(),)+) {
+                return Ok(Tensor::<$d>::from_primitive::<Autodiff<Flex, BalancedCheckpointing>>($op::<BalancedCheckpointing>($($t),+ $(, $arg)*)));
+            }
+        };
+    }
+
     /// Runs the fused op when `z` is a flex tensor under autodiff; hands `z` back otherwise.
     pub fn try_fused(z: Tensor<2>, targets: &Tensor<1, Int>, cap: f64) -> Result<Tensor<1>, Tensor<2>> {
         if !matches!(z.device().gradient_checkpointing_strategy(), Some(_)) {
             return Err(z);
         }
+        // `drop(z)` before the op: the primitive must be the buffer's only owner for the op to
+        // overwrite it in place.
         if let Ok(p) = z.clone().try_into_primitive::<Autodiff<Flex, NoCheckpointing>>() {
+            drop(z);
             return Ok(Tensor::from_primitive::<Autodiff<Flex, NoCheckpointing>>(fused::<NoCheckpointing>(p, targets, cap)));
         }
         if let Ok(p) = z.clone().try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>() {
+            drop(z);
             return Ok(Tensor::from_primitive::<Autodiff<Flex, BalancedCheckpointing>>(fused::<BalancedCheckpointing>(p, targets, cap)));
         }
         Err(z)
@@ -203,19 +272,7 @@ mod flex {
         if q.device().gradient_checkpointing_strategy().is_none() {
             return Err((q, k, v));
         }
-        macro_rules! with_strategy {
-            ($c:ty) => {
-                if let (Ok(pq), Ok(pk), Ok(pv)) = (
-                    q.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
-                    k.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
-                    v.clone().try_into_primitive::<Autodiff<Flex, $c>>(),
-                ) {
-                    return Ok(Tensor::from_primitive::<Autodiff<Flex, $c>>(attention_fused::<$c>(pq, pk, pv, scale as f32, window)));
-                }
-            };
-        }
-        with_strategy!(NoCheckpointing);
-        with_strategy!(BalancedCheckpointing);
+        on_autodiff_flex!(attention_fused, [q, k, v], scale as f32, window; 4);
         Err((q, k, v))
     }
 
@@ -231,16 +288,226 @@ mod flex {
     /// `dst_rs`, the operands are given with their (row, column) strides.
     #[allow(clippy::too_many_arguments)]
     fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, alpha: f32) {
+        assert!(m > 0 && n > 0 && (m - 1) * dst_rs + n - 1 < dst.len());
+        // SAFETY: the assert keeps every element of dst that gemm writes inside the slice.
+        unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), dst_rs, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, alpha) }
+    }
+
+    /// Is `t` an f32 tensor whose rows and columns can be handed to `gemm` as strides?
+    fn gemm_ready(t: &FlexTensor) -> bool {
+        t.dtype() == DType::F32 && t.layout().strides().iter().all(|&s| s >= 0)
+    }
+
+    /// `t`'s f32 elements from its first one, with its (row, column) strides.
+    fn strided2(t: &FlexTensor) -> (&[f32], usize, usize) {
+        let l = t.layout();
+        let s = l.strides();
+        (&t.storage::<f32>()[l.start_offset()..], s[0] as usize, s[1] as usize)
+    }
+
+    /// Matmuls at least this large (m * n * k) use every thread, as flex's own matmul does.
+    const PARALLEL_GEMM: usize = 192 * 192 * 192;
+
+    /// `a[m, k] @ b[k, n]` into a fresh `[m, n]` buffer that nothing zero-fills first.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_new(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize) -> Vec<f32> {
+        if k == 0 || m == 0 || n == 0 {
+            return vec![0.0; m * n];
+        }
+        let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
+        // SAFETY: MaybeUninit needs no initialisation.
+        unsafe { out.set_len(m * n) };
+        // SAFETY: `gemm` with read_dst = false writes every one of the m * n elements (k > 0),
+        // so the buffer is initialised when it becomes a Vec<f32>.
+        unsafe {
+            gemm_into(m, n, k, out.as_mut_ptr().cast(), n, false, a, a_rs, a_cs, b, b_rs, b_cs, 1.0);
+            let mut out = std::mem::ManuallyDrop::new(out);
+            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+        }
+    }
+
+    /// `dst[m, n] (+)= alpha * a[m, k] @ b[k, n]` for a `dst` of row stride `dst_rs`, threaded
+    /// when large and not already inside a parallel loop.
+    ///
+    /// SAFETY: `dst` must be valid for writes at every `i * dst_rs + j`, i < m, j < n.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, alpha: f32) {
         let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-        assert!(last(dst_rs, 1, m, n) < dst.len() && last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len());
+        assert!(m > 0 && n > 0 && k > 0 && last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len());
+        let parallelism = if m * n * k >= PARALLEL_GEMM && rayon::current_thread_index().is_none() {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
         let i = |x: usize| x as isize;
-        // SAFETY: the assert keeps every index the strides reach inside the slices.
+        // SAFETY: the assert keeps the operands' strides inside their slices; the caller vouches for dst.
         unsafe {
             gemm::gemm(
-                m, n, k, dst.as_mut_ptr(), 1, i(dst_rs), accumulate, a.as_ptr(), i(a_cs), i(a_rs), b.as_ptr(), i(b_cs), i(b_rs),
-                if accumulate { 1.0 } else { 0.0 }, alpha, false, false, false, gemm::Parallelism::None,
+                m, n, k, dst, 1, i(dst_rs), accumulate, a.as_ptr(), i(a_cs), i(a_rs), b.as_ptr(), i(b_cs), i(b_rs),
+                if accumulate { 1.0 } else { 0.0 }, alpha, false, false, false, parallelism,
             );
         }
+    }
+
+    /// Runs the gemm matmul when `x` and `w` are flex tensors (with or without autodiff).
+    pub fn try_matmul(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+        if x.device().gradient_checkpointing_strategy().is_some() {
+            on_autodiff_flex!(matmul_ad, [x, w]; 2);
+            return Err((x, w));
+        }
+        if let (Ok(px), Ok(pw)) = (x.clone().try_into_primitive::<Flex>(), w.clone().try_into_primitive::<Flex>()) {
+            if gemm_ready(&px) && gemm_ready(&pw) {
+                return Ok(Tensor::from_primitive::<Flex>(matmul_plain(&px, &pw)));
+            }
+        }
+        Err((x, w))
+    }
+
+    fn matmul_plain(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+        let (n, k, m) = (x.layout().shape()[0], x.layout().shape()[1], w.layout().shape()[1]);
+        assert_eq!(w.layout().shape()[0], k, "matmul: [N, K] @ [K, M]");
+        let ((xs, x_rs, x_cs), (ws, w_rs, w_cs)) = (strided2(x), strided2(w));
+        from_vec(gemm_new(n, m, k, xs, x_rs, x_cs, ws, w_rs, w_cs), burn::tensor::Shape::new([n, m]))
+    }
+
+    /// Saved for the backward pass: both operands (views into their own buffers).
+    #[derive(Debug, Clone)]
+    struct MatmulState {
+        x: FlexTensor,
+        w: FlexTensor,
+    }
+
+    #[derive(Debug)]
+    struct Matmul;
+
+    impl Backward<Flex, 2> for Matmul {
+        type State = MatmulState;
+
+        fn backward(self, ops: Ops<MatmulState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [nx, nw] = ops.parents;
+            let dy = grads.consume::<Flex>(&ops.node);
+            let dy = if gemm_ready(&dy) { dy } else { dy.to_contiguous() };
+            let MatmulState { x, w } = ops.state;
+            let (n, k, m) = (x.layout().shape()[0], x.layout().shape()[1], w.layout().shape()[1]);
+            let ((xs, x_rs, x_cs), (ws, w_rs, w_cs), (dys, dy_rs, dy_cs)) = (strided2(&x), strided2(&w), strided2(&dy));
+            if let Some(node) = nx {
+                // dX[n, k] = dY[n, m] @ W^T[m, k]
+                let dx = gemm_new(n, k, m, dys, dy_rs, dy_cs, ws, w_cs, w_rs);
+                grads.register::<Flex>(node.id, from_vec(dx, burn::tensor::Shape::new([n, k])));
+            }
+            if let Some(node) = nw {
+                // dW[k, m] = X^T[k, n] @ dY[n, m]
+                let dw = gemm_new(k, m, n, xs, x_cs, x_rs, dys, dy_rs, dy_cs);
+                grads.register::<Flex>(node.id, from_vec(dw, burn::tensor::Shape::new([k, m])));
+            }
+        }
+    }
+
+    fn matmul_ad<C: CheckpointStrategy>(x: AdTensor<C>, w: AdTensor<C>) -> AdTensor<C> {
+        let prep = Matmul.prepare::<C>([x.node(), w.node()]).compute_bound().stateful();
+        let ready = |t: FlexTensor| if gemm_ready(&t) { t } else { t.to_contiguous() };
+        let (x, w) = (ready(x.into_primitive()), ready(w.into_primitive()));
+        let output = matmul_plain(&x, &w);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(MatmulState { x, w }, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    /// Runs the fused RMSNorm when `x` is a flex f32 tensor (with or without autodiff).
+    pub fn try_rms_norm<const N: usize>(x: Tensor<N>) -> Result<Tensor<N>, Tensor<N>> {
+        if x.device().gradient_checkpointing_strategy().is_some() {
+            on_autodiff_flex!(rms_norm_ad, [x]; N);
+            return Err(x);
+        }
+        if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
+            if p.dtype() == DType::F32 {
+                return Ok(Tensor::from_primitive::<Flex>(rms_norm_plain(&contiguous(p)).0));
+            }
+        }
+        Err(x)
+    }
+
+    /// Rows of the last dimension per parallel task: enough work to outweigh the scheduling.
+    fn rows_per_task(d: usize) -> usize {
+        (16_384 / d.max(1)).max(1)
+    }
+
+    /// The normed tensor and each row's `1 / sqrt(mean(x^2) + eps)`.
+    fn rms_norm_plain(x: &FlexTensor) -> (FlexTensor, Vec<f32>) {
+        let shape = x.layout().shape().clone();
+        let d = shape[shape.num_dims() - 1];
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let mut y = vec![0f32; xs.len()];
+        let mut r = vec![0f32; xs.len() / d.max(1)];
+        let rows = rows_per_task(d);
+        y.par_chunks_mut(rows * d).zip(xs.par_chunks(rows * d)).zip(r.par_chunks_mut(rows)).for_each(|((y, x), r)| {
+            simd::rms_norm_rows(x, y, r, d);
+        });
+        (from_vec(y, shape), r)
+    }
+
+    #[derive(Debug, Clone)]
+    struct RmsState {
+        x: FlexTensor,
+        inv_rms: std::sync::Arc<Vec<f32>>,
+    }
+
+    #[derive(Debug)]
+    struct RmsNorm;
+
+    impl Backward<Flex, 1> for RmsNorm {
+        type State = RmsState;
+
+        fn backward(self, ops: Ops<RmsState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [parent] = ops.parents;
+            let dy = contiguous(grads.consume::<Flex>(&ops.node));
+            let Some(parent) = parent else { return };
+            let RmsState { x, inv_rms } = ops.state;
+            let shape = x.layout().shape().clone();
+            let d = shape[shape.num_dims() - 1];
+            let (xs, dys) = (x.as_slice::<f32>().unwrap(), dy.as_slice::<f32>().unwrap());
+            let mut dx = vec![0f32; xs.len()];
+            let rows = rows_per_task(d);
+            dx.par_chunks_mut(rows * d)
+                .zip(xs.par_chunks(rows * d))
+                .zip(dys.par_chunks(rows * d))
+                .zip(inv_rms.par_chunks(rows))
+                .for_each(|(((dx, x), dy), r)| simd::rms_norm_backward_rows(x, dy, r, dx, d));
+            grads.register::<Flex>(parent.id, from_vec(dx, shape));
+        }
+    }
+
+    fn rms_norm_ad<C: CheckpointStrategy>(x: AdTensor<C>) -> AdTensor<C> {
+        let prep = RmsNorm.prepare::<C>([x.node()]).compute_bound().stateful();
+        let x = contiguous(x.into_primitive());
+        let (output, inv_rms) = rms_norm_plain(&x);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(RmsState { x, inv_rms: std::sync::Arc::new(inv_rms) }, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    /// Runs the vectorised soft-cap when `z` is a flex f32 tensor without autodiff.
+    pub fn try_softcap<const N: usize>(z: Tensor<N>, cap: f64) -> Result<Tensor<N>, Tensor<N>> {
+        if z.device().gradient_checkpointing_strategy().is_some() {
+            return Err(z);
+        }
+        let Ok(p) = z.clone().try_into_primitive::<Flex>() else { return Err(z) };
+        if p.dtype() != DType::F32 {
+            return Err(z);
+        }
+        drop(z); // the primitive alone owns the buffer: it is capped in place
+        let mut p = contiguous(p);
+        let shape = p.layout().shape().clone();
+        let d = shape[shape.num_dims() - 1].max(1);
+        let whole_buffer = p.layout().start_offset() == 0 && p.storage::<f32>().len() == shape.num_elements();
+        if !whole_buffer || p.try_storage_mut::<f32>().is_none() {
+            p = from_vec(p.as_slice::<f32>().unwrap().to_vec(), shape);
+        }
+        let cap = cap as f32;
+        p.storage_mut::<f32>().par_chunks_mut(rows_per_task(d) * d).for_each(|rows| simd::softcap_in_place(rows, cap));
+        Ok(Tensor::from_primitive::<Flex>(p))
     }
 
     /// Query rows are processed in blocks of this many, each against keys up to its last row
@@ -360,27 +627,7 @@ mod flex {
 /// loops vectorise without fast-math.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 mod simd {
-    const LANES: usize = 16;
-
-    /// `e^x` to about 1 ulp for `x` in [-87, 88] (Cephes `expf`), written to vectorise.
-    #[inline(always)]
-    fn exp(x: f32) -> f32 {
-        let x = x.clamp(-87.0, 88.0);
-        // n = round(x / ln 2) by the 1.5 * 2^23 trick, r = x - n ln 2 in two parts.
-        let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
-        let n = t - 12_582_912.0;
-        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let p = 1.987_569_1e-4_f32;
-        let p = p * r + 1.398_199_9e-3;
-        let p = p * r + 8.333_452e-3;
-        let p = p * r + 4.166_579_6e-2;
-        let p = p * r + 1.666_666_5e-1;
-        let p = p * r + 5e-1;
-        let e = p * r * r + r + 1.0;
-        // 2^n from the integer n held in t's low mantissa bits (no float->int cast, which
-        // would not vectorise).
-        e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23)
-    }
+    use prepare::fastmath::{LANES, exp};
 
     /// `cap * tanh(z / cap)`.
     #[inline(always)]
@@ -423,29 +670,6 @@ mod simd {
         row[target] -= (1.0 - at_target * at_target * inv_cap2) * scale;
     }
 
-    macro_rules! dispatch {
-        ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-            pub fn $name($($arg: $ty),*) -> $ret {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                    unsafe fn avx512($($arg: $ty),*) -> $ret { $generic($($arg),*) }
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn avx2($($arg: $ty),*) -> $ret { $generic($($arg),*) }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has the features the function was compiled for.
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                        // SAFETY: as above.
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                $generic($($arg),*)
-            }
-        };
-    }
-
     /// `row = softmax(row)`.
     #[inline(always)]
     fn softmax_generic(row: &mut [f32]) {
@@ -467,23 +691,55 @@ mod simd {
         row.iter_mut().for_each(|x| *x *= inv);
     }
 
-    dispatch!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
-    dispatch!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
-    dispatch!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
+    /// `y = x * r` row by row (rows of `d`), `r = 1 / sqrt(mean(x^2) + eps)` kept per row.
+    #[inline(always)]
+    fn rms_norm_rows_generic(x: &[f32], y: &mut [f32], r: &mut [f32], d: usize) {
+        for ((x, y), r) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(r.iter_mut()) {
+            let inv = 1.0 / (sum_of_products(x, x) / d as f32 + f32::EPSILON).sqrt();
+            *r = inv;
+            y.iter_mut().zip(x).for_each(|(y, x)| *y = x * inv);
+        }
+    }
+
+    /// `dx = r dy - x r^3 mean(dy * x)`, row by row: the RMSNorm backward.
+    #[inline(always)]
+    fn rms_norm_backward_rows_generic(x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) {
+        for (((x, dy), &r), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(r).zip(dx.chunks_exact_mut(d)) {
+            let k = r * r * r * sum_of_products(dy, x) / d as f32;
+            for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+                *dx = r * dy - k * x;
+            }
+        }
+    }
+
+    /// `sum(a * b)` with separate lane accumulators, so it vectorises without fast-math.
+    #[inline(always)]
+    fn sum_of_products(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (ca, cb) in ca.zip(cb) {
+            for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+                *s += x * y;
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    fn softcap_in_place_generic(z: &mut [f32], cap: f32) {
+        z.iter_mut().for_each(|z| *z = softcap(*z, cap));
+    }
+
+    prepare::multiversion!(rms_norm_rows, rms_norm_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], d: usize) -> ());
+    prepare::multiversion!(rms_norm_backward_rows, rms_norm_backward_rows_generic, (x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) -> ());
+    prepare::multiversion!(softcap_in_place, softcap_in_place_generic, (z: &mut [f32], cap: f32) -> ());
+    prepare::multiversion!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
+    prepare::multiversion!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
+    prepare::multiversion!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
 
     #[cfg(test)]
     mod tests {
-        #[test]
-        fn exp_matches_std() {
-            let mut worst = 0f32;
-            for i in -8000..8000 {
-                let x = i as f32 / 100.0;
-                let rel = ((super::exp(x) - x.exp()) / x.exp()).abs();
-                worst = worst.max(rel);
-            }
-            assert!(worst < 1e-6, "max relative error {worst}");
-        }
-
         #[test]
         fn softcap_matches_tanh() {
             for i in -4000..4000 {
@@ -561,6 +817,92 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Flattened values of a tensor, for comparisons.
+    fn flat<const N: usize>(t: Tensor<N>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    /// `|a - b| <= tol * max|a|` elementwise, with a message naming `what`.
+    fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    /// The gemm matmul gives Burn's product and Burn's gradients for both operands, for
+    /// contiguous, transposed (strided) and narrowed inputs, large enough to take the threaded
+    /// path, and without autodiff.
+    #[test]
+    fn matmul_matches_burn_with_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let r = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (x0, wt0, g) = (r([300, 97]), r([130, 97]), r([300, 130]));
+        let run = |fused: bool| {
+            let (x, wt) = (x0.clone().require_grad(), wt0.clone().require_grad());
+            // w through a transpose and x through a narrow: both strided views.
+            let (xv, w) = (x.clone().narrow(1, 0, 90), wt.clone().transpose().narrow(0, 0, 90));
+            let y = if fused {
+                let y = flex::try_matmul(xv, w);
+                assert!(y.is_ok(), "flex under autodiff takes the gemm path");
+                y.ok().unwrap()
+            } else {
+                xv.matmul(w)
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            [flat(y), flat(x.grad(&grads).unwrap()), flat(wt.grad(&grads).unwrap())]
+        };
+        let (want, got) = (run(false), run(true));
+        for (name, (a, b)) in ["y", "dx", "dw"].iter().zip(want.iter().zip(&got)) {
+            assert_close(name, a, b, 1e-5);
+        }
+        let plain = Device::flex();
+        let (x, w) = (Tensor::<2>::from_data(x0.to_data(), &plain), Tensor::<2>::from_data(wt0.to_data(), &plain).transpose());
+        assert_close("no autodiff", &flat(x.clone().matmul(w.clone())), &flat(matmul(x, w)), 1e-5);
+    }
+
+    /// The fused RMSNorm gives the tensor formulation's output and input gradient, for rows of
+    /// a 3-d and a 4-d tensor, and without autodiff.
+    #[test]
+    fn rms_norm_matches_reference_with_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(13);
+        let x0 = Tensor::<3>::random([3, 70, 40], Distribution::Normal(0.5, 2.0), &device);
+        let g = Tensor::<3>::random([3, 70, 40], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let x = x0.clone().require_grad();
+            let y = if fused { rms_norm(x.clone()) } else { crate::model::rms_norm_reference(x.clone()) };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            [flat(y), flat(x.grad(&grads).unwrap())]
+        };
+        assert!(flex::try_rms_norm(x0.clone().require_grad()).is_ok(), "flex under autodiff takes the fused path");
+        let (want, got) = (run(false), run(true));
+        assert_close("y", &want[0], &got[0], 1e-5);
+        assert_close("dx", &want[1], &got[1], 1e-4);
+        let x4 = Tensor::<4>::random([2, 3, 17, 8], Distribution::Normal(0.0, 1.0), &Device::flex());
+        assert_close("4-d, no autodiff", &flat(crate::model::rms_norm_reference(x4.clone())), &flat(rms_norm(x4)), 1e-5);
+    }
+
+    /// The in-place soft-cap gives `cap * tanh(z / cap)`, also for a view that does not own
+    /// its whole buffer (which must be left alone).
+    #[test]
+    fn softcap_matches_tanh_and_leaves_shared_buffers_alone() {
+        let device = Device::flex();
+        let z = Tensor::<3>::random([2, 5, 300], Distribution::Normal(0.0, 20.0), &device);
+        let want = flat(softcap_reference(z.clone(), 15.0));
+        let before = flat(z.clone());
+        assert_close("capped", &want, &flat(softcap(z.clone(), 15.0)), 1e-6);
+        assert_eq!(before, flat(z.clone()), "a shared input is not overwritten");
+        assert!(flex::try_softcap(z.clone(), 15.0).is_ok(), "flex takes the vectorised path");
+        let unique = Tensor::<3>::from_data(z.to_data(), &device);
+        assert_close("in place", &want, &flat(softcap(unique, 15.0)), 1e-6);
+        let part = z.clone().narrow(2, 0, 100);
+        assert_close("narrowed", &flat(softcap_reference(part.clone(), 15.0)), &flat(softcap(part, 15.0)), 1e-6);
+        assert_eq!(before, flat(z), "the buffer under a view is not overwritten");
     }
 
     /// Without autodiff (evaluation), the op still gives the reference loss.

@@ -13,6 +13,7 @@ use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::module::embedding;
 
 use crate::hparams::Hparams;
+use crate::kernels::rms_norm;
 
 /// Channels of `x` that feed the value-embedding gate.
 pub const VE_GATE_CHANNELS: usize = 32;
@@ -169,8 +170,7 @@ pub struct Block {
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        let logits = dense(self.hidden(idx), self.lm_head.val()); // [B, T, V]
-        logits.div_scalar(LOGIT_SOFTCAP).tanh().mul_scalar(LOGIT_SOFTCAP)
+        crate::kernels::softcap(dense(self.hidden(idx), self.lm_head.val()), LOGIT_SOFTCAP) // [B, T, V]
     }
 
     /// Training loss: mean cross-entropy (nats) of the soft-capped logits against `targets`
@@ -256,12 +256,13 @@ impl Block {
 pub fn dense(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     let [b, t, c] = x.dims();
     let out = w.dims()[1];
-    x.reshape([b * t, c]).matmul(w).reshape([b, t, out])
+    crate::kernels::matmul(x.reshape([b * t, c]), w).reshape([b, t, out])
 }
 
 /// RMSNorm over the last dimension, without a learnable weight (eps = f32 machine epsilon, as
-/// PyTorch's `F.rms_norm` default).
-pub fn rms_norm<const N: usize>(x: Tensor<N>) -> Tensor<N> {
+/// PyTorch's `F.rms_norm` default), as tensor ops; `kernels::rms_norm` is the same math, fused
+/// on flex.
+pub fn rms_norm_reference<const N: usize>(x: Tensor<N>) -> Tensor<N> {
     let mean_sq = x.clone().square().mean_dim(N - 1);
     x * mean_sq.add_scalar(f32::EPSILON).sqrt().recip()
 }

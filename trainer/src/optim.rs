@@ -11,6 +11,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::hparams::Hparams;
+use crate::kernels::matmul;
 use crate::model::Gpt;
 
 /// Polar Express coefficients (Amsel et al. 2025) for 5 steps, as the reference: each step
@@ -149,13 +150,13 @@ pub fn orthogonalize(g: Tensor<2>, steps: usize) -> Tensor<2> {
     let mut x = g / (norm.mul_scalar(1.02).add_scalar(1e-6));
     for &(a, b, c) in POLAR_EXPRESS.iter().take(steps) {
         if rows > cols {
-            let gram = x.clone().transpose().matmul(x.clone()); // [cols, cols]
-            let poly = gram.clone().mul_scalar(b) + gram.clone().matmul(gram).mul_scalar(c);
-            x = x.clone().mul_scalar(a) + x.matmul(poly);
+            let gram = matmul(x.clone().transpose(), x.clone()); // [cols, cols]
+            let poly = gram.clone().mul_scalar(b) + matmul(gram.clone(), gram).mul_scalar(c);
+            x = x.clone().mul_scalar(a) + matmul(x, poly);
         } else {
-            let gram = x.clone().matmul(x.clone().transpose()); // [rows, rows]
-            let poly = gram.clone().mul_scalar(b) + gram.clone().matmul(gram).mul_scalar(c);
-            x = x.clone().mul_scalar(a) + poly.matmul(x);
+            let gram = matmul(x.clone(), x.clone().transpose()); // [rows, rows]
+            let poly = gram.clone().mul_scalar(b) + matmul(gram.clone(), gram).mul_scalar(c);
+            x = x.clone().mul_scalar(a) + matmul(poly, x);
         }
     }
     x
