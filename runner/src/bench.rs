@@ -143,7 +143,7 @@ pub fn run(git: &Git, opts: &Options) -> Result<i32> {
     let root = &git.root;
     if opts.build {
         let cfg = crate::config::ResearchConfig { features: opts.features.clone(), ..Default::default() };
-        let cmd = crate::executor::build_command(&cfg);
+        let cmd = crate::executor::workspace_build_command(&cfg);
         eprintln!("$ {cmd}");
         let status = Command::new("sh").arg("-c").arg(&cmd).current_dir(root).status().context("cannot run cargo")?;
         if !status.success() {

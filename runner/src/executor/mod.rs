@@ -113,11 +113,18 @@ fn feature_flags(cfg: &ResearchConfig) -> String {
     format!(" --features {}", shell_quote(&list.join(",")))
 }
 
-/// Builds the harness. `--workspace`, like the README's build and test commands: building
-/// `-p harness` alone resolves features of shared crates differently and would compile Burn a
-/// second time.
-pub fn build_command(cfg: &ResearchConfig) -> String {
+/// Builds the whole workspace (every binary: `bench` needs `bench_step`). `--workspace`, like
+/// the README's build and test commands: building `-p harness` alone resolves features of shared
+/// crates differently and would compile Burn a second time.
+pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
     format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
+}
+
+/// Builds the harness of an experiment: the workspace build limited to the `harness` binary.
+/// `--bin` only picks targets, after the `--workspace` feature resolution, so Burn stays built;
+/// the runner and the other binaries are not compiled for every experiment.
+pub fn build_command(cfg: &ResearchConfig) -> String {
+    format!("cargo build --release --locked --workspace --bin harness{}", feature_flags(cfg))
 }
 
 /// Runs a built harness (`{harness}`: its path) with the run's flags.

@@ -312,7 +312,7 @@ mod tests {
             "#SBATCH --time=25", // 900 s + 10 min margin
             "#SBATCH --output=/repo/.autoresearch/t/logs/n3-1.log",
             "module load cuda",
-            "( flock 9 && cargo build --release --locked --workspace && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness ) 9>/repo/target/.autoresearch-build.lock",
+            "( flock 9 && cargo build --release --locked --workspace --bin harness && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness ) 9>/repo/target/.autoresearch-build.lock",
             "/repo/.autoresearch/t/bin/n3-1/harness --profile /repo/configs/platforms/cuda.toml --budget time:300 --seed 43",
             "echo $code > /repo/.autoresearch/t/runs/n3-1.exit.tmp && mv /repo/.autoresearch/t/runs/n3-1.exit.tmp /repo/.autoresearch/t/runs/n3-1.exit",
         ] {
