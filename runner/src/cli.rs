@@ -193,7 +193,9 @@ refs/autoresearch/<tag>/n<id>), checks that only the scope changed and the read-
 match their hashes (else `rejected`), builds and runs it with a hard timeout (the whole process \
 group is killed), retries once at half the device batch after an out-of-memory exit, applies the \
 keep rule, moves the branch on a keep, appends a results.tsv row and a JSONL record, and removes \
-the worktree. All worktrees share one cargo target directory (<repo>/target).
+the worktree. All worktrees share one cargo target directory (<repo>/target); the local executor \
+syncs each into one build tree (<repo>/.autoresearch/.build) and builds the harness there, \
+so only what an experiment changed recompiles.
 
 Every flag overrides the key of the same name in the research config (configs/research.toml). \
 The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";

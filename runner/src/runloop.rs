@@ -87,7 +87,11 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     let exp = match executor::custom_command(cfg) {
         Some(c) => c.to_string(),
         None => format!(
-            "{} (one build at a time), then a private copy of the harness: {}",
+            "{}{} (one build at a time), then a private copy of the harness: {}",
+            match cfg.executor {
+                ExecutorKind::Local => "worktree synced into .autoresearch/.build, then ",
+                ExecutorKind::Slurm => "",
+            },
             executor::build_command(cfg),
             executor::harness_command(cfg).replace("{harness}", ".autoresearch/<tag>/bin/<run>/harness")
         ),

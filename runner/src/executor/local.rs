@@ -1,8 +1,10 @@
 //! `local`: runs on this machine, `slots` at a time, each run in its own process group.
 //!
-//! The default experiment builds the workspace in the node's worktree (shared target directory),
-//! copies the harness binary out under a file lock, and runs the copy: another slot's build of a
-//! different node overwrites `target/release/harness` and must not change what this run executes.
+//! The default experiment, under a file lock: syncs the node's worktree into the one build tree
+//! (`.autoresearch/.build`, see `build_tree`), builds the harness there (shared target
+//! directory; only the crates the sync changed recompile), and copies the harness binary out.
+//! It then runs the copy: another slot's build of a different node overwrites
+//! `target/release/harness` and must not change what this run executes.
 //!
 //! On a machine with NVIDIA GPUs each run gets one (`CUDA_VISIBLE_DEVICES`), the least busy, so
 //! that N slots on N GPUs use every GPU instead of N runs on the first.
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Executor, Finished, RunSpec, build_command, classify, custom_command, env_for, harness_command, render};
+use super::{Executor, Finished, Outcome, RunSpec, build_command, build_tree, classify, custom_command, env_for, harness_command, render};
 use crate::config::ResearchConfig;
 use crate::process::{self, FileLock, Output};
 
@@ -86,7 +88,7 @@ impl Local {
             let f = process::run_shell(&render(custom, spec), &spec.worktree, &env, Output::Log(&spec.log), spec.timeout, &mut on_start, &mut *tick)?;
             return Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: f.seconds, code: f.code });
         }
-        // Build and copy under the lock.
+        // Sync, build and copy under the lock.
         let lock_path = super::build_lock(&spec.repo_root);
         let lock = FileLock::acquire(&lock_path, || process::interrupted() || t0.elapsed() >= spec.timeout)?;
         if lock.is_none() {
@@ -94,9 +96,54 @@ impl Local {
             let interrupted = process::interrupted();
             return Ok(Finished { outcome: classify(spec, None, !interrupted, interrupted), seconds: t0.elapsed().as_secs_f64(), code: None });
         }
-        let f = process::run_shell(&build_command(&spec.cfg), &spec.worktree, &env, Output::Log(&spec.log), left(t0), &mut on_start, &mut *tick)?;
-        if f.code != Some(0) {
-            return Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code });
+        let tree = build_tree::build_tree(&spec.repo_root);
+        match build_tree::sync(&spec.worktree, &tree) {
+            Ok(s) => std::fs::write(
+                &spec.log,
+                format!(
+                    "autoresearch: synced {} into the build tree {}: {} written, {} deleted, {} unchanged\n",
+                    spec.worktree.display(),
+                    tree.display(),
+                    s.written,
+                    s.deleted,
+                    s.unchanged
+                ),
+            )
+            .with_context(|| format!("writing log {}", spec.log.display()))?,
+            Err(e) => {
+                std::fs::write(&spec.log, "").with_context(|| format!("writing log {}", spec.log.display()))?;
+                return Ok(sync_crash(spec, &tree, &e, t0));
+            }
+        }
+        let target = super::target_dir(&spec.repo_root);
+        // A build of another checkout in the same target directory (checked before the build, and
+        // again when cargo had to wait for one) leaves units that the tree's older files would
+        // pass as fresh: see `build_tree::stamp_path`.
+        for attempt in 1.. {
+            if let Err(e) = guard_against_other_builds(&target, &tree, &spec.log) {
+                return Ok(sync_crash(spec, &tree, &e, t0));
+            }
+            let before = std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0);
+            let f = process::run_shell(&build_command(&spec.cfg), &tree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut *tick)?;
+            let waited = cargo_waited(&spec.log, before);
+            // A build that failed on its own (a trainer that does not compile) also leaves this
+            // tree's units: recorded, so that the next experiment does not recompile them all.
+            if f.code.is_some() && !waited {
+                if let Err(e) = build_tree::record_build(&target, &tree) {
+                    return Ok(sync_crash(spec, &tree, &e, t0));
+                }
+            }
+            if f.code != Some(0) {
+                return Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code });
+            }
+            if !waited {
+                break;
+            }
+            if attempt == 3 {
+                append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory three times; going on with this build\n")?;
+                break;
+            }
+            append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory: checking the build again\n")?;
         }
         let built = super::target_dir(&spec.repo_root).join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
         if let Some(dir) = spec.harness_copy.parent() {
@@ -112,6 +159,39 @@ impl Local {
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })
     }
+}
+
+/// A crash of the sync or of its bookkeeping, its reason (naming the paths) appended to the log.
+fn sync_crash(spec: &RunSpec, tree: &std::path::Path, e: &anyhow::Error, t0: Instant) -> Finished {
+    let reason = format!("cannot sync the worktree {} into the build tree {}: {e:#}", spec.worktree.display(), tree.display());
+    let _ = append_log(&spec.log, &format!("autoresearch: {reason}\n"));
+    Finished { outcome: Outcome::Crash { reason, tail: process::tail(&spec.log, 40) }, seconds: t0.elapsed().as_secs_f64(), code: None }
+}
+
+fn append_log(log: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening log {}", log.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing log {}", log.display()))
+}
+
+/// Marks the whole build tree changed when the target directory was built from elsewhere since
+/// the last build here.
+fn guard_against_other_builds(target: &std::path::Path, tree: &std::path::Path, log: &std::path::Path) -> Result<()> {
+    if build_tree::built_elsewhere(target, tree)? {
+        let n = build_tree::mark_all_changed(tree)?;
+        append_log(
+            log,
+            &format!("autoresearch: {} was built from another checkout since the last build here (or never here): {n} files marked changed, the workspace crates recompile\n", target.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether cargo's output since byte `from` of the log says it waited for another build's lock.
+fn cargo_waited(log: &std::path::Path, from: u64) -> bool {
+    let text = std::fs::read(log).unwrap_or_default();
+    let new = text.get(from as usize..).unwrap_or_default();
+    String::from_utf8_lossy(new).contains("Blocking waiting for file lock")
 }
 
 #[cfg(test)]
@@ -161,5 +241,128 @@ mod tests {
         // Both released: the next run may take either.
         assert!(local.gpus.lock().unwrap().iter().all(|(_, busy)| *busy == 0));
         assert!(Local::with_gpus(&cfg, vec![]).take_gpu().is_none());
+    }
+
+    fn write(root: &std::path::Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn sh(dir: &std::path::Path, cmd: &str) {
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn default_spec(repo: &std::path::Path, worktree: &std::path::Path, label: &str) -> RunSpec {
+        let state = repo.join(".autoresearch");
+        std::fs::create_dir_all(&state).unwrap();
+        RunSpec {
+            cfg: Arc::new(ResearchConfig::default()),
+            repo_root: repo.into(),
+            worktree: worktree.into(),
+            profile: repo.join("p.toml"),
+            label: label.into(),
+            commit: String::new(),
+            seed: 1,
+            batch_scale: 1.0,
+            summary_json: state.join(format!("{label}.json")),
+            log: state.join(format!("{label}.log")),
+            harness_copy: state.join("bin").join(label).join("harness"),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// The default experiment on a workspace of three tiny crates (no Burn, no dependency): two
+    /// worktrees built one after the other share the build tree, so the second build compiles
+    /// only what its change touched.
+    #[test]
+    fn worktrees_built_one_after_the_other_reuse_the_build_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let manifest = |name: &str, deps: &str| {
+            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\n{deps}")
+        };
+        write(&repo, "Cargo.toml", "[workspace]\nresolver = \"3\"\nmembers = [\"prepare\", \"trainer\", \"harness\"]\n");
+        write(&repo, ".gitignore", "/target\n/.worktrees\n/.autoresearch\n");
+        write(&repo, "prepare/Cargo.toml", &manifest("prepare", ""));
+        write(&repo, "prepare/src/lib.rs", "pub fn p() -> u32 { 1 }\n");
+        write(&repo, "trainer/Cargo.toml", &manifest("trainer", "prepare = { path = \"../prepare\" }\n"));
+        write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 1 }\n");
+        write(&repo, "harness/Cargo.toml", &manifest("harness", "trainer = { path = \"../trainer\" }\n"));
+        write(
+            &repo,
+            "harness/src/main.rs",
+            r#"fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let i = a.iter().position(|x| x == "--summary-json").unwrap();
+    std::fs::write(&a[i + 1], format!("{{\"val_bpb\": {}}}", trainer::t())).unwrap();
+}
+"#,
+        );
+        sh(&repo, "cargo generate-lockfile --offline --quiet && git init -q && git add . && git -c user.name=t -c user.email=t@t commit -qm init");
+        sh(&repo, "git worktree add -q --detach .worktrees/a && git worktree add -q --detach .worktrees/b");
+        // b's change, not committed: the sync takes what the worktree holds.
+        write(&repo, ".worktrees/b/trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 2 }\n");
+
+        let local = Local::with_gpus(&ResearchConfig::default(), vec![]);
+        let run = |wt: &str, label: &str, metric: f64| {
+            let spec = default_spec(&repo, &repo.join(".worktrees").join(wt), label);
+            let f = local.run(&spec, &mut |_| Ok(()), &mut |_| {}).unwrap();
+            let log = std::fs::read_to_string(&spec.log).unwrap();
+            assert!(matches!(f.outcome, crate::executor::Outcome::Ok { metric: m, .. } if m == metric), "{:?}\n{log}", f.outcome);
+            assert!(!spec.harness_copy.exists(), "the private copy is removed after the run");
+            log
+        };
+        let tree = repo.join(".autoresearch/.build");
+        let log = run("a", "a", 2.0);
+        assert!(log.contains(&format!("into the build tree {}: 9 written, 0 deleted, 0 unchanged", tree.display())), "{log}");
+        assert!(log.contains("Compiling prepare"), "{log}");
+        let log = run("b", "b", 3.0);
+        assert!(log.contains("1 written, 0 deleted, 8 unchanged"), "{log}");
+        assert!(log.contains("Compiling trainer") && log.contains("Compiling harness"), "{log}");
+        assert!(!log.contains("Compiling prepare"), "prepare is unchanged and stays built:\n{log}");
+        assert!(log.contains(&tree.join("trainer").display().to_string()), "built in the build tree:\n{log}");
+        assert!(!log.contains("another checkout"), "{log}");
+
+        // A person builds a changed trainer in the main checkout, same target directory: its
+        // units replace the build tree's, and b's unchanged (older) files would pass as fresh.
+        write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 5 }\n");
+        sh(&repo, "CARGO_TARGET_DIR=target cargo build --release --locked --workspace --quiet");
+        let log = run("b", "b-again", 3.0);
+        assert!(log.contains("0 written, 0 deleted, 9 unchanged"), "{log}");
+        assert!(log.contains("built from another checkout"), "{log}");
+        assert!(log.contains("Compiling trainer"), "{log}");
+
+        // Cargo had to wait for another build (its lock held here for a while): that build may
+        // have come between the check and this one, so the build is checked and run again.
+        let held = crate::process::FileLock::acquire(&repo.join("target/release/.cargo-lock"), || false).unwrap().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(held);
+        });
+        let log = run("a", "a-waited", 2.0);
+        release.join().unwrap();
+        assert!(log.contains("Blocking waiting for file lock"), "{log}");
+        assert!(log.contains("checking the build again"), "{log}");
+        assert_eq!(log.matches("Finished `release`").count(), 2, "{log}");
+    }
+
+    /// A worktree that cannot be synced is an experiment crash whose log names it.
+    #[test]
+    fn a_sync_failure_is_a_crash_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-worktree");
+        let spec = default_spec(dir.path(), &missing, "n1");
+        let f = Local::with_gpus(&ResearchConfig::default(), vec![]).run(&spec, &mut |_| Ok(()), &mut |_| {}).unwrap();
+        let log = std::fs::read_to_string(&spec.log).unwrap();
+        match &f.outcome {
+            crate::executor::Outcome::Crash { reason, tail } => {
+                assert!(reason.contains(&missing.display().to_string()) && reason.contains(".autoresearch/.build"), "{reason}");
+                assert!(tail.contains("cannot sync the worktree"), "{tail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(log.contains(&format!("cannot sync the worktree {}", missing.display())), "{log}");
     }
 }

@@ -1,7 +1,9 @@
 //! Executors: where one run of an experiment happens. `local` runs it as a process group on this
-//! machine; `slurm` submits it as an `sbatch` job. Both build the harness in the node's worktree,
+//! machine, building the harness in one build tree that each worktree is synced into
+//! (`build_tree`); `slurm` submits it as an `sbatch` job that builds in the node's worktree. Both
 //! run it under the hard timeout, and classify what came back from its exit code and JSON summary.
 
+pub mod build_tree;
 pub mod local;
 pub mod slurm;
 
