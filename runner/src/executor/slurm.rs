@@ -2,7 +2,8 @@
 //! the cargo target directory and `.autoresearch/` must be visible from the compute nodes).
 //!
 //! The job script is generated from the `[slurm]` table of the research config. It builds the
-//! harness in the node's worktree (under `flock`, like the local executor), runs it, and writes
+//! harness in the node's worktree (under `flock`, like the local executor; its sources touched
+//! first, see `TOUCH_SOURCES`), runs it, and writes
 //! its exit code next to the summary JSON: Slurm forgets finished jobs (`MinJobAge`), and
 //! `sacct` needs an accounting database that many clusters don't expose. Jobs are submitted with
 //! `--parsable`, followed with `squeue` and `scontrol show job`, and cancelled with `scancel` at
@@ -87,8 +88,9 @@ pub fn script(spec: &RunSpec) -> String {
         None => {
             let built = super::target_dir(&spec.repo_root).join("release").join("harness");
             out.push_str(&format!(
-                "mkdir -p {dir}\n( flock 9 && {build} && cp {built} {copy} ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy}\n",
+                "mkdir -p {dir}\n( flock 9 && {touch} && {build} && cp {built} {copy} ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy}\n",
                 dir = q(spec.harness_copy.parent().unwrap_or(Path::new("."))),
+                touch = TOUCH_SOURCES,
                 build = build_command(cfg),
                 built = q(&built),
                 copy = q(&spec.harness_copy),
@@ -101,6 +103,13 @@ pub fn script(spec: &RunSpec) -> String {
     out.push_str(&format!("echo $code > {tmp} && mv {tmp} {exit}\nexit $code\n", tmp = q(&exit.with_extension("exit.tmp")), exit = q(&exit)));
     out
 }
+
+/// Run in the worktree before its build, under the build lock. Cargo names a workspace's crates
+/// by their path relative to the workspace root, so every worktree shares the same units in the
+/// shared target directory and cargo only compares mtimes: a worktree checked out before another
+/// job's build would pass as fresh and run that job's harness. Touching the sources makes this
+/// build compile the worktree's own code (the three crates the harness needs).
+const TOUCH_SOURCES: &str = "find prepare trainer harness -type f -exec touch {} +";
 
 /// Runs a Slurm client command; its stdout, or an error with its stderr.
 fn client(program: &str, args: &[&str]) -> Result<String> {
@@ -312,7 +321,7 @@ mod tests {
             "#SBATCH --time=25", // 900 s + 10 min margin
             "#SBATCH --output=/repo/.autoresearch/t/logs/n3-1.log",
             "module load cuda",
-            "( flock 9 && cargo build --release --locked --workspace --bin harness && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness ) 9>/repo/target/.autoresearch-build.lock",
+            "( flock 9 && find prepare trainer harness -type f -exec touch {} + && cargo build --release --locked --workspace --bin harness && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness ) 9>/repo/target/.autoresearch-build.lock",
             "/repo/.autoresearch/t/bin/n3-1/harness --profile /repo/configs/platforms/cuda.toml --budget time:300 --seed 43",
             "echo $code > /repo/.autoresearch/t/runs/n3-1.exit.tmp && mv /repo/.autoresearch/t/runs/n3-1.exit.tmp /repo/.autoresearch/t/runs/n3-1.exit",
         ] {
