@@ -85,6 +85,21 @@ pub fn causal_attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scal
     attention(q, k, v, mask, None, options)
 }
 
+/// Whether `t` lives on flex (with or without autodiff), where the kernels of this file run.
+pub fn is_flex(t: &Tensor<2>) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::{Autodiff, Flex};
+        let t = t.clone();
+        t.clone().try_into_primitive::<Flex>().is_ok() || t.try_into_primitive::<Autodiff<Flex>>().is_ok()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
 /// `x @ w` for `x` `[N, K]` and `w` `[K, M]`: `[N, M]`.
 ///
 /// On flex (with or without autodiff) one `gemm` call into a fresh buffer, and two for the

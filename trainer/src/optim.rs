@@ -53,6 +53,8 @@ pub struct StepSchedule {
 pub struct MuonAdamW {
     rules: HashMap<ParamId, Rule>,
     state: HashMap<ParamId, State>,
+    /// Orthogonalised Muon directions of the step in progress, computed before the model walk.
+    directions: HashMap<ParamId, Tensor<2>>,
     muon_beta2: f64,
     ns_steps: usize,
     eps: f64,
@@ -86,13 +88,46 @@ impl MuonAdamW {
             }
         }
         debug_assert_eq!(rules.len(), count_params(model), "every parameter has a rule");
-        Self { rules, state: HashMap::new(), muon_beta2: hp.muon_beta2, ns_steps: hp.ns_steps, eps: hp.adam_eps }
+        Self { rules, state: HashMap::new(), directions: HashMap::new(), muon_beta2: hp.muon_beta2, ns_steps: hp.ns_steps, eps: hp.adam_eps }
     }
 
     /// One optimizer step: returns the updated model.
     pub fn step(&mut self, model: Gpt, mut grads: GradientsParams, schedule: StepSchedule) -> Gpt {
+        self.muon_directions(&grads, schedule);
         let mut mapper = Updater { optim: self, grads: &mut grads, schedule };
         model.map(&mut mapper)
+    }
+
+    /// Updates every Muon momentum and orthogonalises the Nesterov directions, all before the
+    /// model walk: on flex the matrices then run in parallel, one thread each (Newton-Schulz's
+    /// 256-wide gemms are too small to keep two threads busy one at a time).
+    fn muon_directions(&mut self, grads: &GradientsParams, sched: StepSchedule) {
+        let mu = sched.muon_momentum;
+        let mut pending = Vec::new();
+        for (&id, rule) in &self.rules {
+            let Rule::Muon { .. } = rule else { continue };
+            let Some(grad) = grads.get::<2>(id) else { continue };
+            let grad = grad.inner();
+            let [rows, cols] = grad.dims();
+            // NorMuon keeps one second moment per unit of the longer side: reduce over the
+            // shorter side (dim 0 = inputs when out >= in, as the reference's red_dim).
+            let state = self.state.entry(id).or_insert_with(|| State::Muon {
+                momentum: grad.zeros_like(),
+                second: if cols >= rows { grad.zeros_like().narrow(0, 0, 1) } else { grad.zeros_like().narrow(1, 0, 1) },
+            });
+            let State::Muon { momentum, .. } = state else { unreachable!() };
+            // Nesterov momentum: buf = m buf + (1-m) g; g = (1-m) g + m buf.
+            *momentum = momentum.clone().mul_scalar(mu) + grad.clone().mul_scalar(1.0 - mu);
+            pending.push((id, grad.mul_scalar(1.0 - mu) + momentum.clone().mul_scalar(mu)));
+        }
+        let steps = self.ns_steps;
+        let parallel = pending.first().is_some_and(|(_, g)| crate::kernels::is_flex(g));
+        self.directions = if parallel {
+            use rayon::prelude::*;
+            pending.into_par_iter().map(|(id, g)| (id, orthogonalize(g, steps))).collect()
+        } else {
+            pending.into_iter().map(|(id, g)| (id, orthogonalize(g, steps))).collect()
+        };
     }
 
     /// New value of one parameter `p` `[rows, cols]` given its gradient.
@@ -117,19 +152,11 @@ impl MuonAdamW {
             }
             Rule::Muon { lr } => {
                 let [rows, cols] = p.dims();
-                // NorMuon keeps one second moment per unit of the longer side: reduce over the
-                // shorter side (dim 0 = inputs when out >= in, as the reference's red_dim).
                 let red_dim = if cols >= rows { 0 } else { 1 };
-                let state = self.state.entry(id).or_insert_with(|| State::Muon {
-                    momentum: p.zeros_like(),
-                    second: if red_dim == 0 { p.zeros_like().narrow(0, 0, 1) } else { p.zeros_like().narrow(1, 0, 1) },
-                });
-                let State::Muon { momentum, second } = state else { unreachable!() };
-                // Nesterov momentum: buf = m buf + (1-m) g; g = (1-m) g + m buf.
-                let mu = sched.muon_momentum;
-                *momentum = momentum.clone().mul_scalar(mu) + grad.clone().mul_scalar(1.0 - mu);
-                let g = grad.mul_scalar(1.0 - mu) + momentum.clone().mul_scalar(mu);
-                let g = orthogonalize(g, self.ns_steps);
+                // The momentum and the orthogonalised direction come from `muon_directions`.
+                let g = self.directions.remove(&id).expect("Muon direction computed before the model walk");
+                drop(grad);
+                let Some(State::Muon { second, .. }) = self.state.get_mut(&id) else { unreachable!("Muon state created with its direction") };
                 let g = normuon_scale(g, second, red_dim, self.muon_beta2);
                 // Cautious weight decay: decay only the entries where the update and the weight
                 // agree in sign.
