@@ -144,6 +144,7 @@ pub fn run(git: &Git, opts: &Options) -> Result<i32> {
     if opts.build {
         let cfg = crate::config::ResearchConfig { features: opts.features.clone(), ..Default::default() };
         let cmd = crate::executor::workspace_build_command(&cfg);
+        crate::executor::build_tree::hand_back_locked(root);
         eprintln!("$ {cmd}");
         let status = Command::new("sh").arg("-c").arg(&cmd).current_dir(root).status().context("cannot run cargo")?;
         if !status.success() {

@@ -236,6 +236,9 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         }
     }
     lp.progress.finish();
+    // The members' units in the target directory are the last experiment's: make the next
+    // build of the main checkout compile its own.
+    crate::executor::build_tree::hand_back_locked(&git.root);
     let summary = lp.write_summary();
     match (&result, summary) {
         (_, Ok(p)) => println!("summary: {}", p.display()),

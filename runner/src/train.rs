@@ -35,6 +35,9 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
     let command = executor::render(&template, &spec);
     eprintln!("profile {name} ({}), budget {}, seed {}\n$ {command}", profile.display(), cfg.budget, cfg.seed);
     process::install_interrupt_handler();
+    if executor::custom_command(cfg).is_none() {
+        executor::build_tree::hand_back_locked(&git.root);
+    }
     let fin = process::run_shell(&command, &git.root, &executor::env_for(&spec), Output::Inherit, spec.timeout, |_| Ok(()), |_| {})?;
     if fin.timed_out {
         eprintln!("error: killed at the hard timeout ({} s)", spec.timeout.as_secs());
@@ -58,6 +61,7 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
 /// attached; returns its exit code.
 pub fn prepare(git: &Git, args: &[String]) -> Result<i32> {
     let cargo = |what: &str| anyhow::anyhow!("cannot run {what} (is the Rust toolchain on PATH?)");
+    crate::executor::build_tree::hand_back_locked(&git.root);
     let built = std::process::Command::new("cargo")
         .args(["build", "--release", "--locked", "--workspace"])
         .current_dir(&git.root)

@@ -58,8 +58,7 @@ pub fn fingerprints(target_dir: &Path, tree: &Path) -> Result<String> {
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let unit = entry.file_name().to_string_lossy().to_string();
-        let ours = unit.rsplit_once('-').is_some_and(|(name, hash)| names.contains(name) && hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()));
-        if !ours {
+        if !is_member_unit(&unit, &names) {
             continue;
         }
         let files = std::fs::read_dir(entry.path()).with_context(|| format!("listing {}", entry.path().display()))?;
@@ -71,6 +70,52 @@ pub fn fingerprints(target_dir: &Path, tree: &Path) -> Result<String> {
     }
     lines.sort();
     Ok(lines.join("\n"))
+}
+
+/// Whether a `.fingerprint/<name>-<16 hex digits>` entry is a unit of one of `names`.
+fn is_member_unit(unit: &str, names: &BTreeSet<String>) -> bool {
+    unit.rsplit_once('-').is_some_and(|(name, hash)| names.contains(name) && hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The other direction of `stamp_path`: when the members' units in the target directory are
+/// the build tree's (the last build of them was an experiment's), deletes their fingerprints,
+/// so that the next build of any checkout, the main one included, compiles the members from its
+/// own files instead of taking an experiment's trainer for its own. Called when a run ends and
+/// before the runner builds the main checkout (`train`, `prepare`, `bench`); the next
+/// experiment then recompiles the members once. Returns how many units it forgot.
+pub fn hand_back(repo_root: &Path) -> Result<usize> {
+    let tree = build_tree(repo_root);
+    let target = super::target_dir(repo_root);
+    if !tree.join("Cargo.toml").exists() || built_elsewhere(&target, &tree)? {
+        return Ok(0);
+    }
+    let names = package_names(&tree)?;
+    let dir = target.join("release").join(".fingerprint");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if is_member_unit(&entry.file_name().to_string_lossy(), &names) {
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// [`hand_back`] under the build lock (so that no experiment's build runs meanwhile), for the
+/// commands that build the main checkout; a failure is a warning, never fatal.
+pub fn hand_back_locked(repo_root: &Path) {
+    let lock_path = super::build_lock(repo_root);
+    let t0 = std::time::Instant::now();
+    let lock = match crate::process::FileLock::acquire(&lock_path, || t0.elapsed() > std::time::Duration::from_secs(600)) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return eprintln!("warning: an experiment's build held {} for 10 minutes; building without checking whose units are in the target directory", lock_path.display()),
+        Err(e) => return eprintln!("warning: {e:#}"),
+    };
+    if let Err(e) = hand_back(repo_root) {
+        eprintln!("warning: cannot hand the target directory back from the build tree ({e:#}); `touch` a file of each crate if the build looks stale");
+    }
+    drop(lock);
 }
 
 /// True when the members' units in the target directory may not be from the build tree: no
@@ -473,6 +518,32 @@ mod tests {
         std::fs::File::options().write(true).open(tree.join("crates/trainer/src/lib.rs")).unwrap().set_modified(old).unwrap();
         assert_eq!(mark_all_changed(&tree).unwrap(), 3);
         assert!(mtime(&tree.join("crates/trainer/src/lib.rs")) > old);
+    }
+
+    #[test]
+    fn hand_back_forgets_the_members_units_only_when_they_are_the_build_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        let tree = build_tree(dir.path());
+        write(&tree, "Cargo.toml", "[workspace]\nmembers = [\"crates/trainer\"]\n");
+        write(&tree, "crates/trainer/Cargo.toml", "[package]\nname = \"trainer\"\n");
+        let fp = target.join("release/.fingerprint");
+        write(&fp, "trainer-0123456789abcdef/lib-trainer", "a");
+        write(&fp, "burn-core-0123456789abcdef/lib-burn_core", "a");
+        assert_eq!(hand_back(dir.path()).unwrap(), 0, "no build recorded in the tree: the units are someone else's");
+        assert!(fp.join("trainer-0123456789abcdef").exists());
+        record_build(&target, &tree).unwrap();
+        assert_eq!(hand_back(dir.path()).unwrap(), 1);
+        assert!(!fp.join("trainer-0123456789abcdef").exists(), "the member's unit is forgotten");
+        assert!(fp.join("burn-core-0123456789abcdef").exists(), "dependencies stay built");
+        assert!(built_elsewhere(&target, &tree).unwrap(), "the next experiment recompiles the members");
+        // After another checkout's build, its units are left alone.
+        write(&fp, "trainer-fedcba9876543210/lib-trainer", "b");
+        assert_eq!(hand_back(dir.path()).unwrap(), 0);
+        assert!(fp.join("trainer-fedcba9876543210").exists());
+        // No build tree at all: nothing to do.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(hand_back(empty.path()).unwrap(), 0);
     }
 
     #[test]
