@@ -366,6 +366,9 @@ mod flex {
 
     /// Runs the gemm matmul when `x` and `w` are flex tensors (with or without autodiff).
     pub fn try_matmul(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+        if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+            return Err((x, w));
+        }
         if x.device().gradient_checkpointing_strategy().is_some() {
             on_autodiff_flex!(matmul_ad, [x, w]; 2);
             return Err((x, w));
@@ -431,6 +434,9 @@ mod flex {
 
     /// Runs the fused RMSNorm when `x` is a flex f32 tensor (with or without autodiff).
     pub fn try_rms_norm<const N: usize>(x: Tensor<N>) -> Result<Tensor<N>, Tensor<N>> {
+        if x.dtype() != DType::F32 {
+            return Err(x);
+        }
         if x.device().gradient_checkpointing_strategy().is_some() {
             on_autodiff_flex!(rms_norm_ad, [x]; N);
             return Err(x);
@@ -878,6 +884,17 @@ mod tests {
         let plain = Device::flex();
         let (x, w) = (Tensor::<2>::from_data(x0.to_data(), &plain), Tensor::<2>::from_data(wt0.to_data(), &plain).transpose());
         assert_close("no autodiff", &flat(x.clone().matmul(w.clone())), &flat(matmul(x, w)), 1e-5);
+    }
+
+    /// Tensors of another float type (the kernels are f32) go to Burn's own ops.
+    #[test]
+    fn non_f32_tensors_take_burns_ops() {
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1f32, 2., 3., 4.], [2, 2]), &device).cast(burn::tensor::DType::F64);
+        assert_eq!(x.dtype(), burn::tensor::DType::F64);
+        assert!(flex::try_matmul(x.clone(), x.clone()).is_err());
+        assert!(flex::try_rms_norm(x.clone()).is_err());
+        assert_eq!(flat(matmul(x.clone(), x.clone())), vec![7., 10., 15., 22.]);
     }
 
     /// The fused RMSNorm gives the tensor formulation's output and input gradient, for rows of
