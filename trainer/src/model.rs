@@ -9,11 +9,11 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::module::embedding;
 
 use crate::hparams::Hparams;
-use crate::kernels::rms_norm;
+use crate::kernels::{relu_squared, rms_norm};
 
 /// Channels of `x` that feed the value-embedding gate.
 pub const VE_GATE_CHANNELS: usize = 32;
@@ -217,7 +217,7 @@ impl Block {
         cfg: &GptConfig,
     ) -> Tensor<3> {
         let x = x.clone() + self.attention(rms_norm(x), ve, cos, sin, window, cfg);
-        let h = relu(dense(rms_norm(x.clone()), self.c_fc.val())).square(); // [B, T, 4C]
+        let h = relu_squared(dense(rms_norm(x.clone()), self.c_fc.val())); // [B, T, 4C]
         x + dense(h, self.mlp_proj.val())
     }
 
