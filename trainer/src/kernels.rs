@@ -132,6 +132,21 @@ pub fn rms_norm<const N: usize>(x: Tensor<N>) -> Tensor<N> {
     crate::model::rms_norm_reference(x)
 }
 
+/// `rms_norm(rotary(x, cos, sin))`, the attention's rotary embedding then QK-norm, for `x`
+/// `[B, H, T, D]` and the tables `[1, 1, T, D/2]` of [`crate::model::rotary_tables`]. On flex
+/// one row-parallel pass each way instead of ~10 tensor ops (halves, products, concatenation,
+/// the norm) and their backwards.
+pub fn rotary_rms_norm(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if ENABLED.load(Ordering::Relaxed) {
+        return match flex::try_rotary_rms_norm(x, cos, sin) {
+            Ok(y) => y,
+            Err(x) => rms_norm(crate::model::rotary(x, cos, sin)),
+        };
+    }
+    rms_norm(crate::model::rotary(x, cos, sin))
+}
+
 /// `relu(x)^2`, the MLP's activation. On flex one pass forward and one backward (`dx = 2
 /// relu(x) dy`) instead of two ops and their backwards, each a fresh `[B, T, 4C]` tensor.
 pub fn relu_squared<const N: usize>(x: Tensor<N>) -> Tensor<N> {
@@ -456,13 +471,38 @@ mod flex {
             return Err(x);
         }
         if x.device().gradient_checkpointing_strategy().is_some() {
-            on_autodiff_flex!(rms_norm_ad, [x]; N);
+            on_autodiff_flex!(rms_norm_ad, [x], None; N);
             return Err(x);
         }
         if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
-            if p.dtype() == DType::F32 {
-                return Ok(Tensor::from_primitive::<Flex>(rms_norm_plain(&contiguous(p)).0));
-            }
+            return Ok(Tensor::from_primitive::<Flex>(rms_norm_plain(&contiguous(p), None).0));
+        }
+        Err(x)
+    }
+
+    /// The rotary tables' values, `[T * D/2]` each.
+    #[derive(Debug)]
+    struct RotaryTables {
+        cos: Vec<f32>,
+        sin: Vec<f32>,
+    }
+
+    /// Runs the fused rotary + RMSNorm when `x` is a flex f32 tensor (with or without autodiff)
+    /// and the tables match its shape.
+    pub fn try_rotary_rms_norm(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+        let [_, _, t, d] = x.dims();
+        if x.dtype() != DType::F32 || d % 2 != 0 || cos.dims() != [1, 1, t, d / 2] || sin.dims() != [1, 1, t, d / 2] {
+            return Err(x);
+        }
+        let values = |table: &Tensor<4>| table.to_data().convert::<f32>().try_into_vec::<f32>().ok();
+        let (Some(cos), Some(sin)) = (values(cos), values(sin)) else { return Err(x) };
+        let tables = std::sync::Arc::new(RotaryTables { cos, sin });
+        if x.device().gradient_checkpointing_strategy().is_some() {
+            on_autodiff_flex!(rms_norm_ad, [x], Some(tables.clone()); 4);
+            return Err(x);
+        }
+        if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
+            return Ok(Tensor::from_primitive::<Flex>(rms_norm_plain(&contiguous(p), Some(&tables)).0));
         }
         Err(x)
     }
@@ -472,16 +512,19 @@ mod flex {
         (16_384 / d.max(1)).max(1)
     }
 
-    /// The normed tensor and each row's `1 / sqrt(mean(x^2) + eps)`.
-    fn rms_norm_plain(x: &FlexTensor) -> (FlexTensor, Vec<f32>) {
+    /// The normed tensor (rotated first when `rotary` is given; `x` is then `[.., T, D]`) and
+    /// each row's `1 / sqrt(mean(y^2) + eps)`, `y` the row that is normed.
+    fn rms_norm_plain(x: &FlexTensor, rotary: Option<&RotaryTables>) -> (FlexTensor, Vec<f32>) {
         let shape = x.layout().shape().clone();
-        let d = shape[shape.num_dims() - 1];
+        let dims = shape.num_dims();
+        let (t, d) = (shape[dims.saturating_sub(2)], shape[dims - 1]);
         let xs = x.as_slice::<f32>().expect("contiguous f32");
         let mut y = vec![0f32; xs.len()];
         let mut r = vec![0f32; xs.len() / d.max(1)];
         let rows = rows_per_task(d);
-        y.par_chunks_mut(rows * d).zip(xs.par_chunks(rows * d)).zip(r.par_chunks_mut(rows)).for_each(|((y, x), r)| {
-            simd::rms_norm_rows(x, y, r, d);
+        y.par_chunks_mut(rows * d).zip(xs.par_chunks(rows * d)).zip(r.par_chunks_mut(rows)).enumerate().for_each(|(i, ((y, x), r))| match rotary {
+            Some(tab) => simd::rotary_rms_rows(x, y, r, &tab.cos, &tab.sin, d, t, i * rows),
+            None => simd::rms_norm_rows(x, y, r, d),
         });
         (from_vec(y, shape), r)
     }
@@ -490,6 +533,7 @@ mod flex {
     struct RmsState {
         x: FlexTensor,
         inv_rms: std::sync::Arc<Vec<f32>>,
+        rotary: Option<std::sync::Arc<RotaryTables>>,
     }
 
     #[derive(Debug)]
@@ -502,9 +546,10 @@ mod flex {
             let [parent] = ops.parents;
             let dy = contiguous(grads.consume::<Flex>(&ops.node));
             let Some(parent) = parent else { return };
-            let RmsState { x, inv_rms } = ops.state;
+            let RmsState { x, inv_rms, rotary } = ops.state;
             let shape = x.layout().shape().clone();
-            let d = shape[shape.num_dims() - 1];
+            let dims = shape.num_dims();
+            let (t, d) = (shape[dims.saturating_sub(2)], shape[dims - 1]);
             let (xs, dys) = (x.as_slice::<f32>().unwrap(), dy.as_slice::<f32>().unwrap());
             let mut dx = vec![0f32; xs.len()];
             let rows = rows_per_task(d);
@@ -512,17 +557,21 @@ mod flex {
                 .zip(xs.par_chunks(rows * d))
                 .zip(dys.par_chunks(rows * d))
                 .zip(inv_rms.par_chunks(rows))
-                .for_each(|(((dx, x), dy), r)| simd::rms_norm_backward_rows(x, dy, r, dx, d));
+                .enumerate()
+                .for_each(|(i, (((dx, x), dy), r))| match &rotary {
+                    Some(tab) => simd::rotary_rms_backward_rows(x, dy, r, &tab.cos, &tab.sin, dx, d, t, i * rows),
+                    None => simd::rms_norm_backward_rows(x, dy, r, dx, d),
+                });
             grads.register::<Flex>(parent.id, from_vec(dx, shape));
         }
     }
 
-    fn rms_norm_ad<C: CheckpointStrategy>(x: AdTensor<C>) -> AdTensor<C> {
+    fn rms_norm_ad<C: CheckpointStrategy>(x: AdTensor<C>, rotary: Option<std::sync::Arc<RotaryTables>>) -> AdTensor<C> {
         let prep = RmsNorm.prepare::<C>([x.node()]).compute_bound().stateful();
         let x = contiguous(x.into_primitive());
-        let (output, inv_rms) = rms_norm_plain(&x);
+        let (output, inv_rms) = rms_norm_plain(&x, rotary.as_deref());
         match prep {
-            OpsKind::Tracked(prep) => prep.finish(RmsState { x, inv_rms: std::sync::Arc::new(inv_rms) }, output),
+            OpsKind::Tracked(prep) => prep.finish(RmsState { x, inv_rms: std::sync::Arc::new(inv_rms), rotary }, output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
@@ -822,6 +871,57 @@ mod simd {
         acc.iter().sum::<f32>() + tail
     }
 
+    /// Rows `row0..` of `[.., T, D]` (`t` = T): `y = rotary(x) * r`, `r` kept per row, with the
+    /// half-split rotation `(x1 c + x2 s, x2 c - x1 s)` at the row's position.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn rotary_rms_rows_generic(x: &[f32], y: &mut [f32], r: &mut [f32], cos: &[f32], sin: &[f32], d: usize, t: usize, row0: usize) {
+        let half = d / 2;
+        for (i, ((x, y), r)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(r.iter_mut()).enumerate() {
+            let pos = (row0 + i) % t;
+            let (c, s) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for j in 0..half {
+                y1[j] = x1[j] * c[j] + x2[j] * s[j];
+                y2[j] = x2[j] * c[j] - x1[j] * s[j];
+            }
+            let inv = 1.0 / (sum_of_products(y, y) / d as f32 + f32::EPSILON).sqrt();
+            *r = inv;
+            y.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+
+    /// The backward of [`rotary_rms_rows_generic`]: RMSNorm's `r dout - y r^3 mean(dout y)` on
+    /// the recomputed rotation `y`, then the inverse rotation.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn rotary_rms_backward_rows_generic(x: &[f32], dout: &[f32], r: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32], d: usize, t: usize, row0: usize) {
+        let half = d / 2;
+        for (i, (((x, dout), &r), dx)) in x.chunks_exact(d).zip(dout.chunks_exact(d)).zip(r).zip(dx.chunks_exact_mut(d)).enumerate() {
+            let pos = (row0 + i) % t;
+            let (c, s) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+            let (x1, x2) = x.split_at(half);
+            {
+                let (y1, y2) = dx.split_at_mut(half);
+                for j in 0..half {
+                    y1[j] = x1[j] * c[j] + x2[j] * s[j];
+                    y2[j] = x2[j] * c[j] - x1[j] * s[j];
+                }
+            }
+            let k = r * r * r * sum_of_products(dout, dx) / d as f32;
+            for (g, &o) in dx.iter_mut().zip(dout) {
+                *g = r * o - k * *g;
+            }
+            let (g1, g2) = dx.split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (g1[j], g2[j]);
+                g1[j] = a * c[j] - b * s[j];
+                g2[j] = a * s[j] + b * c[j];
+            }
+        }
+    }
+
     #[inline(always)]
     fn relu_squared_generic(x: &[f32], y: &mut [f32]) {
         y.iter_mut().zip(x).for_each(|(y, &x)| {
@@ -844,6 +944,8 @@ mod simd {
     prepare::multiversion!(rms_norm_backward_rows, rms_norm_backward_rows_generic, (x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) -> ());
     prepare::multiversion!(softcap_in_place, softcap_in_place_generic, (z: &mut [f32], cap: f32) -> ());
     prepare::multiversion!(relu_squared, relu_squared_generic, (x: &[f32], y: &mut [f32]) -> ());
+    prepare::multiversion!(rotary_rms_rows, rotary_rms_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], cos: &[f32], sin: &[f32], d: usize, t: usize, row0: usize) -> ());
+    prepare::multiversion!(rotary_rms_backward_rows, rotary_rms_backward_rows_generic, (x: &[f32], dout: &[f32], r: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32], d: usize, t: usize, row0: usize) -> ());
     prepare::multiversion!(relu_squared_backward, relu_squared_backward_generic, (x: &[f32], dy: &[f32], dx: &mut [f32]) -> ());
     prepare::multiversion!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
     prepare::multiversion!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
@@ -974,6 +1076,34 @@ mod tests {
         let plain = Device::flex();
         let (x, w) = (Tensor::<2>::from_data(x0.to_data(), &plain), Tensor::<2>::from_data(wt0.to_data(), &plain).transpose());
         assert_close("no autodiff", &flat(x.clone().matmul(w.clone())), &flat(matmul(x, w)), 1e-5);
+    }
+
+    /// The fused rotary + RMSNorm gives the tensor formulation's output and input gradient, on
+    /// a transposed (strided) input as the model's, several parallel chunks, and without
+    /// autodiff.
+    #[test]
+    fn rotary_rms_norm_matches_reference_with_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(19);
+        let (b, t, h, d) = (2, 150, 3, 16);
+        let (cos, sin) = crate::model::rotary_tables(t, d, &device);
+        let x0 = Tensor::<4>::random([b, t, h, d], Distribution::Normal(0.3, 1.5), &device);
+        let g = Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
+        assert!(flex::try_rotary_rms_norm(x0.clone().require_grad().swap_dims(1, 2), &cos, &sin).is_ok(), "flex under autodiff takes the fused path");
+        let run = |fused: bool| {
+            let x = x0.clone().require_grad();
+            let xt = x.clone().swap_dims(1, 2); // [B, H, T, D], strided
+            let y = if fused { rotary_rms_norm(xt, &cos, &sin) } else { crate::model::rms_norm_reference(crate::model::rotary(xt, &cos, &sin)) };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            [flat(y), flat(x.grad(&grads).unwrap())]
+        };
+        let (want, got) = (run(false), run(true));
+        assert_close("y", &want[0], &got[0], 1e-5);
+        assert_close("dx", &want[1], &got[1], 1e-4);
+        let plain = Device::flex();
+        let (pc, ps) = crate::model::rotary_tables(t, d, &plain);
+        let px = Tensor::<4>::from_data(x0.to_data(), &plain).swap_dims(1, 2);
+        assert_close("no autodiff", &flat(crate::model::rms_norm_reference(crate::model::rotary(px.clone(), &pc, &ps))), &flat(rotary_rms_norm(px, &pc, &ps)), 1e-5);
     }
 
     /// The fused `relu(x)^2` gives Burn's output and input gradient (zero at negative inputs),

@@ -13,7 +13,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::module::embedding;
 
 use crate::hparams::Hparams;
-use crate::kernels::{relu_squared, rms_norm};
+use crate::kernels::{relu_squared, rms_norm, rotary_rms_norm};
 
 /// Channels of `x` that feed the value-embedding gate.
 pub const VE_GATE_CHANNELS: usize = 32;
@@ -240,9 +240,9 @@ impl Block {
             let g = sigmoid(dense(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val())).mul_scalar(2.0); // [B, T, H]
             v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, h, d]);
         }
-        // [B, H, T, D]; rotary first, then QK-norm, as the reference.
-        let q = rms_norm(rotary(q.swap_dims(1, 2), cos, sin));
-        let k = rms_norm(rotary(k.swap_dims(1, 2), cos, sin));
+        // [B, H, T, D]; rotary first, then QK-norm, as the reference (one fused op on flex).
+        let q = rotary_rms_norm(q.swap_dims(1, 2), cos, sin);
+        let k = rotary_rms_norm(k.swap_dims(1, 2), cos, sin);
         let v = v.swap_dims(1, 2);
         // Burn's attention with a window mask; one fused op on flex (kernels.rs).
         let y = crate::kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
