@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -226,6 +226,14 @@ pub struct Finish<'a> {
 }
 
 impl Db {
+    /// A transaction that takes the write lock when it begins. A deferred one reads first and
+    /// upgrades at its first write; in WAL mode that upgrade fails at once with "database is
+    /// locked" (no busy wait) when another connection (the loop thread, a worker) committed in
+    /// between, which a resumed parallel run hit.
+    fn write_transaction(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn.transaction_with_behavior(TransactionBehavior::Immediate)
+    }
+
     pub fn open(path: &Path) -> Result<Db> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -321,7 +329,7 @@ impl Db {
 
     /// Stores a `tree record` result and, when given, the lesson learned, in one transaction.
     pub fn set_recorded(&mut self, id: i64, value: &Value, insight: Option<&str>) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let n = tx.execute("UPDATE nodes SET recorded = ?1 WHERE id = ?2", params![value.to_string(), id])?;
         if n == 0 {
             return Err(crate::errors::usage(format!("node n{id} does not exist (see `autoresearch tree list`)")));
@@ -335,7 +343,7 @@ impl Db {
 
     /// Replaces a node's insight (the lesson learned), in a transaction that checks the node exists.
     pub fn set_insight(&mut self, id: i64, text: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let n = tx.execute("UPDATE nodes SET insight = ?1 WHERE id = ?2", params![text, id])?;
         if n == 0 {
             return Err(crate::errors::usage(format!("node n{id} does not exist (see `autoresearch tree list`)")));
@@ -347,7 +355,7 @@ impl Db {
     /// Marks a node finished, in one transaction; returns its finish sequence number.
     /// An insight already set (`tree insight`, `tree record --insight`) is kept, the runner's after it.
     pub fn finish(&mut self, id: i64, f: &Finish<'_>) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let seq: i64 = tx.query_row("SELECT COALESCE(MAX(finish_seq), 0) + 1 FROM nodes", [], |r| r.get(0))?;
         tx.execute(
             "UPDATE nodes SET status = ?1, metric = ?2, metrics = ?3, memory_mb = ?4,
@@ -372,7 +380,7 @@ impl Db {
 
     /// Deletes a node and its runs (refuses when it has children).
     pub fn delete_node(&mut self, id: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let children: i64 = tx.query_row("SELECT COUNT(*) FROM nodes WHERE parent = ?1", [id], |r| r.get(0))?;
         if children > 0 {
             return Err(crate::errors::usage(format!(
@@ -388,7 +396,7 @@ impl Db {
 
     /// Records a finished run and forgets its job, in one transaction.
     pub fn insert_run(&mut self, run: &Run) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         tx.execute(
             "INSERT INTO runs(node, attempt, seed, batch_scale, exit_code, outcome, metric, seconds, log)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
