@@ -12,10 +12,16 @@
 //! separate tensor ops over `[B, H, T, T]`): one pass per head for the forward, keeping the
 //! probabilities, and one for the backward, each a few `gemm` calls, heads in parallel.
 //!
+//! The rest follow the same pattern, each with its tensor formulation beside it: [`matmul`]
+//! (one `gemm` into a fresh buffer: flex's own matmul zero-fills and then copies its output),
+//! [`rms_norm`], [`rotary_rms_norm`] (rotary embedding then QK-norm), [`relu_squared`], and for
+//! inference [`softcap`].
+//!
 //! The math is unchanged: `loss = mean_i( logsumexp(c_i) - c_i[t_i] )` with
 //! `c = cap * tanh(z / cap)`, and `dloss/dz = (softmax(c) - onehot(t)) * (1 - (c/cap)^2) / N`.
-//! Every other backend (and flex without autodiff) runs the plain tensor formulation in
-//! [`crate::model::softcap_cross_entropy_reference`]; `tests` check the two agree.
+//! Every other backend (and flex without autodiff, for the training-only ops) runs the plain
+//! tensor formulation (e.g. [`crate::model::softcap_cross_entropy_reference`]); `tests` check
+//! each pair agrees, gradients included. [`set_enabled`] switches every kernel off at once.
 
 use burn::prelude::*;
 use burn::tensor::module::attention;
