@@ -96,8 +96,7 @@ pub fn is_flex(t: &Tensor<2>) -> bool {
     #[cfg(feature = "flex")]
     {
         use burn::backend::{Autodiff, Flex};
-        let t = t.clone();
-        t.clone().try_into_primitive::<Flex>().is_ok() || t.try_into_primitive::<Autodiff<Flex>>().is_ok()
+        t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<Autodiff<Flex>>().is_ok()
     }
     #[cfg(not(feature = "flex"))]
     {
