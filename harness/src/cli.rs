@@ -11,29 +11,42 @@ fixed budget, checks that it is causal, scores it with val_bpb, and prints the r
 const LONG_ABOUT: &str = "\
 Runs one autoresearch experiment and prints the reference's end-of-run summary.
 
-The harness is read-only to the agents that edit the trainer: it owns the clock, the data, the \
-causality check and the metric, so a trainer can change how well it learns but not how it is \
-measured.
+The harness is the scorer, read-only to the agents that edit the trainer, and it treats the \
+trainer as untrusted: the trainer is another program (the `trainer` binary of the trainer crate), \
+started in a kernel sandbox, that asks the harness for its training data and answers its \
+evaluation with logits. Only the harness reads the data, keeps the clock, computes val_bpb and \
+writes the summary.
 
 Flow:
   1. load the platform profile (--profile, else the reference defaults) and the prepared data
      (--cache-dir; run `prepare` first);
-  2. call trainer::train with the device, the data, the profile, the clock, the seed and the
-     optional hyperparameter overrides; the clock stops training once the budget is spent
-     (warm-up steps excluded from the time);
-  3. causality probe: on a sample of validation rows, change every token at positions >= T/2
-     and refuse the model (exit 4) if its logits at positions < T/2 move;
-  4. val_bpb = prepare::eval::evaluate_bpb on the pinned validation shard;
+  2. start the trainer (--trainer) in its sandbox (Linux: landlock + seccomp; it can read its
+     binary, the system libraries and its devices, write only its scratch folder, and reach no
+     network, no signal target and no data file); its clock starts at that moment;
+  3. training: the trainer asks for each optimizer step's rows, cut from the train shards by
+     the reference packing loader; the harness counts the tokens and the time (the profile's
+     warm-up steps are not counted, for at most warmup_allowance_seconds) and says Stop when the
+     budget is spent; finishing later than the budget plus the allowance is `over budget`;
+  4. evaluation: the harness sends the pinned validation rows' inputs (never a target the
+     trainer cannot see in its inputs), mixed with probe rows that copy a row up to a random cut
+     and continue elsewhere; the trainer answers with logits (shared memory, or per-position
+     values checked at positions drawn after the answer); the harness computes val_bpb and
+     refuses (exit 4) a model whose logits before a cut depend on what follows, or that changed
+     during evaluation (the canary rows scored first and last);
   5. print a `memory_source:` line, then the `---` summary block (val_bpb, training_seconds,
      total_seconds, peak_vram_mb, mfu_percent, total_tokens_M, num_steps, num_params_M, depth),
      and write --summary-json if asked.
 
+The trainer's output is logged with a `[trainer] ` prefix until evaluation starts, and not at all \
+after it (it has seen validation inputs by then).
+
 MFU = flops_per_token * counted_tokens / training_seconds / peak_flops * 100, with peak_flops from \
 the profile, or on a CPU device cores * SIMD f32 lanes * FMA units * 2 * clock (from \
-/proc/cpuinfo), or unknown (MFU 0) on a GPU without a profile peak.
+/proc/cpuinfo), or unknown (MFU 0) on a GPU without a profile peak. flops_per_token is the \
+trainer's own figure.
 
-peak_vram_mb: the device memory pool where the backend has one (wgpu), else the peak resident \
-set of the process (VmHWM; flex, ndarray, LibTorch).";
+peak_vram_mb: the device memory pool the trainer reports where the backend has one (wgpu), else \
+the peak resident set of the trainer process, measured by the harness.";
 
 /// Command-line arguments.
 #[derive(Debug, Clone, Parser)]
@@ -78,17 +91,52 @@ pub struct Cli {
     #[arg(long, value_name = "X")]
     pub device_batch_scale: Option<f64>,
 
+    /// The trainer executable. [default: `trainer` next to this harness binary]
+    #[arg(long, value_name = "FILE")]
+    pub trainer: Option<PathBuf>,
+
+    /// Refuse to run the trainer without a kernel sandbox (the default on Linux).
+    #[arg(long, overrides_with = "no_require_sandbox")]
+    pub require_sandbox: bool,
+
+    /// Run the trainer unconfined where no sandbox is available (macOS, Windows, Linux without
+    /// landlock); the log and the JSON say `sandbox: none`.
+    #[arg(long, overrides_with = "require_sandbox")]
+    pub no_require_sandbox: bool,
+
+    /// A folder the trainer's sandbox must keep out of reach even if a library path contains
+    /// it (the runner passes the repository and its state folder). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub protect: Vec<PathBuf>,
+
+    /// Write one CSV line per training step: step, tokens, loss, lr multiplier, tokens/s,
+    /// elapsed seconds (loss and lr multiplier as the trainer reports them).
+    #[arg(long, value_name = "FILE")]
+    pub steps_csv: Option<PathBuf>,
+
     /// Print the devices this build can run on as JSON (wgpu adapters through Burn, CUDA and
     /// MPS through libtorch) and exit; `autoresearch detect` reads it.
     #[arg(long)]
     pub list_devices: bool,
 }
 
+impl Cli {
+    /// Whether a missing sandbox is an error: yes on Linux unless --no-require-sandbox, no
+    /// elsewhere unless --require-sandbox.
+    pub fn require_sandbox(&self) -> bool {
+        if self.no_require_sandbox {
+            false
+        } else {
+            self.require_sandbox || cfg!(target_os = "linux")
+        }
+    }
+}
+
 fn after_help() -> String {
     format!(
-        "{}\n{}\nEnvironment:\n  AUTORESEARCH_CACHE   default --cache-dir\n  BURN_DEVICE          default --device when --device is not given\n  AUTORESEARCH_COMMIT  commit recorded in --summary-json\n",
+        "{}\n{}\nEnvironment:\n  AUTORESEARCH_CACHE   default --cache-dir\n  BURN_DEVICE          default --device when --device is not given\n  AUTORESEARCH_COMMIT  commit recorded in --summary-json\n  (the trainer gets none of these: only device and thread settings, such as CUDA_*, VK_*,\n  RAYON_NUM_THREADS and LD_LIBRARY_PATH, pass through)\n",
         crate::exit::help_text(),
-        crate::device::help_text()
+        prepare::device::help_text()
     )
 }
 
@@ -104,6 +152,9 @@ mod tests {
         assert_eq!(cli.budget, Budget::Time(300.0));
         assert_eq!(cli.seed, 42);
         assert!(cli.device.is_none());
+        assert_eq!(cli.require_sandbox(), cfg!(target_os = "linux"));
+        assert!(!Cli::try_parse_from(["harness", "--no-require-sandbox"]).unwrap().require_sandbox());
+        assert!(Cli::try_parse_from(["harness", "--no-require-sandbox", "--require-sandbox"]).unwrap().require_sandbox());
         let cli = Cli::try_parse_from(["harness", "--budget", "tokens:5e6", "--device", "ndarray", "--device-batch-scale", "0.5"]).unwrap();
         assert_eq!(cli.budget, Budget::Tokens(5_000_000));
         assert_eq!(cli.device_batch_scale, Some(0.5));
@@ -119,7 +170,7 @@ mod tests {
     #[test]
     fn help_teaches_exit_codes_and_devices() {
         let help = Cli::command().render_long_help().to_string();
-        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "causality", "MFU"] {
+        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "causality", "MFU", "sandbox", "--no-require-sandbox"] {
             assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
         }
     }

@@ -1,19 +1,22 @@
-//! The read-only experiment harness of autoresearch.
+//! The read-only scorer of autoresearch.
 //!
-//! It owns everything that makes the metric trustworthy: the budget clock, the prepared data,
-//! the causality probe, `prepare::eval::evaluate_bpb`, and the summary. The trainer is reached
-//! through one call, `trainer::train(TrainContext) -> Result<TrainedModel, TrainError>`.
+//! It owns everything that makes the metric trustworthy, and treats the trainer as untrusted:
+//! the trainer is another executable, started in a kernel sandbox ([`trainer_process`],
+//! [`sandbox_policy`]), that gets its training data from the harness one step at a time on the
+//! harness's clock ([`train_phase`], `prepare::clock`) and answers the harness's evaluation
+//! with logits ([`evaluate`]: val_bpb, probe rows, the canary). The harness does not link the
+//! trainer crate.
 //!
-//! Modules: [`cli`] (arguments and help), [`device`] (run-time device choice), [`run`] (the
-//! flow), [`probe`] (causality), [`flops`] (peak FLOP/s and MFU), [`inventory`] (`--list-devices`), [`memory`] (peak memory),
-//! [`summary`] (the reference block and the JSON), [`exit`] (exit codes).
+//! Modules: [`cli`] (arguments and help), [`run`] (the flow), [`inventory`]
+//! (`--list-devices`), [`summary`] (the reference block and the JSON), [`exit`] (exit codes).
 
 pub mod cli;
-pub mod device;
+pub mod evaluate;
 pub mod exit;
-pub mod flops;
 pub mod inventory;
-pub mod memory;
-pub mod probe;
+pub mod output;
 pub mod run;
+pub mod sandbox_policy;
 pub mod summary;
+pub mod train_phase;
+pub mod trainer_process;

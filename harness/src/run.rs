@@ -1,22 +1,28 @@
-//! One experiment, start to finish: profile, data, training, causality probe, val_bpb, summary.
+//! One experiment, start to finish: profile, data, the trainer started in its sandbox, the
+//! training phase on the harness's clock, evaluation with its probes, the summary.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
-use prepare::clock::TrainingClock;
+use prepare::clock::{Clock, allowance};
 use prepare::data::PreparedData;
-use prepare::experiment::{TrainContext, TrainError, TrainedModel};
+use prepare::device::{DeviceClass, DeviceSource, choose_device};
+use prepare::flops::{choose_peak, mfu_percent, this_cpu_peak};
 use prepare::loader::PackedLoader;
+use prepare::memory::{self, PeakMemory};
 use prepare::profile::PlatformProfile;
+use sealed::wire::{EvalMode, FailureKind, Hello, PROTOCOL_VERSION, ToTrainer};
 use serde_json::{Map, Value, json};
 
 use crate::cli::Cli;
-use crate::device::{DeviceSource, build_device, choose_device};
+use crate::evaluate::{EvalError, Evaluator, Tolerance};
 use crate::exit;
-use crate::flops::{choose_peak, counted_tokens, mfu_percent, this_cpu_peak};
-use crate::memory::{self, MemoryTracker};
-use crate::probe::{PROBE_ROWS, check_causality};
+use crate::sandbox_policy::{Protected, trainer_policy};
 use crate::summary::{Summary, format_summary, write_json_atomic};
+use crate::train_phase::{TrainFailure, TrainPhase, steps_csv};
+use crate::trainer_process::{Launch, Scratch, TrainerProcess, become_subreaper, kill_group};
 
 /// Why a run stopped early: the exit code and the message for the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,45 +37,25 @@ impl Failure {
     }
 }
 
-/// The text of a panic payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    }
+/// Full logits cross through shared memory when one batch of them fits this.
+const FULL_LOGITS_LIMIT: usize = 1 << 30;
+
+/// The trainer's process group, for the signal handler.
+static TRAINER_GROUP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(signal: libc::c_int) {
+    let pgid = TRAINER_GROUP.load(Ordering::SeqCst);
+    kill_group(pgid);
+    // SAFETY: async-signal-safe exit.
+    unsafe { libc::_exit(128 + signal) };
 }
 
-/// A panic during `stage`: out of memory (exit 3) when its message says so, else `other_code`.
-pub fn classify_panic(stage: &str, message: &str, other_code: i32) -> Failure {
-    if exit::looks_like_out_of_memory(message) {
-        Failure::new(exit::OUT_OF_MEMORY, format!("out of memory during {stage} (panic: {message})"))
-    } else {
-        Failure::new(other_code, format!("{stage} panicked: {message}"))
-    }
-}
-
-/// Runs `f`, turning a panic into a [`Failure`] classified by [`classify_panic`].
-pub fn guarded<T>(stage: &str, other_code: i32, f: impl FnOnce() -> T) -> Result<T, Failure> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| classify_panic(stage, &panic_message(p.as_ref()), other_code))
-}
-
-/// Maps a trainer error to its exit code: diverged 1, out of memory 3, else 6 (3 when the
-/// message says out of memory).
-pub fn classify_train_error(err: &TrainError) -> Failure {
-    match err {
-        TrainError::Diverged { .. } => Failure::new(exit::DIVERGED, err.to_string()),
-        TrainError::OutOfMemory(_) => Failure::new(exit::OUT_OF_MEMORY, err.to_string()),
-        TrainError::Other(e) => {
-            let text = format!("training failed: {e:#}");
-            if exit::looks_like_out_of_memory(&text) {
-                Failure::new(exit::OUT_OF_MEMORY, text)
-            } else {
-                Failure::new(exit::OTHER_FAILURE, text)
-            }
-        }
+/// A harness stopped by SIGTERM, SIGINT or SIGHUP (the runner's timeout, Ctrl-C) takes its
+/// trainer's whole process group with it.
+fn install_signal_handlers() {
+    for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only calls kill and _exit.
+        unsafe { libc::signal(s, on_terminate as *const () as libc::sighandler_t) };
     }
 }
 
@@ -91,8 +77,7 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
         Ok(()) => exit::SUCCESS,
         Err(failure) => {
             if failure.code == exit::DIVERGED {
-                // The reference prints exactly this and exits 1. The leading newline ends a
-                // progress line the trainer may have left open with `\r`, so `^FAIL` greps.
+                // The reference prints exactly this and exits 1.
                 println!("\nFAIL");
             }
             eprintln!("harness: {}", failure.message);
@@ -114,152 +99,240 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
     code
 }
 
+/// The trainer binary: `--trainer`, else `trainer` next to the harness.
+fn trainer_binary(cli: &Cli) -> Result<PathBuf, Failure> {
+    let path = match &cli.trainer {
+        Some(p) => p.clone(),
+        None => {
+            let me = std::env::current_exe().map_err(|e| Failure::new(exit::USAGE, format!("cannot locate the harness binary: {e}")))?;
+            me.with_file_name(format!("trainer{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    let path = std::fs::canonicalize(&path).map_err(|e| {
+        Failure::new(exit::USAGE, format!("trainer binary {}: {e}; build it with `cargo build --release --workspace`, or pass --trainer PATH", path.display()))
+    })?;
+    if !path.is_file() {
+        return Err(Failure::new(exit::USAGE, format!("trainer binary {} is not a file", path.display())));
+    }
+    Ok(path)
+}
+
+/// The git checkout `dir` lies in, if any.
+fn git_root(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join(".git").exists()).map(Path::to_path_buf)
+}
+
+/// Folders the trainer's sandbox must keep out of reach, whatever its library paths say.
+fn protected(cli: &Cli, cache_dir: &Path, trainer: &Path) -> Protected {
+    let mut trees = vec![cache_dir.to_path_buf()];
+    trees.extend(cli.protect.iter().cloned());
+    if let Ok(cwd) = std::env::current_dir() {
+        trees.extend(git_root(&cwd));
+    }
+    trees.extend(trainer.parent().and_then(git_root));
+    for file in [&cli.profile, &cli.summary_json, &cli.steps_csv].into_iter().flatten() {
+        if let Some(dir) = std::fs::canonicalize(file).ok().or_else(|| Some(file.clone())).and_then(|f| f.parent().map(Path::to_path_buf)) {
+            if !dir.as_os_str().is_empty() {
+                trees.push(dir);
+            }
+        }
+    }
+    let homes = std::env::var_os("HOME").map(PathBuf::from).into_iter().collect();
+    Protected { trees, homes }
+}
+
 fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Result<(), Failure> {
     // Configuration: every problem here is a usage error (2).
-    let mut profile = match &cli.profile {
-        Some(path) => PlatformProfile::load(path).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?,
-        None => PlatformProfile::default(),
+    let (mut profile, profile_sha256) = match &cli.profile {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| Failure::new(exit::USAGE, format!("cannot read platform profile {}: {e}", path.display())))?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| Failure::new(exit::USAGE, format!("platform profile {} is not UTF-8", path.display())))?;
+            let p = PlatformProfile::parse(&text, &path.display().to_string()).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+            (p, Some(sha256_hex(&bytes)))
+        }
+        None => (PlatformProfile::default(), None),
     };
     if let Some(scale) = cli.device_batch_scale {
         profile.device_batch_scale = scale;
     }
-    profile
-        .validate()
-        .map_err(|e| Failure::new(exit::USAGE, format!("platform profile {:?}: {e}", profile.name)))?;
+    profile.validate().map_err(|e| Failure::new(exit::USAGE, format!("platform profile {:?}: {e}", profile.name)))?;
     let hparams_override = match &cli.hparams {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            Failure::new(exit::USAGE, format!("cannot read hyperparameter file {}: {e}", path.display()))
-        })?),
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Failure::new(exit::USAGE, format!("cannot read hyperparameter file {}: {e}", path.display())))?),
         None => None,
     };
     let env_device = std::env::var("BURN_DEVICE").ok();
-    let (choice, source, notes) = choose_device(cli.device.as_deref(), env_device.as_deref(), &profile.backend)
-        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    let (choice, source, notes) = choose_device(cli.device.as_deref(), env_device.as_deref(), &profile.backend).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     for note in notes {
         eprintln!("harness: {note}");
     }
-    let device = build_device(&choice).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let source_text = match source {
         DeviceSource::Flag => "--device",
         DeviceSource::Env => "BURN_DEVICE",
         DeviceSource::Profile => "profile backend",
         DeviceSource::Fallback => "fallback",
     };
+    let trainer_bin = trainer_binary(cli)?;
     let cache_dir = cli.cache_dir.clone().unwrap_or_else(prepare::constants::default_cache_dir);
+    let cache_dir = std::fs::canonicalize(&cache_dir).unwrap_or(cache_dir);
     record.insert("device".into(), json!(choice.name));
     record.insert("backend".into(), json!(backend_of(choice.spec)));
     record.insert("device_class".into(), json!(choice.class));
     record.insert("device_source".into(), json!(source_text));
     record.insert("profile".into(), json!(profile.name));
     record.insert("profile_file".into(), json!(cli.profile.as_ref().map(|p| p.display().to_string())));
+    record.insert("profile_sha256".into(), json!(profile_sha256));
     record.insert("device_batch_scale".into(), json!(profile.device_batch_scale));
     record.insert("seq_len".into(), json!(profile.seq_len));
     record.insert("budget".into(), json!(cli.budget.to_string()));
     record.insert("seed".into(), json!(cli.seed));
     record.insert("hparams_file".into(), json!(cli.hparams.as_ref().map(|p| p.display().to_string())));
     record.insert("cache_dir".into(), json!(cache_dir.display().to_string()));
-    record.insert(
-        "commit".into(),
-        json!(std::env::var("AUTORESEARCH_COMMIT").ok().filter(|c| !c.is_empty())),
-    );
-    println!(
-        "harness: device {} ({source_text}), profile {}, budget {}, seed {}",
-        choice.name, profile.name, cli.budget, cli.seed
-    );
+    record.insert("trainer".into(), json!(trainer_bin.display().to_string()));
+    record.insert("commit".into(), json!(std::env::var("AUTORESEARCH_COMMIT").ok().filter(|c| !c.is_empty())));
 
     // Data (5).
-    let data = guarded("opening the prepared data", exit::DATA_ERROR, || PreparedData::open(&cache_dir))?
-        .map_err(|e| Failure::new(exit::DATA_ERROR, format!("prepared data in {}: {e:#}", cache_dir.display())))?;
+    let data = PreparedData::open(&cache_dir).map_err(|e| Failure::new(exit::DATA_ERROR, format!("prepared data in {}: {e:#}", cache_dir.display())))?;
+    if data.vocab_size() > u16::MAX as usize + 1 {
+        return Err(Failure::new(exit::DATA_ERROR, format!("a vocabulary of {} ids does not fit the 16-bit wire format", data.vocab_size())));
+    }
+    let mut train_loader = PackedLoader::train(&data, 1, profile.seq_len, cli.seed).map_err(|e| Failure::new(exit::DATA_ERROR, format!("{e:#}")))?;
+
+    // The sandbox (2 when one is required and there is none).
+    let scratch_parent = std::env::temp_dir();
+    let scratch = Scratch::create(&scratch_parent).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
+    let planned = trainer_policy(&trainer_bin, scratch.path(), &choice, &protected(cli, &cache_dir, &trainer_bin)).map_err(|e| Failure::new(exit::USAGE, e))?;
+    for note in &planned.notes {
+        eprintln!("harness: sandbox: {note}");
+    }
+    let sandbox = match planned.policy.prepare() {
+        Ok(s) => {
+            let text = s.describe();
+            println!("harness: sandbox: {text}");
+            record.insert("sandbox".into(), json!(text));
+            Some(Arc::new(s))
+        }
+        Err(e) if cli.require_sandbox() => {
+            return Err(Failure::new(exit::USAGE, format!("{e}; the trainer would run with the harness's own rights. Pass --no-require-sandbox to run it anyway (its score is then marked `sandbox: none`)")));
+        }
+        Err(e) => {
+            let text = format!("none ({e})");
+            println!("harness: sandbox: {text}");
+            eprintln!("harness: WARNING: sandbox: none: the trainer runs unconfined, and can read the validation data and write the summary; its score is not to be trusted");
+            record.insert("sandbox".into(), json!(format!("none: {e}")));
+            None
+        }
+    };
+
+    // Evaluation transport.
+    let (b, t, v) = (profile.eval_batch_size, profile.seq_len, data.vocab_size());
+    let full_bytes = b.saturating_mul(t).saturating_mul(v).saturating_mul(4);
+    let mode = match profile.eval_transport.as_str() {
+        "full" => EvalMode::Full,
+        "summary" => EvalMode::Summary,
+        _ if full_bytes <= FULL_LOGITS_LIMIT && cfg!(target_os = "linux") => EvalMode::Full,
+        _ => EvalMode::Summary,
+    };
+    let shm_bytes = if mode == EvalMode::Full { full_bytes } else { 0 };
+
+    println!("harness: device {} ({source_text}), profile {}, budget {}, seed {}, trainer {}", choice.name, profile.name, cli.budget, cli.seed, trainer_bin.display());
+
+    // The trainer, and the clock from its start.
+    become_subreaper();
+    install_signal_handlers();
+    let launch = Launch { binary: &trainer_bin, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path.clone() };
+    let mut trainer = TrainerProcess::start(launch).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
+    TRAINER_GROUP.store(trainer.pid(), Ordering::SeqCst);
+    let allowance = allowance(cli.budget, profile.warmup_allowance_seconds);
+    let mut clock = Clock::new(cli.budget, profile.warmup_steps, allowance, trainer.started());
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        device: choice.name.clone(),
+        seed: cli.seed,
+        class: profile.class.clone(),
+        dtype: profile.dtype.clone(),
+        seq_len: t,
+        vocab_size: v,
+        bos_id: data.bos_id(),
+        device_batch_scale: profile.device_batch_scale,
+        warmup_steps: profile.warmup_steps,
+        budget: cli.budget.to_string(),
+        hparams_override,
+        eval_mode: mode,
+        shm_bytes: shm_bytes as u64,
+    };
+    trainer.send(&ToTrainer::Hello(Box::new(hello))).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("the trainer did not take its Hello: {e}")))?;
 
     // Training.
-    let mut clock = TrainingClock::new(cli.budget, profile.warmup_steps);
-    let trained: TrainedModel = {
-        let ctx = TrainContext {
-            device: device.clone(),
-            data: &data,
-            profile: &profile,
-            clock: &mut clock,
-            seed: cli.seed,
-            hparams_override,
-        };
-        guarded("training", exit::OTHER_FAILURE, || {
-            device.seed(cli.seed);
-            trainer::train(ctx)
-        })?
-        .map_err(|e| classify_train_error(&e))?
-    };
+    let trained = TrainPhase { clock: &mut clock, loader: &mut train_loader, seq_len: t }.run(&mut trainer).map_err(|f| train_failure(f, &mut trainer))?;
     let training_seconds = clock.training_seconds();
-    let mut mem = MemoryTracker::default();
-    mem.sample(&device);
     record.insert("training_seconds".into(), json!(training_seconds));
+    record.insert("warmup_seconds".into(), json!(clock.warmup_seconds()));
+    record.insert("warmup_allowance_seconds".into(), json!(allowance.as_secs_f64()));
     record.insert("num_steps".into(), json!(clock.steps()));
     record.insert("total_tokens".into(), json!(clock.tokens()));
-    record.insert("warmup_steps".into(), json!(clock.warmup_steps()));
-    record.insert("num_params".into(), json!(trained.num_params));
-    record.insert("flops_per_token".into(), json!(trained.flops_per_token));
-    record.insert("depth".into(), json!(trained.depth));
-    println!(
-        "harness: trained {} steps, {} tokens, {:.1} s counted; probing causality",
-        clock.steps(),
-        clock.tokens(),
-        training_seconds
-    );
-
-    // Causality probe (4).
-    let probe_inputs = guarded("reading the probe's validation rows", exit::DATA_ERROR, || {
-        PackedLoader::validation(&data, PROBE_ROWS, profile.seq_len).and_then(|mut l| l.next_batch())
-    })?
-    .map_err(|e| Failure::new(exit::DATA_ERROR, format!("validation rows for the causality probe: {e:#}")))?;
-    let report = guarded("the causality probe", exit::OTHER_FAILURE, || {
-        check_causality(
-            trained.model.as_ref(),
-            &probe_inputs.inputs,
-            probe_inputs.batch_size,
-            probe_inputs.seq_len,
-            data.vocab_size(),
-            &device,
-        )
-    })?
-    .map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("causality probe: {e:#}")))?;
-    record.insert("causality_probe".into(), json!(report));
-    if !report.is_causal() {
-        println!("{}", report.refusal());
-        return Err(Failure::new(exit::CAUSALITY_VIOLATION, report.refusal()));
+    record.insert("warmup_steps".into(), json!(clock.warmup_steps_taken()));
+    record.insert("num_params".into(), json!(trained.model.num_params));
+    record.insert("flops_per_token".into(), json!(trained.model.flops_per_token));
+    record.insert("depth".into(), json!(trained.model.depth));
+    record.insert("reported_by_trainer".into(), json!(["num_params", "flops_per_token", "depth", "loss", "device_memory_mb"]));
+    if let Some(path) = &cli.steps_csv {
+        write_text_atomic(path, &steps_csv(&trained.steps)).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
     }
-    mem.sample(&device);
+    println!("harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb ({mode:?} transport, with probe rows)", clock.steps(), clock.tokens(), training_seconds);
 
-    // val_bpb.
-    println!("harness: causal (max |diff| {:.2e}); evaluating val_bpb", report.max_abs_diff);
-    let sums = guarded("evaluation", exit::OTHER_FAILURE, || {
-        prepare::eval::evaluate_bpb(trained.model.as_ref(), &data, &profile, &device)
-    })?
-    .map_err(|e| {
-        let text = format!("evaluation failed: {e:#}");
-        let code = if exit::looks_like_out_of_memory(&text) { exit::OUT_OF_MEMORY } else { exit::OTHER_FAILURE };
-        Failure::new(code, text)
-    })?;
-    mem.sample(&device);
+    // Evaluation: the trainer has now seen validation inputs, so nothing it prints is logged.
+    trainer.withhold_output();
+    let counted_rate = if training_seconds > 0.0 { clock.counted_tokens() as f64 / training_seconds } else { 0.0 };
+    let eval_limit = eval_time_limit(profile.eval_tokens, counted_rate, allowance);
+    record.insert("eval_limit_seconds".into(), json!(eval_limit.as_secs_f64()));
+    let evaluator = Evaluator {
+        data: &data,
+        batch_rows: b,
+        seq_len: t,
+        steps: profile.eval_steps(),
+        mode,
+        tolerance: Tolerance::for_dtype(&profile.dtype),
+        deadline: Instant::now() + eval_limit,
+    };
+    let evaluation = evaluator.run(&mut trainer);
+    let _ = trainer.send(&ToTrainer::Quit);
+    let exit_info = trainer.finish(Duration::from_secs(5));
+    record.insert("trainer_exit".into(), json!(exit_info.describe()));
+    record.insert("trainer_output_withheld_bytes".into(), json!(trainer.withheld_bytes()));
+    let evaluation = evaluation.map_err(|e| eval_failure(e, record))?;
+    let sums = evaluation.sums;
     let val_bpb = sums.bpb();
     if !val_bpb.is_finite() {
         return Err(Failure::new(exit::OTHER_FAILURE, format!("val_bpb is not finite ({val_bpb})")));
     }
+    record.insert("probes".into(), json!(evaluation.probes));
+    record.insert("eval_mode".into(), json!(mode));
+    record.insert("eval_seconds".into(), json!(evaluation.seconds));
+    record.insert("eval_batches".into(), json!(evaluation.batches));
+    record.insert("eval_spot_checks".into(), json!(evaluation.spot_checks));
+    println!(
+        "harness: probes passed ({} rows, {} canary, max |diff| {:.2e})",
+        evaluation.probes.probes, evaluation.probes.canary_probes, evaluation.probes.max_abs_diff
+    );
 
     // Summary.
-    let peak_mem = mem.peak();
+    let peak_mem = match trained.done.device_memory_mb {
+        Some(mb) => PeakMemory { mb, source: "device_pool" },
+        None => memory::choose(None, || exit_info.max_rss_mb),
+    };
     let peak = choose_peak(profile.peak_flops, choice.class, this_cpu_peak);
-    let counted = counted_tokens(clock.tokens(), clock.steps(), clock.warmup_steps());
-    let mfu = mfu_percent(trained.flops_per_token, counted, training_seconds, peak.flops);
-    let tokens_per_sec = if training_seconds > 0.0 { counted / training_seconds } else { 0.0 };
+    let counted = clock.counted_tokens() as f64;
+    let mfu = mfu_percent(trained.model.flops_per_token, counted, training_seconds, peak.flops);
     let summary = Summary {
         val_bpb,
         training_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         peak_vram_mb: peak_mem.mb,
-        mfu_percent: mfu,
+        mfu_percent: if choice.class == DeviceClass::Gpu && peak.flops <= 0.0 { 0.0 } else { mfu },
         total_tokens_m: clock.tokens() as f64 / 1e6,
         num_steps: clock.steps(),
-        num_params_m: trained.num_params as f64 / 1e6,
-        depth: trained.depth,
+        num_params_m: trained.model.num_params as f64 / 1e6,
+        depth: trained.model.depth as usize,
     };
     if let Value::Object(fields) = json!(summary) {
         record.extend(fields);
@@ -269,7 +342,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     record.insert("peak_flops_source".into(), json!(peak.source));
     record.insert("cpu_peak".into(), json!(peak.cpu));
     record.insert("counted_tokens".into(), json!(counted));
-    record.insert("tokens_per_sec".into(), json!(tokens_per_sec));
+    record.insert("tokens_per_sec".into(), json!(counted_rate));
     record.insert("eval_tokens".into(), json!(sums.tokens));
     record.insert("eval_bytes".into(), json!(sums.bytes));
     record.insert("eval_nats".into(), json!(sums.nats));
@@ -284,32 +357,77 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     Ok(())
 }
 
+/// How long evaluation may take: the warm-up allowance (for compiling the evaluation's
+/// shapes), plus as long as training on as many tokens took (a forward pass is a third of a
+/// training step). A trainer that keeps training on data it kept while it is evaluated runs
+/// into this limit.
+pub fn eval_time_limit(eval_tokens: usize, counted_tokens_per_second: f64, allowance: Duration) -> Duration {
+    let training_equivalent = if counted_tokens_per_second > 0.0 { eval_tokens as f64 / counted_tokens_per_second } else { 60.0 };
+    allowance + Duration::from_secs_f64(training_equivalent.max(5.0))
+}
+
+fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
+    let mut exit_text = || trainer.finish(Duration::from_secs(5)).describe();
+    match f {
+        TrainFailure::Diverged { step, loss } => Failure::new(exit::DIVERGED, format!("FAIL: the trainer's loss diverged at step {step} (loss {loss})")),
+        TrainFailure::Reported(r) => {
+            let code = match r.kind {
+                FailureKind::Diverged => exit::DIVERGED,
+                FailureKind::OutOfMemory => exit::OUT_OF_MEMORY,
+                FailureKind::Error => exit::OTHER_FAILURE,
+            };
+            Failure::new(code, format!("the trainer failed: {}", r.message))
+        }
+        TrainFailure::OverBudget(o) => {
+            let ended = exit_text();
+            Failure::new(exit::OTHER_FAILURE, format!("over budget: the trainer trained {:.1} s of counted time, more than the budget and its allowance ({:.1} s); it {ended}", o.counted, o.limit))
+        }
+        TrainFailure::Trainer(text) => {
+            let _ = exit_text();
+            Failure::new(exit::OTHER_FAILURE, text)
+        }
+    }
+}
+
+fn eval_failure(e: EvalError, record: &mut Map<String, Value>) -> Failure {
+    match e {
+        EvalError::Probes(report) => {
+            let text = report.refusal();
+            println!("{text}");
+            record.insert("probes".into(), json!(report));
+            Failure::new(exit::CAUSALITY_VIOLATION, text)
+        }
+        EvalError::Inconsistent(text) => {
+            let text = format!("EVALUATION CHECK FAILED: {text}. The run is refused: its answers are not the model's logits.");
+            println!("{text}");
+            Failure::new(exit::CAUSALITY_VIOLATION, text)
+        }
+        EvalError::Data(text) => Failure::new(exit::DATA_ERROR, format!("validation data: {text}")),
+        EvalError::Trainer(text) => Failure::new(exit::OTHER_FAILURE, text),
+        // The trainer has seen validation inputs: its own message is not passed on.
+        EvalError::Failed(f) => match f.kind {
+            FailureKind::OutOfMemory => Failure::new(exit::OUT_OF_MEMORY, "the trainer ran out of memory during evaluation"),
+            _ => Failure::new(exit::OTHER_FAILURE, "the trainer failed during evaluation (its message is withheld: it has seen validation inputs)"),
+        },
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_text_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_file_name(format!(".{}.tmp.{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn train_errors_map_to_exit_codes() {
-        let d = TrainError::Diverged { step: 3, loss: f64::NAN };
-        assert_eq!(classify_train_error(&d).code, exit::DIVERGED);
-        assert_eq!(classify_train_error(&TrainError::OutOfMemory("x".into())).code, exit::OUT_OF_MEMORY);
-        let other = TrainError::Other(anyhow::anyhow!("wgpu: Out of memory allocating buffer"));
-        assert_eq!(classify_train_error(&other).code, exit::OUT_OF_MEMORY);
-        let other = TrainError::Other(anyhow::anyhow!("bad hparams"));
-        assert_eq!(classify_train_error(&other).code, exit::OTHER_FAILURE);
-    }
-
-    #[test]
-    fn panics_are_caught_and_classified() {
-        let f = guarded("training", exit::OTHER_FAILURE, || -> u32 { panic!("CUDA out of memory. Tried to allocate 2 GiB") }).unwrap_err();
-        assert_eq!(f.code, exit::OUT_OF_MEMORY);
-        let f = guarded("training", exit::OTHER_FAILURE, || -> u32 { panic!("index {} out of range", 7) }).unwrap_err();
-        assert_eq!(f.code, exit::OTHER_FAILURE);
-        assert!(f.message.contains("index 7 out of range"), "{}", f.message);
-        let f = guarded("opening data", exit::DATA_ERROR, || -> u32 { todo!() }).unwrap_err();
-        assert_eq!(f.code, exit::DATA_ERROR);
-        assert_eq!(guarded("x", 6, || 5).unwrap(), 5);
-    }
 
     fn cli(args: &[&str]) -> Cli {
         use clap::Parser;
@@ -317,34 +435,40 @@ mod tests {
     }
 
     #[test]
-    fn usage_and_data_errors_exit_2_and_5_and_write_a_failure_record() {
-        let dir = std::env::temp_dir().join(format!("harness-run-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let json = dir.join("s.json");
-        let json_s = json.to_str().unwrap();
+    fn the_evaluation_limit_is_the_allowance_plus_a_training_equivalent() {
+        let l = eval_time_limit(65536, 4096.0, Duration::from_secs(15));
+        assert_eq!(l, Duration::from_secs(31));
+        assert_eq!(eval_time_limit(100, 1e9, Duration::ZERO), Duration::from_secs(5), "at least 5 s");
+    }
 
-        let code = run(&cli(&["--device", "tpu", "--summary-json", json_s]), Instant::now());
+    #[test]
+    fn usage_and_data_errors_exit_2_and_5_and_write_a_failure_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("s.json");
+        let json_s = json.to_str().unwrap();
+        let fake_trainer = dir.path().join("trainer");
+        std::fs::write(&fake_trainer, "").unwrap();
+        let trainer = fake_trainer.to_str().unwrap();
+
+        let code = run(&cli(&["--device", "tpu", "--summary-json", json_s, "--trainer", trainer]), Instant::now());
         assert_eq!(code, exit::USAGE);
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("usage"), Some(2)));
         assert!(v["error"].as_str().unwrap().contains("tpu"));
 
-        let code = run(&cli(&["--profile", "/no/such/profile.toml"]), Instant::now());
-        assert_eq!(code, exit::USAGE);
-        let code = run(&cli(&["--device-batch-scale", "2"]), Instant::now());
-        assert_eq!(code, exit::USAGE);
+        assert_eq!(run(&cli(&["--profile", "/no/such/profile.toml", "--trainer", trainer]), Instant::now()), exit::USAGE);
+        assert_eq!(run(&cli(&["--device-batch-scale", "2", "--trainer", trainer]), Instant::now()), exit::USAGE);
+        let missing = run(&cli(&["--device", "flex", "--trainer", "/no/such/trainer", "--summary-json", json_s]), Instant::now());
+        assert_eq!(missing, exit::USAGE);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("/no/such/trainer"), "{v}");
 
-        let empty = dir.join("empty-cache");
+        let empty = dir.path().join("empty-cache");
         std::fs::create_dir_all(&empty).unwrap();
-        let code = run(
-            &cli(&["--device", "flex", "--cache-dir", empty.to_str().unwrap(), "--summary-json", json_s]),
-            Instant::now(),
-        );
+        let code = run(&cli(&["--device", "flex", "--cache-dir", empty.to_str().unwrap(), "--summary-json", json_s, "--trainer", trainer]), Instant::now());
         assert_eq!(code, exit::DATA_ERROR);
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(v["status"], "data");
         assert_eq!(v["device"], "flex");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,19 +1,33 @@
-//! The training budget and the clock that enforces it.
+//! The training budget and the harness's clock that enforces it.
 //!
-//! The harness owns the clock and lends it to the trainer, which reports each finished step.
-//! The figures in the summary (training seconds, steps, tokens) are read from the clock, not
-//! from anything the trainer returns.
+//! The trainer runs in another process and asks the harness for each optimizer step's data;
+//! the clock decides whether it gets it. It starts when the trainer is started, so nothing the
+//! trainer does is untimed except its warm-up:
+//!
+//! - **warm-up**: the first `warmup_steps` steps (compilation, allocator warm-up) are not
+//!   counted, but warm-up ends at the latest one allowance after the start, whatever the
+//!   trainer does meanwhile. The allowance comes from the profile and is at most 5 % of a time
+//!   budget ([`allowance`]).
+//! - **counted time** runs from the end of warm-up. A time budget is spent once the counted
+//!   time reaches it; a token budget once the tokens handed out reach it (every token counts,
+//!   warm-up included, so it is enforced, not reported); a FLOPs budget multiplies tokens by the
+//!   FLOPs per token the trainer reports.
+//! - **over budget**: the trainer must say it finished training within one allowance of the
+//!   budget's end (the step in flight when the budget runs out). Later is a crash.
+//!
+//! Time is passed in, so the rules are tested without sleeping.
 
 use std::time::{Duration, Instant};
 
 /// How much training an experiment gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Budget {
-    /// Counted wall-clock seconds (warm-up steps excluded), as the reference.
+    /// Counted wall-clock seconds (warm-up excluded), as the reference.
     Time(f64),
     /// Training tokens, warm-up included: comparable across hardware.
     Tokens(u64),
-    /// Training FLOPs (tokens x FLOPs per token), warm-up included: comparable across models too.
+    /// Training FLOPs (tokens x FLOPs per token), warm-up included: comparable across models
+    /// too. The FLOPs per token are the trainer's own figure.
     Flops(f64),
 }
 
@@ -25,9 +39,7 @@ impl Budget {
             Some((k, v)) => (k.trim(), v.trim()),
             None => ("time", text.trim_end_matches('s')),
         };
-        let number: f64 = value
-            .parse()
-            .map_err(|_| format!("budget {text:?}: {value:?} is not a number"))?;
+        let number: f64 = value.parse().map_err(|_| format!("budget {text:?}: {value:?} is not a number"))?;
         if !(number.is_finite() && number > 0.0) {
             return Err(format!("budget {text:?} must be a positive number"));
         }
@@ -35,9 +47,7 @@ impl Budget {
             "time" => Ok(Budget::Time(number)),
             "tokens" => Ok(Budget::Tokens(number as u64)),
             "flops" => Ok(Budget::Flops(number)),
-            other => Err(format!(
-                "budget kind {other:?} is unknown: use time:SECONDS, tokens:N or flops:N"
-            )),
+            other => Err(format!("budget kind {other:?} is unknown: use time:SECONDS, tokens:N or flops:N")),
         }
     }
 }
@@ -52,119 +62,213 @@ impl std::fmt::Display for Budget {
     }
 }
 
-/// What one finished step cost.
-#[derive(Debug, Clone, Copy)]
-pub struct StepTiming {
-    /// Zero-based index of the step just finished.
-    pub step: u64,
-    /// Wall-clock duration of the step.
-    pub duration: Duration,
-    /// Whether the step counted toward the time budget (false during warm-up).
-    pub counted: bool,
+/// The largest share of a time budget the warm-up allowance may be.
+pub const MAX_ALLOWANCE_FRACTION: f64 = 0.05;
+
+/// The warm-up allowance: the profile's seconds, at most 5 % of a time budget.
+pub fn allowance(budget: Budget, profile_seconds: f64) -> Duration {
+    let s = match budget {
+        Budget::Time(t) => profile_seconds.min(MAX_ALLOWANCE_FRACTION * t),
+        _ => profile_seconds,
+    };
+    Duration::from_secs_f64(s.max(0.0))
 }
 
-/// Counts steps, tokens and counted time against a [`Budget`].
-#[derive(Debug)]
-pub struct TrainingClock {
+/// What the clock says to a request for a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Hand out step `step`; `progress` is the fraction of the budget spent, in `[0, 1]`.
+    Serve { step: u64, progress: f64 },
+    /// The budget is spent.
+    Spent,
+}
+
+/// Training finished past the budget's end plus the allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverBudget {
+    /// Counted seconds at the finish.
+    pub counted: f64,
+    /// The most that was allowed.
+    pub limit: f64,
+}
+
+/// The harness's clock for one training run.
+#[derive(Debug, Clone)]
+pub struct Clock {
     budget: Budget,
     warmup_steps: u64,
-    flops_per_token: f64,
+    allowance: Duration,
+    started: Instant,
+    warmup_end: Option<Instant>,
+    finished: Option<Instant>,
     steps: u64,
     tokens: u64,
-    counted: Duration,
-    step_started: Option<Instant>,
+    counted_tokens: u64,
+    flops_per_token: f64,
 }
 
-impl TrainingClock {
-    /// A clock for `budget` whose first `warmup_steps` steps are not counted in training time.
-    pub fn new(budget: Budget, warmup_steps: u64) -> Self {
-        Self {
+impl Clock {
+    /// A clock started at `started` (when the trainer process was started).
+    pub fn new(budget: Budget, warmup_steps: u64, allowance: Duration, started: Instant) -> Clock {
+        Clock {
             budget,
             warmup_steps,
-            flops_per_token: 0.0,
+            allowance,
+            started,
+            warmup_end: None,
+            finished: None,
             steps: 0,
             tokens: 0,
-            counted: Duration::ZERO,
-            step_started: None,
+            counted_tokens: 0,
+            flops_per_token: 0.0,
         }
     }
 
-    /// The budget this clock enforces.
     pub fn budget(&self) -> Budget {
         self.budget
     }
 
-    /// Needed for a FLOPs budget; the trainer sets it once it knows the model.
+    pub fn allowance(&self) -> Duration {
+        self.allowance
+    }
+
+    /// The trainer's FLOPs per token, for a FLOPs budget.
     pub fn set_flops_per_token(&mut self, flops_per_token: f64) {
         self.flops_per_token = flops_per_token;
     }
 
-    /// Marks the start of a step.
-    pub fn start_step(&mut self) {
-        self.step_started = Some(Instant::now());
-    }
-
-    /// Marks the end of a step that trained on `tokens` tokens. Call it after the device has
-    /// finished the step's work (read the loss back first), or the time is not real.
-    pub fn finish_step(&mut self, tokens: u64) -> StepTiming {
-        let duration = self
-            .step_started
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        let step = self.steps;
-        let counted = step >= self.warmup_steps;
-        if counted {
-            self.counted += duration;
-        }
-        self.steps += 1;
-        self.tokens += tokens;
-        StepTiming {
-            step,
-            duration,
-            counted,
+    /// Ends warm-up when its steps are done or its allowance is used up.
+    fn update_warmup(&mut self, now: Instant) {
+        if self.warmup_end.is_none() {
+            let cap = self.started + self.allowance;
+            if now >= cap {
+                self.warmup_end = Some(cap);
+            } else if self.steps >= self.warmup_steps {
+                self.warmup_end = Some(now);
+            }
         }
     }
 
-    /// Fraction of the budget spent, in `[0, 1]`; drives the learning-rate schedule.
-    pub fn progress(&self) -> f64 {
+    /// Seconds counted against a time budget at `now`.
+    pub fn counted_seconds(&self, now: Instant) -> f64 {
+        let end = self.finished.unwrap_or(now);
+        match self.warmup_end {
+            Some(w) if end > w => (end - w).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// Fraction of the budget spent at `now`, in `[0, 1]`.
+    pub fn progress(&self, now: Instant) -> f64 {
         let p = match self.budget {
-            Budget::Time(secs) => self.counted.as_secs_f64() / secs,
+            Budget::Time(secs) => self.counted_seconds(now) / secs,
             Budget::Tokens(n) => self.tokens as f64 / n as f64,
             Budget::Flops(f) => self.tokens as f64 * self.flops_per_token / f,
         };
         p.clamp(0.0, 1.0)
     }
 
-    /// True once warm-up is over and the budget is spent.
-    pub fn done(&self) -> bool {
-        self.steps > self.warmup_steps && self.progress() >= 1.0
+    /// The trainer asks for a step at `now`.
+    pub fn request(&mut self, now: Instant) -> Decision {
+        self.update_warmup(now);
+        if self.warmup_end.is_some() && self.progress(now) >= 1.0 {
+            return Decision::Spent;
+        }
+        Decision::Serve { step: self.steps, progress: self.progress(now) }
     }
 
-    /// Counted training seconds (warm-up excluded).
+    /// A step of `tokens` tokens was handed out (after [`Decision::Serve`]).
+    pub fn served(&mut self, tokens: u64) {
+        if self.warmup_end.is_some() {
+            self.counted_tokens += tokens;
+        }
+        self.steps += 1;
+        self.tokens += tokens;
+    }
+
+    /// The latest instant the trainer may finish training, for a time budget: one allowance
+    /// after the budget's end (the end of warm-up is at most one allowance after the start).
+    pub fn deadline(&self) -> Option<Instant> {
+        let Budget::Time(secs) = self.budget else { return None };
+        let warmup_end = self.warmup_end.unwrap_or(self.started + self.allowance);
+        Some(warmup_end + Duration::from_secs_f64(secs) + self.allowance)
+    }
+
+    /// The most counted seconds a time budget allows before training is over budget.
+    pub fn budget_limit_seconds(&self) -> f64 {
+        match self.budget {
+            Budget::Time(secs) => secs + self.allowance.as_secs_f64(),
+            _ => f64::INFINITY,
+        }
+    }
+
+    /// How far over budget a trainer that has not finished by `now` is.
+    pub fn overdue(&mut self, now: Instant) -> OverBudget {
+        self.update_warmup(now);
+        OverBudget { counted: self.counted_seconds(now), limit: self.budget_limit_seconds() }
+    }
+
+    /// The trainer said it finished training at `now`.
+    pub fn finish(&mut self, now: Instant) -> Result<(), OverBudget> {
+        self.update_warmup(now);
+        if self.warmup_end.is_none() {
+            self.warmup_end = Some(now);
+        }
+        self.finished = Some(now);
+        if let Budget::Time(_) = self.budget {
+            let limit = self.budget_limit_seconds();
+            let counted = self.counted_seconds(now);
+            if counted > limit {
+                return Err(OverBudget { counted, limit });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counted training seconds (warm-up excluded), up to the finish.
     pub fn training_seconds(&self) -> f64 {
-        self.counted.as_secs_f64()
+        self.counted_seconds(self.finished.unwrap_or(self.started))
     }
 
-    /// Steps finished, warm-up included.
+    /// Seconds from the start to the end of warm-up.
+    pub fn warmup_seconds(&self) -> f64 {
+        self.warmup_end.map(|w| (w - self.started).as_secs_f64()).unwrap_or(0.0)
+    }
+
+    /// Steps handed out, warm-up included.
     pub fn steps(&self) -> u64 {
         self.steps
     }
 
-    /// Tokens trained on, warm-up included.
+    /// Tokens handed out, warm-up included.
     pub fn tokens(&self) -> u64 {
         self.tokens
     }
 
-    /// Steps excluded from the training time.
-    pub fn warmup_steps(&self) -> u64 {
-        self.warmup_steps
+    /// Tokens handed out after warm-up (what MFU and throughput count).
+    pub fn counted_tokens(&self) -> u64 {
+        self.counted_tokens
+    }
+
+    /// Steps that were warm-up.
+    pub fn warmup_steps_taken(&self) -> u64 {
+        self.steps - self.steps_after_warmup()
+    }
+
+    fn steps_after_warmup(&self) -> u64 {
+        // Every step has the same size in the trainers this harness runs; a trainer that varies
+        // it only moves its own MFU figure.
+        if self.tokens == 0 { 0 } else { (self.steps as f64 * self.counted_tokens as f64 / self.tokens as f64).round() as u64 }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(t0: Instant, s: f64) -> Instant {
+        t0 + Duration::from_secs_f64(s)
+    }
 
     #[test]
     fn budget_parsing_accepts_every_kind_and_names_bad_input() {
@@ -178,27 +282,80 @@ mod tests {
     }
 
     #[test]
-    fn warmup_steps_are_not_counted_and_never_end_training() {
-        let mut clock = TrainingClock::new(Budget::Tokens(10), 2);
-        clock.start_step();
-        assert!(!clock.finish_step(100).counted);
-        assert!(!clock.done(), "a warm-up step never ends training");
-        clock.start_step();
-        clock.finish_step(100);
-        assert!(!clock.done());
-        clock.start_step();
-        assert!(clock.finish_step(100).counted);
-        assert!(clock.done());
-        assert_eq!(clock.tokens(), 300);
-        assert_eq!(clock.steps(), 3);
+    fn the_allowance_is_the_profiles_but_at_most_five_percent_of_a_time_budget() {
+        assert_eq!(allowance(Budget::Time(300.0), 30.0), Duration::from_secs(15));
+        assert_eq!(allowance(Budget::Time(300.0), 5.0), Duration::from_secs(5));
+        assert_eq!(allowance(Budget::Tokens(10), 30.0), Duration::from_secs(30));
     }
 
     #[test]
-    fn flops_budget_uses_flops_per_token() {
-        let mut clock = TrainingClock::new(Budget::Flops(1000.0), 0);
-        clock.set_flops_per_token(10.0);
-        clock.start_step();
-        clock.finish_step(50);
-        assert!((clock.progress() - 0.5).abs() < 1e-12);
+    fn warmup_steps_are_not_counted_and_the_budget_stops_training() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Time(10.0), 2, Duration::from_secs(5), t0);
+        // Two warm-up steps, 1 s each: nothing counted.
+        for (i, s) in [0.0, 1.0].into_iter().enumerate() {
+            assert_eq!(c.request(at(t0, s)), Decision::Serve { step: i as u64, progress: 0.0 });
+            c.served(100);
+        }
+        assert_eq!(c.request(at(t0, 2.0)), Decision::Serve { step: 2, progress: 0.0 });
+        c.served(100);
+        assert_eq!(c.request(at(t0, 7.0)), Decision::Serve { step: 3, progress: 0.5 });
+        c.served(100);
+        assert_eq!(c.request(at(t0, 12.0)), Decision::Spent);
+        assert_eq!(c.deadline(), Some(at(t0, 2.0 + 10.0 + 5.0)));
+        c.finish(at(t0, 12.5)).unwrap();
+        assert!((c.training_seconds() - 10.5).abs() < 1e-9);
+        assert_eq!((c.steps(), c.tokens(), c.counted_tokens()), (4, 400, 200));
+        assert!((c.warmup_seconds() - 2.0).abs() < 1e-9);
+        assert_eq!(c.warmup_steps_taken(), 2);
+    }
+
+    #[test]
+    fn a_slow_warmup_ends_at_the_allowance_and_time_spent_before_any_step_counts() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Time(100.0), 10, Duration::from_secs(5), t0);
+        // The trainer spends 20 s before its first request: 15 s of it are counted.
+        assert_eq!(c.request(at(t0, 20.0)), Decision::Serve { step: 0, progress: 0.15 });
+        assert!((c.warmup_seconds() - 5.0).abs() < 1e-9);
+        assert_eq!(c.deadline(), Some(at(t0, 5.0 + 100.0 + 5.0)));
+    }
+
+    #[test]
+    fn finishing_past_the_budget_and_the_allowance_is_over_budget() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Time(10.0), 0, Duration::from_secs(1), t0);
+        assert!(matches!(c.request(t0), Decision::Serve { .. }));
+        c.served(1);
+        let err = c.finish(at(t0, 11.5)).unwrap_err();
+        assert!((err.counted - 11.5).abs() < 1e-9 && (err.limit - 11.0).abs() < 1e-9, "{err:?}");
+        let mut c = Clock::new(Budget::Time(10.0), 0, Duration::from_secs(1), t0);
+        c.request(t0);
+        c.finish(at(t0, 10.9)).unwrap();
+    }
+
+    #[test]
+    fn a_token_budget_counts_every_token_handed_out_warmup_included() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Tokens(300), 1, Duration::from_secs(30), t0);
+        for i in 0..3 {
+            assert!(matches!(c.request(at(t0, i as f64)), Decision::Serve { .. }));
+            c.served(100);
+        }
+        assert_eq!(c.request(at(t0, 3.0)), Decision::Spent);
+        assert_eq!(c.deadline(), None);
+        c.finish(at(t0, 1000.0)).unwrap();
+        assert_eq!((c.steps(), c.tokens(), c.counted_tokens()), (3, 300, 200));
+    }
+
+    #[test]
+    fn a_flops_budget_uses_the_reported_flops_per_token() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Flops(1000.0), 0, Duration::ZERO, t0);
+        c.set_flops_per_token(10.0);
+        assert!(matches!(c.request(t0), Decision::Serve { .. }));
+        c.served(50);
+        assert!((c.progress(t0) - 0.5).abs() < 1e-12);
+        c.served(50);
+        assert_eq!(c.request(t0), Decision::Spent);
     }
 }

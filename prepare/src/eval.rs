@@ -1,8 +1,9 @@
-//! `evaluate_bpb`: the one definition of the metric.
+//! The one definition of the metric: [`BpbSums::add`] counts a target's log-probability
+//! (special tokens masked), [`BpbSums::bpb`] divides by the bytes.
 //!
-//! The model is seen only through [`LogitsModel`]: it returns logits, and this module computes
-//! the cross-entropy, masks the special tokens, sums the bytes and divides. A trainer cannot
-//! change how it is scored.
+//! The harness scores the trainer's logits with it across the process boundary; the model is
+//! seen only through [`LogitsModel`] (token ids in, logits out). [`evaluate_bpb`] is the same
+//! metric in one process, for code that has the data and the model together (tests).
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -33,6 +34,35 @@ impl BpbSums {
     pub fn bpb(&self) -> f64 {
         self.nats / (std::f64::consts::LN_2 * self.bytes as f64)
     }
+
+    /// Adds one position: the model's log-probability of its target. Targets without bytes
+    /// (the special tokens) are not counted; a non-finite log-probability of a counted target
+    /// is an error.
+    pub fn add(&mut self, target: u32, log_prob: f32, token_bytes: &[u32]) -> anyhow::Result<()> {
+        let bytes = *token_bytes
+            .get(target as usize)
+            .ok_or_else(|| anyhow::anyhow!("target token {target} lies outside the vocabulary of {}", token_bytes.len()))?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(log_prob.is_finite(), "model produced a non-finite log-probability ({log_prob}) for token {target}");
+        self.nats -= log_prob as f64;
+        self.bytes += bytes as u64;
+        self.tokens += 1;
+        Ok(())
+    }
+
+    /// Adds `other` (sums of another batch or row).
+    pub fn merge(&mut self, other: &BpbSums) {
+        self.nats += other.nats;
+        self.bytes += other.bytes;
+        self.tokens += other.tokens;
+    }
+}
+
+/// `log softmax(row)[target]` for one row of logits on the host.
+pub fn log_prob(row: &[f32], target: u32) -> f32 {
+    row[target as usize] - crate::fastmath::log_sum_exp(row)
 }
 
 /// Adds one batch to `sums`: per-token cross-entropy from `logits` `[B, T, V]` against
@@ -57,20 +87,11 @@ pub fn accumulate_batch(
     if let Some(&bad) = targets.iter().find(|&&id| id as usize >= v) {
         anyhow::bail!("target token {bad} lies outside the vocabulary of {v}");
     }
-    let nats = target_log_probs(logits.reshape([b * t, v]), targets)?;
-    for (&target, &logp) in targets.iter().zip(&nats) {
-        let bytes = token_bytes[target as usize];
-        if bytes == 0 {
-            continue;
-        }
-        anyhow::ensure!(
-            logp.is_finite(),
-            "model produced a non-finite log-probability ({logp}) for token {target}"
-        );
-        sums.nats -= logp as f64;
-        sums.bytes += bytes as u64;
-        sums.tokens += 1;
+    let mut batch = BpbSums::default();
+    for (&target, &logp) in targets.iter().zip(&target_log_probs(logits.reshape([b * t, v]), targets)?) {
+        batch.add(target, logp, token_bytes)?;
     }
+    sums.merge(&batch);
     Ok(())
 }
 
@@ -111,7 +132,7 @@ fn host_target_log_probs(rows: &[f32], v: usize, targets: &[u32]) -> Vec<f32> {
     use rayon::prelude::*;
     rows.par_chunks(v)
         .zip(targets.par_iter())
-        .map(|(row, &t)| row[t as usize] - crate::fastmath::log_sum_exp(row))
+        .map(|(row, &t)| log_prob(row, t))
         .collect()
 }
 

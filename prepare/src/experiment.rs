@@ -1,42 +1,119 @@
-//! The contract between the read-only harness and the editable trainer.
+//! The contract between the trainer and the harness, seen from the trainer.
 //!
-//! The harness builds a [`TrainContext`], calls `trainer::train`, and gets back a
-//! [`TrainedModel`]. It then scores the model itself with [`crate::eval::evaluate_bpb`].
+//! The trainer is its own executable, started by the harness in a sandbox. Its `main` is
+//! `prepare::child::main(trainer::train)`: [`crate::child`] connects to the harness, builds
+//! the device, calls `train` with a [`TrainContext`], and then answers the harness's evaluation
+//! with the returned model. The trainer never sees the data files, the validation targets or
+//! the summary: it asks for each step's data through [`TrainStream`], and the harness scores
+//! the model itself.
 
 use burn::prelude::Device;
+use sealed::child::Channel;
+use sealed::wire::{ModelInfo, StepReport, TrainBatch, WireError};
 
-use crate::clock::TrainingClock;
-use crate::data::PreparedData;
+/// What the harness tells the trainer about the run (see its fields).
+pub use sealed::wire::Hello as RunInfo;
+
 use crate::eval::LogitsModel;
-use crate::profile::PlatformProfile;
+use crate::loader::Batch;
 
 /// Everything a training run is given.
 pub struct TrainContext<'a> {
     /// The execution device, without autodiff; the trainer wraps it with `.autodiff()`.
     pub device: Device,
-    /// Tokenizer and token files.
-    pub data: &'a PreparedData,
-    /// The platform profile (sequence length, batch scale, dtype, warm-up steps...).
-    pub profile: &'a PlatformProfile,
-    /// The harness's clock: report every step to it, stop when it says so.
-    pub clock: &'a mut TrainingClock,
-    /// Seed for initialisation and data order.
-    pub seed: u64,
-    /// TOML text that overrides the trainer's compiled-in hyperparameters (tests, smoke runs).
-    pub hparams_override: Option<String>,
+    /// What the harness says about the run: sequence length, vocabulary, profile class and
+    /// dtype, device batch scale, seed, hyperparameter overrides.
+    pub run: &'a RunInfo,
+    /// The training data, one optimizer step at a time.
+    pub data: TrainStream<'a>,
 }
 
-/// What a training run hands back.
-pub struct TrainedModel {
-    /// The trained model, behind the logits-only view that evaluation uses.
-    pub model: Box<dyn LogitsModel>,
-    /// Parameters of the model.
-    pub num_params: usize,
-    /// Training FLOPs per token (the reference's formula: 6 x non-embedding params + attention).
-    pub flops_per_token: f64,
-    /// Number of transformer layers.
-    pub depth: usize,
+/// The trainer's source of training data: the harness hands out each step's rows and says when
+/// the budget is spent.
+pub struct TrainStream<'a> {
+    channel: &'a mut Channel,
+    described: bool,
+    last: Option<StepReport>,
 }
+
+impl<'a> TrainStream<'a> {
+    pub fn new(channel: &'a mut Channel) -> Self {
+        TrainStream { channel, described: false, last: None }
+    }
+
+    /// Tells the harness about the model, once, before the first step: its FLOPs per token
+    /// drive a `flops:` budget and MFU; its parameters and depth go into the summary.
+    pub fn describe(&mut self, num_params: usize, flops_per_token: f64, depth: usize) -> Result<(), TrainError> {
+        self.channel.send_model(ModelInfo { num_params: num_params as u64, flops_per_token, depth: depth as u64 }).map_err(wire)?;
+        self.described = true;
+        Ok(())
+    }
+
+    /// The next optimizer step's data, `rows` packed rows; `None` once the budget is spent.
+    /// `loss` and `lr_multiplier` of the step just finished go with the request, for the log
+    /// and the harness's divergence check.
+    pub fn next_step(&mut self, rows: usize) -> Result<Option<Step>, TrainError> {
+        if !self.described {
+            return Err(TrainError::Other(anyhow::anyhow!("call TrainStream::describe before the first step")));
+        }
+        let report = self.last.take();
+        Ok(self.channel.next_step(rows, report).map_err(wire)?.map(|batch| Step { batch }))
+    }
+
+    /// Records the loss of the step just finished (sent with the next request).
+    pub fn report(&mut self, loss: f64, lr_multiplier: f64) {
+        self.last = Some(StepReport { loss, lr_multiplier });
+    }
+}
+
+fn wire(e: WireError) -> TrainError {
+    TrainError::Other(anyhow::anyhow!("the harness channel failed: {e}"))
+}
+
+/// One optimizer step's rows.
+pub struct Step {
+    batch: TrainBatch,
+}
+
+impl Step {
+    /// Fraction of the budget spent when the step was handed out, in `[0, 1]` (0 in warm-up):
+    /// drives the learning-rate schedule.
+    pub fn progress(&self) -> f64 {
+        self.batch.progress
+    }
+
+    /// Zero-based step number.
+    pub fn index(&self) -> u64 {
+        self.batch.step
+    }
+
+    /// Completed passes over the train shards.
+    pub fn epoch(&self) -> u64 {
+        self.batch.epoch
+    }
+
+    /// Rows in the step.
+    pub fn rows(&self) -> usize {
+        self.batch.rows
+    }
+
+    /// The step's rows as micro-batches of `rows` rows each (the last may be smaller).
+    pub fn micro_batches(&self, rows: usize) -> Vec<Batch> {
+        let rows = rows.max(1);
+        (0..self.batch.rows)
+            .step_by(rows)
+            .map(|from| {
+                let to = (from + rows).min(self.batch.rows);
+                let (inputs, targets) = self.batch.inputs_and_targets(from, to);
+                Batch { batch_size: to - from, seq_len: self.batch.seq_len, inputs, targets, epoch: self.batch.epoch }
+            })
+            .collect()
+    }
+}
+
+/// What a training run hands back: the trained model, behind the logits-only view that
+/// evaluation uses.
+pub type TrainedModel = Box<dyn LogitsModel>;
 
 /// Why training did not produce a model.
 #[derive(Debug, thiserror::Error)]
@@ -50,4 +127,59 @@ pub enum TrainError {
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// True when an error or panic message says the device or the host ran out of memory.
+pub fn looks_like_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "oom",
+        "memory allocation",
+        "allocation failed",
+        "failed to allocate",
+        "cannot allocate",
+        "alloc failed",
+        "memory exhausted",
+        "insufficient memory",
+        "not enough memory",
+    ]
+    .iter()
+    .any(|needle| {
+        if *needle == "oom" {
+            // Whole word only: "room", "zoom" are not OOM.
+            m.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == "oom")
+        } else {
+            m.contains(needle)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_messages_are_recognised() {
+        assert!(looks_like_out_of_memory("CUDA out of memory. Tried to allocate 2 GiB"));
+        assert!(looks_like_out_of_memory("OutOfMemory { size: 10 }"));
+        assert!(looks_like_out_of_memory("memory allocation of 1234 bytes failed"));
+        assert!(looks_like_out_of_memory("wgpu: OOM while creating buffer"));
+        assert!(!looks_like_out_of_memory("index out of bounds: the len is 3"));
+        assert!(!looks_like_out_of_memory("no room left in the row"));
+    }
+
+    #[test]
+    fn a_step_splits_into_micro_batches_of_inputs_and_targets() {
+        let step = Step {
+            batch: TrainBatch { step: 0, epoch: 2, progress: 0.5, elapsed: 1.0, rows: 3, seq_len: 2, tokens: vec![1, 2, 3, 4, 5, 6, 7, 8, 9] },
+        };
+        let mbs = step.micro_batches(2);
+        assert_eq!(mbs.len(), 2);
+        assert_eq!((mbs[0].batch_size, mbs[0].inputs.clone(), mbs[0].targets.clone()), (2, vec![1, 2, 4, 5], vec![2, 3, 5, 6]));
+        assert_eq!((mbs[1].batch_size, mbs[1].inputs.clone(), mbs[1].targets.clone(), mbs[1].epoch), (1, vec![7, 8], vec![8, 9], 2));
+        assert_eq!((step.progress(), step.rows()), (0.5, 3));
+    }
 }

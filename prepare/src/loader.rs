@@ -256,6 +256,18 @@ impl PackedLoader {
         })
     }
 
+    /// The next `rows` packed rows of `seq_len + 1` tokens each, row-major, as the wire
+    /// protocol carries them (ids fit 16 bits: token files store them so). The same row stream
+    /// as [`PackedLoader::next_batch`], whatever the counts asked for.
+    pub fn next_rows(&mut self, rows: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(rows * (self.seq_len + 1));
+        for _ in 0..rows {
+            self.fill_row();
+            out.extend(self.row.iter().map(|&id| id as u16));
+        }
+        out
+    }
+
     /// Completed passes over the documents so far.
     pub fn epoch(&self) -> u64 {
         self.epoch

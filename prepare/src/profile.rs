@@ -30,6 +30,13 @@ pub struct PlatformProfile {
     pub device_batch_scale: f64,
     /// Steps not counted in the training time (kernel compilation and warm-up).
     pub warmup_steps: u64,
+    /// Seconds the warm-up may take at most (capped at 5 % of a time budget); also the grace
+    /// for the step in flight when the budget runs out, and part of evaluation's time limit.
+    pub warmup_allowance_seconds: f64,
+    /// How the trainer answers evaluation: `full` (every logit, through shared memory),
+    /// `summary` (per-position values, full logits at positions the harness picks), or `auto`
+    /// (full when a batch's logits fit in 1 GiB).
+    pub eval_transport: String,
     /// Floating-point type of the weights and activations (`f32`, `bf16`, `f16`).
     pub dtype: String,
     /// Kernel fusion (CubeCL backends only).
@@ -51,6 +58,8 @@ impl Default for PlatformProfile {
             eval_batch_size: 128,
             device_batch_scale: 1.0,
             warmup_steps: 10,
+            warmup_allowance_seconds: 15.0,
+            eval_transport: "auto".into(),
             dtype: "bf16".into(),
             fusion: true,
             autotune: true,
@@ -123,6 +132,12 @@ impl PlatformProfile {
         }
         if !matches!(self.class.as_str(), "gpu" | "cpu") {
             return Err(format!("class must be \"gpu\" or \"cpu\", got {:?}", self.class));
+        }
+        if !(self.warmup_allowance_seconds >= 0.0 && self.warmup_allowance_seconds.is_finite()) {
+            return Err(format!("warmup_allowance_seconds must be a number >= 0, got {}", self.warmup_allowance_seconds));
+        }
+        if !matches!(self.eval_transport.as_str(), "auto" | "full" | "summary") {
+            return Err(format!("eval_transport must be auto, full or summary, got {:?}", self.eval_transport));
         }
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
             return Err(format!("dtype must be f32, bf16 or f16, got {:?}", self.dtype));

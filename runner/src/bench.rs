@@ -1,7 +1,7 @@
 //! `autoresearch bench`: training-step throughput of the trainer on every backend of the build,
 //! optionally beside PyTorch, at one or more model sizes.
 //!
-//! Each backend runs in its own `bench_step` process (harness/src/bin/bench_step.rs), so the
+//! Each backend runs in its own `bench_step` process (trainer/src/bin/bench_step.rs), so the
 //! peak resident set it reports (VmHWM on CPU backends) is that backend's alone. The PyTorch
 //! side (`--vs-torch`) runs at the same sizes in the same invocation, right before the Burn
 //! backends of each size, and every row gets its ratio to it: on a shared machine only ratios

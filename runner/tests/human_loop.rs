@@ -39,7 +39,7 @@ fn add_worktree_sync_record_insight() {
     assert!(out.contains("n2's commit"), "{out}");
     let target = fx.repo.canonicalize().unwrap().join("target");
     let hint = format!(
-        "cd {} && CARGO_TARGET_DIR={t} cargo build --release --workspace --bin harness && {t}/release/harness --budget time:1 --summary-json ",
+        "cd {} && CARGO_TARGET_DIR={t} cargo build --release --workspace --bin harness --bin trainer && {t}/release/harness --budget time:1 --summary-json ",
         wt.display(),
         t = target.display()
     );

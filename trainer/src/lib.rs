@@ -1,8 +1,10 @@
 //! The trainer: the GPT ([`model`]), its optimizer ([`optim`]), its hyperparameters
 //! ([`hparams`], from `hparams.toml`) and the training loop ([`train`]).
 //!
-//! This is the one crate that experiments edit. The harness calls [`train`] with a
-//! [`TrainContext`] and scores the returned model itself.
+//! This is the one crate that experiments edit. It is built as its own executable
+//! (`src/main.rs`), which the harness starts in a sandbox: [`train`] gets each step's data from
+//! the harness through `ctx.data` and hands back the model, and the harness then scores the
+//! model's logits itself. The trainer never reads the data files or writes the score.
 //!
 //! A port of the reference train.py (karpathy/autoresearch). Known differences:
 //! - Everything runs in f32: the profile's `dtype` is not applied (the reference trains in bf16
@@ -18,50 +20,49 @@ pub mod model;
 pub mod optim;
 
 use std::io::Write;
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use prepare::clock::Budget;
 use prepare::eval::LogitsModel;
 use prepare::experiment::{TrainContext, TrainError, TrainedModel};
-use prepare::loader::PackedLoader;
 
 use hparams::Hparams;
 use model::{Gpt, GptConfig};
 use optim::{MuonAdamW, StepSchedule};
 
-/// Trains a model within the context's budget and hands it back without autodiff.
+/// Trains a model until the harness says the budget is spent, and hands it back without
+/// autodiff.
 pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
-    let TrainContext { device, data, profile, clock, seed, hparams_override } = ctx;
-    let hp = Hparams::load(&profile.class, hparams_override.as_deref())?;
-    let seq_len = profile.seq_len;
-    let device_batch = hp.scaled_device_batch(profile.device_batch_scale);
+    let TrainContext { device, run, mut data } = ctx;
+    let hp = Hparams::load(&run.class, run.hparams_override.as_deref())?;
+    let seq_len = run.seq_len;
+    let device_batch = hp.scaled_device_batch(run.device_batch_scale);
     let accum = hp.grad_accum_steps(device_batch, seq_len)?;
-    let tokens_per_step = (device_batch * seq_len * accum) as u64;
+    let rows_per_step = device_batch * accum;
 
-    let config = GptConfig::new(&hp, data.vocab_size(), seq_len);
+    let config = GptConfig::new(&hp, run.vocab_size, seq_len);
     kernels::tune_allocator();
     let device = device.autodiff();
-    device.seed(seed);
+    device.seed(run.seed);
     let mut model = config.init(&device);
     let num_params = model.num_params();
     let flops_per_token = config.flops_per_token();
-    clock.set_flops_per_token(flops_per_token);
+    data.describe(num_params, flops_per_token, hp.depth)?;
     let mut optim = MuonAdamW::new(&model, &hp);
-    let mut loader = PackedLoader::train(data, device_batch, seq_len, seed)?;
 
     println!("Model config: {config:?}");
     println!("Parameters: {num_params} ({:.1}M) {:?}", num_params as f64 / 1e6, config.param_counts());
     println!("Estimated FLOPs per token: {flops_per_token:e}");
     println!("Device batch: {device_batch} x {seq_len}, gradient accumulation steps: {accum}");
-    println!("Budget: {}", clock.budget());
+    println!("Budget: {}", run.budget);
 
     let mut smooth_loss = 0.0;
     let mut step = 0usize;
-    while !clock.done() {
-        clock.start_step();
-        let progress = clock.progress();
+    while let Some(batch) = data.next_step(rows_per_step)? {
+        let started = Instant::now();
+        let progress = batch.progress();
         let schedule = StepSchedule {
             lr_multiplier: hp.lr_multiplier(progress),
             muon_momentum: hp.muon_momentum(step),
@@ -69,11 +70,8 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
         };
         let mut grads = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(accum);
-        let mut epoch = 0;
-        for _ in 0..accum {
-            let batch = loader.next_batch()?;
-            epoch = batch.epoch;
-            let (inputs, targets) = (batch.inputs_tensor(&device), batch.targets_tensor(&device));
+        for micro in batch.micro_batches(device_batch) {
+            let (inputs, targets) = (micro.inputs_tensor(&device), micro.targets_tensor(&device));
             losses.push(micro_step(&model, inputs, targets, accum, &mut grads));
         }
         model = optim.step(model, grads.grads(), schedule);
@@ -81,30 +79,26 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
         let loss = Tensor::cat(losses, 0).mean().into_scalar::<f32>() as f64;
         device.sync().map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
         check_loss(step, loss)?;
-        let timing = clock.finish_step(tokens_per_step);
+        data.report(loss, schedule.lr_multiplier);
 
-        let dt = timing.duration.as_secs_f64();
+        let dt = started.elapsed().as_secs_f64();
         smooth_loss = 0.9 * smooth_loss + 0.1 * loss;
         let debiased = smooth_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
-        let remaining = match clock.budget() {
-            Budget::Time(secs) => (secs - clock.training_seconds()).max(0.0),
-            // Other budgets: extrapolate the counted time at the current pace.
-            _ if clock.progress() > 0.0 => clock.training_seconds() * (1.0 / clock.progress() - 1.0),
-            _ => 0.0,
-        };
+        let tokens = (rows_per_step * seq_len) as f64;
         print!(
-            "\rstep {step:05} ({:.1}%) | loss: {debiased:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {} | epoch: {epoch} | remaining: {remaining:.0}s    ",
+            "\rstep {step:05} ({:.1}%) | loss: {debiased:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {} | epoch: {}    ",
             100.0 * progress,
             schedule.lr_multiplier,
             dt * 1000.0,
-            thousands(if dt > 0.0 { (tokens_per_step as f64 / dt) as u64 } else { 0 }),
+            thousands(if dt > 0.0 { (tokens / dt) as u64 } else { 0 }),
+            batch.epoch(),
         );
         let _ = std::io::stdout().flush();
         step += 1;
     }
     println!();
 
-    Ok(TrainedModel { model: Box::new(model.valid()), num_params, flops_per_token, depth: hp.depth })
+    Ok(Box::new(model.valid()))
 }
 
 /// Forward and backward on one micro-batch. The loss is divided by `accum` before the backward
@@ -219,49 +213,6 @@ mod tests {
         eprintln!("tiny model: loss {first:.3} -> {last:.3} in 30 steps");
         assert!((first - (64f64).ln()).abs() < 0.5, "initial loss {first} should be near ln(64)");
         assert!(last < 0.5 * first, "loss did not fall enough: {first} -> {last}");
-    }
-
-    /// The whole `train` on a tiny prepared cache, then `evaluate_bpb` on the returned model.
-    #[test]
-    fn end_to_end_on_a_prepared_cache() {
-        use prepare::clock::TrainingClock;
-        use prepare::profile::PlatformProfile;
-        let dir = tempfile::tempdir().unwrap();
-        prepare::fixtures::prepare_tiny_cache(dir.path()).unwrap();
-        let data = prepare::data::PreparedData::open(dir.path()).unwrap();
-        let seq_len = 64;
-        let profile = PlatformProfile {
-            class: "cpu".into(),
-            seq_len,
-            eval_tokens: seq_len * 8 * 4,
-            eval_batch_size: 8,
-            warmup_steps: 1,
-            dtype: "f32".into(),
-            ..Default::default()
-        };
-        let over = "depth = 2\naspect_ratio = 32\nhead_dim = 32\ntotal_batch_tokens = 1024\ndevice_batch_size = 8";
-        let mut clock = TrainingClock::new(Budget::Tokens(16384), 1);
-        let device = Device::flex();
-        let untrained = {
-            let hp = Hparams::load("cpu", Some(over)).unwrap();
-            let d = device.clone();
-            d.seed(42);
-            GptConfig::new(&hp, data.vocab_size(), seq_len).init(&d)
-        };
-        let before = prepare::eval::evaluate_bpb(&untrained, &data, &profile, &device).unwrap();
-        let trained = train(TrainContext {
-            device: device.clone(),
-            data: &data,
-            profile: &profile,
-            clock: &mut clock,
-            seed: 42,
-            hparams_override: Some(over.to_string()),
-        })
-        .unwrap();
-        let after = prepare::eval::evaluate_bpb(trained.model.as_ref(), &data, &profile, &device).unwrap();
-        assert_eq!(clock.steps(), 16, "16384 tokens at 1024 per step");
-        assert_eq!(trained.depth, 2);
-        assert!(after.bpb() < 0.8 * before.bpb(), "val_bpb did not fall: {} -> {}", before.bpb(), after.bpb());
     }
 
     #[test]

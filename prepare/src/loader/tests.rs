@@ -216,3 +216,19 @@ fn validation_matches_a_literal_transcription_of_the_reference() {
         }
     }
 }
+
+#[test]
+fn next_rows_gives_the_same_row_stream_as_next_batch_whatever_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![file_of(dir.path(), "a.tok", &varied_docs(3000))];
+    let mut batches = PackedLoader::new(files.clone(), BOS, 4, 32, Some(5)).unwrap();
+    let want: Vec<Vec<u32>> = (0..6).flat_map(|_| rows(&batches.next_batch().unwrap())).collect();
+    let mut loader = PackedLoader::new(files, BOS, 4, 32, Some(5)).unwrap();
+    let mut got: Vec<Vec<u32>> = Vec::new();
+    for n in [1, 7, 3, 13] {
+        let flat = loader.next_rows(n);
+        assert_eq!(flat.len(), n * 33);
+        got.extend(flat.chunks(33).map(|r| r.iter().map(|&x| x as u32).collect::<Vec<u32>>()));
+    }
+    assert_eq!(got, want);
+}

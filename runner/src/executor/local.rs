@@ -151,11 +151,15 @@ impl Local {
         }
         std::fs::copy(&built, &spec.harness_copy)
             .with_context(|| format!("copying {} to {}", built.display(), spec.harness_copy.display()))?;
+        let trainer = built.with_file_name(format!("trainer{}", std::env::consts::EXE_SUFFIX));
+        let trainer_copy = spec.harness_copy.with_file_name(trainer.file_name().unwrap_or_default());
+        std::fs::copy(&trainer, &trainer_copy).with_context(|| format!("copying {} to {}", trainer.display(), trainer_copy.display()))?;
         drop(lock);
         let elapsed = t0.elapsed();
         let mut shifted = |e: Duration| tick(elapsed + e);
         let f = process::run_shell(&render(&harness_command(&spec.cfg), spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
         let _ = std::fs::remove_file(&spec.harness_copy);
+        let _ = std::fs::remove_file(&trainer_copy);
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })
     }
@@ -289,6 +293,7 @@ mod tests {
         write(&repo, "prepare/src/lib.rs", "pub fn p() -> u32 { 1 }\n");
         write(&repo, "trainer/Cargo.toml", &manifest("trainer", "prepare = { path = \"../prepare\" }\n"));
         write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 1 }\n");
+        write(&repo, "trainer/src/main.rs", "fn main() {}\n");
         write(&repo, "harness/Cargo.toml", &manifest("harness", "trainer = { path = \"../trainer\" }\n"));
         write(
             &repo,
@@ -316,10 +321,10 @@ mod tests {
         };
         let tree = repo.join(".autoresearch/.build");
         let log = run("a", "a", 2.0);
-        assert!(log.contains(&format!("into the build tree {}: 9 written, 0 deleted, 0 unchanged", tree.display())), "{log}");
+        assert!(log.contains(&format!("into the build tree {}: 10 written, 0 deleted, 0 unchanged", tree.display())), "{log}");
         assert!(log.contains("Compiling prepare"), "{log}");
         let log = run("b", "b", 3.0);
-        assert!(log.contains("1 written, 0 deleted, 8 unchanged"), "{log}");
+        assert!(log.contains("1 written, 0 deleted, 9 unchanged"), "{log}");
         assert!(log.contains("Compiling trainer") && log.contains("Compiling harness"), "{log}");
         assert!(!log.contains("Compiling prepare"), "prepare is unchanged and stays built:\n{log}");
         assert!(log.contains(&tree.join("trainer").display().to_string()), "built in the build tree:\n{log}");
@@ -330,7 +335,7 @@ mod tests {
         write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 5 }\n");
         sh(&repo, "CARGO_TARGET_DIR=target cargo build --release --locked --workspace --quiet");
         let log = run("b", "b-again", 3.0);
-        assert!(log.contains("0 written, 0 deleted, 9 unchanged"), "{log}");
+        assert!(log.contains("0 written, 0 deleted, 10 unchanged"), "{log}");
         assert!(log.contains("built from another checkout"), "{log}");
         assert!(log.contains("Compiling trainer"), "{log}");
 

@@ -122,11 +122,12 @@ pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
     format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
 }
 
-/// Builds the harness of an experiment: the workspace build limited to the `harness` binary.
-/// `--bin` only picks targets, after the `--workspace` feature resolution, so Burn stays built;
-/// the runner and the other binaries are not compiled for every experiment.
+/// Builds an experiment: the workspace build limited to the `harness` and `trainer` binaries
+/// (the harness starts the trainer binary next to it). `--bin` only picks targets, after the
+/// `--workspace` feature resolution, so Burn stays built; the runner and the other binaries
+/// are not compiled for every experiment.
 pub fn build_command(cfg: &ResearchConfig) -> String {
-    format!("cargo build --release --locked --workspace --bin harness{}", feature_flags(cfg))
+    format!("cargo build --release --locked --workspace --bin harness --bin trainer{}", feature_flags(cfg))
 }
 
 /// Runs a built harness (`{harness}`: its path) with the run's flags.

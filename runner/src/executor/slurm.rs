@@ -88,11 +88,12 @@ pub fn script(spec: &RunSpec) -> String {
         None => {
             let built = super::target_dir(&spec.repo_root).join("release").join("harness");
             out.push_str(&format!(
-                "mkdir -p {dir}\n( flock 9 && {touch} && {build} && cp {built} {copy} ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy}\n",
+                "mkdir -p {dir}\n( flock 9 && {touch} && {build} && cp {built} {copy} && cp {built_trainer} {dir}/ ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy} {dir}/trainer\n",
                 dir = q(spec.harness_copy.parent().unwrap_or(Path::new("."))),
                 touch = TOUCH_SOURCES,
                 build = build_command(cfg),
                 built = q(&built),
+                built_trainer = q(&built.with_file_name("trainer")),
                 copy = q(&spec.harness_copy),
                 lock = q(&super::build_lock(&spec.repo_root)),
                 run = render(&harness_command(cfg), spec),
@@ -321,7 +322,7 @@ mod tests {
             "#SBATCH --time=25", // 900 s + 10 min margin
             "#SBATCH --output=/repo/.autoresearch/t/logs/n3-1.log",
             "module load cuda",
-            "( flock 9 && find prepare trainer harness -type f -exec touch {} + && cargo build --release --locked --workspace --bin harness && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness ) 9>/repo/target/.autoresearch-build.lock",
+            "( flock 9 && find prepare trainer harness -type f -exec touch {} + && cargo build --release --locked --workspace --bin harness --bin trainer && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness && cp /repo/target/release/trainer /repo/.autoresearch/t/bin/n3-1/ ) 9>/repo/target/.autoresearch-build.lock",
             "/repo/.autoresearch/t/bin/n3-1/harness --profile /repo/configs/platforms/cuda.toml --budget time:300 --seed 43",
             "echo $code > /repo/.autoresearch/t/runs/n3-1.exit.tmp && mv /repo/.autoresearch/t/runs/n3-1.exit.tmp /repo/.autoresearch/t/runs/n3-1.exit",
         ] {

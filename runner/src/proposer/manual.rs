@@ -63,7 +63,7 @@ then, when the job is done:
 pub fn run_hint(repo_root: &Path, cfg: &crate::config::ResearchConfig, worktree: &Path, summary: &Path) -> String {
     let target = crate::executor::target_dir(repo_root);
     format!(
-        "cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace --bin harness && {target}/release/harness --budget {budget} --summary-json {json}",
+        "cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace --bin harness --bin trainer && {target}/release/harness --budget {budget} --summary-json {json}",
         wt = worktree.display(),
         target = target.display(),
         budget = cfg.budget,

@@ -10,6 +10,10 @@
 //! forward/backward/optimizer split). `autoresearch bench` runs it once per backend, so each
 //! process's peak memory (VmHWM) is that backend's.
 //!
+//! It lives in the trainer package because it drives the trainer's model and optimizer
+//! directly (outside the harness: no budget, no sandbox, random tokens). The runner's guard
+//! keeps experiments out of `trainer/src/bin/`.
+//!
 //! ```sh
 //! target/release/bench_step --depth 4 --width 256 --heads 4 --batch 8 --seq 256 --steps 12 \
 //!     --devices flex,ndarray,wgpu-cpu --torch ../shared/bench/torch_reference.py
@@ -22,9 +26,9 @@ use anyhow::{Context, Result, bail};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use clap::{Parser, ValueEnum};
-use harness::device::{DeviceClass, build_device, parse_device};
-use harness::flops::{choose_peak, mfu_percent, this_cpu_peak};
-use harness::memory::MemoryTracker;
+use prepare::device::{DeviceClass, build_device, parse_device};
+use prepare::flops::{choose_peak, mfu_percent, this_cpu_peak};
+use prepare::memory::MemoryTracker;
 use trainer::hparams::Hparams;
 use trainer::model::GptConfig;
 use trainer::optim::{MuonAdamW, StepSchedule};
@@ -236,7 +240,7 @@ fn main() -> Result<()> {
     let process_start = Instant::now();
     let args = Args::parse();
     if args.list_devices {
-        for d in harness::device::ALL_DEVICES.iter().filter(|d| harness::device::feature_enabled(d.feature)) {
+        for d in prepare::device::ALL_DEVICES.iter().filter(|d| prepare::device::feature_enabled(d.feature)) {
             println!("{}", serde_json::json!({"name": d.name, "class": d.class, "description": d.description}));
         }
         return Ok(());

@@ -26,12 +26,12 @@ pub enum DeviceClass {
     Gpu,
 }
 
-/// One device name this harness knows, whether or not it is compiled in.
+/// One device name the harness and the trainer know, whether or not it is compiled in.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceSpec {
     /// Name as given to `--device` (`cuda` also takes `:N`).
     pub name: &'static str,
-    /// Cargo feature of the harness crate that compiles it in.
+    /// Cargo feature of the harness (and prepare) that compiles it in.
     pub feature: &'static str,
     /// What it runs on.
     pub description: &'static str,
@@ -52,7 +52,7 @@ pub const ALL_DEVICES: &[DeviceSpec] = &[
     DeviceSpec { name: "mps", feature: "tch", description: "LibTorch on Apple MPS", class: DeviceClass::Gpu },
 ];
 
-/// Whether the harness crate was built with `feature`.
+/// Whether this build has `feature`.
 pub fn feature_enabled(feature: &str) -> bool {
     match feature {
         "flex" => cfg!(feature = "flex"),
@@ -79,7 +79,7 @@ pub fn compiled_devices() -> Vec<&'static str> {
 pub enum DeviceError {
     /// The name is known but its backend is not in this build.
     NotCompiled { name: String, feature: &'static str, available: Vec<&'static str> },
-    /// The name is not one this harness knows.
+    /// The name is not one the harness knows.
     Unknown { name: String, available: Vec<&'static str> },
     /// `cuda:N` with a bad `N`.
     BadIndex { name: String },
@@ -91,7 +91,7 @@ impl std::fmt::Display for DeviceError {
             DeviceError::NotCompiled { name, feature, available } => write!(
                 f,
                 "device {name:?} is not compiled into this build; this build has: {}. \
-                 Rebuild with `cargo build --release -p harness --features {feature}` to use it",
+                 Rebuild with `cargo build --release --workspace --features harness/{feature}` to use it",
                 available.join(", ")
             ),
             DeviceError::Unknown { name, available } => write!(
@@ -303,17 +303,17 @@ mod tests {
         let err = parse_device("cuda:1").unwrap_err();
         assert!(matches!(err, DeviceError::NotCompiled { feature: "tch", .. }));
         let text = err.to_string();
-        assert!(text.contains("--features tch"), "{text}");
+        assert!(text.contains("--features harness/tch"), "{text}");
         assert!(text.contains("this build has: flex, ndarray"), "{text}");
         let text = parse_device("tch").unwrap_err().to_string();
-        assert!(text.contains("--features tch"), "{text}");
+        assert!(text.contains("--features harness/tch"), "{text}");
     }
 
     #[cfg(not(feature = "metal"))]
     #[test]
     fn metal_needs_its_feature() {
         let text = parse_device("metal").unwrap_err().to_string();
-        assert!(text.contains("--features metal") && text.contains("flex"), "{text}");
+        assert!(text.contains("--features harness/metal") && text.contains("flex"), "{text}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Peak memory of a run.
 //!
 //! - `device_pool`: where the backend reports an allocator (`Device::memory_pool_usage()`, the
-//!   CubeCL backends such as wgpu), `peak_vram_mb = bytes_reserved / 2^20`, the largest value
-//!   seen at the samples the harness takes (after training, after the causality probe, after
-//!   evaluation). Burn reports what the pool holds *now*, not a high-water mark, but pools keep
-//!   their pages for reuse, so the reserved bytes approximate the peak.
-//! - `process_peak_rss`: otherwise (flex, ndarray, LibTorch), the process's peak resident set,
-//!   `VmHWM` of `/proc/self/status` (Linux), `/ 1024` from kB to MiB. On a LibTorch GPU this
-//!   does not see GPU memory.
-//! - `unavailable`: neither (non-Linux host with a backend without a pool): 0.
+//!   CubeCL backends such as wgpu), `peak_vram_mb = bytes_reserved / 2^20`, sampled by the
+//!   trainer when training ends and reported to the harness (a figure the trainer could
+//!   misstate: the JSON says where it came from). Burn reports what the pool holds *now*, not a
+//!   high-water mark, but pools keep their pages for reuse, so the reserved bytes approximate
+//!   the peak.
+//! - `process_peak_rss`: otherwise (flex, ndarray, LibTorch), the peak resident set of the
+//!   trainer process, which the harness measures itself (`ru_maxrss` when it reaps the
+//!   trainer; `VmHWM` of `/proc/self/status` for a process measuring itself, as the benchmark
+//!   does), from kB to MiB. On a LibTorch GPU this does not see GPU memory.
+//! - `unavailable`: neither: 0.
 
 use burn::prelude::Device;
 
@@ -62,7 +64,8 @@ impl MemoryTracker {
     }
 }
 
-fn choose(pool_mb: Option<f64>, rss: impl FnOnce() -> Option<f64>) -> PeakMemory {
+/// The device-pool figure when there is one, else the peak resident set.
+pub fn choose(pool_mb: Option<f64>, rss: impl FnOnce() -> Option<f64>) -> PeakMemory {
     match pool_mb {
         Some(mb) => PeakMemory { mb, source: "device_pool" },
         None => match rss() {
@@ -75,8 +78,8 @@ fn choose(pool_mb: Option<f64>, rss: impl FnOnce() -> Option<f64>) -> PeakMemory
 /// One line saying where the peak-memory figure came from, printed before the summary.
 pub fn describe(peak: &PeakMemory) -> String {
     let how = match peak.source {
-        "device_pool" => "bytes reserved by the device memory pool",
-        "process_peak_rss" => "peak resident set of this process (VmHWM); the backend has no device pool",
+        "device_pool" => "bytes reserved by the device memory pool, as the trainer reported them",
+        "process_peak_rss" => "peak resident set of the trainer process; the backend has no device pool",
         _ => "no memory figure available on this platform",
     };
     format!("memory_source: {} ({how})", peak.source)

@@ -1,0 +1,183 @@
+//! What the trainer's sandbox lets it reach: its binary and the dynamic loader (read and
+//! execute), the system libraries, the CPU description, the devices it computes on, the
+//! library folders of `LD_LIBRARY_PATH` (LibTorch), and its own scratch folder (read and
+//! write). Nothing else: not the data cache, the repository, `.autoresearch/`, `target/`,
+//! `$HOME` or `.git`, and no network.
+
+use std::path::{Path, PathBuf};
+
+use prepare::device::DeviceChoice;
+use sealed::sandbox::{Policy, is_within};
+
+/// System folders of shared libraries and the loader's configuration.
+const SYSTEM_READ: &[&str] = &[
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    // The CPU's description (thread pools, SIMD dispatch).
+    "/proc/cpuinfo",
+    "/sys/devices/system/cpu",
+];
+
+/// Devices every process may use.
+const COMMON_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+
+/// What GPU backends read: Vulkan and GL loader configuration, driver information.
+const GPU_READ: &[&str] = &["/usr/share/vulkan", "/etc/vulkan", "/usr/share/glvnd", "/etc/glvnd", "/usr/share/drirc.d", "/etc/drirc", "/usr/share/egl", "/proc/driver/nvidia", "/sys"];
+
+/// GPU device files: DRM render nodes (Vulkan) and NVIDIA's (CUDA, Vulkan).
+const GPU_DEVICES: &[&str] = &["/dev/dri", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/nvidia-caps"];
+
+/// Folders the trainer must never be able to read, even through a library folder (from
+/// `LD_LIBRARY_PATH`) that contains them.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    /// Nothing in them or above them: the cache, the repository, the run state, the folders
+    /// of the profile and of the summary.
+    pub trees: Vec<PathBuf>,
+    /// Nothing above them, but a folder inside is fine: `$HOME` (LibTorch is often installed
+    /// under it, far from the cache in `~/.cache`, which is in `trees`).
+    pub homes: Vec<PathBuf>,
+}
+
+impl Protected {
+    /// The first protected folder that `path` overlaps.
+    fn overlap(&self, path: &Path) -> Option<&Path> {
+        let tree = self.trees.iter().find(|p| is_within(path, p) || is_within(p, path));
+        tree.or_else(|| self.homes.iter().find(|h| is_within(h, path))).map(PathBuf::as_path)
+    }
+}
+
+/// A trainer's sandbox: the policy, the library path the trainer is given (the folders of
+/// `LD_LIBRARY_PATH` it may read), and notes for the log.
+#[derive(Debug, Clone)]
+pub struct TrainerSandbox {
+    pub policy: Policy,
+    pub library_path: Option<std::ffi::OsString>,
+    pub notes: Vec<String>,
+}
+
+/// The policy for a trainer binary on `device`, writing only to `scratch`. A library or
+/// driver path that overlaps a protected folder is left out (the trainer does not get it).
+pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected) -> Result<TrainerSandbox, String> {
+    let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+    let mut devices: Vec<PathBuf> = COMMON_DEVICES.iter().map(PathBuf::from).collect();
+    let gpu = device.class == prepare::device::DeviceClass::Gpu || device.spec.starts_with("wgpu");
+    if gpu {
+        read.extend(GPU_READ.iter().map(PathBuf::from));
+        devices.extend(GPU_DEVICES.iter().map(PathBuf::from));
+        devices.extend(nvidia_device_files());
+    }
+    // Libraries the loader is pointed at (LibTorch's), and Vulkan drivers named by file.
+    let mut extra: Vec<(PathBuf, &str)> = Vec::new();
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        extra.extend(std::env::split_paths(&paths).filter(|p| p.is_absolute()).map(|p| (p, "LD_LIBRARY_PATH")));
+    }
+    for var in ["VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES"] {
+        if let Some(files) = std::env::var_os(var) {
+            extra.extend(std::env::split_paths(&files).filter(|p| p.is_absolute()).map(|p| (p, var)));
+        }
+    }
+    let mut notes = Vec::new();
+    let mut library_dirs = Vec::new();
+    for (path, var) in extra {
+        if let Some(p) = protected.overlap(&path) {
+            notes.push(format!("{var} entry {} overlaps {}: the trainer does not get it", path.display(), p.display()));
+            continue;
+        }
+        if var == "LD_LIBRARY_PATH" {
+            library_dirs.push(path.clone());
+        }
+        read.push(path);
+    }
+    let library_path = (!library_dirs.is_empty()).then(|| std::env::join_paths(&library_dirs).ok()).flatten();
+    if let Some(p) = protected.overlap(scratch) {
+        return Err(format!("the trainer's scratch folder {} lies in {} (set TMPDIR elsewhere)", scratch.display(), p.display()));
+    }
+    let mut execute = vec![binary.to_path_buf()];
+    execute.extend(interpreter(binary));
+    let policy = Policy { read, execute, write: vec![scratch.to_path_buf()], devices, filter_syscalls: true };
+    Ok(TrainerSandbox { policy, library_path, notes })
+}
+
+/// `/dev/nvidia0`, `/dev/nvidia1`, ...
+fn nvidia_device_files() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.strip_prefix("nvidia").is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))))
+        .collect()
+}
+
+/// The ELF interpreter (dynamic loader) of `binary`, which the kernel opens for execution too;
+/// the usual loaders when the binary cannot be read.
+fn interpreter(binary: &Path) -> Vec<PathBuf> {
+    match std::fs::read(binary).ok().and_then(|bytes| elf_interpreter(&bytes)) {
+        Some(p) => {
+            let mut v = vec![PathBuf::from(&p)];
+            if let Ok(real) = std::fs::canonicalize(&p) {
+                v.push(real);
+            }
+            v
+        }
+        None => ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"].iter().map(PathBuf::from).collect(),
+    }
+}
+
+/// The `PT_INTERP` path of a 64-bit little-endian ELF file.
+fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let phoff = u64_at(0x20)? as usize;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? == 3 {
+            let (offset, size) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+            let raw = elf.get(offset..offset + size)?;
+            return Some(String::from_utf8_lossy(raw.strip_suffix(&[0]).unwrap_or(raw)).into_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interpreter_of_this_test_binary_is_found() {
+        let me = std::env::current_exe().unwrap();
+        let interp = elf_interpreter(&std::fs::read(&me).unwrap()).expect("a dynamically linked test binary");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        assert!(elf_interpreter(b"not an elf").is_none());
+    }
+
+    #[test]
+    fn a_library_folder_over_a_protected_one_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let home = dir.path().join("home");
+        let protected = Protected { trees: vec![cache.clone()], homes: vec![home.clone()] };
+        assert_eq!(protected.overlap(&cache.join("lib")), Some(cache.as_path()), "a folder inside the cache");
+        assert_eq!(protected.overlap(Path::new("/usr/lib")), None);
+        assert_eq!(protected.overlap(&home), Some(home.as_path()), "the home folder itself");
+        assert!(protected.overlap(dir.path()).is_some(), "a folder containing both");
+        assert_eq!(protected.overlap(&home.join(".local/lib/torch/lib")), None, "a library folder inside the home folder");
+    }
+}

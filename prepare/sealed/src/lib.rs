@@ -1,0 +1,19 @@
+//! The sealed boundary between the scorer (the harness) and the code under research (the
+//! trainer), in two parts:
+//!
+//! - [`wire`]: the messages the two processes exchange over one Unix socket, and [`shm`], the
+//!   shared region that carries full logits when they are small enough. The trainer gets
+//!   training batches on request and evaluation inputs to answer; it never gets a path to the
+//!   data, a target it cannot already see in its inputs, or a way to write the score.
+//! - [`sandbox`]: the kernel sandbox the trainer runs in on Linux (landlock for files, network
+//!   and signals; a seccomp filter for sockets and process groups; no capabilities; death with
+//!   the parent). The runner uses the same sandbox for experiment builds.
+//!
+//! [`child`] is the trainer's end of the socket. No Burn here: a fixture trainer written
+//! against this crate builds in seconds, and the runner links it without Burn.
+
+pub mod child;
+pub mod random;
+pub mod sandbox;
+pub mod shm;
+pub mod wire;
