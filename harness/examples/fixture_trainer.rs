@@ -163,8 +163,12 @@ fn during_training(attack: &str, get: &dyn Fn(&str) -> String, step: usize, mode
                     unsafe { libc::_exit(0) };
                 }
                 println!("ATTACK forge-fork: setsid returned {setsid}, grandchild {pid2}");
+                let _ = std::io::stdout().flush();
                 unsafe { libc::_exit(0) };
             }
+            // The first child has printed (and left its grandchild behind) once it is gone.
+            let mut status = 0;
+            unsafe { libc::waitpid(pid, &mut status, 0) };
             report(attack, format!("forked {pid}"));
         }
         "stdout" => {

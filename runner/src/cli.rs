@@ -141,6 +141,24 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 10)]
         last: usize,
     },
+    /// Runs a build command in the experiment-build sandbox (what a Slurm job builds its trainer
+    /// with): it may read the toolchain, the system, TREE and TARGET, write only TREE and TARGET,
+    /// and reach no network.
+    #[command(hide = true)]
+    SandboxBuild {
+        /// The checkout to build.
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        /// The cargo target directory.
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// Build without a sandbox where there is none.
+        #[arg(long)]
+        no_require_sandbox: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 const BENCH_LONG_ABOUT: &str = "\
@@ -693,6 +711,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 features: args.features.unwrap_or(cfg.features),
             };
             crate::bench::run(&git, &opts)
+        }
+        Command::SandboxBuild { tree, target, no_require_sandbox, command } => {
+            crate::executor::build_sandbox::run_sandboxed(&tree, &target, !no_require_sandbox, &command)
         }
         Command::Watch { tag, config, interval, once, last } => {
             let git = repo(&cli.repo)?;

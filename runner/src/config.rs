@@ -204,7 +204,7 @@ pub struct ResearchConfig {
     pub tag: String,
     /// The trainer crate (the code under research).
     pub trainer: String,
-    /// Path prefixes a change may touch. Empty: `[trainer]`.
+    /// Path prefixes a change may touch. Empty: `<trainer>/src` and `<trainer>/hparams.toml`.
     pub scope: Vec<String>,
     /// Paths whose content is hashed at run start and must not change.
     pub read_only: Vec<String>,
@@ -240,6 +240,12 @@ pub struct ResearchConfig {
     pub device_batch_scale: f64,
     /// Extra cargo features for the harness build (e.g. `tch`, `wgpu`); empty = the defaults.
     pub features: String,
+    /// The scorer: a harness binary to use for the whole run. Empty: the runner builds it once
+    /// from the run's base commit into `.autoresearch/<tag>/bin/harness`.
+    pub harness: String,
+    /// Refuse to run (or build) a trainer without a kernel sandbox. Off only where there is
+    /// none (macOS, Windows, old kernels): then every result says `sandbox: none`.
+    pub require_sandbox: bool,
     /// Shell command that runs one experiment in the worktree; empty = build and run the
     /// harness. Placeholders: {summary_json} {seed} {budget} {profile} {device}
     /// {device_batch_scale} {cache_dir} {target_dir} {worktree}.
@@ -262,6 +268,9 @@ impl Default for ResearchConfig {
             read_only: vec![
                 "prepare".into(),
                 "harness".into(),
+                "trainer/Cargo.toml".into(),
+                "trainer/src/main.rs".into(),
+                "trainer/src/bin".into(),
                 "configs/platforms".into(),
                 "Cargo.toml".into(),
                 "Cargo.lock".into(),
@@ -285,6 +294,8 @@ impl Default for ResearchConfig {
             cache_dir: String::new(),
             device_batch_scale: 0.0,
             features: String::new(),
+            harness: String::new(),
+            require_sandbox: true,
             experiment_command: String::new(),
             search_space: "configs/search_space.toml".into(),
             search_patience: 8,
@@ -320,7 +331,7 @@ impl ResearchConfig {
         }
         validate_tag(&self.tag)?;
         if self.scope.is_empty() {
-            self.scope = vec![self.trainer.clone()];
+            self.scope = vec![format!("{}/src", self.trainer), format!("{}/hparams.toml", self.trainer)];
         }
         self.budget()?;
         if self.metric.is_empty() {
@@ -426,6 +437,9 @@ mod tests {
         let mut c = ResearchConfig::default();
         c.finalize().unwrap();
         assert!(c.in_scope("trainer/src/model.rs"));
+        assert!(c.in_scope("trainer/hparams.toml"));
+        assert!(!c.in_scope("trainer/Cargo.toml"));
+        assert!(!c.in_scope("trainer/build.rs"));
         assert!(!c.in_scope("trainers/x"));
         assert!(!c.in_scope("harness/src/main.rs"));
         assert_eq!(c.hard_timeout().as_secs(), 600 + 900);

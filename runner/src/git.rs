@@ -236,6 +236,27 @@ impl Git {
     }
 
     /// `git diff --stat`-like text between two commits, and the patch.
+    /// The entries a commit adds or changes relative to `from`: path and git file mode
+    /// (0o100644 file, 0o100755 executable, 0o120000 link, 0o160000 submodule); deletions
+    /// are left out.
+    pub fn changed_entries(&self, from: Oid, to: Oid) -> Result<Vec<(String, u32)>> {
+        let a = self.repo.find_commit(from)?.tree()?;
+        let b = self.repo.find_commit(to)?.tree()?;
+        let diff = self.repo.diff_tree_to_tree(Some(&a), Some(&b), None)?;
+        let mut out = Vec::new();
+        for d in diff.deltas() {
+            if d.status() == git2::Delta::Deleted {
+                continue;
+            }
+            let f = d.new_file();
+            if let Some(p) = f.path().and_then(|p| p.to_str()) {
+                out.push((p.to_string(), u32::from(f.mode())));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn diff_text(&self, from: Oid, to: Oid, patch: bool) -> Result<String> {
         let a = self.repo.find_commit(from)?.tree()?;
         let b = self.repo.find_commit(to)?.tree()?;

@@ -62,6 +62,21 @@ pub fn run_shell(
     env: &[(String, String)],
     output: Output<'_>,
     timeout: Duration,
+    on_start: impl FnMut(u32) -> Result<()>,
+    tick: impl FnMut(Duration),
+) -> Result<Finished> {
+    run_shell_in(None, command, cwd, env, output, timeout, on_start, tick)
+}
+
+/// [`run_shell`], inside `sandbox` when there is one (it leads its own process group too).
+#[allow(clippy::too_many_arguments)]
+pub fn run_shell_in(
+    sandbox: Option<&std::sync::Arc<sealed::sandbox::Sandbox>>,
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    output: Output<'_>,
+    timeout: Duration,
     mut on_start: impl FnMut(u32) -> Result<()>,
     mut tick: impl FnMut(Duration),
 ) -> Result<Finished> {
@@ -88,13 +103,11 @@ pub fn run_shell(
         }
         Output::Inherit => {}
     }
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    match sandbox {
+        Some(s) => s.apply(&mut cmd),
+        None => {
+            cmd.process_group(0);
+        }
     }
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting `sh -c {command}` in {}", cwd.display()))?;

@@ -87,13 +87,15 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     let exp = match executor::custom_command(cfg) {
         Some(c) => c.to_string(),
         None => format!(
-            "{}{} (one build at a time), then a private copy of the harness: {}",
+            "{}{} in the build sandbox (one build at a time), then the run's scorer on a private copy of the trainer: {}",
             match cfg.executor {
-                ExecutorKind::Local => "worktree synced into .autoresearch/.build, then ",
+                ExecutorKind::Local => "commit synced into .autoresearch/.build, then ",
                 ExecutorKind::Slurm => "",
             },
             executor::build_command(cfg),
-            executor::harness_command(cfg).replace("{harness}", ".autoresearch/<tag>/bin/<run>/harness")
+            executor::harness_command(cfg)
+                .replace("{harness}", &executor::scorer_path(cfg, Path::new(".")).display().to_string())
+                .replace("{trainer}", ".autoresearch/<tag>/bin/<run>/trainer")
         ),
     };
     let exec = match cfg.executor {
@@ -105,7 +107,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         }
     };
     format!(
-        "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
+        "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nsandbox:        {sandbox}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
         tag = cfg.tag,
         branch = branch_name(&cfg.tag),
         budget = cfg.budget,
@@ -113,12 +115,34 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         dir = cfg.direction,
         scope = cfg.scope.join(", "),
         ro = cfg.read_only.join(", "),
+        sandbox = if cfg.require_sandbox { "required (landlock + seccomp, for builds and runs)" } else { "used where there is one; results without one say `sandbox: none`" },
         profile = profile.display(),
         timeout = cfg.hard_timeout().as_secs(),
         seed = cfg.seed,
         results = paths.results.display(),
         state = paths.state_dir.display(),
     )
+}
+
+/// The run's own copy of its platform profile (`.autoresearch/<tag>/profile.toml`), taken when
+/// the run starts: every run of the tag is scored with it, whatever happens to the file it came
+/// from. Its sha256 is in the database (`profile_sha256`) and in every summary.
+fn snapshot_profile(source: &Path, state_dir: &Path, db: &Db) -> Result<PathBuf> {
+    let snapshot = state_dir.join("profile.toml");
+    let text = std::fs::read(source).with_context(|| format!("reading the profile {}", source.display()))?;
+    if snapshot.exists() {
+        let kept = std::fs::read(&snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+        if kept != text {
+            println!("note: {} changed since the run started; the run keeps its snapshot {}", source.display(), snapshot.display());
+        }
+        return Ok(snapshot);
+    }
+    results::write_atomic(&snapshot, &text)?;
+    let sha = crate::git::sha256_hex(&text);
+    db.set_meta("profile_sha256", &sha)?;
+    db.set_meta("profile_source", &source.display().to_string())?;
+    println!("profile snapshot: {} (sha256 {})", snapshot.display(), &sha[..12]);
+    Ok(snapshot)
 }
 
 fn confirm(prompt: &str) -> Result<()> {
@@ -196,6 +220,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         println!("created branch {} at {}", branch_name(&cfg.tag), &base.to_string()[..7]);
         hashes
     };
+    let profile = snapshot_profile(&profile, &paths.state_dir, &db)?;
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
     let progress = Progress::new(cfg.max_experiments);
     let shared = Arc::new(Shared {
@@ -801,6 +826,10 @@ impl Loop<'_> {
             let why = if last.is_empty() { reason.to_string() } else { format!("{reason}: {last}") };
             desc = format!("{desc} [{}]", why.chars().take(200).collect::<String>());
         }
+        if unsandboxed(summary) {
+            // Loud in the results row too: this score came from a trainer that ran unconfined.
+            desc.push_str(" [sandbox: none]");
+        }
         let row = results::format_row(&commit, if status.failed() { None } else { metric }, memory_mb, status.as_str(), &desc);
         let prev = best.and_then(|b| b.metric);
         let finished = now();
@@ -857,6 +886,11 @@ impl Loop<'_> {
         results::write_atomic(&self.paths.summary, &text)?;
         Ok(self.paths.summary.clone())
     }
+}
+
+/// Whether a run's summary says its trainer ran without a sandbox.
+fn unsandboxed(summary: Option<&Value>) -> bool {
+    summary.and_then(|s| s.get("sandbox")).and_then(Value::as_str).is_some_and(|s| s.starts_with("none"))
 }
 
 /// The best experiment: the last keep. Keeps are decided against the best at the moment they

@@ -28,7 +28,8 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
         batch_scale: scale,
         summary_json: summary.clone(),
         log: state.join("train.log"),
-        harness_copy: executor::target_dir(&git.root).join("release").join("harness"),
+        scorer: executor::target_dir(&git.root).join("release").join("harness"),
+        trainer_copy: executor::target_dir(&git.root).join("release").join("trainer"),
         timeout: cfg.hard_timeout(),
     };
     let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };

@@ -211,7 +211,8 @@ impl Shared {
             batch_scale: scale,
             summary_json: self.state_dir.join("runs").join(format!("{name}.json")),
             log: self.state_dir.join("logs").join(format!("{name}.log")),
-            harness_copy: self.state_dir.join("bin").join(&name).join(format!("harness{}", std::env::consts::EXE_SUFFIX)),
+            scorer: executor::scorer_path(&self.cfg, &self.root),
+            trainer_copy: self.state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
             timeout: self.cfg.hard_timeout(),
         }
     }

@@ -206,21 +206,73 @@ pub struct Synced {
 /// folders that `src` no longer has are deleted. Symbolic links are copied as links.
 pub fn sync(src: &Path, dst: &Path) -> Result<Synced> {
     let files = source_files(src)?;
+    let entries = files.into_iter().filter_map(|rel| {
+        let from = src.join(&rel);
+        match std::fs::symlink_metadata(&from) {
+            // Tracked but deleted in the worktree: not part of it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(anyhow::Error::new(e).context(format!("reading {}", from.display())))),
+            Ok(m) if m.is_dir() => None,
+            Ok(m) if m.file_type().is_symlink() => Some(std::fs::read_link(&from).map(|l| (rel, Entry::Link(l))).with_context(|| format!("reading the link {}", from.display()))),
+            Ok(m) => {
+                use std::os::unix::fs::PermissionsExt;
+                Some(std::fs::read(&from).map(|bytes| (rel, Entry::File { bytes, mode: m.permissions().mode() & 0o777 })).with_context(|| format!("reading {}", from.display())))
+            }
+        }
+    });
+    write_entries(dst, entries)
+}
+
+/// Makes `dst` hold exactly the files of `commit` in the repository at `repo`: what the guard
+/// checked is what is built, whatever the worktree holds besides (an ignored file, an edit
+/// made after the commit).
+pub fn sync_commit(repo: &Path, commit: &str, dst: &Path) -> Result<Synced> {
+    let repo = git2::Repository::open(repo).with_context(|| format!("opening the repository {}", repo.display()))?;
+    let oid = git2::Oid::from_str(commit).with_context(|| format!("commit {commit:?}"))?;
+    let tree = repo.find_commit(oid).with_context(|| format!("finding commit {commit}"))?.tree()?;
+    let mut entries = Vec::new();
+    let mut failed = None;
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+        let rel = PathBuf::from(format!("{dir}{}", e.name().unwrap_or("")));
+        if skipped(&rel) || e.kind() != Some(git2::ObjectType::Blob) {
+            return if e.kind() == Some(git2::ObjectType::Tree) && skipped(&rel) { git2::TreeWalkResult::Skip } else { git2::TreeWalkResult::Ok };
+        }
+        let blob = match repo.find_blob(e.id()) {
+            Ok(b) => b,
+            Err(err) => {
+                failed = Some(err);
+                return git2::TreeWalkResult::Abort;
+            }
+        };
+        let entry = match e.filemode() {
+            0o120000 => Entry::Link(PathBuf::from(OsStr::from_bytes(blob.content()))),
+            m => Entry::File { bytes: blob.content().to_vec(), mode: if m & 0o111 != 0 { 0o755 } else { 0o644 } },
+        };
+        entries.push(Ok((rel, entry)));
+        git2::TreeWalkResult::Ok
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    write_entries(dst, entries.into_iter())
+}
+
+/// A file to put in the build tree.
+enum Entry {
+    File { bytes: Vec<u8>, mode: u32 },
+    Link(PathBuf),
+}
+
+fn write_entries(dst: &Path, entries: impl Iterator<Item = Result<(PathBuf, Entry)>>) -> Result<Synced> {
     std::fs::create_dir_all(dst).with_context(|| format!("creating the build tree {}", dst.display()))?;
     let mut done = Synced::default();
     let mut wanted = BTreeSet::new();
-    for rel in files {
-        let from = src.join(&rel);
-        let meta = match std::fs::symlink_metadata(&from) {
-            Ok(m) => m,
-            // Tracked but deleted in the worktree: not part of it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
-        };
-        if meta.is_dir() {
-            continue;
+    for entry in entries {
+        let (rel, entry) = entry?;
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            bail!("a path that is not a plain relative path: {}", rel.display());
         }
-        if copy_if_changed(&from, &meta, dst, &rel)? {
+        if write_if_changed(dst, &rel, &entry)? {
             done.written += 1;
         } else {
             done.unchanged += 1;
@@ -250,11 +302,6 @@ fn source_files(src: &Path) -> Result<BTreeSet<PathBuf>> {
         out.insert(PathBuf::from(OsStr::from_bytes(s.path_bytes())));
     }
     out.retain(|p| !skipped(p));
-    for p in &out {
-        if !p.components().all(|c| matches!(c, Component::Normal(_))) {
-            bail!("{}: git lists a path that is not a plain relative path: {}", src.display(), p.display());
-        }
-    }
     Ok(out)
 }
 
@@ -265,28 +312,28 @@ fn skipped(rel: &Path) -> bool {
     }
 }
 
-/// Copies one file or link to `dst/rel` unless it already has the same content; true when it
+/// Writes one file or link to `dst/rel` unless it already has the same content; true when it
 /// wrote.
-fn copy_if_changed(from: &Path, meta: &std::fs::Metadata, dst: &Path, rel: &Path) -> Result<bool> {
+fn write_if_changed(dst: &Path, rel: &Path, entry: &Entry) -> Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     let to = &dst.join(rel);
     let existing = std::fs::symlink_metadata(to).ok();
-    if meta.file_type().is_symlink() {
-        let link = std::fs::read_link(from).with_context(|| format!("reading the link {}", from.display()))?;
-        if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && std::fs::read_link(to).ok().as_deref() == Some(&*link) {
-            return Ok(false);
+    let (bytes, mode) = match entry {
+        Entry::Link(link) => {
+            if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && std::fs::read_link(to).ok().as_deref() == Some(link.as_path()) {
+                return Ok(false);
+            }
+            make_room(dst, rel, existing.as_ref())?;
+            let tmp = temp_path(to);
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(link, &tmp).with_context(|| format!("creating the link {}", tmp.display()))?;
+            std::fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
+            return Ok(true);
         }
-        make_room(dst, rel, existing.as_ref())?;
-        let tmp = temp_path(to);
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&link, &tmp).with_context(|| format!("creating the link {}", tmp.display()))?;
-        std::fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
-        return Ok(true);
-    }
-    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
+        Entry::File { bytes, mode } => (bytes, *mode),
+    };
     if let Some(m) = existing.as_ref().filter(|m| m.is_file() && m.len() == bytes.len() as u64) {
-        if std::fs::read(to).with_context(|| format!("reading {}", to.display()))? == bytes {
+        if std::fs::read(to).with_context(|| format!("reading {}", to.display()))? == *bytes {
             // Same bytes: keep the mtime; a changed executable bit alone does not touch it.
             if m.permissions().mode() & 0o777 != mode {
                 std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
@@ -298,7 +345,7 @@ fn copy_if_changed(from: &Path, meta: &std::fs::Metadata, dst: &Path, rel: &Path
     make_room(dst, rel, existing.as_ref())?;
     let tmp = temp_path(to);
     let _ = std::fs::remove_file(&tmp); // a leftover, maybe a link: never written through
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting the permissions of {}", tmp.display()))?;
     std::fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
     Ok(true)

@@ -1,10 +1,11 @@
 //! `local`: runs on this machine, `slots` at a time, each run in its own process group.
 //!
-//! The default experiment, under a file lock: syncs the node's worktree into the one build tree
-//! (`.autoresearch/.build`, see `build_tree`), builds the harness there (shared target
-//! directory; only the crates the sync changed recompile), and copies the harness binary out.
-//! It then runs the copy: another slot's build of a different node overwrites
-//! `target/release/harness` and must not change what this run executes.
+//! The default experiment, under a file lock: syncs the experiment's commit into the one build
+//! tree (`.autoresearch/.build`, see `build_tree`), builds the run's scorer there if it is not
+//! built yet (the harness, once per run), builds the trainer there in the build sandbox (shared
+//! target directory; only the crates the sync changed recompile), and copies the trainer
+//! binary out. It then runs the scorer on the copy: another slot's build of a different node
+//! overwrites `target/release/trainer` and must not change what this run executes.
 //!
 //! On a machine with NVIDIA GPUs each run gets one (`CUDA_VISIBLE_DEVICES`), the least busy, so
 //! that N slots on N GPUs use every GPU instead of N runs on the first.
@@ -14,7 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Executor, Finished, Outcome, RunSpec, build_command, build_tree, classify, custom_command, env_for, harness_command, render};
+use std::path::Path;
+use std::sync::Arc;
+
+use sealed::sandbox::Sandbox;
+
+use super::{Executor, Finished, Outcome, RunSpec, build_command, build_sandbox, build_tree, classify, custom_command, env_for, harness_command, render, scorer_build_command};
 use crate::config::ResearchConfig;
 use crate::process::{self, FileLock, Output};
 
@@ -97,72 +103,120 @@ impl Local {
             return Ok(Finished { outcome: classify(spec, None, !interrupted, interrupted), seconds: t0.elapsed().as_secs_f64(), code: None });
         }
         let tree = build_tree::build_tree(&spec.repo_root);
-        match build_tree::sync(&spec.worktree, &tree) {
-            Ok(s) => std::fs::write(
+        std::fs::write(&spec.log, "").with_context(|| format!("writing log {}", spec.log.display()))?;
+        // What is built is the commit the guard checked, not whatever the worktree holds.
+        let synced = if spec.commit.is_empty() { build_tree::sync(&spec.worktree, &tree) } else { build_tree::sync_commit(&spec.repo_root, &spec.commit, &tree) };
+        match synced {
+            Ok(s) => append_log(
                 &spec.log,
-                format!(
+                &format!(
                     "autoresearch: synced {} into the build tree {}: {} written, {} deleted, {} unchanged\n",
-                    spec.worktree.display(),
+                    if spec.commit.is_empty() { spec.worktree.display().to_string() } else { format!("commit {}", &spec.commit[..spec.commit.len().min(12)]) },
                     tree.display(),
                     s.written,
                     s.deleted,
                     s.unchanged
                 ),
-            )
-            .with_context(|| format!("writing log {}", spec.log.display()))?,
-            Err(e) => {
-                std::fs::write(&spec.log, "").with_context(|| format!("writing log {}", spec.log.display()))?;
-                return Ok(sync_crash(spec, &tree, &e, t0));
-            }
+            )?,
+            Err(e) => return Ok(sync_crash(spec, &tree, &e, t0)),
         }
         let target = super::target_dir(&spec.repo_root);
-        // A build of another checkout in the same target directory (checked before the build, and
-        // again when cargo had to wait for one) leaves units that the tree's older files would
-        // pass as fresh: see `build_tree::stamp_path`.
-        for attempt in 1.. {
-            if let Err(e) = guard_against_other_builds(&target, &tree, &spec.log) {
-                return Ok(sync_crash(spec, &tree, &e, t0));
+        if !spec.scorer.exists() {
+            if !spec.cfg.harness.trim().is_empty() {
+                let reason = format!("the configured scorer {} does not exist (config key `harness`)", spec.scorer.display());
+                append_log(&spec.log, &format!("autoresearch: {reason}\n"))?;
+                return Ok(Finished { outcome: Outcome::Crash { reason, tail: process::tail(&spec.log, 40) }, seconds: t0.elapsed().as_secs_f64(), code: None });
             }
-            let before = std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0);
-            let f = process::run_shell(&build_command(&spec.cfg), &tree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut *tick)?;
-            let waited = cargo_waited(&spec.log, before);
-            // A build that failed on its own (a trainer that does not compile) also leaves this
-            // tree's units: recorded, so that the next experiment does not recompile them all.
-            if f.code.is_some() && !waited {
-                if let Err(e) = build_tree::record_build(&target, &tree) {
-                    return Ok(sync_crash(spec, &tree, &e, t0));
-                }
+            append_log(&spec.log, &format!("autoresearch: building the run's scorer (the harness) once, into {}\n", spec.scorer.display()))?;
+            if let Some(f) = self.build(spec, &tree, &target, &scorer_build_command(&spec.cfg), None, t0, &mut on_start, tick)? {
+                return Ok(f);
             }
-            if f.code != Some(0) {
-                return Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code });
-            }
-            if !waited {
-                break;
-            }
-            if attempt == 3 {
-                append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory three times; going on with this build\n")?;
-                break;
-            }
-            append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory: checking the build again\n")?;
+            let built = target.join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
+            copy_atomic(&built, &spec.scorer)?;
         }
-        let built = super::target_dir(&spec.repo_root).join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
-        if let Some(dir) = spec.harness_copy.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let sandbox = match build_sandbox::prepare(&tree, &target, spec.cfg.require_sandbox) {
+            Ok(s) => s,
+            Err(reason) => {
+                append_log(&spec.log, &format!("autoresearch: {reason}\n"))?;
+                return Ok(Finished { outcome: Outcome::Crash { reason, tail: process::tail(&spec.log, 40) }, seconds: t0.elapsed().as_secs_f64(), code: None });
+            }
+        };
+        if let Some(f) = self.build(spec, &tree, &target, &build_command(&spec.cfg), sandbox, t0, &mut on_start, tick)? {
+            return Ok(f);
         }
-        std::fs::copy(&built, &spec.harness_copy)
-            .with_context(|| format!("copying {} to {}", built.display(), spec.harness_copy.display()))?;
-        let trainer = built.with_file_name(format!("trainer{}", std::env::consts::EXE_SUFFIX));
-        let trainer_copy = spec.harness_copy.with_file_name(trainer.file_name().unwrap_or_default());
-        std::fs::copy(&trainer, &trainer_copy).with_context(|| format!("copying {} to {}", trainer.display(), trainer_copy.display()))?;
+        let built = target.join("release").join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
+        copy_atomic(&built, &spec.trainer_copy)?;
         drop(lock);
         let elapsed = t0.elapsed();
         let mut shifted = |e: Duration| tick(elapsed + e);
         let f = process::run_shell(&render(&harness_command(&spec.cfg), spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
-        let _ = std::fs::remove_file(&spec.harness_copy);
-        let _ = std::fs::remove_file(&trainer_copy);
+        let _ = std::fs::remove_file(&spec.trainer_copy);
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })
     }
+
+    /// Runs one build of the build tree (the scorer's, or the trainer's in its sandbox). None
+    /// when it succeeded; else the run's end.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        spec: &RunSpec,
+        tree: &Path,
+        target: &Path,
+        command: &str,
+        sandbox: Option<Arc<Sandbox>>,
+        t0: Instant,
+        on_start: &mut dyn FnMut(u32) -> Result<()>,
+        tick: &mut dyn FnMut(Duration),
+    ) -> Result<Option<Finished>> {
+        let env = build_sandbox::build_env(target);
+        // A build of another checkout in the same target directory (checked before the build, and
+        // again when cargo had to wait for one) leaves units that the tree's older files would
+        // pass as fresh: see `build_tree::stamp_path`.
+        for attempt in 1.. {
+            if let Err(e) = guard_against_other_builds(target, tree, &spec.log) {
+                return Ok(Some(sync_crash(spec, tree, &e, t0)));
+            }
+            let before = std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0);
+            let left = spec.timeout.saturating_sub(t0.elapsed());
+            let f = process::run_shell_in(sandbox.as_ref(), command, tree, &env, Output::Append(&spec.log), left, &mut *on_start, &mut *tick)?;
+            let waited = cargo_waited(&spec.log, before);
+            // A build that failed on its own (a trainer that does not compile) also leaves this
+            // tree's units: recorded, so that the next experiment does not recompile them all.
+            if f.code.is_some() && !waited {
+                if let Err(e) = build_tree::record_build(target, tree) {
+                    return Ok(Some(sync_crash(spec, tree, &e, t0)));
+                }
+            }
+            if f.code != Some(0) {
+                let outcome = match (f.timed_out, f.interrupted) {
+                    (false, false) => Outcome::Crash { reason: format!("the build failed (`{command}` exited with {})", f.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into())), tail: process::tail(&spec.log, 40) },
+                    _ => classify(spec, f.code, f.timed_out, f.interrupted),
+                };
+                return Ok(Some(Finished { outcome, seconds: t0.elapsed().as_secs_f64(), code: f.code }));
+            }
+            if !waited {
+                return Ok(None);
+            }
+            if attempt == 3 {
+                append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory three times; going on with this build\n")?;
+                return Ok(None);
+            }
+            append_log(&spec.log, "autoresearch: cargo waited for another build of the target directory: checking the build again\n")?;
+        }
+        unreachable!("the loop returns")
+    }
+}
+
+/// Copies a built binary to `to` (a temporary file, then a rename: a concurrent reader never
+/// sees half of it).
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = to.with_file_name(format!(".{}.tmp.{}", to.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    std::fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
 }
 
 /// A crash of the sync or of its bookkeeping, its reason (naming the paths) appended to the log.
@@ -223,7 +277,8 @@ mod tests {
             batch_scale: 1.0,
             summary_json: dir.path().join(format!("n{i}.json")),
             log: dir.path().join(format!("n{i}.log")),
-            harness_copy: dir.path().join("h"),
+            scorer: dir.path().join("h"),
+            trainer_copy: dir.path().join("t"),
             timeout: Duration::from_secs(30),
         };
         let gpus: Vec<String> = std::thread::scope(|s| {
@@ -272,14 +327,16 @@ mod tests {
             batch_scale: 1.0,
             summary_json: state.join(format!("{label}.json")),
             log: state.join(format!("{label}.log")),
-            harness_copy: state.join("bin").join(label).join("harness"),
+            scorer: state.join("bin").join("harness"),
+            trainer_copy: state.join("bin").join(label).join("trainer"),
             timeout: Duration::from_secs(300),
         }
     }
 
-    /// The default experiment on a workspace of three tiny crates (no Burn, no dependency): two
-    /// worktrees built one after the other share the build tree, so the second build compiles
-    /// only what its change touched.
+    /// The default experiment on a workspace of three tiny crates (no Burn, no dependency) laid
+    /// out as the real one: a scorer (`harness`) that runs the trainer binary it is given. The
+    /// scorer is built once; each worktree's trainer is built in the build sandbox, in the one
+    /// build tree, so the second build compiles only what its change touched.
     #[test]
     fn worktrees_built_one_after_the_other_reuse_the_build_tree() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,49 +350,61 @@ mod tests {
         write(&repo, "prepare/src/lib.rs", "pub fn p() -> u32 { 1 }\n");
         write(&repo, "trainer/Cargo.toml", &manifest("trainer", "prepare = { path = \"../prepare\" }\n"));
         write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 1 }\n");
-        write(&repo, "trainer/src/main.rs", "fn main() {}\n");
-        write(&repo, "harness/Cargo.toml", &manifest("harness", "trainer = { path = \"../trainer\" }\n"));
+        write(&repo, "trainer/src/main.rs", "fn main() { println!(\"{}\", trainer::t()); }\n");
+        write(&repo, "harness/Cargo.toml", &manifest("harness", ""));
         write(
             &repo,
             "harness/src/main.rs",
             r#"fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let i = a.iter().position(|x| x == "--summary-json").unwrap();
-    std::fs::write(&a[i + 1], format!("{{\"val_bpb\": {}}}", trainer::t())).unwrap();
+    let arg = |name: &str| a[a.iter().position(|x| x == name).unwrap() + 1].clone();
+    let out = std::process::Command::new(arg("--trainer")).output().unwrap();
+    let metric = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::write(arg("--summary-json"), format!("{{\"val_bpb\": {metric}}}")).unwrap();
 }
 "#,
         );
         sh(&repo, "cargo generate-lockfile --offline --quiet && git init -q && git add . && git -c user.name=t -c user.email=t@t commit -qm init");
         sh(&repo, "git worktree add -q --detach .worktrees/a && git worktree add -q --detach .worktrees/b");
-        // b's change, not committed: the sync takes what the worktree holds.
+        // b's change, not committed: without a commit, the sync takes what the worktree holds.
         write(&repo, ".worktrees/b/trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 2 }\n");
 
         let local = Local::with_gpus(&ResearchConfig::default(), vec![]);
-        let run = |wt: &str, label: &str, metric: f64| {
-            let spec = default_spec(&repo, &repo.join(".worktrees").join(wt), label);
+        let run = |wt: &str, label: &str, commit: &str, metric: f64| {
+            let mut spec = default_spec(&repo, &repo.join(".worktrees").join(wt), label);
+            spec.commit = commit.to_string();
             let f = local.run(&spec, &mut |_| Ok(()), &mut |_| {}).unwrap();
             let log = std::fs::read_to_string(&spec.log).unwrap();
             assert!(matches!(f.outcome, crate::executor::Outcome::Ok { metric: m, .. } if m == metric), "{:?}\n{log}", f.outcome);
-            assert!(!spec.harness_copy.exists(), "the private copy is removed after the run");
+            assert!(!spec.trainer_copy.exists(), "the private copy is removed after the run");
+            assert!(spec.scorer.exists(), "the scorer stays for the next run");
             log
         };
         let tree = repo.join(".autoresearch/.build");
-        let log = run("a", "a", 2.0);
+        let log = run("a", "a", "", 2.0);
         assert!(log.contains(&format!("into the build tree {}: 10 written, 0 deleted, 0 unchanged", tree.display())), "{log}");
-        assert!(log.contains("Compiling prepare"), "{log}");
-        let log = run("b", "b", 3.0);
+        assert!(log.contains("building the run's scorer"), "{log}");
+        assert!(log.contains("Compiling harness") && log.contains("Compiling prepare") && log.contains("Compiling trainer"), "{log}");
+        let log = run("b", "b", "", 3.0);
         assert!(log.contains("1 written, 0 deleted, 9 unchanged"), "{log}");
-        assert!(log.contains("Compiling trainer") && log.contains("Compiling harness"), "{log}");
+        assert!(log.contains("Compiling trainer"), "{log}");
+        assert!(!log.contains("Compiling harness") && !log.contains("scorer"), "the scorer is built once a run:\n{log}");
         assert!(!log.contains("Compiling prepare"), "prepare is unchanged and stays built:\n{log}");
         assert!(log.contains(&tree.join("trainer").display().to_string()), "built in the build tree:\n{log}");
         assert!(!log.contains("another checkout"), "{log}");
 
+        // With a commit, the commit is built, not an edit made in the worktree after it.
+        let head = String::from_utf8(std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&repo).output().unwrap().stdout).unwrap();
+        let log = run("b", "b-commit", head.trim(), 2.0);
+        assert!(log.contains(&format!("synced commit {}", &head[..12])), "{log}");
+
         // A person builds a changed trainer in the main checkout, same target directory: its
-        // units replace the build tree's, and b's unchanged (older) files would pass as fresh.
+        // units replace the build tree's, and the tree's unchanged (older) files would pass as
+        // fresh.
         write(&repo, "trainer/src/lib.rs", "pub fn t() -> u32 { prepare::p() + 5 }\n");
         sh(&repo, "CARGO_TARGET_DIR=target cargo build --release --locked --workspace --quiet");
-        let log = run("b", "b-again", 3.0);
-        assert!(log.contains("0 written, 0 deleted, 10 unchanged"), "{log}");
+        let log = run("b", "b-again", "", 3.0);
+        assert!(log.contains("1 written, 0 deleted, 9 unchanged"), "{log}");
         assert!(log.contains("built from another checkout"), "{log}");
         assert!(log.contains("Compiling trainer"), "{log}");
 
@@ -346,11 +415,35 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1500));
             drop(held);
         });
-        let log = run("a", "a-waited", 2.0);
+        let log = run("a", "a-waited", "", 2.0);
         release.join().unwrap();
         assert!(log.contains("Blocking waiting for file lock"), "{log}");
         assert!(log.contains("checking the build again"), "{log}");
         assert_eq!(log.matches("Finished `release`").count(), 2, "{log}");
+    }
+
+    /// An experiment that embeds a file from outside the build tree does not build.
+    #[test]
+    fn an_experiment_build_cannot_read_the_run_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = std::fs::canonicalize(dir.path()).unwrap().join("repo");
+        write(&repo, "Cargo.toml", "[workspace]\nresolver = \"3\"\nmembers = [\"trainer\", \"harness\"]\n");
+        write(&repo, ".gitignore", "/target\n/.worktrees\n/.autoresearch\n");
+        let secret = repo.join(".autoresearch/t/results.tsv");
+        write(&repo, ".autoresearch/t/results.tsv", "secret");
+        write(&repo, "trainer/Cargo.toml", "[package]\nname = \"trainer\"\nversion = \"0.1.0\"\nedition = \"2024\"\n");
+        write(&repo, "trainer/src/main.rs", &format!("static S: &[u8] = include_bytes!({:?});\nfn main() {{ println!(\"{{}}\", S.len()); }}\n", secret.display().to_string()));
+        write(&repo, "harness/Cargo.toml", "[package]\nname = \"harness\"\nversion = \"0.1.0\"\nedition = \"2024\"\n");
+        write(&repo, "harness/src/main.rs", "fn main() {}\n");
+        sh(&repo, "cargo generate-lockfile --offline --quiet && git init -q && git add . && git -c user.name=t -c user.email=t@t commit -qm init");
+        let spec = default_spec(&repo, &repo, "n1");
+        let f = Local::with_gpus(&ResearchConfig::default(), vec![]).run(&spec, &mut |_| Ok(()), &mut |_| {}).unwrap();
+        let log = std::fs::read_to_string(&spec.log).unwrap();
+        match &f.outcome {
+            crate::executor::Outcome::Crash { reason, .. } => assert!(reason.contains("the build failed"), "{reason}"),
+            other => panic!("{other:?}\n{log}"),
+        }
+        assert!(log.contains("Permission denied"), "{log}");
     }
 
     /// A worktree that cannot be synced is an experiment crash whose log names it.

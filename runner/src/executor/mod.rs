@@ -1,8 +1,11 @@
 //! Executors: where one run of an experiment happens. `local` runs it as a process group on this
-//! machine, building the harness in one build tree that each worktree is synced into
-//! (`build_tree`); `slurm` submits it as an `sbatch` job that builds in the node's worktree. Both
-//! run it under the hard timeout, and classify what came back from its exit code and JSON summary.
+//! machine, building the trainer in one build tree that each experiment's commit is synced into
+//! (`build_tree`); `slurm` submits it as an `sbatch` job that builds in the node's worktree.
+//! Both build the trainer in a sandbox (`build_sandbox`), run the run's scorer (the harness,
+//! built once per run) on it under the hard timeout, and classify what came back from its exit
+//! code and JSON summary.
 
+pub mod build_sandbox;
 pub mod build_tree;
 pub mod local;
 pub mod slurm;
@@ -65,8 +68,10 @@ pub struct RunSpec {
     pub batch_scale: f64,
     pub summary_json: PathBuf,
     pub log: PathBuf,
-    /// Where this run's private copy of the harness binary lives while it runs.
-    pub harness_copy: PathBuf,
+    /// The run's scorer: the harness binary every run of the tag is scored by.
+    pub scorer: PathBuf,
+    /// Where this run's private copy of the trainer binary lives while it runs.
+    pub trainer_copy: PathBuf,
     pub timeout: Duration,
 }
 
@@ -101,10 +106,20 @@ pub fn target_dir(repo_root: &Path) -> PathBuf {
     repo_root.join("target")
 }
 
-/// Taken around "build, then copy the harness out of the target directory": parallel runs of
-/// different nodes share one target directory, and each build overwrites `release/harness`.
+/// Taken around "build, then copy the trainer out of the target directory": parallel runs of
+/// different nodes share one target directory, and each build overwrites `release/trainer`.
 pub fn build_lock(repo_root: &Path) -> PathBuf {
     target_dir(repo_root).join(".autoresearch-build.lock")
+}
+
+/// The run's scorer: the config's `harness`, else `.autoresearch/<tag>/bin/harness`, built once
+/// from the run's base commit.
+pub fn scorer_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
+    if cfg.harness.trim().is_empty() {
+        repo_root.join(".autoresearch").join(&cfg.tag).join("bin").join(format!("harness{}", std::env::consts::EXE_SUFFIX))
+    } else {
+        crate::config::resolve(repo_root, Path::new(cfg.harness.trim()))
+    }
 }
 
 fn feature_flags(cfg: &ResearchConfig) -> String {
@@ -122,29 +137,42 @@ pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
     format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
 }
 
-/// Builds an experiment: the workspace build limited to the `harness` and `trainer` binaries
-/// (the harness starts the trainer binary next to it). `--bin` only picks targets, after the
-/// `--workspace` feature resolution, so Burn stays built; the runner and the other binaries
-/// are not compiled for every experiment.
-pub fn build_command(cfg: &ResearchConfig) -> String {
-    format!("cargo build --release --locked --workspace --bin harness --bin trainer{}", feature_flags(cfg))
+/// Builds the run's scorer: the workspace build limited to the `harness` binary (it does not
+/// link the trainer). `--bin` only picks targets, after the `--workspace` feature resolution,
+/// so Burn stays built and is compiled with the features every build has.
+pub fn scorer_build_command(cfg: &ResearchConfig) -> String {
+    format!("cargo build --release --locked --workspace --bin harness{}", feature_flags(cfg))
 }
 
-/// Runs a built harness (`{harness}`: its path) with the run's flags.
+/// Builds an experiment's trainer, in the build sandbox: `--frozen`, as everything it needs
+/// was fetched when the scorer was built, and the sandbox has no network.
+pub fn build_command(cfg: &ResearchConfig) -> String {
+    format!("cargo build --release --frozen --workspace --bin trainer{}", feature_flags(cfg))
+}
+
+/// Runs the scorer (`{harness}`) on a trainer binary (`{trainer}`) with the run's flags.
 pub fn harness_command(cfg: &ResearchConfig) -> String {
-    let mut c = "{harness} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --device-batch-scale {device_batch_scale}".to_string();
+    let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
     if !cfg.device.is_empty() {
         c.push_str(" --device {device}");
     }
     if !cfg.cache_dir.is_empty() {
         c.push_str(" --cache-dir {cache_dir}");
     }
+    if !cfg.require_sandbox {
+        c.push_str(" --no-require-sandbox");
+    }
     c
 }
 
-/// The whole default experiment as one shell line, for one run at a time (`train`, hints).
+/// The whole default experiment as one shell line in one checkout (`train`, hints): both
+/// binaries built there, the harness run on the trainer.
 pub fn default_command(cfg: &ResearchConfig) -> String {
-    format!("{} && {}", build_command(cfg), harness_command(cfg).replace("{harness}", "\"{target_dir}/release/harness\""))
+    format!(
+        "cargo build --release --locked --workspace --bin harness --bin trainer{} && {}",
+        feature_flags(cfg),
+        harness_command(cfg).replace("{harness}", "\"{target_dir}/release/harness\"").replace("{trainer}", "\"{target_dir}/release/trainer\"")
+    )
 }
 
 /// True when the config runs its own `experiment_command` instead of building the harness.
@@ -166,7 +194,9 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
         ("{cache_dir}", spec.cfg.cache_dir.clone()),
         ("{target_dir}", target_dir(&spec.repo_root).display().to_string()),
         ("{worktree}", spec.worktree.display().to_string()),
-        ("{harness}", spec.harness_copy.display().to_string()),
+        ("{harness}", spec.scorer.display().to_string()),
+        ("{trainer}", spec.trainer_copy.display().to_string()),
+        ("{repo}", spec.repo_root.display().to_string()),
     ];
     let mut out = template.to_string();
     for (k, v) in pairs {
@@ -202,10 +232,18 @@ pub fn classify(spec: &RunSpec, code: Option<i32>, timed_out: bool, interrupted:
         Some(0) => read_summary(&spec.summary_json, &spec.cfg.metric, tail),
         Some(harness_exit::OUT_OF_MEMORY) => Outcome::OutOfMemory { tail: tail() },
         Some(harness_exit::CAUSALITY) => Outcome::Causality { tail: tail() },
-        Some(harness_exit::DIVERGED) => Outcome::Crash { reason: "exit 1 (FAIL: diverged, or the build failed)".into(), tail: tail() },
-        Some(c) => Outcome::Crash { reason: format!("exit {c}"), tail: tail() },
+        Some(harness_exit::DIVERGED) => Outcome::Crash { reason: harness_error(spec).unwrap_or_else(|| "exit 1 (FAIL: diverged, or the build failed)".into()), tail: tail() },
+        Some(c) => Outcome::Crash { reason: harness_error(spec).map(|e| format!("exit {c}: {e}")).unwrap_or_else(|| format!("exit {c}")), tail: tail() },
         None => Outcome::Crash { reason: "killed by a signal".into(), tail: tail() },
     }
+}
+
+/// The `error` of a failed run's summary JSON (the harness says why it stopped: over budget,
+/// the trainer died, broke the protocol...).
+fn harness_error(spec: &RunSpec) -> Option<String> {
+    let text = std::fs::read_to_string(&spec.summary_json).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("error").and_then(Value::as_str).map(|e| e.chars().take(300).collect())
 }
 
 fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Executor, Finished, Outcome, RunSpec, build_command, classify, custom_command, env_for, harness_command, render};
+use super::{Executor, Finished, Outcome, RunSpec, build_command, classify, custom_command, env_for, harness_command, render, scorer_build_command};
 use crate::config::ResearchConfig;
 use crate::process::shell_quote;
 
@@ -29,6 +29,27 @@ impl Slurm {
     pub fn new(cfg: &ResearchConfig) -> Slurm {
         Slurm { slots: if cfg.slots > 0 { cfg.slots } else { 4 } }
     }
+}
+
+/// The runner binary the jobs build their trainer with (`autoresearch sandbox-build`): a copy in
+/// the run's state folder, on the filesystem the nodes share, made when a job is submitted.
+pub fn runner_copy(spec: &RunSpec) -> PathBuf {
+    spec.repo_root.join(".autoresearch").join(&spec.cfg.tag).join("bin").join("autoresearch")
+}
+
+/// Copies this runner binary to [`runner_copy`] unless it is there.
+pub fn ensure_runner_copy(spec: &RunSpec) -> Result<()> {
+    let to = runner_copy(spec);
+    if to.exists() {
+        return Ok(());
+    }
+    let me = std::env::current_exe().context("locating the runner binary")?;
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(&me, &tmp).with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
 }
 
 /// `<log>.sbatch`: the job script of a run.
@@ -86,15 +107,24 @@ pub fn script(spec: &RunSpec) -> String {
     match custom_command(cfg) {
         Some(custom) => out.push_str(&format!("sh -c {}\ncode=$?\n", shell_quote(&render(custom, spec)))),
         None => {
-            let built = super::target_dir(&spec.repo_root).join("release").join("harness");
+            let target = super::target_dir(&spec.repo_root);
+            let built = target.join("release");
+            let sandbox_flag = if cfg.require_sandbox { "" } else { " --no-require-sandbox" };
+            // The scorer is built once for the run (by the first job); every job builds its
+            // trainer in the build sandbox, through the runner's own binary.
             out.push_str(&format!(
-                "mkdir -p {dir}\n( flock 9 && {touch} && {build} && cp {built} {copy} && cp {built_trainer} {dir}/ ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy} {dir}/trainer\n",
-                dir = q(spec.harness_copy.parent().unwrap_or(Path::new("."))),
+                "mkdir -p {dir}\n( flock 9 && {touch} && {{ [ -x {scorer} ] || {{ {scorer_build} && cp {built_harness} {scorer}.tmp && mv {scorer}.tmp {scorer}; }}; }} && {runner} sandbox-build --tree {tree} --target {target}{sandbox_flag} -- {build} && cp {built_trainer} {copy} ) 9>{lock}\ncode=$?\nif [ $code -eq 0 ]; then\n  {run}\n  code=$?\nfi\nrm -f {copy}\n",
+                dir = q(spec.trainer_copy.parent().unwrap_or(Path::new("."))),
                 touch = TOUCH_SOURCES,
+                scorer = q(&spec.scorer),
+                scorer_build = scorer_build_command(cfg),
+                built_harness = q(&built.join("harness")),
+                runner = q(&runner_copy(spec)),
+                tree = q(&spec.worktree),
+                target = q(&target),
                 build = build_command(cfg),
-                built = q(&built),
-                built_trainer = q(&built.with_file_name("trainer")),
-                copy = q(&spec.harness_copy),
+                built_trainer = q(&built.join("trainer")),
+                copy = q(&spec.trainer_copy),
                 lock = q(&super::build_lock(&spec.repo_root)),
                 run = render(&harness_command(cfg), spec),
             ));
@@ -108,8 +138,8 @@ pub fn script(spec: &RunSpec) -> String {
 /// Run in the worktree before its build, under the build lock. Cargo names a workspace's crates
 /// by their path relative to the workspace root, so every worktree shares the same units in the
 /// shared target directory and cargo only compares mtimes: a worktree checked out before another
-/// job's build would pass as fresh and run that job's harness. Touching the sources makes this
-/// build compile the worktree's own code (the three crates the harness needs).
+/// job's build would pass as fresh and run that job's trainer. Touching the sources makes this
+/// build compile the worktree's own code (the crates the trainer and the scorer need).
 const TOUCH_SOURCES: &str = "find prepare trainer harness -type f -exec touch {} +";
 
 /// Runs a Slurm client command; its stdout, or an error with its stderr.
@@ -260,6 +290,9 @@ impl Executor for Slurm {
         let _ = std::fs::remove_file(&spec.summary_json);
         let _ = std::fs::remove_file(exit_path(spec));
         let path = script_path(spec);
+        if custom_command(&spec.cfg).is_none() {
+            ensure_runner_copy(spec)?;
+        }
         crate::results::write_atomic(&path, &script(spec))?;
         let job = submit(&path)?;
         started(&format!("slurm:{job}"))?;
@@ -298,7 +331,8 @@ mod tests {
             batch_scale: 0.5,
             summary_json: "/repo/.autoresearch/t/runs/n3-1.json".into(),
             log: "/repo/.autoresearch/t/logs/n3-1.log".into(),
-            harness_copy: "/repo/.autoresearch/t/bin/n3-1/harness".into(),
+            scorer: "/repo/.autoresearch/t/bin/harness".into(),
+            trainer_copy: "/repo/.autoresearch/t/bin/n3-1/trainer".into(),
             timeout: Duration::from_secs(900),
         }
     }
@@ -322,8 +356,8 @@ mod tests {
             "#SBATCH --time=25", // 900 s + 10 min margin
             "#SBATCH --output=/repo/.autoresearch/t/logs/n3-1.log",
             "module load cuda",
-            "( flock 9 && find prepare trainer harness -type f -exec touch {} + && cargo build --release --locked --workspace --bin harness --bin trainer && cp /repo/target/release/harness /repo/.autoresearch/t/bin/n3-1/harness && cp /repo/target/release/trainer /repo/.autoresearch/t/bin/n3-1/ ) 9>/repo/target/.autoresearch-build.lock",
-            "/repo/.autoresearch/t/bin/n3-1/harness --profile /repo/configs/platforms/cuda.toml --budget time:300 --seed 43",
+            "( flock 9 && find prepare trainer harness -type f -exec touch {} + && { [ -x /repo/.autoresearch/t/bin/harness ] || { cargo build --release --locked --workspace --bin harness && cp /repo/target/release/harness /repo/.autoresearch/t/bin/harness.tmp && mv /repo/.autoresearch/t/bin/harness.tmp /repo/.autoresearch/t/bin/harness; }; } && /repo/.autoresearch/t/bin/autoresearch sandbox-build --tree /repo/.worktrees/t-n3 --target /repo/target -- cargo build --release --frozen --workspace --bin trainer && cp /repo/target/release/trainer /repo/.autoresearch/t/bin/n3-1/trainer ) 9>/repo/target/.autoresearch-build.lock",
+            "/repo/.autoresearch/t/bin/harness --trainer /repo/.autoresearch/t/bin/n3-1/trainer --profile /repo/configs/platforms/cuda.toml --budget time:300 --seed 43",
             "echo $code > /repo/.autoresearch/t/runs/n3-1.exit.tmp && mv /repo/.autoresearch/t/runs/n3-1.exit.tmp /repo/.autoresearch/t/runs/n3-1.exit",
         ] {
             assert!(s.contains(line), "missing {line:?} in\n{s}");

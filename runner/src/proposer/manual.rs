@@ -37,13 +37,15 @@ pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, n
         batch_scale: scale,
         summary_json: summary.clone(),
         log: state.join("logs").join(format!("{node}-manual.log")),
-        harness_copy: state.join("bin").join(format!("{node}-manual")).join("harness"),
+        scorer: crate::executor::scorer_path(cfg, repo_root),
+        trainer_copy: state.join("bin").join(format!("{node}-manual")).join("trainer"),
         timeout: cfg.hard_timeout(),
     };
     let script = state.join("jobs").join(format!("{node}.sbatch"));
     for dir in [state.join("jobs"), state.join("logs"), state.join("runs")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    crate::executor::slurm::ensure_runner_copy(&spec)?;
     crate::results::write_atomic(&script, &crate::executor::slurm::script(&spec))?;
     Ok((script, summary))
 }
