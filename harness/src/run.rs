@@ -380,7 +380,7 @@ fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
         }
         TrainFailure::OverBudget(o) => {
             let ended = exit_text();
-            Failure::new(exit::OTHER_FAILURE, format!("over budget: the trainer trained {:.1} s of counted time, more than the budget and its allowance ({:.1} s); it {ended}", o.counted, o.limit))
+            Failure::new(exit::OTHER_FAILURE, format!("over budget: the trainer trained {:.1} s of counted time, more than the budget and its grace for the last step ({:.1} s); it {ended}", o.counted, o.limit))
         }
         TrainFailure::Trainer(text) => {
             let _ = exit_text();

@@ -12,8 +12,9 @@
 //!   time reaches it; a token budget once the tokens handed out reach it (every token counts,
 //!   warm-up included, so it is enforced, not reported); a FLOPs budget multiplies tokens by the
 //!   FLOPs per token the trainer reports.
-//! - **over budget**: the trainer must say it finished training within one allowance of the
-//!   budget's end (the step in flight when the budget runs out). Later is a crash.
+//! - **over budget**: the trainer must say it finished training within a grace of the budget's
+//!   end, for the step in flight when the budget runs out: the allowance, or two typical steps
+//!   (twice the median time between step requests) when steps are longer. Later is a crash.
 //!
 //! Time is passed in, so the rules are tested without sleeping.
 
@@ -105,6 +106,8 @@ pub struct Clock {
     tokens: u64,
     counted_tokens: u64,
     flops_per_token: f64,
+    /// When each step after warm-up was asked for.
+    requests: Vec<Instant>,
 }
 
 impl Clock {
@@ -121,6 +124,7 @@ impl Clock {
             tokens: 0,
             counted_tokens: 0,
             flops_per_token: 0.0,
+            requests: Vec::new(),
         }
     }
 
@@ -171,6 +175,9 @@ impl Clock {
     /// The trainer asks for a step at `now`.
     pub fn request(&mut self, now: Instant) -> Decision {
         self.update_warmup(now);
+        if self.warmup_end.is_some() {
+            self.requests.push(now);
+        }
         if self.warmup_end.is_some() && self.progress(now) >= 1.0 {
             return Decision::Spent;
         }
@@ -186,18 +193,30 @@ impl Clock {
         self.tokens += tokens;
     }
 
-    /// The latest instant the trainer may finish training, for a time budget: one allowance
-    /// after the budget's end (the end of warm-up is at most one allowance after the start).
+    /// How long after the budget's end training may still finish: the allowance, or twice the
+    /// median time between step requests when steps are longer (the step in flight when the
+    /// budget ran out must be able to end).
+    pub fn grace(&self) -> Duration {
+        let mut gaps: Vec<Duration> = self.requests.windows(2).map(|w| w[1] - w[0]).collect();
+        if gaps.is_empty() {
+            return self.allowance;
+        }
+        gaps.sort();
+        self.allowance.max(2 * gaps[gaps.len() / 2])
+    }
+
+    /// The latest instant the trainer may finish training, for a time budget: the grace after
+    /// the budget's end (the end of warm-up is at most one allowance after the start).
     pub fn deadline(&self) -> Option<Instant> {
         let Budget::Time(secs) = self.budget else { return None };
         let warmup_end = self.warmup_end.unwrap_or(self.started + self.allowance);
-        Some(warmup_end + Duration::from_secs_f64(secs) + self.allowance)
+        Some(warmup_end + Duration::from_secs_f64(secs) + self.grace())
     }
 
     /// The most counted seconds a time budget allows before training is over budget.
     pub fn budget_limit_seconds(&self) -> f64 {
         match self.budget {
-            Budget::Time(secs) => secs + self.allowance.as_secs_f64(),
+            Budget::Time(secs) => secs + self.grace().as_secs_f64(),
             _ => f64::INFINITY,
         }
     }
@@ -302,7 +321,8 @@ mod tests {
         assert_eq!(c.request(at(t0, 7.0)), Decision::Serve { step: 3, progress: 0.5 });
         c.served(100);
         assert_eq!(c.request(at(t0, 12.0)), Decision::Spent);
-        assert_eq!(c.deadline(), Some(at(t0, 2.0 + 10.0 + 5.0)));
+        // Counted steps came 5 s apart (2 s, 7 s, 12 s): two of them beat the 5 s allowance.
+        assert_eq!(c.deadline(), Some(at(t0, 2.0 + 10.0 + 10.0)));
         c.finish(at(t0, 12.5)).unwrap();
         assert!((c.training_seconds() - 10.5).abs() < 1e-9);
         assert_eq!((c.steps(), c.tokens(), c.counted_tokens()), (4, 400, 200));
@@ -331,6 +351,21 @@ mod tests {
         let mut c = Clock::new(Budget::Time(10.0), 0, Duration::from_secs(1), t0);
         c.request(t0);
         c.finish(at(t0, 10.9)).unwrap();
+    }
+
+    #[test]
+    fn steps_longer_than_the_allowance_get_two_steps_of_grace() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(Budget::Time(10.0), 0, Duration::from_millis(500), t0);
+        for i in 0..4 {
+            // Steps of 3 s: the last one, asked for at 9 s, ends at 12 s.
+            assert!(matches!(c.request(at(t0, 3.0 * i as f64)), Decision::Serve { .. }));
+            c.served(1);
+        }
+        assert_eq!(c.grace(), Duration::from_secs(6));
+        assert_eq!(c.deadline(), Some(at(t0, 16.0)));
+        c.finish(at(t0, 12.1)).unwrap();
+        assert!((c.budget_limit_seconds() - 16.0).abs() < 1e-9);
     }
 
     #[test]
