@@ -109,6 +109,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub protect: Vec<PathBuf>,
 
+    /// Sign the summary JSON with the key in FILE (HMAC-SHA256, field `signature`), so that the
+    /// runner can tell it from a forged one when it comes back by hand (`tree record`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+
     /// Write one CSV line per training step: step, tokens, loss, lr multiplier, tokens/s,
     /// elapsed seconds (loss and lr multiplier as the trainer reports them).
     #[arg(long, value_name = "FILE")]

@@ -88,6 +88,12 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
     };
     record.insert("status".into(), json!(exit::status_name(code)));
     record.insert("exit_code".into(), json!(code));
+    if let Some(key) = &cli.sign_key {
+        match std::fs::read_to_string(key) {
+            Ok(k) => sealed::signature::sign(k.trim().as_bytes(), &mut record),
+            Err(e) => eprintln!("harness: cannot read the signing key {}: {e}; the summary is not signed", key.display()),
+        }
+    }
     if let Some(path) = &cli.summary_json {
         if let Err(e) = write_json_atomic(path, &Value::Object(record)) {
             eprintln!("harness: {e:#}");
@@ -130,7 +136,7 @@ fn protected(cli: &Cli, cache_dir: &Path, trainer: &Path) -> Protected {
         trees.extend(git_root(&cwd));
     }
     trees.extend(trainer.parent().and_then(git_root));
-    for file in [&cli.profile, &cli.summary_json, &cli.steps_csv].into_iter().flatten() {
+    for file in [&cli.profile, &cli.summary_json, &cli.steps_csv, &cli.sign_key].into_iter().flatten() {
         if let Some(dir) = std::fs::canonicalize(file).ok().or_else(|| Some(file.clone())).and_then(|f| f.parent().map(Path::to_path_buf)) {
             if !dir.as_os_str().is_empty() {
                 trees.push(dir);

@@ -479,3 +479,17 @@ fn a_trainer_started_by_hand_says_what_it_is() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by the harness"));
 }
+
+#[test]
+fn the_summary_is_signed_with_the_run_key_and_a_forged_copy_fails() {
+    let dir = run_dir("signed");
+    let key = dir.join("scorer.key");
+    std::fs::write(&key, sealed::signature::new_key_hex()).unwrap();
+    let r = harness("signed", "", "tokens:8192", "full", &["--sign-key", key.to_str().unwrap()], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let k = std::fs::read_to_string(&key).unwrap();
+    sealed::signature::verify(k.trim().as_bytes(), &r.summary).unwrap();
+    let mut forged = r.summary.clone();
+    forged["val_bpb"] = serde_json::json!(0.5);
+    assert!(sealed::signature::verify(k.trim().as_bytes(), &forged).is_err());
+}

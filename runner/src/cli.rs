@@ -663,6 +663,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
                     &mut db,
                     &cfg,
+                    &crate::executor::sign_key_path(&cfg, &git.root),
                     node_id(&node)?,
                     &t::RecordArgs {
                         summary_json: summary_json.as_deref(),

@@ -17,6 +17,8 @@ pub enum Status {
     Crash,
     Rejected,
     Pruned,
+    /// A result recorded by hand that no scorer of the run signed: kept, never compared.
+    Unverified,
 }
 
 impl Status {
@@ -29,6 +31,7 @@ impl Status {
             Status::Crash => "crash",
             Status::Rejected => "rejected",
             Status::Pruned => "pruned",
+            Status::Unverified => "unverified",
         }
     }
 
@@ -41,6 +44,7 @@ impl Status {
             "crash" => Status::Crash,
             "rejected" => Status::Rejected,
             "pruned" => Status::Pruned,
+            "unverified" => Status::Unverified,
             _ => return None,
         })
     }

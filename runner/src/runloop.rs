@@ -221,6 +221,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         hashes
     };
     let profile = snapshot_profile(&profile, &paths.state_dir, &db)?;
+    executor::ensure_sign_key(&executor::sign_key_path(cfg, &root))?;
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
     let progress = Progress::new(cfg.max_experiments);
     let shared = Arc::new(Shared {
@@ -785,6 +786,20 @@ impl Loop<'_> {
         let Some(m) = rec.get("metric").and_then(Value::as_f64) else {
             return Ok(failed("recorded without a metric"));
         };
+        if rec.get("verified") != Some(&Value::Bool(true)) {
+            // Not scored by this run's harness: recorded as it is, never compared.
+            let why = rec.get("unverified_because").and_then(Value::as_str).unwrap_or("recorded by hand");
+            return Ok(Decision {
+                status: Status::Unverified,
+                metric: Some(m),
+                summary: rec.get("summary").cloned(),
+                memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
+                insight: format!("unverified: {why}; not compared with scored results"),
+                runs: vec![],
+                interrupted: false,
+                sigma: None,
+            });
+        }
         // One recorded run: a confirmation would need another manual run, so the bar alone decides.
         let gain = self.cfg.direction.gain(best, m);
         let keep = match self.cfg.keep_rule {

@@ -33,6 +33,7 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
         timeout: cfg.hard_timeout(),
     };
     let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
+    executor::ensure_sign_key(&executor::sign_key_path(cfg, &git.root))?;
     let command = executor::render(&template, &spec);
     eprintln!("profile {name} ({}), budget {}, seed {}\n$ {command}", profile.display(), cfg.budget, cfg.seed);
     process::install_interrupt_handler();

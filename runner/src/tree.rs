@@ -138,7 +138,11 @@ pub struct RecordArgs<'a> {
     pub insight: Option<&'a str>,
 }
 
-pub fn record(db: &mut Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) -> Result<()> {
+/// `tree record`: a result run outside the loop. A summary JSON counts as scored (`verified`)
+/// only when it carries the signature of this run's scorer (see `sealed::signature`); a bare
+/// `--metric`, or any other summary, is kept as `unverified` and never compared with scored
+/// results.
+pub fn record(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, a: &RecordArgs<'_>) -> Result<()> {
     let n = db.require_node(id)?;
     if n.status.finished() {
         let hint = if a.insight.is_some() { format!(" (for the lesson alone: `autoresearch tree insight {} \"TEXT\"`)", n.name()) } else { String::new() };
@@ -154,10 +158,20 @@ pub fn record(db: &mut Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) ->
             .ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
         rec["metric"] = json!(m);
         rec["memory_mb"] = s.get("peak_vram_mb").cloned().unwrap_or(Value::Null);
+        let verified = match std::fs::read_to_string(sign_key) {
+            Ok(key) => sealed::signature::verify(key.trim().as_bytes(), &s),
+            Err(_) => Err(format!("this run has no signing key ({}): nothing it did not score can be verified", sign_key.display())),
+        };
+        rec["verified"] = json!(verified.is_ok());
+        if let Err(why) = verified {
+            rec["unverified_because"] = json!(why);
+        }
         rec["summary"] = s;
     }
     if let Some(m) = a.metric {
         rec["metric"] = json!(m);
+        rec["verified"] = json!(false);
+        rec["unverified_because"] = json!("recorded with --metric: no scorer produced it");
     }
     if let Some(m) = a.memory_mb {
         rec["memory_mb"] = json!(m);
@@ -176,6 +190,13 @@ pub fn record(db: &mut Db, cfg: &ResearchConfig, id: i64, a: &RecordArgs<'_>) ->
     }
     db.set_recorded(id, &rec, a.insight)?;
     println!("recorded {}: {}", n.name(), rec);
+    if rec.get("metric").is_some() && rec["verified"] != json!(true) {
+        println!(
+            "note: {} is unverified ({}); the loop records it as `unverified` and never compares it with scored results",
+            n.name(),
+            rec["unverified_because"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

@@ -169,19 +169,34 @@ fn queued_ideas_are_taken_up_by_the_loop() {
     edit(&n3, "0.1");
     let o = fx.run(&["tree", "worktree", &n3, "--remove"]);
     assert!(o.status.success(), "{}", stdout(&o));
-    // n4: synced and recorded by a person -> concluded with its recorded metric.
+    // n4: synced and recorded by a person with a bare metric -> unverified, never compared.
     let n4 = add("n2", "lr 0.06 on the cluster");
     edit(&n4, "0.06");
     let o = fx.run(&["tree", "record", &n4, "--metric", "1.02"]);
     assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("is unverified"), "{}", stdout(&o));
     // n5: `param = value` -> implemented by the search proposer.
     let n5 = add("n2", "matrix_lr = 0.04");
     // n6: a person is editing it (worktree, no commit) -> it waits.
     let n6 = add("n2", "something clever");
     let o = fx.run(&["tree", "worktree", &n6]);
     assert!(o.status.success(), "{}", stdout(&o));
+    // n7: a summary signed with the run's key (what the run's scorer writes) -> verified, so
+    // concluded against the best like a scored result (here: discarded).
+    let n7 = add("n2", "lr 0.07 signed by the scorer");
+    edit(&n7, "0.07");
+    let key = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/scorer.key")).expect("the run made its signing key");
+    let mut summary: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"val_bpb": 1.03, "peak_vram_mb": 100.0, "status": "ok"}"#).unwrap();
+    sealed::signature::sign(key.trim().as_bytes(), &mut summary);
+    let signed = fx.tools.join("n7.json");
+    std::fs::write(&signed, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    let o = fx.run(&["tree", "record", &n7, "--summary-json", signed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("unverified"), "{}", stdout(&o));
+    let o = fx.run(&["tree", "worktree", &n7, "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
 
-    let o = fx.run(&["run", "--yes", "--resume", "--max-experiments", "4"]);
+    let o = fx.run(&["run", "--yes", "--resume", "--max-experiments", "5"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let log = stdout(&o);
     assert!(log.contains(&format!("{n3}: running the queued change")), "{log}");
@@ -190,8 +205,9 @@ fn queued_ideas_are_taken_up_by_the_loop() {
     let node = |name: &str| nodes.iter().find(|n| format!("n{}", n["id"]) == name).unwrap().clone();
     assert_eq!(node(&n3)["status"], "keep", "{:#}", node(&n3));
     assert!((node(&n3)["metric"].as_f64().unwrap() - 1.06).abs() < 1e-9);
-    assert_eq!(node(&n4)["status"], "keep", "{:#}", node(&n4));
+    assert_eq!(node(&n4)["status"], "unverified", "{:#}", node(&n4));
     assert!((node(&n4)["metric"].as_f64().unwrap() - 1.02).abs() < 1e-9);
+    assert_eq!(node(&n7)["status"], "discard", "{:#}", node(&n7));
     assert_eq!(node(&n5)["status"], "keep", "{:#}", node(&n5));
     assert!((node(&n5)["metric"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     let n5_commit = node(&n5)["commit"].as_str().unwrap().to_string();
@@ -201,7 +217,7 @@ fn queued_ideas_are_taken_up_by_the_loop() {
     assert!(fx.branch_tip().starts_with(&n5_commit));
     // Every taken idea has its row; the waiting one has none.
     let rows = fx.rows();
-    assert_eq!(rows.len(), 5, "{rows:?}");
-    assert!(rows.iter().any(|r| r[4] == "lr 0.06 on the cluster" && r[1] == "1.020000"), "{rows:?}");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.iter().any(|r| r[4] == "lr 0.06 on the cluster" && r[1] == "1.020000" && r[3] == "unverified"), "{rows:?}");
     assert!(fx.repo.join(format!(".worktrees/t1-{n6}")).exists(), "the person's worktree stays");
 }

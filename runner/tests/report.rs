@@ -70,7 +70,7 @@ fn report_watch_and_results_on_a_finished_run() {
     assert!(md.contains("- baseline: 1.460000 (n1"), "{md}");
     assert!(md.contains("- best: 1.010000 (n2"), "{md}");
     assert!(md.contains("- improvement: 0.450000 (30.82 %)"), "{md}");
-    assert!(md.contains("- experiments: 3 (1 keep, 1 discard, 1 crash, 0 rejected, 0 pruned)"), "{md}");
+    assert!(md.contains("- experiments: 3 (1 keep, 1 discard, 1 crash, 0 rejected, 0 unverified, 0 pruned)"), "{md}");
     assert!(md.contains("| n2 | +0.450000 | 1.010000 |"), "{md}");
     assert!(md.contains("| matrix_lr | 1 | 1 | 0 | 0 | -0.250000 (n3) |"), "{md}");
     // The loop wrote the same summary when it ended (before the report rewrote it).
@@ -85,7 +85,7 @@ fn report_watch_and_results_on_a_finished_run() {
     let o = fx.run(&["watch", "--once"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let w = out_text(&o);
-    assert!(w.contains("experiments: 3 of 3 done (1 keep, 1 discard, 1 crash, 0 rejected, 0 pruned)"), "{w}");
+    assert!(w.contains("experiments: 3 of 3 done (1 keep, 1 discard, 1 crash, 0 rejected, 0 unverified, 0 pruned)"), "{w}");
     assert!(w.contains("best: 1.010000 (n2") && w.contains("nothing: the loop"), "{w}");
     assert!(w.contains("n4    crash") && w.contains("n3    discard    1.260000  +0.250000  matrix_lr = 0.3"), "{w}");
 

@@ -147,6 +147,7 @@ impl Local {
         let built = target.join("release").join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
         copy_atomic(&built, &spec.trainer_copy)?;
         drop(lock);
+        super::ensure_sign_key(&super::sign_key_path(&spec.cfg, &spec.repo_root))?;
         let elapsed = t0.elapsed();
         let mut shifted = |e: Duration| tick(elapsed + e);
         let f = process::run_shell(&render(&harness_command(&spec.cfg), spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);

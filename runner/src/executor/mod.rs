@@ -137,6 +137,35 @@ pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
     format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
 }
 
+/// The run's signing key: the scorer signs every summary with it, so that a summary recorded by
+/// hand (`tree record --summary-json`) can be verified. The trainer's sandbox keeps it out of
+/// reach (it is under `.autoresearch/`).
+pub fn sign_key_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
+    repo_root.join(".autoresearch").join(&cfg.tag).join("scorer.key")
+}
+
+/// Creates the run's signing key unless it exists (readable by its owner only).
+pub fn ensure_sign_key(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
+    f.write_all(sealed::signature::new_key_hex().as_bytes())?;
+    f.sync_all()?;
+    // A concurrent creator may have won: keep the first key.
+    if std::fs::hard_link(&tmp, path).is_err() && !path.exists() {
+        anyhow::bail!("cannot create {}", path.display());
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
 /// Builds the run's scorer: the workspace build limited to the `harness` binary (it does not
 /// link the trainer). `--bin` only picks targets, after the `--workspace` feature resolution,
 /// so Burn stays built and is compiled with the features every build has.
@@ -152,7 +181,7 @@ pub fn build_command(cfg: &ResearchConfig) -> String {
 
 /// Runs the scorer (`{harness}`) on a trainer binary (`{trainer}`) with the run's flags.
 pub fn harness_command(cfg: &ResearchConfig) -> String {
-    let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
+    let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --sign-key {sign_key} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
     if !cfg.device.is_empty() {
         c.push_str(" --device {device}");
     }
@@ -197,6 +226,7 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
         ("{harness}", spec.scorer.display().to_string()),
         ("{trainer}", spec.trainer_copy.display().to_string()),
         ("{repo}", spec.repo_root.display().to_string()),
+        ("{sign_key}", sign_key_path(&spec.cfg, &spec.repo_root).display().to_string()),
     ];
     let mut out = template.to_string();
     for (k, v) in pairs {

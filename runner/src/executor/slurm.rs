@@ -292,6 +292,7 @@ impl Executor for Slurm {
         let path = script_path(spec);
         if custom_command(&spec.cfg).is_none() {
             ensure_runner_copy(spec)?;
+            super::ensure_sign_key(&super::sign_key_path(&spec.cfg, &spec.repo_root))?;
         }
         crate::results::write_atomic(&path, &script(spec))?;
         let job = submit(&path)?;

@@ -46,6 +46,7 @@ pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, n
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     crate::executor::slurm::ensure_runner_copy(&spec)?;
+    crate::executor::ensure_sign_key(&crate::executor::sign_key_path(cfg, repo_root))?;
     crate::results::write_atomic(&script, &crate::executor::slurm::script(&spec))?;
     Ok((script, summary))
 }

@@ -23,6 +23,8 @@ pub const DISCARD: Color = Color::rgb(150, 150, 150);
 pub const CRASH: Color = Color::rgb(214, 39, 40);
 pub const BEST: Color = Color::rgb(218, 165, 32);
 pub const BASELINE: Color = Color::rgb(31, 119, 180);
+/// Results recorded by hand that no scorer signed: drawn apart, never on the best line.
+pub const UNVERIFIED: Color = Color::rgb(148, 103, 189);
 
 /// 1, 2 or 5 times a power of ten, giving about `n` steps over `span`.
 fn nice_step(span: f64, n: f64) -> f64 {
@@ -188,6 +190,10 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
         let x = f.x(p.index as f64);
         match (n.status, n.metric) {
             (Status::Keep, _) => {}
+            (Status::Unverified, Some(m)) if m.is_finite() => {
+                let y = f.y(m.clamp(lo, hi));
+                c.path(&[(x, y - 6.0), (x + 6.0, y), (x, y + 6.0), (x - 6.0, y)], true, Paint::stroke(UNVERIFIED, 1.8));
+            }
             (_, Some(m)) if m.is_finite() => {
                 let y = f.y(m);
                 let clipped = m > hi || m < lo;
@@ -239,7 +245,7 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
 }
 
 fn legend(c: &mut dyn Canvas) {
-    let (mut x, y) = (WIDTH - RIGHT - 560.0, 62.0);
+    let (mut x, y) = (WIDTH - RIGHT - 690.0, 62.0);
     let item = |c: &mut dyn Canvas, x: f32, label: &str| c.text(Text::new(label, x + 12.0, y + 4.0, 12.0).color(INK));
     c.circle(x, y, 6.0, Paint::both(KEEP, WHITE, 1.5));
     item(c, x, "keep");
@@ -251,6 +257,9 @@ fn legend(c: &mut dyn Canvas) {
     c.line(x - 5.0, y + 5.0, x + 5.0, y - 5.0, Paint::stroke(CRASH, 2.0));
     item(c, x, "crash / rejected");
     x += 150.0;
+    c.path(&[(x, y - 6.0), (x + 6.0, y), (x, y + 6.0), (x - 6.0, y)], true, Paint::stroke(UNVERIFIED, 1.8));
+    item(c, x, "unverified");
+    x += 110.0;
     c.line(x - 8.0, y, x + 8.0, y, Paint::stroke(KEEP, 2.5));
     item(c, x + 4.0, "best so far");
     x += 115.0;
