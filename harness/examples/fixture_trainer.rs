@@ -1,5 +1,5 @@
-//! A small trainer for the harness's tests: a bigram model counted from the training batches,
-//! so a run takes a second, and the attacks of the red-team suite (`tests/sealed.rs`), each a
+//! A small trainer for the harness's tests: the bigram model of `sealed::fixture`, so a run
+//! takes a second, and the attacks of the red-team suite (`tests/sealed.rs`), each a
 //! few lines that a dishonest trainer could add, chosen by the `attack = "..."` line of the
 //! hyperparameter overrides (`harness --hparams`). Other `key = "value"` lines give an attack
 //! its targets (a path to forge, a port to reach). Every attack prints `ATTACK <name>: <what
@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use sealed::child::{Channel, EvalRequest};
+use sealed::fixture::{Bigram, summarize};
 use sealed::wire::{Done, EvalMode, Failure, FailureKind, Hello};
 
 /// `key = "value"` pairs of the override text.
@@ -23,33 +24,6 @@ fn settings(hello: &Hello) -> HashMap<String, String> {
 fn report(attack: &str, what: impl std::fmt::Display) {
     println!("ATTACK {attack}: {what}");
     let _ = std::io::stdout().flush();
-}
-
-/// Log-probabilities of the next token after each token, from bigram counts (add-one).
-struct Bigram {
-    vocab: usize,
-    counts: Vec<f32>,
-}
-
-impl Bigram {
-    fn new(vocab: usize) -> Self {
-        Bigram { vocab, counts: vec![0.0; vocab * vocab] }
-    }
-
-    fn learn(&mut self, row: &[u16]) {
-        for w in row.windows(2) {
-            self.counts[w[0] as usize * self.vocab + w[1] as usize] += 1.0;
-        }
-    }
-
-    /// Logits (log-probabilities) after `prev`.
-    fn logits(&self, prev: u16, out: &mut [f32]) {
-        let row = &self.counts[prev as usize * self.vocab..(prev as usize + 1) * self.vocab];
-        let total: f32 = row.iter().sum::<f32>() + self.vocab as f32;
-        for (o, c) in out.iter_mut().zip(row) {
-            *o = ((c + 1.0) / total).ln();
-        }
-    }
 }
 
 fn main() {
@@ -315,16 +289,10 @@ fn evaluate(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) ->
                 let sent = match hello.eval_mode {
                     EvalMode::Full => ch.answer_full(&logits),
                     EvalMode::Summary => {
-                        let lse: Vec<f32> = logits.chunks(v).map(log_sum_exp).collect();
-                        let mut next = Vec::with_capacity(rows * (t - 1));
-                        let mut fin = Vec::with_capacity(rows * v);
-                        for r in 0..rows {
-                            for p in 0..t - 1 {
-                                let z = logits[(r * t + p) * v + b.inputs[r * t + p + 1] as usize];
-                                // "lie": claim more mass on the next token than the logits give.
-                                next.push(if attack == "lie" { z + 2.0 } else { z });
-                            }
-                            fin.extend_from_slice(&logits[(r * t + t - 1) * v..(r * t + t) * v]);
+                        let (lse, mut next, fin) = summarize(&logits, &b.inputs, rows, t, v);
+                        if attack == "lie" {
+                            // Claim more mass on the next token than the logits give.
+                            next.iter_mut().for_each(|z| *z += 2.0);
                         }
                         ch.answer_summary(lse, next, fin)
                     }
@@ -346,9 +314,4 @@ fn evaluate(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) ->
             }
         }
     }
-}
-
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }

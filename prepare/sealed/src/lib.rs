@@ -14,6 +14,7 @@
 //! against this crate builds in seconds, and the runner links it without Burn.
 
 pub mod child;
+pub mod fixture;
 pub mod random;
 pub mod sandbox;
 pub mod shm;

@@ -1,0 +1,288 @@
+//! The red-team suite through the real loop: `autoresearch run` with the command proposer, the
+//! real scorer (this workspace's harness binary) and the real build sandbox, on a small
+//! workspace whose trainer is `sealed::fixture`'s bigram model. Each attack is a change the
+//! proposer makes; each must be rejected, crash, or gain nothing, and leave the run's files as
+//! they were.
+
+mod common;
+use common::{TAG, git, stdout};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace's own `sealed` crate, copied into each test repository (the build sandbox
+/// reads nothing outside it).
+const SEALED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../prepare/sealed");
+
+const HONEST: &str = r#"fn main() {
+    let mut ch = sealed::child::Channel::from_harness().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let model = sealed::fixture::train(&mut ch, 8, |_, _| {}).expect("training");
+    sealed::fixture::answer(&mut ch, &model).expect("evaluation");
+}
+"#;
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_autoresearch")).with_file_name(name)
+}
+
+/// A tiny prepared cache (320 ids), made once with the workspace's `prepare` binary.
+fn cache() -> &'static Path {
+    static C: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &C.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far"];
+        let text = |n: usize, salt: usize| (0..n).map(|i| (0..30 + i % 40).map(|k| words[(i * salt + k) % words.len()]).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n\n");
+        std::fs::write(dir.path().join("train.txt"), text(400, 7)).unwrap();
+        std::fs::write(dir.path().join("val.txt"), text(80, 5)).unwrap();
+        let cache = dir.path().join("cache");
+        let out = Command::new(bin("prepare"))
+            .args(["--vocab-size", "320", "--text"])
+            .arg(dir.path().join("train.txt"))
+            .arg("--val-file")
+            .arg(dir.path().join("val.txt"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stdout(&out));
+        (dir, cache)
+    })
+    .1
+}
+
+/// The validation token file of the cache.
+fn val_tokens() -> PathBuf {
+    let manifest = std::fs::read_to_string(cache().join("prepared.toml")).unwrap();
+    let val = manifest.lines().find_map(|l| l.strip_prefix("val = ")).unwrap().trim().trim_matches('"');
+    cache().join("tokens").join(format!("{val}.tok"))
+}
+
+/// One cargo target directory for every test repository: their dependencies compile once.
+fn shared_target() -> &'static Path {
+    static T: OnceLock<tempfile::TempDir> = OnceLock::new();
+    T.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+struct Repo {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    tools: PathBuf,
+}
+
+impl Repo {
+    /// A research repository whose proposer runs `change` in the worktree (with $TOOLS and
+    /// $AUTORESEARCH_ITERATION), for `experiments` experiments.
+    fn new(change: &str, experiments: u32) -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = std::fs::canonicalize(dir.path()).unwrap().join("repo");
+        let tools = std::fs::canonicalize(dir.path()).unwrap().join("tools");
+        std::fs::create_dir_all(&tools).unwrap();
+        copy_dir(&Path::new(SEALED).join("src"), &repo.join("prepare/sealed/src"));
+        std::fs::copy(Path::new(SEALED).join("Cargo.toml"), repo.join("prepare/sealed/Cargo.toml")).unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = repo.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "Cargo.toml",
+            "[workspace]\nresolver = \"3\"\nmembers = [\"prepare/sealed\", \"trainer\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nlicense = \"MIT\"\n\n[workspace.dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\nthiserror = \"2\"\ntempfile = \"3\"\n\n[profile.release]\nincremental = true\n",
+        );
+        write("trainer/Cargo.toml", "[package]\nname = \"trainer\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nsealed = { path = \"../prepare/sealed\" }\nlibc = \"0.2\"\n");
+        write("trainer/src/main.rs", HONEST);
+        write("trainer/hparams.toml", "rows = 8\n");
+        write(".gitignore", "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n");
+        write(
+            "configs/platforms/tiny.toml",
+            "name = \"tiny\"\nclass = \"cpu\"\nbackend = \"flex\"\nseq_len = 32\neval_tokens = 2048\neval_batch_size = 8\nwarmup_steps = 1\nwarmup_allowance_seconds = 2.0\ndtype = \"f32\"\n",
+        );
+        write(
+            "configs/research.toml",
+            &format!(
+                "tag = \"{TAG}\"\nread_only = [\"prepare\", \"trainer/Cargo.toml\", \"configs/platforms\", \"Cargo.toml\", \"Cargo.lock\"]\nprofile = \"configs/platforms/tiny.toml\"\nbudget = \"tokens:2048\"\nharness = \"{harness}\"\ncache_dir = \"{cache}\"\ndevice = \"flex\"\nkeep_rule = \"strict\"\nmax_experiments = {experiments}\nproposer = \"command\"\nbuild_allowance_seconds = 600\n[command]\ncommand = {change:?}\n",
+                harness = bin("harness").display(),
+                cache = cache().display(),
+            ),
+        );
+        let lock = Command::new("cargo").args(["generate-lockfile", "--offline", "--quiet"]).current_dir(&repo).output().unwrap();
+        assert!(lock.status.success(), "{}", stdout(&lock));
+        std::os::unix::fs::symlink(shared_target(), repo.join("target")).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+        git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial"]);
+        Repo { _dir: dir, repo, tools }
+    }
+
+    fn run(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_autoresearch")).args(["run", "--yes"]).current_dir(&self.repo).env("TOOLS", &self.tools).output().unwrap()
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap_or_default();
+        text.lines().skip(1).map(|l| l.split('\t').map(str::to_string).collect()).collect()
+    }
+
+    fn log(&self, run: &str) -> String {
+        std::fs::read_to_string(self.repo.join(format!(".autoresearch/{TAG}/logs/{run}.log"))).unwrap_or_default()
+    }
+
+    fn tool(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tools.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// A trainer `main.rs` that does `attack` first, then trains honestly.
+fn attacking(attack: &str) -> String {
+    HONEST.replace("    let model = ", &format!("    {attack}\n    let model = "))
+}
+
+#[test]
+fn a_forged_summary_is_not_kept() {
+    // The issue's attack: write the summary through its environment variable, or its path, and
+    // leave before training.
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    let target = r.repo.join(format!(".autoresearch/{TAG}/runs/n2-0.json"));
+    r.tool(
+        "main.rs",
+        &attacking(&format!(
+            r##"for p in [std::env::var("AUTORESEARCH_SUMMARY_JSON").unwrap_or_default(), {:?}.to_string()] {{
+        println!("forge {{p}}: {{:?}}", std::fs::write(&p, r#"{{"val_bpb": 0.5}}"#));
+    }}
+    std::process::exit(0);"##,
+            target.display().to_string()
+        )),
+    );
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][3], "crash", "{rows:?}\n{}", r.log("n2-0"));
+    assert!(rows[1][4].contains("during training"), "{rows:?}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+    assert_eq!(summary["status"], "error", "the harness's own summary: {summary}");
+    assert!(r.log("n2-0").contains("Permission denied"), "{}", r.log("n2-0"));
+}
+
+#[test]
+fn training_on_the_validation_file_is_denied_and_gains_nothing() {
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    r.tool(
+        "main.rs",
+        &HONEST.replace(
+            "|_, _| {}",
+            &format!(
+                r#"|step, m| if step == 0 {{
+        match std::fs::read({:?}) {{
+            Ok(b) => {{ let ids: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(); for _ in 0..50 {{ m.learn(&ids) }} }}
+            Err(e) => println!("read the validation tokens: {{e}}"),
+        }}
+    }}"#,
+                val_tokens().display().to_string()
+            ),
+        ),
+    );
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows[1][3], "discard", "{rows:?}\n{}", r.log("n2-0"));
+    assert_eq!(rows[1][1], rows[0][1], "the same score as the baseline: {rows:?}");
+    assert!(r.log("n2-0").contains("read the validation tokens: Permission denied"), "{}", r.log("n2-0"));
+}
+
+#[test]
+fn a_validation_file_embedded_at_compile_time_does_not_build() {
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    r.tool("main.rs", &attacking(&format!("static VAL: &[u8] = include_bytes!({:?}); println!(\"{{}}\", VAL.len());", val_tokens().display().to_string())));
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows[1][3], "crash", "{rows:?}");
+    assert!(rows[1][4].contains("the build failed"), "{rows:?}");
+    assert!(r.log("n2-0").contains("Permission denied"), "{}", r.log("n2-0"));
+}
+
+#[test]
+fn changes_that_run_or_hide_code_at_build_time_are_rejected_with_their_reason() {
+    let change = r#"case $AUTORESEARCH_ITERATION in
+1) printf 'fn main() {}\n' > trainer/build.rs; echo "x" >> trainer/src/main.rs ;;
+2) printf '[[bin]]\nname = "harness"\npath = "src/main.rs"\n' >> trainer/Cargo.toml ;;
+3) printf 'secret.rs\n' > trainer/src/.gitignore; echo "// x" >> trainer/src/main.rs ;;
+4) ln -s /etc/passwd trainer/src/data ;;
+5) mkdir -p trainer/src/bin && cp trainer/src/main.rs trainer/src/bin/harness.rs ;;
+6) mkdir -p trainer/.cargo && printf '[build]\nrustflags = []\n' > trainer/.cargo/config.toml ;;
+esac"#;
+    let r = Repo::new(change, 6);
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    let reasons = ["build script", "Cargo manifest", ".gitignore", "symbolic link", "binary target", "cargo configuration"];
+    for (row, why) in rows[1..].iter().zip(reasons) {
+        assert_eq!(row[3], "rejected", "{row:?}");
+        assert!(row[4].contains(why), "{why}: {row:?}");
+    }
+    assert!(!r.repo.join(".autoresearch/.build/trainer/build.rs").exists(), "a rejected change is never built");
+}
+
+#[test]
+fn the_runs_files_cannot_be_written_or_read_at_run_time() {
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    let state = r.repo.join(format!(".autoresearch/{TAG}"));
+    let targets = [
+        r.repo.join("results.tsv"),
+        state.join("experiments.jsonl"),
+        state.join("profile.toml"),
+        state.join("tree.db"),
+        r.repo.join(".git/config"),
+        r.repo.join(".autoresearch/.build/trainer/src/main.rs"),
+        r.repo.join("target/release/trainer"),
+        r.repo.join("configs/platforms/tiny.toml"),
+    ];
+    let list = targets.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", ");
+    r.tool(
+        "main.rs",
+        &attacking(&format!(
+            r#"for p in [{list}] {{
+        let w = std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| std::io::Write::write_all(&mut f, b"forged"));
+        println!("write {{p}}: {{}}", w.map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()));
+    }}
+    println!("read the key: {{:?}}", std::fs::read({key:?}).map(|b| b.len()));"#,
+            key = state.join("scorer.key").display().to_string()
+        )),
+    );
+    let git_config = std::fs::read(r.repo.join(".git/config")).unwrap();
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][3], "discard", "{rows:?}");
+    assert_eq!(rows[1][1], rows[0][1], "{rows:?}");
+    let log = r.log("n2-0");
+    for t in &targets {
+        let line = log.lines().find(|l| l.contains(&format!("write {}", t.display()))).unwrap_or_else(|| panic!("{}:\n{log}", t.display()));
+        assert!(line.contains("Permission denied"), "{line}");
+    }
+    assert!(log.contains("read the key: Err"), "{log}");
+    assert_eq!(std::fs::read(r.repo.join(".git/config")).unwrap(), git_config);
+    let text = std::fs::read_to_string(r.repo.join("results.tsv")).unwrap();
+    assert!(!text.contains("forged"), "{text}");
+    assert!(!git(&r.repo, &["status", "--porcelain"]).contains("tiny.toml"));
+}
