@@ -162,7 +162,10 @@ pub struct Evaluator<'a> {
     pub steps: usize,
     pub mode: EvalMode,
     pub tolerance: Tolerance,
-    /// Evaluation must be over by then (see `run`).
+    /// The first batch must be answered by then: a trainer must not train on before it
+    /// answers (see `run::eval_deadlines`). Later changes to the model are the canary's to see.
+    pub first_deadline: Instant,
+    /// Evaluation must be over by then.
     pub deadline: Instant,
 }
 
@@ -188,7 +191,8 @@ impl Evaluator<'_> {
             let rows = &plan.rows[batch * b..(batch + 1) * b];
             let inputs: Vec<u16> = rows.iter().flat_map(|(tokens, _)| tokens[..t].iter().copied()).collect();
             trainer.send(&ToTrainer::Eval(EvalBatch { rows: b, seq_len: t, inputs })).map_err(|e| lost(trainer, e))?;
-            let answer = match trainer.recv(Some(self.deadline)).map_err(|e| lost(trainer, e))? {
+            let deadline = if batch == 0 { self.first_deadline.min(self.deadline) } else { self.deadline };
+            let answer = match trainer.recv(Some(deadline)).map_err(|e| lost(trainer, e))? {
                 ToHarness::Answer(a) => a,
                 ToHarness::Failed(f) => return Err(EvalError::Failed(f)),
                 other => return Err(EvalError::Trainer(format!("sent {} instead of an answer to evaluation batch {batch}", kind(&other)))),

@@ -290,7 +290,10 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     trainer.withhold_output();
     let counted_rate = if training_seconds > 0.0 { clock.counted_tokens() as f64 / training_seconds } else { 0.0 };
     let eval_limit = eval_time_limit(profile.eval_tokens, counted_rate, allowance);
+    let first_limit = first_answer_limit(b * t, counted_rate, Duration::from_secs_f64(clock.warmup_seconds()));
     record.insert("eval_limit_seconds".into(), json!(eval_limit.as_secs_f64()));
+    record.insert("eval_first_answer_limit_seconds".into(), json!(first_limit.as_secs_f64()));
+    let eval_start = Instant::now();
     let evaluator = Evaluator {
         data: &data,
         batch_rows: b,
@@ -298,7 +301,8 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
         steps: profile.eval_steps(),
         mode,
         tolerance: Tolerance::for_dtype(&profile.dtype),
-        deadline: Instant::now() + eval_limit,
+        first_deadline: eval_start + first_limit,
+        deadline: eval_start + eval_limit,
     };
     let evaluation = evaluator.run(&mut trainer);
     let _ = trainer.send(&ToTrainer::Quit);
@@ -372,6 +376,15 @@ pub fn eval_time_limit(eval_tokens: usize, counted_tokens_per_second: f64, allow
     allowance + Duration::from_secs_f64(training_equivalent.max(5.0))
 }
 
+/// How long the first evaluation batch may take: the warm-up the trainer used (for compiling
+/// the evaluation's shapes), plus twice as long as training on as many tokens took, plus two
+/// seconds. Training on rows it kept before answering would run into it; training after is a
+/// change of the model that the canary rows, scored first and last, show.
+pub fn first_answer_limit(batch_tokens: usize, counted_tokens_per_second: f64, warmup: Duration) -> Duration {
+    let training_equivalent = if counted_tokens_per_second > 0.0 { batch_tokens as f64 / counted_tokens_per_second } else { 30.0 };
+    warmup + Duration::from_secs_f64(2.0 + 2.0 * training_equivalent)
+}
+
 fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
     let mut exit_text = || trainer.finish(Duration::from_secs(5)).describe();
     match f {
@@ -438,6 +451,11 @@ mod tests {
     fn cli(args: &[&str]) -> Cli {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("harness").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_first_answer_gets_the_warmup_and_two_training_equivalents() {
+        assert_eq!(first_answer_limit(4096, 4096.0, Duration::from_millis(500)), Duration::from_millis(4500));
     }
 
     #[test]

@@ -404,7 +404,7 @@ fn training_past_the_budget_is_a_crash() {
 
 #[test]
 fn training_while_being_evaluated_runs_into_the_evaluation_limit() {
-    let r = harness("slow-eval", "attack = \"slow-eval\"\nseconds = \"2\"", "tokens:8192", "full", &[], &[]);
+    let r = harness("slow-eval", "attack = \"slow-eval\"\nseconds = \"3\"", "tokens:8192", "full", &[], &[]);
     assert_eq!(r.code, 6, "{}", r.all());
     assert!(r.summary["error"].as_str().unwrap().contains("longer to evaluate"), "{}", r.summary);
 }
