@@ -295,7 +295,7 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
         println!("  sbatch {}", script.display());
     } else {
         println!("edit files under [{}] there, then build and run it:", cfg.scope.join(", "));
-        println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &summary));
+        println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &n.name())?);
     }
     if owned_by_loop(&n) {
         println!("then record it (the loop is waiting):\n  autoresearch tree record --tag {tag} {} --summary-json {}", n.name(), summary.display());

@@ -38,12 +38,13 @@ fn add_worktree_sync_record_insight() {
     assert!(out.contains(&format!("{}\n", wt.display())), "{out}");
     assert!(out.contains("n2's commit"), "{out}");
     let target = fx.repo.canonicalize().unwrap().join("target");
-    let hint = format!(
-        "cd {} && CARGO_TARGET_DIR={t} cargo build --release --workspace --bin harness --bin trainer && {t}/release/harness --budget time:1 --summary-json ",
-        wt.display(),
-        t = target.display()
-    );
+    // The loop's own flags: the run's scorer on the trainer built there, the summary signed.
+    let hint = format!("cd {} && CARGO_TARGET_DIR={t} cargo build --release --locked --workspace --bin trainer && ", wt.display(), t = target.display());
     assert!(out.contains(&hint), "{out}");
+    let scorer = fx.repo.canonicalize().unwrap().join(".autoresearch/t1/bin/harness");
+    for flag in [format!("{} --trainer {}/release/trainer", scorer.display(), target.display()), "--budget time:1 ".into(), "--seed 42".into(), "--sign-key ".into(), "--summary-json ".into()] {
+        assert!(out.contains(&flag), "{flag}: {out}");
+    }
     assert!(out.contains("autoresearch tree sync --tag t1 n3"), "{out}");
     assert_eq!(git(&wt, &["rev-parse", "HEAD"]), n2_commit);
     // Again: the existing worktree (and any edit in it) is kept.

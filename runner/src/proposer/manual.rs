@@ -18,15 +18,15 @@ pub fn summary_path(state_dir: &Path, node: &str) -> std::path::PathBuf {
     state_dir.join("runs").join(format!("{node}-manual.json"))
 }
 
-/// With the slurm executor: writes node `node`'s job script, `.autoresearch/<tag>/jobs/<node>.sbatch`,
-/// which builds and runs the experiment in `worktree` and writes its summary where `tree record`
-/// expects it. Returns the script and the summary path.
-pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let (profile, _, _) = crate::runloop::resolve_profile(repo_root, cfg)?;
+/// A run of `node` by hand in `worktree`, with the loop's flags: the run's profile snapshot
+/// (else the configured or detected profile), seed, budget, cache, device batch scale and
+/// signing key, scored by the run's scorer.
+fn hand_spec(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<crate::executor::RunSpec> {
     let state = crate::runloop::Paths::new(repo_root, cfg).state_dir;
+    let snapshot = state.join("profile.toml");
+    let profile = if snapshot.exists() { snapshot } else { crate::runloop::resolve_profile(repo_root, cfg)?.0 };
     let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
-    let summary = summary_path(&state, node);
-    let spec = crate::executor::RunSpec {
+    Ok(crate::executor::RunSpec {
         cfg: std::sync::Arc::new(cfg.clone()),
         repo_root: repo_root.to_path_buf(),
         worktree: worktree.to_path_buf(),
@@ -35,12 +35,20 @@ pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, n
         commit: String::new(),
         seed: cfg.seed,
         batch_scale: scale,
-        summary_json: summary.clone(),
+        summary_json: summary_path(&state, node),
         log: state.join("logs").join(format!("{node}-manual.log")),
         scorer: crate::executor::scorer_path(cfg, repo_root),
         trainer_copy: state.join("bin").join(format!("{node}-manual")).join("trainer"),
         timeout: cfg.hard_timeout(),
-    };
+    })
+}
+
+/// With the slurm executor: writes node `node`'s job script, `.autoresearch/<tag>/jobs/<node>.sbatch`,
+/// which builds and runs the experiment in `worktree` and writes its summary where `tree record`
+/// expects it. Returns the script and the summary path.
+pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let spec = hand_spec(repo_root, cfg, node, worktree)?;
+    let state = crate::runloop::Paths::new(repo_root, cfg).state_dir;
     let script = state.join("jobs").join(format!("{node}.sbatch"));
     for dir in [state.join("jobs"), state.join("logs"), state.join("runs")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -48,7 +56,7 @@ pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, n
     crate::executor::slurm::ensure_runner_copy(&spec)?;
     crate::executor::ensure_sign_key(&crate::executor::sign_key_path(cfg, repo_root))?;
     crate::results::write_atomic(&script, &crate::executor::slurm::script(&spec))?;
-    Ok((script, summary))
+    Ok((script, spec.summary_json))
 }
 
 /// How to submit a node's job script and bring its result back.
@@ -62,16 +70,15 @@ then, when the job is done:
     )
 }
 
-/// The shell line that builds and runs one experiment by hand in `worktree`.
-pub fn run_hint(repo_root: &Path, cfg: &crate::config::ResearchConfig, worktree: &Path, summary: &Path) -> String {
+/// The shell line that builds and runs one experiment by hand in `worktree`: the trainer built
+/// there, scored by the run's scorer with the loop's flags, the summary signed with the run's
+/// key (so that `tree record` counts it as scored).
+pub fn run_hint(repo_root: &Path, cfg: &crate::config::ResearchConfig, worktree: &Path, node: &str) -> Result<String> {
+    let mut spec = hand_spec(repo_root, cfg, node, worktree)?;
     let target = crate::executor::target_dir(repo_root);
-    format!(
-        "cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --workspace --bin harness --bin trainer && {target}/release/harness --budget {budget} --summary-json {json}",
-        wt = worktree.display(),
-        target = target.display(),
-        budget = cfg.budget,
-        json = summary.display(),
-    )
+    spec.trainer_copy = target.join("release").join("trainer");
+    let run = crate::executor::render(&crate::executor::harness_command(cfg), &spec);
+    Ok(format!("cd {wt} && CARGO_TARGET_DIR={target} cargo build --release --locked --workspace --bin trainer && {run}", wt = worktree.display(), target = target.display()))
 }
 
 impl Proposer for Manual {
@@ -93,7 +100,7 @@ impl Proposer for Manual {
         if ctx.cfg.executor == crate::config::ExecutorKind::Slurm {
             let (script, summary) = write_job_script(&ctx.git.root, ctx.cfg, &node.name(), worktree)?;
             println!(
-                "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nthen submit its job (the runner commits your edit when you record it):\n{hint}\n  (or --metric VALUE, or --crash \"why\")",
+                "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nthen submit its job (the runner commits your edit when you record it):\n{hint}\n  (or --crash \"why\"; --metric VALUE records an unverified result, never compared)",
                 n = node.name(),
                 scope = ctx.cfg.scope.join(", "),
                 wt = worktree.display(),
@@ -102,11 +109,11 @@ impl Proposer for Manual {
             return wait_for_record(ctx, node);
         }
         println!(
-            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  {run}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --metric VALUE [--memory-mb MB], or --crash \"why\")",
+            "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nrun it there, e.g.\n  {run}\nthen record it (the runner is waiting):\n  autoresearch tree record --tag {tag} {n} --summary-json {json} --description \"what you changed\"\n  (or --crash \"why\"; --metric VALUE records an unverified result, never compared)",
             n = node.name(),
             scope = ctx.cfg.scope.join(", "),
             wt = worktree.display(),
-            run = run_hint(&ctx.git.root, ctx.cfg, worktree, &summary),
+            run = run_hint(&ctx.git.root, ctx.cfg, worktree, &node.name())?,
             json = summary.display(),
             tag = ctx.tag,
         );
