@@ -107,7 +107,7 @@ impl Repo {
         write("trainer/Cargo.toml", "[package]\nname = \"trainer\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nsealed = { path = \"../prepare/sealed\" }\nlibc = \"0.2\"\n");
         write("trainer/src/main.rs", HONEST);
         write("trainer/hparams.toml", "rows = 8\n");
-        write(".gitignore", "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n");
+        write(".gitignore", "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n*.bin\n");
         write(
             "configs/platforms/tiny.toml",
             "name = \"tiny\"\nclass = \"cpu\"\nbackend = \"flex\"\nseq_len = 32\neval_tokens = 2048\neval_batch_size = 8\nwarmup_steps = 1\nwarmup_allowance_seconds = 2.0\ndtype = \"f32\"\n",
@@ -228,18 +228,23 @@ fn changes_that_run_or_hide_code_at_build_time_are_rejected_with_their_reason() 
 4) ln -s /etc/passwd trainer/src/data ;;
 5) mkdir -p trainer/src/bin && cp trainer/src/main.rs trainer/src/bin/harness.rs ;;
 6) mkdir -p trainer/.cargo && printf '[build]\nrustflags = []\n' > trainer/.cargo/config.toml ;;
+7) printf 'fn hidden() {}\n' > trainer/src/hidden.bin; printf 'include!("hidden.bin");\n' >> trainer/src/main.rs ;;
 esac"#;
-    let r = Repo::new(change, 6);
+    let r = Repo::new(change, 7);
     let o = r.run();
     assert!(o.status.success(), "{}", stdout(&o));
     let rows = r.rows();
-    assert_eq!(rows.len(), 7, "{rows:?}");
+    assert_eq!(rows.len(), 8, "{rows:?}");
     let reasons = ["build script", "Cargo manifest", ".gitignore", "symbolic link", "binary target", "cargo configuration"];
-    for (row, why) in rows[1..].iter().zip(reasons) {
+    for (row, why) in rows[1..7].iter().zip(reasons) {
         assert_eq!(row[3], "rejected", "{row:?}");
         assert!(row[4].contains(why), "{why}: {row:?}");
     }
     assert!(!r.repo.join(".autoresearch/.build/trainer/build.rs").exists(), "a rejected change is never built");
+    // A file the repository ignores is not in the commit, so it never reaches the build.
+    assert_eq!(rows[7][3], "crash", "{rows:?}");
+    assert!(rows[7][4].contains("the build failed"), "{rows:?}");
+    assert!(r.log("n8-0").contains("hidden.bin"), "{}", r.log("n8-0"));
 }
 
 #[test]
