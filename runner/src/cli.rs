@@ -322,6 +322,12 @@ pub struct ConfigArgs {
     /// Smallest gain kept when the noise is 0 (noise-aware).
     #[arg(long, value_name = "X")]
     pub noise_floor: Option<f64>,
+    /// `significant` rule: the test's one-sided level.
+    #[arg(long, value_name = "P")]
+    pub significance: Option<f64>,
+    /// `significant` rule: the most runs of one candidate.
+    #[arg(long, value_name = "N")]
+    pub max_candidate_runs: Option<u32>,
     /// Kill an experiment after SECONDS (build included). [default: 2 x budget + build allowance]
     #[arg(long, value_name = "SECONDS")]
     pub hard_timeout: Option<u64>,
@@ -547,6 +553,8 @@ impl ConfigArgs {
         set!(keep_rule);
         set!(baseline_runs);
         set!(noise_floor);
+        set!(significance);
+        set!(max_candidate_runs);
         set!(seed);
         set!(profile);
         set!(device);

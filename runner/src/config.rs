@@ -51,6 +51,7 @@ pub enum ExecutorKind {
 pub enum KeepRule {
     Strict,
     NoiseAware,
+    Significant,
 }
 
 macro_rules! display_via_serde {
@@ -222,6 +223,11 @@ pub struct ResearchConfig {
     /// machine) for `local`, 4 for `slurm`.
     pub slots: usize,
     pub keep_rule: KeepRule,
+    /// `significant`: the one-sided level of the test (the chance of keeping a change that
+    /// does nothing).
+    pub significance: f64,
+    /// `significant`: the most runs of one candidate.
+    pub max_candidate_runs: u32,
     /// Baseline repetitions (different seeds) for the noise estimate (noise-aware only).
     pub baseline_runs: u32,
     /// Smallest gain that counts when the measured noise is 0 (noise-aware only).
@@ -283,8 +289,10 @@ impl Default for ResearchConfig {
             proposer: ProposerKind::Search,
             executor: ExecutorKind::Local,
             slots: 0,
-            keep_rule: KeepRule::NoiseAware,
-            baseline_runs: 2,
+            keep_rule: KeepRule::Significant,
+            significance: 0.05,
+            max_candidate_runs: 3,
+            baseline_runs: 3,
             noise_floor: 0.001,
             hard_timeout_seconds: 0,
             build_allowance_seconds: 900,
@@ -337,8 +345,14 @@ impl ResearchConfig {
         if self.metric.is_empty() {
             return Err(usage("metric: must name a key of the summary JSON (e.g. val_bpb)"));
         }
-        if self.keep_rule == KeepRule::NoiseAware && self.baseline_runs < 2 {
-            return Err(usage("baseline_runs: noise-aware keeping needs at least 2 baseline runs (or use --keep-rule strict)"));
+        if self.keep_rule != KeepRule::Strict && self.baseline_runs < 2 {
+            return Err(usage(format!("baseline_runs: the {} rule needs at least 2 baseline runs to measure the noise (or use --keep-rule strict)", self.keep_rule)));
+        }
+        if !(self.significance > 0.0 && self.significance < 0.5) {
+            return Err(usage("significance: must be in (0, 0.5), e.g. 0.05"));
+        }
+        if self.max_candidate_runs < 2 {
+            return Err(usage("max_candidate_runs: must be at least 2 (a candidate is kept from its second run on)"));
         }
         if self.baseline_runs == 0 {
             self.baseline_runs = 1;

@@ -443,6 +443,25 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// The noise of the run so far: the successful runs pooled by node and device batch scale
+    /// (each group is one configuration measured several times: the baseline's seeds, a
+    /// candidate's extra runs).
+    pub fn noise(&self) -> Result<crate::keep::Noise> {
+        let mut st = self.conn.prepare("SELECT node, COALESCE(batch_scale, 1.0), metric FROM runs WHERE outcome = 'ok' AND metric IS NOT NULL ORDER BY node, id")?;
+        let mut groups: std::collections::BTreeMap<(i64, String), Vec<f64>> = std::collections::BTreeMap::new();
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)))?;
+        for row in rows {
+            let (node, scale, metric) = row?;
+            groups.entry((node, format!("{scale}"))).or_default().push(metric);
+        }
+        Ok(crate::keep::pooled(&groups.into_values().collect::<Vec<_>>()))
+    }
+
+    /// The metrics of a node's successful runs, in order.
+    pub fn metrics_of(&self, node: i64) -> Result<Vec<f64>> {
+        Ok(self.runs(node)?.into_iter().filter(|r| r.outcome == "ok").filter_map(|r| r.metric).collect())
+    }
+
     pub fn runs(&self, node: i64) -> Result<Vec<Run>> {
         let mut st = self.conn.prepare(
             "SELECT node, seed, batch_scale, exit_code, outcome, metric, seconds, log, attempt FROM runs WHERE node = ?1 ORDER BY id",

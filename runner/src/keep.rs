@@ -1,11 +1,23 @@
 //! Keep rules: when does a candidate replace the best?
 //!
 //! - `strict`: the reference rule. One run; keep when the metric is strictly better.
-//! - `noise-aware` (default): the baseline runs K times with seeds seed, seed+1, ...; sigma is the
-//!   sample standard deviation of those runs and the bar is max(2 sigma, noise_floor). A
-//!   candidate whose first run (seed) gains more than the bar is re-run once with seed+1; it is
-//!   kept only when the mean of its two runs still gains more than the bar. The best's value is
-//!   the mean of its runs.
+//! - `significant` (default): a one-sided test of the candidate's gain over the best, at level
+//!   `significance` (5 % by default), with sigma pooled from every repeated measurement of the
+//!   run (the baseline's seeds, the candidates' extra runs): `t = gain / (sigma * sqrt(1/n_best
+//!   + 1/n_candidate))` against Student's t with the pooled degrees of freedom. The candidate
+//!   runs once; it is run again (up to `max_candidate_runs`) while the answer is open, and kept
+//!   only from its second run on, when its p-value is below `significance / (max_candidate_runs
+//!   - 1)`: each of those looks spends an equal share of the level, so a change that does
+//!   nothing is kept with probability at most `significance` (Bonferroni). A first run that is
+//!   unlikely to come from a gain (p > 0.3) is discarded at once, which spares most null changes
+//!   their second run. The gain must also exceed `noise_floor`.
+//! - `noise-aware`: the earlier default: the baseline runs K times; sigma is the sample
+//!   standard deviation of those runs and the bar is max(2 sigma, noise_floor). A candidate
+//!   whose first run gains more than the bar is re-run once with seed+1; it is kept when the
+//!   mean of its two runs still gains more than the bar. With two baseline runs it keeps about
+//!   one null change in eight.
+//!
+//! The best's value is the mean of its runs.
 
 use crate::config::{Direction, KeepRule};
 
@@ -17,12 +29,167 @@ pub enum Verdict {
     Confirm,
 }
 
-/// The gain a candidate must exceed.
+/// The gain a candidate must exceed (for `significant`: the floor; the test decides).
 pub fn bar(rule: KeepRule, sigma: f64, floor: f64) -> f64 {
     match rule {
         KeepRule::Strict => 0.0,
         KeepRule::NoiseAware => (2.0 * sigma).max(floor),
+        KeepRule::Significant => floor,
     }
+}
+
+/// A first run with a p-value above this is discarded without a second run.
+pub const CONTINUE_P: f64 = 0.3;
+
+/// The noise of a run, pooled from every group of repeated measurements of one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Noise {
+    pub sigma: f64,
+    /// Degrees of freedom: the sum over groups of (runs - 1).
+    pub df: f64,
+    /// Runs in the groups that have at least two.
+    pub runs: usize,
+    pub groups: usize,
+}
+
+/// Pools the groups' variances: `sum (x - group mean)^2 / sum (n - 1)`.
+pub fn pooled(groups: &[Vec<f64>]) -> Noise {
+    let (mut ss, mut df, mut runs, mut n_groups) = (0.0, 0.0, 0, 0);
+    for g in groups.iter().filter(|g| g.len() >= 2) {
+        let (mean, _) = mean_std(g);
+        ss += g.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+        df += (g.len() - 1) as f64;
+        runs += g.len();
+        n_groups += 1;
+    }
+    Noise { sigma: if df > 0.0 { (ss / df).sqrt() } else { 0.0 }, df, runs, groups: n_groups }
+}
+
+/// The test of a candidate against the best.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Test {
+    pub gain: f64,
+    pub se: f64,
+    pub t: f64,
+    /// One-sided: the chance of a gain at least this large from a change that does nothing.
+    pub p: f64,
+    /// The p-value this look needs to keep (NaN on a first run, which never keeps).
+    pub needed: f64,
+    pub df: f64,
+}
+
+/// Tests `candidate` runs against `best` runs with the pooled noise.
+pub fn test(dir: Direction, best: &[f64], candidate: &[f64], noise: Noise, alpha: f64, max_runs: u32) -> Test {
+    let (b, _) = mean_std(best);
+    let (c, _) = mean_std(candidate);
+    let gain = dir.gain(b, c);
+    let se = noise.sigma * (1.0 / best.len().max(1) as f64 + 1.0 / candidate.len().max(1) as f64).sqrt();
+    let t = if se > 0.0 { gain / se } else if gain > 0.0 { f64::INFINITY } else { f64::NEG_INFINITY };
+    let p = t_upper_tail(t, noise.df.max(1.0));
+    let needed = if candidate.len() >= 2 { alpha / (max_runs.max(2) - 1) as f64 } else { f64::NAN };
+    Test { gain, se, t, p, needed, df: noise.df }
+}
+
+/// The `significant` rule's verdict on a test of `runs` candidate runs.
+pub fn significant(test: &Test, runs: usize, max_runs: u32, floor: f64) -> Verdict {
+    if test.gain <= floor {
+        return Verdict::Discard;
+    }
+    if runs < 2 {
+        return if test.p < CONTINUE_P { Verdict::Confirm } else { Verdict::Discard };
+    }
+    if test.p < test.needed {
+        Verdict::Keep
+    } else if runs as u32 >= max_runs || test.p >= CONTINUE_P {
+        Verdict::Discard
+    } else {
+        Verdict::Confirm
+    }
+}
+
+impl Test {
+    /// `gain 0.0123 +- 0.0050 (t 2.46, p 0.021, needs p < 0.025, df 14)`.
+    pub fn describe(&self) -> String {
+        let needs = if self.needed.is_nan() { "a second run before a keep".to_string() } else { format!("needs p < {:.3}", self.needed) };
+        format!("gain {:.6} +- {:.6} (t {:.2}, p {:.3}, {needs}, df {})", self.gain, self.se, self.t, self.p, self.df)
+    }
+}
+
+/// P(T > t) for Student's t with `df` degrees of freedom.
+pub fn t_upper_tail(t: f64, df: f64) -> f64 {
+    if t.is_nan() {
+        return f64::NAN;
+    }
+    if t.is_infinite() {
+        return if t > 0.0 { 0.0 } else { 1.0 };
+    }
+    let tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t));
+    if t >= 0.0 { tail } else { 1.0 - tail }
+}
+
+/// The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz).
+fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - incomplete_beta(b, a, 1.0 - x);
+    }
+    let tiny = 1e-300;
+    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut f = d;
+    for m in 1..300 {
+        let m = m as f64;
+        for numerator in [m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m)), -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))] {
+            d = 1.0 + numerator * d;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = 1.0 + numerator / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            f *= c * d;
+        }
+        if (c * d - 1.0).abs() < 1e-14 {
+            break;
+        }
+    }
+    front * f / a
+}
+
+/// ln Gamma (Lanczos, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    let t = x + 7.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
 /// Verdict after the candidate's first run.
@@ -65,6 +232,54 @@ mod tests {
         assert_eq!(first(KeepRule::Strict, Direction::Lower, 1.0, 0.999, b), Verdict::Keep);
         assert_eq!(first(KeepRule::Strict, Direction::Lower, 1.0, 1.0, b), Verdict::Discard);
         assert_eq!(first(KeepRule::Strict, Direction::Higher, 1.0, 1.1, b), Verdict::Keep);
+    }
+
+    #[test]
+    fn student_t_tails_match_the_tables() {
+        // t_{0.975} for df 1, 2, 10 and the normal limit.
+        for (t, df) in [(12.706, 1.0), (4.303, 2.0), (2.228, 10.0), (1.960, 1e6)] {
+            assert!((t_upper_tail(t, df) - 0.025).abs() < 2e-4, "df {df}: {}", t_upper_tail(t, df));
+        }
+        assert!((t_upper_tail(0.0, 5.0) - 0.5).abs() < 1e-12);
+        assert!((t_upper_tail(-2.228, 10.0) - 0.975).abs() < 2e-4);
+        assert_eq!(t_upper_tail(f64::INFINITY, 3.0), 0.0);
+    }
+
+    #[test]
+    fn noise_is_pooled_over_groups_of_repeated_runs() {
+        let n = pooled(&[vec![1.0, 1.2], vec![2.0], vec![3.0, 3.1, 2.9]]);
+        assert_eq!((n.df, n.runs, n.groups), (3.0, 5, 2));
+        // SS = 0.02 + 0.02 = 0.04 over 3 df.
+        assert!((n.sigma - (0.04f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(pooled(&[vec![1.0]]).df, 0.0);
+    }
+
+    #[test]
+    fn significant_asks_for_a_second_run_and_keeps_only_a_clear_gain() {
+        let noise = Noise { sigma: 0.01, df: 30.0, runs: 32, groups: 16 };
+        let best = [2.0, 2.0, 2.0];
+        let dir = Direction::Lower;
+        // One run 3 sigma better: not kept yet, run again.
+        let t = test(dir, &best, &[1.97], noise, 0.05, 3);
+        assert_eq!(significant(&t, 1, 3, 0.0), Verdict::Confirm);
+        // One run no better: discarded at once.
+        let t = test(dir, &best, &[2.001], noise, 0.05, 3);
+        assert_eq!(significant(&t, 1, 3, 0.0), Verdict::Discard);
+        // Two runs 3 sigma better: kept.
+        let t = test(dir, &best, &[1.97, 1.972], noise, 0.05, 3);
+        assert!(t.p < t.needed && (t.needed - 0.025).abs() < 1e-12, "{t:?}");
+        assert_eq!(significant(&t, 2, 3, 0.0), Verdict::Keep);
+        // Two runs, open: a third; three runs, still open: discarded.
+        let t = test(dir, &best, &[1.99, 1.992], noise, 0.05, 3);
+        assert_eq!(significant(&t, 2, 3, 0.0), Verdict::Confirm, "{t:?}");
+        let t = test(dir, &best, &[1.99, 1.992, 1.995], noise, 0.05, 3);
+        assert_eq!(significant(&t, 3, 3, 0.0), Verdict::Discard, "{t:?}");
+        // A gain under the floor is never kept, whatever the noise.
+        let t = test(dir, &best, &[1.9999, 1.9999], Noise::default(), 0.05, 3);
+        assert_eq!(significant(&t, 2, 3, 0.001), Verdict::Discard);
+        let t = test(dir, &best, &[1.99, 1.99], Noise::default(), 0.05, 3);
+        assert_eq!(significant(&t, 2, 3, 0.001), Verdict::Keep, "deterministic runs: the floor decides");
+        assert!(t.describe().contains("needs p < 0.025"), "{}", t.describe());
     }
 
     #[test]

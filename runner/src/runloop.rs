@@ -77,6 +77,10 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
             "noise-aware ({} baseline runs, bar = max(2 sigma, {}), confirmation run)",
             cfg.baseline_runs, cfg.noise_floor
         ),
+        KeepRule::Significant => format!(
+            "significant (one-sided t-test at {}, sigma pooled over every repeated run, {} baseline runs, up to {} runs a candidate, gain > {})",
+            cfg.significance, cfg.baseline_runs, cfg.max_candidate_runs, cfg.noise_floor
+        ),
     };
     let proposer = match cfg.proposer {
         crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
@@ -352,7 +356,7 @@ impl Loop<'_> {
             };
             let task = match (n.parent, best_node(&nodes).and_then(|b| b.metric)) {
                 (None, _) => Task::Baseline,
-                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar() },
+                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: best_node(&nodes).map(|b| b.id).unwrap_or(0) },
                 (Some(_), None) => continue,
             };
             self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
@@ -595,7 +599,7 @@ impl Loop<'_> {
         self.db.set_running(node.id)?;
         let node = self.db.require_node(node.id)?;
         let best_value = best.metric.context("the best node has no metric")?;
-        self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar() });
+        self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         Ok(())
     }
 
@@ -655,7 +659,7 @@ impl Loop<'_> {
         let node = self.db.require_node(id)?;
         let best_value = best.metric.context("the best node has no metric")?;
         if prop.executes() {
-            self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar() });
+            self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         } else {
             let d = self.recorded_and_decide(&node, best_value, self.bar())?;
             self.conclude(id, Ok(d))?;
@@ -695,6 +699,16 @@ impl Loop<'_> {
             let clears = match self.cfg.keep_rule {
                 KeepRule::Strict => gain > 0.0,
                 KeepRule::NoiseAware => gain > self.bar(),
+                KeepRule::Significant => {
+                    let runs: Vec<f64> = d.runs.iter().filter(|r| r.outcome == "ok").filter_map(|r| r.metric).collect();
+                    let best_node = best.as_ref().map(|b| b.id).unwrap_or(0);
+                    let mut best_runs = self.db.metrics_of(best_node)?;
+                    if best_runs.is_empty() {
+                        best_runs.push(b);
+                    }
+                    let t = keep::test(self.cfg.direction, &best_runs, &runs, self.db.noise()?, self.cfg.significance, self.cfg.max_candidate_runs);
+                    keep::significant(&t, runs.len(), self.cfg.max_candidate_runs, self.cfg.noise_floor) == keep::Verdict::Keep
+                }
             };
             if !clears {
                 d.status = Status::Discard;
@@ -709,7 +723,8 @@ impl Loop<'_> {
         if node.proposer != crate::tree::PLANNED {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
-        self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &node.description);
+        let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
+        self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &format!("{}{margin}", node.description));
         self.after_result()
     }
 
@@ -732,14 +747,14 @@ impl Loop<'_> {
         }
         let sd = d.sigma.unwrap_or(0.0);
         self.db.set_meta("sigma", &sd.to_string())?;
-        self.progress.line(&format!(
-            "{} baseline {} = {:.6} (sigma {:.6}, bar {:.6})",
-            node.name(),
-            self.cfg.metric,
-            d.metric.unwrap_or(f64::NAN),
-            sd,
-            keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)
-        ));
+        let rule = match self.cfg.keep_rule {
+            KeepRule::Significant => {
+                let n = self.db.noise()?;
+                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.3}", n.sigma, n.runs, n.df, self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64)
+            }
+            _ => format!("sigma {sd:.6}, bar {:.6}", keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)),
+        };
+        self.progress.line(&format!("{} baseline {} = {:.6} ({rule})", node.name(), self.cfg.metric, d.metric.unwrap_or(f64::NAN)));
         Ok(())
     }
 
@@ -800,11 +815,16 @@ impl Loop<'_> {
                 sigma: None,
             });
         }
-        // One recorded run: a confirmation would need another manual run, so the bar alone decides.
+        // One recorded run: a confirmation would need another manual run, so one look decides.
         let gain = self.cfg.direction.gain(best, m);
         let keep = match self.cfg.keep_rule {
             KeepRule::Strict => gain > 0.0,
             KeepRule::NoiseAware => gain > bar,
+            KeepRule::Significant => {
+                let noise = self.db.noise()?;
+                let t = keep::test(self.cfg.direction, &[best], &[m], noise, self.cfg.significance, self.cfg.max_candidate_runs);
+                gain > self.cfg.noise_floor && t.p < self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64
+            }
         };
         Ok(Decision {
             status: if keep { Status::Keep } else { Status::Discard },

@@ -35,8 +35,9 @@ pub struct Shared {
 pub enum Task {
     /// `baseline_runs` seeds (one with the strict rule), as many at once as there are slots.
     Baseline,
-    /// One run, decided against `best` with the keep bar `bar`; a confirmation run if needed.
-    Experiment { best: f64, bar: f64 },
+    /// One run, decided against the best (`best_node`, its value `best`) with the keep bar
+    /// `bar`; more runs if the rule asks for them.
+    Experiment { best: f64, bar: f64, best_node: i64 },
 }
 
 /// A worker's result.
@@ -93,13 +94,16 @@ impl Shared {
     pub fn work(&self, node: &Node, worktree: &Path, task: Task) -> Result<Decision> {
         match task {
             Task::Baseline => self.baseline(node, worktree),
-            Task::Experiment { best, bar } => self.experiment(node, worktree, best, bar),
+            Task::Experiment { best, bar, best_node } => match self.cfg.keep_rule {
+                KeepRule::Significant => self.tested(node, worktree, best, best_node),
+                _ => self.experiment(node, worktree, best, bar),
+            },
         }
     }
 
     fn baseline(&self, node: &Node, wt: &Path) -> Result<Decision> {
         let cfg = &self.cfg;
-        let k = if cfg.keep_rule == KeepRule::NoiseAware { cfg.baseline_runs.max(2) } else { 1 } as u64;
+        let k = if cfg.keep_rule == KeepRule::Strict { 1 } else { cfg.baseline_runs.max(2) } as u64;
         let width = self.executor.slots().max(1) as u64;
         let mut results: Vec<(Outcome, Run)> = Vec::new();
         // Seeds in waves of `slots`: nothing else runs while the baseline does.
@@ -196,6 +200,62 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The `significant` rule: runs until the test says keep or discard (see `keep`).
+    fn tested(&self, node: &Node, wt: &Path, best: f64, best_node: i64) -> Result<Decision> {
+        let cfg = &self.cfg;
+        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let mut runs = vec![run];
+        let (m1, mut memory, summary) = match out {
+            Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
+            other => return Ok(Decision::failed(&other, runs)),
+        };
+        let mut metrics = vec![m1];
+        let mut note = String::new();
+        let (status, test) = loop {
+            let db = Db::open(&self.db_path)?;
+            let mut best_runs = db.metrics_of(best_node)?;
+            if best_runs.is_empty() {
+                best_runs.push(best);
+            }
+            let test = keep::test(cfg.direction, &best_runs, &metrics, db.noise()?, cfg.significance, cfg.max_candidate_runs);
+            match keep::significant(&test, metrics.len(), cfg.max_candidate_runs, cfg.noise_floor) {
+                Verdict::Keep => break (Status::Keep, test),
+                Verdict::Discard => break (Status::Discard, test),
+                Verdict::Confirm => {
+                    let k = metrics.len() as u64;
+                    let (out, run) = self.attempt(node, wt, &k.to_string(), cfg.seed + k)?;
+                    runs.push(run);
+                    match out {
+                        Outcome::Ok { metric, memory_mb, .. } => {
+                            metrics.push(metric);
+                            memory = max_opt(memory, memory_mb);
+                        }
+                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                        other => {
+                            note = format!("; run {} failed ({}): not kept", k + 1, other.label());
+                            break (Status::Discard, test);
+                        }
+                    }
+                }
+            }
+        };
+        let (mean, _) = keep::mean_std(&metrics);
+        let mut summary = summary;
+        if let Value::Object(m) = &mut summary {
+            m.insert("runs".into(), json!(metrics));
+        }
+        Ok(Decision {
+            status,
+            metric: Some(mean),
+            summary: Some(summary),
+            memory_mb: memory,
+            insight: format!("runs {metrics:?}: {}{note}", test.describe()),
+            runs,
+            interrupted: false,
+            sigma: None,
+        })
     }
 
     fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {

@@ -81,6 +81,7 @@ fn manual_proposer_waits_for_tree_record() {
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("autoresearch tree record --tag t1 n2"));
     let rows = fx.rows();
-    assert_eq!(&rows[1][1..5], ["1.060000", "1.0", "keep", "by hand"]);
+    // A bare --metric is no scorer's: recorded, with its row, as unverified (never kept).
+    assert_eq!(&rows[1][1..5], ["1.060000", "1.0", "unverified", "by hand"]);
     fx.assert_worktrees_clean();
 }
