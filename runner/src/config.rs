@@ -292,7 +292,7 @@ impl Default for ResearchConfig {
             keep_rule: KeepRule::Significant,
             significance: 0.05,
             max_candidate_runs: 3,
-            baseline_runs: 3,
+            baseline_runs: 4,
             noise_floor: 0.001,
             hard_timeout_seconds: 0,
             build_allowance_seconds: 900,

@@ -750,7 +750,7 @@ impl Loop<'_> {
         let rule = match self.cfg.keep_rule {
             KeepRule::Significant => {
                 let n = self.db.noise()?;
-                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.3}", n.sigma, n.runs, n.df, self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64)
+                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64)
             }
             _ => format!("sigma {sd:.6}, bar {:.6}", keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)),
         };
