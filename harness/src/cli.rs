@@ -109,6 +109,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub protect: Vec<PathBuf>,
 
+    /// Also score the held-out split after val_bpb (`heldout_bpb` in the JSON): the documents
+    /// of the validation shard that the evaluation does not reach, packed the same way, as many
+    /// as the evaluation's size. The runner asks for it on the baseline and on kept nodes only.
+    #[arg(long)]
+    pub held_out: bool,
+
     /// Sign the summary JSON with the key in FILE (HMAC-SHA256, field `signature`), so that the
     /// runner can tell it from a forged one when it comes back by hand (`tree record`).
     #[arg(long, value_name = "FILE")]

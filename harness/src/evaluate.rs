@@ -24,9 +24,11 @@
 //!
 //! What this does not catch is written down in the README's threat model.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use prepare::data::PreparedData;
+use prepare::held_out;
 use rayon::prelude::*;
 use prepare::eval::{BpbSums, log_prob};
 use prepare::fastmath::log_sum_exp;
@@ -151,6 +153,19 @@ pub struct Evaluation {
     pub seconds: f64,
     pub mode: EvalMode,
     pub spot_checks: usize,
+    /// `(file, doc)` of every document the scored rows hold.
+    pub placed: BTreeSet<(u32, u32)>,
+    pub rows: usize,
+}
+
+/// Which rows are scored.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    /// The reference's: the pinned validation shard, from its start.
+    Validation,
+    /// The held-out split: the validation shard's documents that `exclude` (the documents of
+    /// the validation rows) does not hold, in file order, packed the same way.
+    HeldOut { exclude: BTreeSet<(u32, u32)> },
 }
 
 /// The evaluation of one trained model.
@@ -160,6 +175,7 @@ pub struct Evaluator<'a> {
     pub seq_len: usize,
     /// Scored batches (`eval_tokens / (batch_rows * seq_len)`).
     pub steps: usize,
+    pub rows: Rows,
     pub mode: EvalMode,
     pub tolerance: Tolerance,
     /// The first batch must be answered by then: a trainer must not train on before it
@@ -180,7 +196,7 @@ impl Evaluator<'_> {
     pub fn run(&self, trainer: &mut TrainerProcess) -> Result<Evaluation, EvalError> {
         let t0 = Instant::now();
         let mut rng = Unpredictable::new();
-        let mut plan = self.plan(&mut rng)?;
+        let (mut plan, placed) = self.plan(&mut rng)?;
         let token_bytes = self.data.token_bytes();
         let vocab = self.data.vocab_size();
         let mut row_sums = vec![BpbSums::default(); plan.scored];
@@ -318,13 +334,20 @@ impl Evaluator<'_> {
         for s in &row_sums {
             sums.merge(s);
         }
-        Ok(Evaluation { sums, probes, batches, seconds: t0.elapsed().as_secs_f64(), mode: self.mode, spot_checks })
+        Ok(Evaluation { sums, probes, batches, seconds: t0.elapsed().as_secs_f64(), mode: self.mode, spot_checks, placed, rows: plan.scored })
     }
 
-    /// The rows to send, in order, and the probes.
-    fn plan(&self, rng: &mut Unpredictable) -> Result<Plan, EvalError> {
+    /// The rows to send, in order, and the probes; the documents the scored rows hold.
+    fn plan(&self, rng: &mut Unpredictable) -> Result<(Plan, BTreeSet<(u32, u32)>), EvalError> {
         let (b, t) = (self.batch_rows, self.seq_len);
-        let mut loader = PackedLoader::validation(self.data, b, t).map_err(|e| EvalError::Data(format!("{e:#}")))?;
+        let data_error = |e: anyhow::Error| EvalError::Data(format!("{e:#}"));
+        let mut loader = match &self.rows {
+            Rows::Validation => PackedLoader::validation(self.data, b, t).map_err(data_error)?,
+            Rows::HeldOut { exclude } => {
+                let split = held_out::split(self.data, exclude, b, t, self.steps).ok_or_else(|| EvalError::Data("no held-out documents are left".into()))?;
+                held_out::loader(self.data, &split, b, t).map_err(data_error)?
+            }
+        };
         let mut scored: Vec<Vec<u16>> = Vec::with_capacity(self.steps * b);
         for _ in 0..self.steps {
             let batch = loader.next_batch().map_err(|e| EvalError::Data(format!("{e:#}")))?;
@@ -374,7 +397,7 @@ impl Evaluator<'_> {
         rows.extend(rest);
         rows.extend(last);
         debug_assert_eq!(rows.len() % b, 0);
-        Ok(Plan { rows, probes, scored: n })
+        Ok((Plan { rows, probes, scored: n }, loader.placed().clone()))
     }
 
     fn compare(&self, probes: &[Probe], vocab: usize) -> ProbeReport {
@@ -493,6 +516,25 @@ mod tests {
             assert_ne!(probe[cut], scored[2][cut]);
             assert_eq!(probe[cut], 9, "the suffix starts at another row's BOS");
         }
+    }
+
+    /// The held-out split shares no document with the validation rows, probe rows included.
+    #[test]
+    fn held_out_rows_share_no_document_with_the_validation_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare::fixtures::prepare_tiny_cache(dir.path()).unwrap();
+        let data = PreparedData::open(dir.path()).unwrap();
+        let now = Instant::now();
+        let ev = |rows| Evaluator { data: &data, batch_rows: 4, seq_len: 32, steps: 4, rows, mode: EvalMode::Full, tolerance: Tolerance::for_dtype("f32"), first_deadline: now, deadline: now };
+        let mut rng = Unpredictable::new();
+        let (val_plan, val_docs) = ev(Rows::Validation).plan(&mut rng).unwrap();
+        let (ho_plan, ho_docs) = ev(Rows::HeldOut { exclude: val_docs.clone() }).plan(&mut rng).unwrap();
+        assert!(!ho_docs.is_empty() && !val_docs.is_empty());
+        assert!(val_docs.is_disjoint(&ho_docs), "{:?}", val_docs.intersection(&ho_docs).collect::<Vec<_>>());
+        // Probe rows splice held-out rows only: every row sent holds no validation row.
+        let val_rows: BTreeSet<&Vec<u16>> = val_plan.rows.iter().map(|(r, _)| r).collect();
+        assert!(ho_plan.rows.iter().all(|(r, _)| !val_rows.contains(r)));
+        assert!(ho_plan.rows.iter().any(|(_, r)| matches!(r, Role::Probe(_))), "held-out batches carry probes too");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use sealed::wire::{EvalMode, FailureKind, Hello, PROTOCOL_VERSION, ToTrainer};
 use serde_json::{Map, Value, json};
 
 use crate::cli::Cli;
-use crate::evaluate::{EvalError, Evaluator, Tolerance};
+use crate::evaluate::{EvalError, Evaluator, Rows, Tolerance};
 use crate::exit;
 use crate::sandbox_policy::{Protected, trainer_policy};
 use crate::summary::{Summary, format_summary, write_json_atomic};
@@ -299,17 +299,37 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
         batch_rows: b,
         seq_len: t,
         steps: profile.eval_steps(),
+        rows: Rows::Validation,
         mode,
         tolerance: Tolerance::for_dtype(&profile.dtype),
         first_deadline: eval_start + first_limit,
         deadline: eval_start + eval_limit,
     };
     let evaluation = evaluator.run(&mut trainer);
+    // The held-out split, asked for: the same model, rows no validation row shares a document
+    // with.
+    let held_out = match (&evaluation, cli.held_out) {
+        (Ok(e), true) => Some(score_held_out(&evaluator, e, &mut trainer, eval_limit)),
+        _ => None,
+    };
     let _ = trainer.send(&ToTrainer::Quit);
     let exit_info = trainer.finish(Duration::from_secs(5));
     record.insert("trainer_exit".into(), json!(exit_info.describe()));
     record.insert("trainer_output_withheld_bytes".into(), json!(trainer.withheld_bytes()));
     let evaluation = evaluation.map_err(|e| eval_failure(e, record))?;
+    if let Some(h) = held_out {
+        let h = h.map_err(|e| eval_failure(e, record))?;
+        match &h {
+            HeldOut::Scored { bpb, rows, split_documents, split_tokens, .. } => {
+                println!("harness: held-out split: heldout_bpb {bpb:.6} over {rows} rows (of {split_documents} documents, {split_tokens} tokens past the validation rows)")
+            }
+            HeldOut::None(why) => println!("harness: HELD-OUT SPLIT: NONE: {why}"),
+        }
+        record.insert("heldout".into(), json!(h));
+        if let HeldOut::Scored { bpb, .. } = h {
+            record.insert("heldout_bpb".into(), json!(bpb));
+        }
+    }
     let sums = evaluation.sums;
     let val_bpb = sums.bpb();
     if !val_bpb.is_finite() {
@@ -365,6 +385,41 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     }
     print!("{}", format_summary(&summary));
     Ok(())
+}
+
+/// The held-out score of a run, or why there is none.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldOut {
+    Scored { bpb: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, probes: crate::evaluate::ProbeReport },
+    None(String),
+}
+
+/// Scores the held-out split with the same trainer, after the validation rows.
+fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation, trainer: &mut TrainerProcess, limit: Duration) -> Result<HeldOut, EvalError> {
+    let exclude = validation.placed.clone();
+    let Some(split) = prepare::held_out::split(main.data, &exclude, main.batch_rows, main.seq_len, main.steps) else {
+        return Ok(HeldOut::None(format!(
+            "the validation shard holds no document beyond the {} the evaluation uses; prepare more validation text (it is scored only where no validation row reaches)",
+            exclude.len()
+        )));
+    };
+    let now = Instant::now();
+    let evaluator = Evaluator { rows: Rows::HeldOut { exclude: exclude.clone() }, steps: split.steps, first_deadline: now + limit, deadline: now + limit, ..*main };
+    let e = evaluator.run(trainer)?;
+    let overlap = e.placed.intersection(&exclude).count();
+    Ok(HeldOut::Scored {
+        bpb: e.sums.bpb(),
+        tokens: e.sums.tokens,
+        bytes: e.sums.bytes,
+        rows: e.rows,
+        documents: e.placed.len(),
+        split_documents: split.docs.len(),
+        split_tokens: split.tokens,
+        overlap_with_validation: overlap,
+        source: "the validation shard's documents that the evaluation does not reach",
+        probes: e.probes,
+    })
 }
 
 /// How long evaluation may take: the warm-up allowance (for compiling the evaluation's

@@ -31,6 +31,8 @@ fn fixture() -> &'static Fixture {
         for t in ["full", "summary"] {
             std::fs::write(dir.path().join(format!("{t}.toml")), profile(t)).unwrap();
         }
+        // An evaluation that reaches every validation document: no held-out split is left.
+        std::fs::write(dir.path().join("exhaust.toml"), profile("full").replace("eval_tokens = 4096\neval_batch_size = 8", "eval_tokens = 131072\neval_batch_size = 64")).unwrap();
         Fixture { dir, cache }
     })
 }
@@ -492,4 +494,22 @@ fn the_summary_is_signed_with_the_run_key_and_a_forged_copy_fails() {
     let mut forged = r.summary.clone();
     forged["val_bpb"] = serde_json::json!(0.5);
     assert!(sealed::signature::verify(k.trim().as_bytes(), &forged).is_err());
+}
+
+#[test]
+fn the_held_out_split_is_scored_when_asked_and_shares_no_document_with_validation() {
+    let r = harness("held-out", "", "tokens:8192", "full", &["--held-out"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let h = &r.summary["heldout"]["scored"];
+    assert!(h["bpb"].as_f64().unwrap().is_finite(), "{}", r.summary);
+    assert_eq!(h["overlap_with_validation"], 0);
+    assert!(h["documents"].as_u64().unwrap() > 0 && h["probes"]["failed"] == 0, "{h}");
+    assert!((r.bpb() - honest_bpb()).abs() < 1e-9, "val_bpb does not change when the held-out split is scored too");
+    let plain = harness("held-out-not-asked", "", "tokens:8192", "full", &[], &[]);
+    assert!(plain.summary.get("heldout").is_none() && plain.summary.get("heldout_bpb").is_none());
+    // Where the evaluation reaches every validation document, the run says so, loudly.
+    let none = harness("held-out-none", "", "tokens:8192", "exhaust", &["--held-out"], &[]);
+    assert_eq!(none.code, 0, "{}", none.all());
+    assert!(none.stdout.contains("HELD-OUT SPLIT: NONE"), "{}", none.stdout);
+    assert!(none.summary["heldout"]["none"].is_string(), "{}", none.summary);
 }

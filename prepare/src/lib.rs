@@ -9,7 +9,8 @@
 //! [`experiment`] is the trainer's view of it, [`child`] the trainer binary's end of the
 //! protocol, [`clock`] the harness's budget clock, [`device`] the run-time device choice; the
 //! wire protocol and the sandbox are the Burn-free `sealed` crate (`prepare/sealed`).
-//! [`flops`] and [`memory`] measure a run (MFU, peak memory).
+//! [`flops`] and [`memory`] measure a run (MFU, peak memory). [`held_out`] is the split that
+//! no keep decision sees.
 
 pub mod child;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod experiment;
 pub mod fastmath;
 pub mod fixtures;
 pub mod flops;
+pub mod held_out;
 pub mod loader;
 pub mod memory;
 pub mod pipeline;

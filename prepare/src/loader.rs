@@ -118,6 +118,10 @@ pub struct PackedLoader {
     epoch: u64,
     buffer: Vec<Buffered>,
     row: Vec<u32>,
+    /// `(file, doc)` of every document placed (whole or cropped) into a row so far.
+    placed: std::collections::BTreeSet<(u32, u32)>,
+    /// Read the documents once, never starting a second pass ([`PackedLoader::over_docs`]).
+    single_pass: bool,
 }
 
 impl PackedLoader {
@@ -150,6 +154,24 @@ impl PackedLoader {
             .enumerate()
             .flat_map(|(f, file)| (0..file.num_docs() as u32).map(move |d| (f as u32, d)))
             .collect();
+        Self::with_order(files, order, bos, batch_size, seq_len, seed)
+    }
+
+    /// A loader over some documents of `files` only, `(file, doc)` in the order given (no
+    /// shuffle), each read once: the held-out documents of the validation shard. Its
+    /// `next_batch` fails once they cannot fill another batch.
+    pub fn over_docs(files: Vec<Arc<TokenFile>>, docs: Vec<(u32, u32)>, bos: u32, batch_size: usize, seq_len: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            docs.iter().all(|&(f, d)| files.get(f as usize).is_some_and(|file| (d as usize) < file.num_docs())),
+            "a document outside the token files"
+        );
+        let mut this = Self::with_order(files, docs, bos, batch_size, seq_len, None)?;
+        this.single_pass = true;
+        Ok(this)
+    }
+
+    fn with_order(files: Vec<Arc<TokenFile>>, order: Vec<(u32, u32)>, bos: u32, batch_size: usize, seq_len: usize, seed: Option<u64>) -> anyhow::Result<Self> {
+        anyhow::ensure!(batch_size > 0 && seq_len > 0, "batch size and sequence length must be positive");
         anyhow::ensure!(!order.is_empty(), "the token files hold no document; re-run `prepare`");
         let mut this = Self {
             files,
@@ -162,6 +184,8 @@ impl PackedLoader {
             epoch: 0,
             buffer: Vec::with_capacity(PACKING_BUFFER_DOCS + REFILL_DOCS),
             row: Vec::with_capacity(seq_len + 1),
+            placed: std::collections::BTreeSet::new(),
+            single_pass: false,
         };
         this.shuffle_for_epoch();
         Ok(this)
@@ -178,6 +202,9 @@ impl PackedLoader {
     fn refill(&mut self) {
         for _ in 0..REFILL_DOCS {
             if self.cursor == self.order.len() {
+                if self.single_pass {
+                    return;
+                }
                 self.epoch += 1;
                 self.cursor = 0;
                 self.shuffle_for_epoch();
@@ -194,19 +221,27 @@ impl PackedLoader {
     }
 
     fn place(&mut self, doc: Buffered, take: usize) {
+        self.placed.insert((doc.file, doc.doc));
         self.row.push(self.bos);
         if take > 1 {
             self.files[doc.file as usize].extend_doc(doc.doc as usize, take - 1, &mut self.row);
         }
     }
 
-    /// Fills one row of `seq_len + 1` tokens.
-    fn fill_row(&mut self) {
+    /// Fills one row of `seq_len + 1` tokens; false when a single pass has run out of
+    /// documents first.
+    fn fill_row(&mut self) -> bool {
         let capacity = self.seq_len + 1;
         self.row.clear();
         while self.row.len() < capacity {
             while self.buffer.len() < PACKING_BUFFER_DOCS {
+                if self.single_pass && self.cursor == self.order.len() {
+                    break;
+                }
                 self.refill();
+            }
+            if self.buffer.is_empty() {
+                return false;
             }
             let room = capacity - self.row.len();
             let mut best: Option<usize> = None;
@@ -235,6 +270,7 @@ impl PackedLoader {
             }
         }
         debug_assert_eq!(self.row.len(), capacity);
+        true
     }
 
     /// The next batch.
@@ -243,7 +279,7 @@ impl PackedLoader {
         let mut inputs = Vec::with_capacity(b * t);
         let mut targets = Vec::with_capacity(b * t);
         for _ in 0..b {
-            self.fill_row();
+            anyhow::ensure!(self.fill_row(), "the documents ran out: a single pass over {} of them fills no more rows", self.order.len());
             inputs.extend_from_slice(&self.row[..t]);
             targets.extend_from_slice(&self.row[1..]);
         }
@@ -262,10 +298,21 @@ impl PackedLoader {
     pub fn next_rows(&mut self, rows: usize) -> Vec<u16> {
         let mut out = Vec::with_capacity(rows * (self.seq_len + 1));
         for _ in 0..rows {
-            self.fill_row();
+            let filled = self.fill_row();
+            debug_assert!(filled, "training loaders never run out");
             out.extend(self.row.iter().map(|&id| id as u16));
         }
         out
+    }
+
+    /// Every `(file, doc)` placed into a row so far, whole or cropped.
+    pub fn placed(&self) -> &std::collections::BTreeSet<(u32, u32)> {
+        &self.placed
+    }
+
+    /// Tokens (a BOS each included) of the documents in this loader's order.
+    pub fn order_tokens(&self) -> u64 {
+        self.order.iter().map(|&(f, d)| self.files[f as usize].doc_len(d as usize) as u64 + 1).sum()
     }
 
     /// Completed passes over the documents so far.

@@ -1,10 +1,15 @@
 //! `prepare`: downloads or reads the text, trains the tokenizer, tokenizes every shard once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
+use prepare::data::PreparedData;
+use prepare::held_out;
+use prepare::profile::PlatformProfile;
 use prepare::constants::{self, BASE_URL, DEFAULT_TRAIN_SHARDS, DOWNLOAD_WORKERS, VAL_SHARD};
 use prepare::download::DownloadConfig;
 use prepare::pipeline::{PrepareOptions, SourceSpec, prepare};
@@ -89,6 +94,12 @@ struct Args {
     /// Train the tokenizer again even if a matching one exists (rebuilds every token file).
     #[arg(long)]
     retrain_tokenizer: bool,
+
+    /// Report the held-out split that each platform profile (*.toml) in DIR leaves: the
+    /// validation documents its evaluation never reaches [default: configs/platforms, when it
+    /// exists].
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -172,6 +183,47 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("train:             {} documents, {} tokens", report.train_docs, report.train_tokens);
     println!("validation:        {} documents, {} tokens", report.val_docs, report.val_tokens);
+    let profiles = args.profiles.clone().unwrap_or_else(|| PathBuf::from("configs/platforms"));
+    if args.profiles.is_some() || profiles.is_dir() {
+        report_held_out(&cache_dir, &profiles)?;
+    }
     println!("total time:        {total:.2} s");
+    Ok(())
+}
+
+/// One line per profile: the held-out split its evaluation leaves, or NONE, loudly.
+fn report_held_out(cache_dir: &Path, dir: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the profiles in {} (--profiles)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let data = PreparedData::open(cache_dir)?;
+    for file in files {
+        let profile = match PlatformProfile::load(&file) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("held-out split:    {}: not reported: {e}", file.display());
+                continue;
+            }
+        };
+        let (b, t, steps) = (profile.eval_batch_size, profile.seq_len, profile.eval_steps());
+        let validation = held_out::validation_docs(&data, b, t, steps)?;
+        match held_out::split(&data, &validation, b, t, steps) {
+            Some(s) => println!(
+                "held-out split:    {}: {} documents, {} tokens past the {} documents its evaluation reads; {} batch(es) of {b} x {t} scored",
+                profile.name,
+                s.docs.len(),
+                s.tokens,
+                validation.len(),
+                s.steps
+            ),
+            None => println!(
+                "held-out split:    {}: NONE: its evaluation ({} tokens) reaches every validation document; prepare more validation text for one",
+                profile.name, profile.eval_tokens
+            ),
+        }
+    }
     Ok(())
 }

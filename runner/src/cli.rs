@@ -202,18 +202,21 @@ const RUN_LONG_ABOUT: &str = "\
 The research loop.
 
 Setup: creates branch autoresearch/<tag> at HEAD (refuses an existing one unless --resume), hashes \
-the read-only paths (sha256), and runs the unmodified trainer as the baseline (several seeds with \
-the noise-aware keep rule, to measure run-to-run noise).
+the read-only paths (sha256), builds the run's scorer (the harness) once, and runs the unmodified \
+trainer as the baseline (--baseline-runs seeds, to measure run-to-run noise; they also score the \
+held-out split).
 
 Each experiment: the proposer picks a parent node and makes one change in a fresh worktree \
 (.worktrees/<tag>-n<id>, checked out at the parent); the runner commits it (kept forever under \
 refs/autoresearch/<tag>/n<id>), checks that only the scope changed and the read-only files still \
-match their hashes (else `rejected`), builds and runs it with a hard timeout (the whole process \
-group is killed), retries once at half the device batch after an out-of-memory exit, applies the \
-keep rule, moves the branch on a keep, appends a results.tsv row and a JSONL record, and removes \
-the worktree. All worktrees share one cargo target directory (<repo>/target); the local executor \
-syncs each into one build tree (<repo>/.autoresearch/.build) and builds the harness there, \
-so only what an experiment changed recompiles.
+match their hashes (else `rejected`), builds the trainer in a sandbox and scores it with the run's \
+scorer under a hard timeout (the whole process group is killed), retries once at half the device \
+batch after an out-of-memory exit, applies the keep rule (significant: a one-sided test on the \
+noise pooled over every repeated run, with up to --max-candidate-runs runs while the answer is \
+open), scores the held-out split on one more run of a kept node, moves the branch on a keep, \
+appends a results.tsv row and a JSONL record, and removes the worktree. All worktrees share one \
+cargo target directory (<repo>/target); each experiment's commit is synced into one build tree \
+(<repo>/.autoresearch/.build), so only what an experiment changed recompiles.
 
 Every flag overrides the key of the same name in the research config (configs/research.toml). \
 The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";
@@ -313,21 +316,27 @@ pub struct ConfigArgs {
     /// Slurm partition (the config's slurm.partition).
     #[arg(long, value_name = "NAME")]
     pub slurm_partition: Option<String>,
-    /// strict or noise-aware (see `run --help` and the README).
+    /// significant (a one-sided test on the pooled noise, the default), strict (the
+    /// reference's) or noise-aware (see the README, "Keep rules").
     #[arg(long, value_enum)]
     pub keep_rule: Option<KeepRule>,
-    /// Baseline repetitions for the noise estimate (noise-aware).
+    /// Baseline repetitions (seeds seed, seed+1, ...) for the noise estimate. [default: 4]
     #[arg(long, value_name = "K")]
     pub baseline_runs: Option<u32>,
-    /// Smallest gain kept when the noise is 0 (noise-aware).
+    /// Smallest gain that counts (it decides alone when the runs are deterministic).
     #[arg(long, value_name = "X")]
     pub noise_floor: Option<f64>,
-    /// `significant` rule: the test's one-sided level.
+    /// `significant` rule: the test's one-sided level, the chance that a change that does
+    /// nothing is kept. [default: 0.05]
     #[arg(long, value_name = "P")]
     pub significance: Option<f64>,
-    /// `significant` rule: the most runs of one candidate.
+    /// `significant` rule: the most runs of one candidate. [default: 3]
     #[arg(long, value_name = "N")]
     pub max_candidate_runs: Option<u32>,
+    /// Score the held-out split on the baseline and after each keep (for the report only,
+    /// never shown to a proposer). [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub held_out: Option<bool>,
     /// Kill an experiment after SECONDS (build included). [default: 2 x budget + build allowance]
     #[arg(long, value_name = "SECONDS")]
     pub hard_timeout: Option<u64>,
@@ -555,6 +564,7 @@ impl ConfigArgs {
         set!(noise_floor);
         set!(significance);
         set!(max_candidate_runs);
+        set!(held_out);
         set!(seed);
         set!(profile);
         set!(device);
@@ -742,6 +752,24 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             let rows = crate::results::read_rows(&path)?;
             if json {
+                // Beside each row, the held-out score of its node when the run has one.
+                let db = crate::runloop::Paths::new(&git.root, &cfg).db;
+                let heldout: Vec<(String, Vec<f64>)> = if db.exists() {
+                    let db = crate::db::Db::open(&db)?;
+                    let scores = db.heldout()?;
+                    db.nodes()?.into_iter().filter_map(|n| Some((n.commit.clone()?, scores.get(&n.id)?.clone()))).collect()
+                } else {
+                    Vec::new()
+                };
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        let h = heldout.iter().find(|(c, _)| !r.commit.is_empty() && c.starts_with(&r.commit)).map(|(_, s)| crate::keep::mean_std(s).0);
+                        v["heldout"] = serde_json::json!(h);
+                        v
+                    })
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print_results(&rows);

@@ -228,6 +228,9 @@ pub struct ResearchConfig {
     pub significance: f64,
     /// `significant`: the most runs of one candidate.
     pub max_candidate_runs: u32,
+    /// Score the held-out split on the baseline's runs and, after each keep, on one more run of
+    /// the kept node; the scores go into the report and the logs, never to a proposer.
+    pub held_out: bool,
     /// Baseline repetitions (different seeds) for the noise estimate (noise-aware only).
     pub baseline_runs: u32,
     /// Smallest gain that counts when the measured noise is 0 (noise-aware only).
@@ -292,6 +295,7 @@ impl Default for ResearchConfig {
             keep_rule: KeepRule::Significant,
             significance: 0.05,
             max_candidate_runs: 3,
+            held_out: true,
             baseline_runs: 4,
             noise_floor: 0.001,
             hard_timeout_seconds: 0,
@@ -466,5 +470,8 @@ mod tests {
         let text = include_str!("../../configs/research.toml");
         let mut c: ResearchConfig = toml::from_str(text).unwrap();
         c.finalize().unwrap();
+        // The shipped file documents the defaults: the keep rule and the held-out split too.
+        let d = ResearchConfig::default();
+        assert_eq!((c.keep_rule, c.significance, c.max_candidate_runs, c.baseline_runs, c.held_out), (d.keep_rule, d.significance, d.max_candidate_runs, d.baseline_runs, d.held_out));
     }
 }

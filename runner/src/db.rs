@@ -171,6 +171,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL NOT NULL,
     PRIMARY KEY (node, attempt)
 );
+-- The held-out split's scores of the baseline and of kept nodes: never shown to a proposer.
+CREATE TABLE IF NOT EXISTS heldout (
+    node INTEGER PRIMARY KEY REFERENCES nodes(id),
+    scores TEXT NOT NULL
+);
 ";
 
 /// A run in flight: how to find it again after a runner crash (`local:<pgid>`, `slurm:<job id>`).
@@ -455,6 +460,24 @@ impl Db {
             groups.entry((node, format!("{scale}"))).or_default().push(metric);
         }
         Ok(crate::keep::pooled(&groups.into_values().collect::<Vec<_>>()))
+    }
+
+    /// Stores a node's held-out scores (the baseline's seeds, or a kept node's held-out run).
+    pub fn set_heldout(&self, node: i64, scores: &[f64]) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO heldout (node, scores) VALUES (?1, ?2)", rusqlite::params![node, serde_json::to_string(scores)?])?;
+        Ok(())
+    }
+
+    /// Every stored held-out score, by node.
+    pub fn heldout(&self) -> Result<std::collections::BTreeMap<i64, Vec<f64>>> {
+        let mut st = self.conn.prepare("SELECT node, scores FROM heldout")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (node, text) = row?;
+            out.insert(node, serde_json::from_str(&text).unwrap_or_default());
+        }
+        Ok(out)
     }
 
     /// The metrics of a node's successful runs, in order.

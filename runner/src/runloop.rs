@@ -718,6 +718,9 @@ impl Loop<'_> {
         if d.interrupted {
             self.stopping = true;
         }
+        if d.status == Status::Keep && !d.heldout.is_empty() {
+            self.db.set_heldout(node.id, &d.heldout)?;
+        }
         self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs)?;
         // A person's worktree (a recorded `tree add` idea) is theirs to remove.
         if node.proposer != crate::tree::PLANNED {
@@ -731,6 +734,16 @@ impl Loop<'_> {
     fn conclude_baseline(&mut self, node: &Node, d: Decision) -> Result<()> {
         if d.interrupted {
             self.stopping = true;
+        }
+        if !d.heldout.is_empty() {
+            self.db.set_heldout(node.id, &d.heldout)?;
+        } else if self.cfg.held_out && d.status == Status::Keep {
+            let why = if executor::custom_command(self.cfg).is_some() {
+                "the experiment command wrote no heldout_bpb (it is asked through {held_out} or AUTORESEARCH_HELD_OUT)"
+            } else {
+                "the baseline's runs scored no held-out split (their logs say why)"
+            };
+            self.progress.line(&format!("HELD-OUT SPLIT: NONE: {why}; the report will have no held-out figures"));
         }
         self.finish_node(node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, None, &d.runs)?;
         self.git.remove_worktree(self.tag(), &node.name())?;
@@ -794,6 +807,7 @@ impl Loop<'_> {
             runs: vec![],
             interrupted: false,
             sigma: None,
+            heldout: Vec::new(),
         };
         if let Some(why) = rec.get("crash").and_then(Value::as_str) {
             return Ok(failed(why));
@@ -807,12 +821,13 @@ impl Loop<'_> {
             return Ok(Decision {
                 status: Status::Unverified,
                 metric: Some(m),
-                summary: rec.get("summary").cloned(),
+                summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
                 memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
                 insight: format!("unverified: {why}; not compared with scored results"),
                 runs: vec![],
                 interrupted: false,
                 sigma: None,
+                heldout: Vec::new(),
             });
         }
         // One recorded run: a confirmation would need another manual run, so one look decides.
@@ -829,12 +844,13 @@ impl Loop<'_> {
         Ok(Decision {
             status: if keep { Status::Keep } else { Status::Discard },
             metric: Some(m),
-            summary: rec.get("summary").cloned(),
+            summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
             memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
             insight: format!("recorded; gain {gain:.6}, bar {bar:.6}"),
             runs: vec![],
             interrupted: false,
             sigma: None,
+            heldout: Vec::new(),
         })
     }
 
@@ -889,6 +905,7 @@ impl Loop<'_> {
             "finished_at": iso8601(finished),
             "seconds": runs.iter().map(|r| r.seconds).sum::<f64>(),
             "runs": runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
+            "heldout": self.db.heldout()?.get(&node.id),
         });
         let line = record.to_string();
         let has_commit = node.commit.is_some();
@@ -916,8 +933,9 @@ impl Loop<'_> {
     }
 
     fn write_summary(&self) -> Result<PathBuf> {
-        let nodes = self.db.nodes()?;
-        let text = summary_markdown(self.cfg, &nodes, self.started);
+        let mut r = crate::report::Research::load(&self.db, self.cfg)?;
+        r.started = Some(self.started);
+        let text = crate::report::summary_text(&r);
         results::write_atomic(&self.paths.summary, &text)?;
         Ok(self.paths.summary.clone())
     }
@@ -932,9 +950,4 @@ fn unsandboxed(summary: Option<&Value>) -> bool {
 /// finish, so the last one is always the best, whatever order results arrive in.
 fn best_node(nodes: &[Node]) -> Option<&Node> {
     nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
-}
-
-/// `autoresearch-summary.md` (the same text `autoresearch report` writes).
-pub fn summary_markdown(cfg: &ResearchConfig, nodes: &[Node], started: f64) -> String {
-    crate::report::summary_markdown(cfg, nodes, Some(started))
 }

@@ -30,6 +30,7 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
         log: state.join("train.log"),
         scorer: executor::target_dir(&git.root).join("release").join("harness"),
         trainer_copy: executor::target_dir(&git.root).join("release").join("trainer"),
+        held_out: false,
         timeout: cfg.hard_timeout(),
     };
     let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };

@@ -54,9 +54,19 @@ fn short(c: &Option<String>) -> String {
     c.as_deref().map(|c| c[..7.min(c.len())].to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// A node as the tree commands show it: its log record without the held-out scores, which a
+/// proposer may not see (they are in the report and `results --json`).
+fn shown(mut n: Node) -> Node {
+    if let Some(v) = n.jsonl.as_deref().and_then(|l| serde_json::from_str(l).ok()) {
+        n.jsonl = Some(crate::worker::without_heldout(v).to_string());
+    }
+    n
+}
+
 pub fn list(db: &Db, json_out: bool) -> Result<()> {
     let nodes = db.nodes()?;
     if json_out {
+        let nodes: Vec<Node> = nodes.into_iter().map(shown).collect();
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
@@ -79,7 +89,7 @@ pub fn show(db: &Db, git: &Git, id: i64, json_out: bool, diff: bool) -> Result<(
     let n = db.require_node(id)?;
     let runs = db.runs(id)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"node": n, "runs": runs}))?);
+        println!("{}", serde_json::to_string_pretty(&json!({"node": shown(n), "runs": runs}))?);
         return Ok(());
     }
     println!("{}  {}  parent {}", n.name(), n.status.as_str(), n.parent.map(node_name).unwrap_or_else(|| "-".into()));

@@ -103,6 +103,9 @@ pub fn frame(r: &Research, jobs: &[Job], t: f64, last: usize, width: usize) -> S
         }
         _ => s.push_str("best: - (no baseline yet)\n"),
     }
+    if r.noise.df > 0.0 {
+        let _ = writeln!(s, "noise: sigma {:.6} pooled over {} runs ({} df)", r.noise.sigma, r.noise.runs, r.noise.df);
+    }
 
     // Running experiments, with a countdown to the typical run length and to the hard timeout
     // (both per run: a noise-aware keep or an out-of-memory retry runs again).

@@ -19,6 +19,9 @@ use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::keep::{self, Verdict};
 use crate::progress::Progress;
 
+/// The attempt label of a kept node's held-out run.
+pub const HELD_OUT_ATTEMPT: &str = "heldout";
+
 /// What every worker shares.
 pub struct Shared {
     pub cfg: Arc<ResearchConfig>,
@@ -53,6 +56,9 @@ pub struct Decision {
     pub interrupted: bool,
     /// Baseline: the standard deviation of its runs.
     pub sigma: Option<f64>,
+    /// Held-out scores: the baseline's seeds, or a kept node's held-out run (never shown to a
+    /// proposer).
+    pub heldout: Vec<f64>,
 }
 
 impl Decision {
@@ -67,8 +73,18 @@ impl Decision {
             runs,
             interrupted: matches!(out, Outcome::Interrupted),
             sigma: None,
+            heldout: Vec::new(),
         }
     }
+}
+
+/// A summary without its held-out figures: they are stored apart, where no proposer looks.
+pub fn without_heldout(mut summary: Value) -> Value {
+    if let Value::Object(m) = &mut summary {
+        m.remove("heldout");
+        m.remove("heldout_bpb");
+    }
+    summary
 }
 
 /// Status and insight for a failed run.
@@ -94,10 +110,18 @@ impl Shared {
     pub fn work(&self, node: &Node, worktree: &Path, task: Task) -> Result<Decision> {
         match task {
             Task::Baseline => self.baseline(node, worktree),
-            Task::Experiment { best, bar, best_node } => match self.cfg.keep_rule {
-                KeepRule::Significant => self.tested(node, worktree, best, best_node),
-                _ => self.experiment(node, worktree, best, bar),
-            },
+            Task::Experiment { best, bar, best_node } => {
+                let mut d = match self.cfg.keep_rule {
+                    KeepRule::Significant => self.tested(node, worktree, best, best_node)?,
+                    _ => self.experiment(node, worktree, best, bar)?,
+                };
+                // Only where the baseline scored one: else the split is NONE (or the command
+                // cannot score it) and the extra run would buy nothing.
+                if d.status == Status::Keep && self.cfg.held_out && !Db::open(&self.db_path)?.heldout()?.is_empty() {
+                    self.score_held_out(node, worktree, &mut d)?;
+                }
+                Ok(d)
+            }
         }
     }
 
@@ -126,11 +150,13 @@ impl Shared {
         let mut metrics = Vec::new();
         let mut memory = None;
         let mut summary = Value::Null;
+        let mut heldout = Vec::new();
         for (o, _) in &results {
             if let Outcome::Ok { metric, memory_mb, summary: s } = o {
                 metrics.push(*metric);
                 memory = max_opt(memory, *memory_mb);
-                summary = s.clone();
+                heldout.extend(s.get("heldout_bpb").and_then(Value::as_f64));
+                summary = without_heldout(s.clone());
             }
         }
         let (mean, sd) = keep::mean_std(&metrics);
@@ -148,6 +174,7 @@ impl Shared {
             runs,
             interrupted: false,
             sigma: Some(sd),
+            heldout,
         })
     }
 
@@ -169,6 +196,7 @@ impl Shared {
             runs,
             interrupted: false,
             sigma: None,
+            heldout: Vec::new(),
         };
         match keep::first(cfg.keep_rule, dir, best, m1, bar) {
             Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
@@ -200,6 +228,31 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// After a keep: one more run of the node that scores the held-out split too (its seed apart
+    /// from the decision's runs). Its validation score is one more run of the node: in its mean
+    /// (the best's value) and in the pooled noise.
+    fn score_held_out(&self, node: &Node, wt: &Path, d: &mut Decision) -> Result<()> {
+        let (out, run) = self.attempt(node, wt, HELD_OUT_ATTEMPT, self.cfg.seed + 1000)?;
+        d.runs.push(run);
+        match out {
+            Outcome::Ok { summary, metric, .. } => {
+                d.heldout.extend(summary.get("heldout_bpb").and_then(Value::as_f64));
+                let mut runs: Vec<f64> = match d.summary.as_ref().and_then(|s| s.get("runs")).and_then(Value::as_array) {
+                    Some(r) => r.iter().filter_map(Value::as_f64).collect(),
+                    None => d.metric.into_iter().collect(),
+                };
+                runs.push(metric);
+                d.metric = Some(keep::mean_std(&runs).0);
+                if let Some(Value::Object(m)) = &mut d.summary {
+                    m.insert("runs".into(), json!(runs));
+                }
+            }
+            Outcome::Interrupted => d.interrupted = true,
+            other => d.insight.push_str(&format!("; its held-out run failed ({})", other.label())),
+        }
+        Ok(())
     }
 
     /// The `significant` rule: runs until the test says keep or discard (see `keep`).
@@ -255,6 +308,7 @@ impl Shared {
             runs,
             interrupted: false,
             sigma: None,
+            heldout: Vec::new(),
         })
     }
 
@@ -273,6 +327,8 @@ impl Shared {
             log: self.state_dir.join("logs").join(format!("{name}.log")),
             scorer: executor::scorer_path(&self.cfg, &self.root),
             trainer_copy: self.state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
+            // The baseline's seeds and a kept node's extra run score the held-out split.
+            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(HELD_OUT_ATTEMPT)),
             timeout: self.cfg.hard_timeout(),
         }
     }

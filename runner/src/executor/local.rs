@@ -280,6 +280,7 @@ mod tests {
             log: dir.path().join(format!("n{i}.log")),
             scorer: dir.path().join("h"),
             trainer_copy: dir.path().join("t"),
+            held_out: false,
             timeout: Duration::from_secs(30),
         };
         let gpus: Vec<String> = std::thread::scope(|s| {
@@ -330,6 +331,7 @@ mod tests {
             log: state.join(format!("{label}.log")),
             scorer: state.join("bin").join("harness"),
             trainer_copy: state.join("bin").join(label).join("trainer"),
+            held_out: false,
             timeout: Duration::from_secs(300),
         }
     }

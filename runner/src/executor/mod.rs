@@ -72,6 +72,8 @@ pub struct RunSpec {
     pub scorer: PathBuf,
     /// Where this run's private copy of the trainer binary lives while it runs.
     pub trainer_copy: PathBuf,
+    /// Ask the scorer for the held-out split too.
+    pub held_out: bool,
     pub timeout: Duration,
 }
 
@@ -191,6 +193,7 @@ pub fn harness_command(cfg: &ResearchConfig) -> String {
     if !cfg.require_sandbox {
         c.push_str(" --no-require-sandbox");
     }
+    c.push_str("{held_out}");
     c
 }
 
@@ -228,7 +231,7 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
         ("{repo}", spec.repo_root.display().to_string()),
         ("{sign_key}", sign_key_path(&spec.cfg, &spec.repo_root).display().to_string()),
     ];
-    let mut out = template.to_string();
+    let mut out = template.replace("{held_out}", if spec.held_out { " --held-out" } else { "" });
     for (k, v) in pairs {
         // {target_dir} sits inside double quotes in the default command: no extra quoting.
         let v = if k == "{target_dir}" { v } else { shell_quote(&v) };
@@ -246,6 +249,8 @@ pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
         ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),
         ("AUTORESEARCH_NODE".into(), spec.label.clone()),
         ("AUTORESEARCH_COMMIT".into(), spec.commit.clone()),
+        // 1 when the runner asks this run for the held-out split (`{held_out}` in a command).
+        ("AUTORESEARCH_HELD_OUT".into(), if spec.held_out { "1" } else { "0" }.into()),
     ]
 }
 

@@ -334,6 +334,7 @@ mod tests {
             log: "/repo/.autoresearch/t/logs/n3-1.log".into(),
             scorer: "/repo/.autoresearch/t/bin/harness".into(),
             trainer_copy: "/repo/.autoresearch/t/bin/n3-1/trainer".into(),
+            held_out: false,
             timeout: Duration::from_secs(900),
         }
     }
@@ -374,5 +375,17 @@ mod tests {
         assert!(s.contains("sh -c 'echo '\\''a b'\\'' > /repo/.autoresearch/t/runs/n3-1.json'"), "{s}");
         assert!(!s.contains("--gres"), "{s}");
         assert!(!s.contains("cargo build"), "{s}");
+    }
+
+    #[test]
+    fn the_scorer_is_asked_for_the_held_out_split_only_when_the_run_says_so() {
+        let cfg = ResearchConfig { tag: "t".into(), ..Default::default() };
+        let mut asked = spec(cfg.clone());
+        asked.held_out = true;
+        let s = script(&asked);
+        assert!(s.contains("--protect /repo --held-out"), "{s}");
+        assert!(s.contains("AUTORESEARCH_HELD_OUT=1"), "{s}");
+        let s = script(&spec(cfg));
+        assert!(!s.contains("--held-out") && s.contains("AUTORESEARCH_HELD_OUT=0"), "{s}");
     }
 }

@@ -39,6 +39,7 @@ fn hand_spec(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, 
         log: state.join("logs").join(format!("{node}-manual.log")),
         scorer: crate::executor::scorer_path(cfg, repo_root),
         trainer_copy: state.join("bin").join(format!("{node}-manual")).join("trainer"),
+        held_out: false,
         timeout: cfg.hard_timeout(),
     })
 }

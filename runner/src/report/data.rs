@@ -14,6 +14,10 @@ pub struct Research {
     pub nodes: Vec<Node>,
     /// When the run started (database meta `started_at`), if recorded.
     pub started: Option<f64>,
+    /// The held-out split's scores of the baseline and the kept nodes, by node.
+    pub heldout: std::collections::BTreeMap<i64, Vec<f64>>,
+    /// The noise pooled over every repeated run.
+    pub noise: crate::keep::Noise,
 }
 
 /// One finished experiment in the order it finished (the chart's x axis).
@@ -31,11 +35,24 @@ impl Research {
             cfg.tag = fallback.tag.clone();
         }
         let started = db.meta("started_at")?.and_then(|s| s.parse().ok());
-        Ok(Research { cfg, nodes: db.nodes()?, started })
+        Ok(Research { cfg, nodes: db.nodes()?, started, heldout: db.heldout()?, noise: db.noise()? })
     }
 
+    #[cfg(test)]
     pub fn from_nodes(cfg: &ResearchConfig, nodes: &[Node], started: Option<f64>) -> Research {
-        Research { cfg: cfg.clone(), nodes: nodes.to_vec(), started }
+        Research { cfg: cfg.clone(), nodes: nodes.to_vec(), started, heldout: Default::default(), noise: Default::default() }
+    }
+
+    /// The best node's held-out gain over the baseline's, with its standard error (from the
+    /// spread of the baseline's held-out scores, else the pooled noise), when both have scores.
+    pub fn heldout_gain(&self) -> Option<(f64, f64, usize, usize)> {
+        let (b, best) = (self.baseline()?, self.best()?);
+        let (hb, hk) = (self.heldout.get(&b.id)?, self.heldout.get(&best.id)?);
+        let (mb, sb) = crate::keep::mean_std(hb);
+        let (mk, _) = crate::keep::mean_std(hk);
+        let sigma = if hb.len() >= 2 { sb } else { self.noise.sigma };
+        let se = sigma * (1.0 / hb.len() as f64 + 1.0 / hk.len() as f64).sqrt();
+        Some((self.direction().gain(mb, mk), se, hb.len(), hk.len()))
     }
 
     pub fn direction(&self) -> Direction {

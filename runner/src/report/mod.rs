@@ -30,9 +30,9 @@ use crate::results::write_atomic;
 /// SVG is the readable one at any size.
 const TREE_PNG_MAX: f32 = 8000.0;
 
-/// autoresearch-summary.md for `nodes` (also written by `run` when the loop ends).
-pub fn summary_markdown(cfg: &ResearchConfig, nodes: &[Node], started: Option<f64>) -> String {
-    summary::markdown(&Research::from_nodes(cfg, nodes, started))
+/// autoresearch-summary.md of a loaded run (also written by `run` when the loop ends).
+pub fn summary_text(r: &Research) -> String {
+    summary::markdown(r)
 }
 
 /// progress.svg.

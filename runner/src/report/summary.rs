@@ -59,6 +59,32 @@ pub fn markdown(r: &Research) -> String {
         }
         _ => s.push_str("- no baseline yet: the run has not finished its first experiment\n"),
     }
+    if r.noise.df > 0.0 {
+        let _ = writeln!(s, "- noise: sigma {:.6}, pooled over {} runs of {} configurations ({} degrees of freedom)", r.noise.sigma, r.noise.runs, r.noise.groups, r.noise.df);
+    }
+
+    // The held-out split: scored on the baseline and the kept nodes only, never seen by a
+    // proposer or a keep decision.
+    s.push_str("\n## Held-out split\n\n");
+    if r.heldout.is_empty() {
+        s.push_str("No held-out scores: the run was asked for none (`held_out = false`), or the validation data has no documents beyond what the evaluation uses.\n");
+    } else {
+        if let Some((gain, se, nb, nk)) = r.heldout_gain() {
+            let _ = writeln!(
+                s,
+                "- held-out gain of the best over the baseline: {gain:+.6} +- {se:.6} (one standard error; {nb} baseline run(s), {nk} of the best), against a validation gain of {:+.6}",
+                match (r.baseline(), r.best()) {
+                    (Some(b), Some(k)) => dir.gain(b.metric.unwrap_or(f64::NAN), k.metric.unwrap_or(f64::NAN)),
+                    _ => f64::NAN,
+                }
+            );
+        }
+        s.push_str("\n| node | validation | held-out | change |\n|---|---|---|---|\n");
+        for n in r.nodes.iter().filter(|n| r.heldout.contains_key(&n.id)) {
+            let (m, _) = crate::keep::mean_std(&r.heldout[&n.id]);
+            let _ = writeln!(s, "| {} | {} | {m:.6} | {} |", n.name(), fmt_metric(n.metric), cell(&n.description));
+        }
+    }
 
     // Totals.
     let exps = r.experiments();
