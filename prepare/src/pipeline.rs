@@ -64,6 +64,8 @@ pub struct PrepareOptions {
     pub tokenizer_doc_max_chars: usize,
     /// Train the tokenizer even when a matching one exists.
     pub retrain_tokenizer: bool,
+    /// Draw progress bars on stderr (indicatif draws nothing when it is not a terminal).
+    pub progress: bool,
 }
 
 impl PrepareOptions {
@@ -76,6 +78,7 @@ impl PrepareOptions {
             tokenizer_max_chars: TOKENIZER_MAX_CHARS,
             tokenizer_doc_max_chars: TOKENIZER_DOC_MAX_CHARS,
             retrain_tokenizer: false,
+            progress: true,
         }
     }
 }
@@ -249,7 +252,8 @@ fn build_corpus(opts: &PrepareOptions, layout: &CacheLayout, log: &dyn Fn(&str))
 /// Identifies a tokenizer training: settings plus the train text.
 fn training_digest(opts: &PrepareOptions, train_digests: &[Digest32]) -> Digest32 {
     let mut h = Sha256::new();
-    h.update(b"bpe-v1\0");
+    // v2: rustbpe's merge order and tiktoken's ids (v1 was the `tokenizers` crate's).
+    h.update(b"bpe-v2\0");
     for n in [opts.vocab_size, opts.tokenizer_max_chars, opts.tokenizer_doc_max_chars] {
         h.update((n as u64).to_le_bytes());
     }
@@ -289,6 +293,7 @@ fn tokenizer_for(
         opts.vocab_size,
         opts.tokenizer_max_chars,
         opts.tokenizer_doc_max_chars,
+        opts.progress,
     )?;
     report.tokenizer_trained = true;
     report.tokenizer_secs = t0.elapsed().as_secs_f64();
@@ -305,7 +310,7 @@ fn tokenizer_for(
     // trained_on goes last: its presence means the other two are complete.
     let _ = std::fs::remove_file(layout.trained_on());
     tok.save(&layout.tokenizer_json())?;
-    let bytes: Vec<u8> = tok.token_bytes()?.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let bytes: Vec<u8> = tok.token_bytes().iter().flat_map(|b| b.to_le_bytes()).collect();
     write_atomic(&layout.token_bytes(), &bytes)
         .with_context(|| format!("cannot write {}", layout.token_bytes().display()))?;
     write_atomic(&layout.trained_on(), wanted.as_bytes())
@@ -330,13 +335,7 @@ fn tokenize_part(
     let (mut chars, mut bytes) = (0u64, 0u64);
     let mut failure: Option<anyhow::Error> = None;
     part.for_each_chunk(|chunk| {
-        let encoded = match tokenizer.encode_batch(chunk) {
-            Ok(e) => e,
-            Err(e) => {
-                failure = Some(e.into());
-                return ControlFlow::Break(());
-            }
-        };
+        let encoded = tokenizer.encode_batch(chunk);
         for (text, ids) in chunk.iter().zip(&encoded) {
             chars += text.chars().count() as u64;
             bytes += text.len() as u64;
