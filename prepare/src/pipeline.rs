@@ -19,7 +19,10 @@ use crate::constants::{
 };
 use crate::data::{CacheLayout, Manifest, PreparedData};
 use crate::download::{DownloadConfig, download_shards};
-use crate::source::{Corpus, DocSplit, Part, shard_corpus, shard_dir_corpus, text_corpus};
+use crate::progress::Progress;
+use crate::source::{
+    Corpus, DocSplit, Part, for_each_chunk_prefetched, shard_corpus, shard_dir_corpus, text_corpus,
+};
 use crate::token_file::{self, Digest32, TokenFile, TokenizedDocs, hex};
 use crate::tokenizer::{BpeTokenizer, train_on_parts, write_atomic};
 
@@ -172,7 +175,7 @@ pub fn prepare(opts: &PrepareOptions, log: &dyn Fn(&str)) -> anyhow::Result<Prep
             continue;
         }
         let t0 = Instant::now();
-        let (docs, chars, bytes) = tokenize_part(&tokenizer, part, &path)?;
+        let (docs, chars, bytes) = tokenize_part(&tokenizer, part, &path, opts.progress)?;
         token_file::write(&path, &docs, fingerprint, *digest)?;
         report.parts_tokenized += 1;
         report.tokenized_docs += docs.len() as u64;
@@ -325,20 +328,26 @@ fn tokenizer_for(
     Ok(tok)
 }
 
-/// Tokenizes every document of `part`; returns the documents, characters and bytes read.
+/// Tokenizes every document of `part`, in parallel across documents while the next chunk is
+/// read; returns the documents, characters and bytes read.
 fn tokenize_part(
     tokenizer: &BpeTokenizer,
     part: &Part,
     path: &std::path::Path,
+    show_progress: bool,
 ) -> anyhow::Result<(TokenizedDocs, u64, u64)> {
     let mut docs = TokenizedDocs::new();
     let (mut chars, mut bytes) = (0u64, 0u64);
     let mut failure: Option<anyhow::Error> = None;
-    part.for_each_chunk(|chunk| {
-        let encoded = tokenizer.encode_batch(chunk);
-        for (text, ids) in chunk.iter().zip(&encoded) {
-            chars += text.chars().count() as u64;
-            bytes += text.len() as u64;
+    let what = format!("tokenizing {}", part.name);
+    let mut bar = Progress::new(show_progress, &what, Some(part.num_docs()?), "documents");
+    for_each_chunk_prefetched(part, |chunk| {
+        let encoded = tokenizer.encode_batch(&chunk);
+        let chunk_bytes: u64 = chunk.iter().map(|t| t.len() as u64).sum();
+        chars += chunk.iter().map(|t| t.chars().count() as u64).sum::<u64>();
+        bytes += chunk_bytes;
+        bar.advance(chunk.len() as u64, chunk_bytes);
+        for ids in &encoded {
             if let Err(e) = docs.push(ids, path) {
                 failure = Some(e.into());
                 return ControlFlow::Break(());
