@@ -132,7 +132,7 @@ impl PreparedData {
             manifest.tokenizer_fingerprint,
             hex(&fingerprint)
         );
-        let token_bytes = tokenizer.token_bytes()?;
+        let token_bytes = tokenizer.token_bytes();
         let stored = std::fs::read(layout.token_bytes())
             .with_context(|| format!("cannot read {}; re-run `prepare`", layout.token_bytes().display()))?;
         let stored: Vec<u32> = stored

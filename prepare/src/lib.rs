@@ -28,6 +28,7 @@ pub mod loader;
 pub mod memory;
 pub mod pipeline;
 pub mod profile;
+pub mod progress;
 pub mod source;
 pub mod token_file;
 pub mod tokenizer;

@@ -19,7 +19,10 @@ use crate::constants::{
 };
 use crate::data::{CacheLayout, Manifest, PreparedData};
 use crate::download::{DownloadConfig, download_shards};
-use crate::source::{Corpus, DocSplit, Part, shard_corpus, shard_dir_corpus, text_corpus};
+use crate::progress::Progress;
+use crate::source::{
+    Corpus, DocSplit, Part, for_each_chunk_prefetched, shard_corpus, shard_dir_corpus, text_corpus,
+};
 use crate::token_file::{self, Digest32, TokenFile, TokenizedDocs, hex};
 use crate::tokenizer::{BpeTokenizer, train_on_parts, write_atomic};
 
@@ -64,6 +67,8 @@ pub struct PrepareOptions {
     pub tokenizer_doc_max_chars: usize,
     /// Train the tokenizer even when a matching one exists.
     pub retrain_tokenizer: bool,
+    /// Draw progress bars on stderr (indicatif draws nothing when it is not a terminal).
+    pub progress: bool,
 }
 
 impl PrepareOptions {
@@ -76,6 +81,7 @@ impl PrepareOptions {
             tokenizer_max_chars: TOKENIZER_MAX_CHARS,
             tokenizer_doc_max_chars: TOKENIZER_DOC_MAX_CHARS,
             retrain_tokenizer: false,
+            progress: true,
         }
     }
 }
@@ -169,7 +175,7 @@ pub fn prepare(opts: &PrepareOptions, log: &dyn Fn(&str)) -> anyhow::Result<Prep
             continue;
         }
         let t0 = Instant::now();
-        let (docs, chars, bytes) = tokenize_part(&tokenizer, part, &path)?;
+        let (docs, chars, bytes) = tokenize_part(&tokenizer, part, &path, opts.progress)?;
         token_file::write(&path, &docs, fingerprint, *digest)?;
         report.parts_tokenized += 1;
         report.tokenized_docs += docs.len() as u64;
@@ -249,7 +255,8 @@ fn build_corpus(opts: &PrepareOptions, layout: &CacheLayout, log: &dyn Fn(&str))
 /// Identifies a tokenizer training: settings plus the train text.
 fn training_digest(opts: &PrepareOptions, train_digests: &[Digest32]) -> Digest32 {
     let mut h = Sha256::new();
-    h.update(b"bpe-v1\0");
+    // v2: rustbpe's merge order and tiktoken's ids (v1 was the `tokenizers` crate's).
+    h.update(b"bpe-v2\0");
     for n in [opts.vocab_size, opts.tokenizer_max_chars, opts.tokenizer_doc_max_chars] {
         h.update((n as u64).to_le_bytes());
     }
@@ -289,6 +296,7 @@ fn tokenizer_for(
         opts.vocab_size,
         opts.tokenizer_max_chars,
         opts.tokenizer_doc_max_chars,
+        opts.progress,
     )?;
     report.tokenizer_trained = true;
     report.tokenizer_secs = t0.elapsed().as_secs_f64();
@@ -305,7 +313,7 @@ fn tokenizer_for(
     // trained_on goes last: its presence means the other two are complete.
     let _ = std::fs::remove_file(layout.trained_on());
     tok.save(&layout.tokenizer_json())?;
-    let bytes: Vec<u8> = tok.token_bytes()?.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let bytes: Vec<u8> = tok.token_bytes().iter().flat_map(|b| b.to_le_bytes()).collect();
     write_atomic(&layout.token_bytes(), &bytes)
         .with_context(|| format!("cannot write {}", layout.token_bytes().display()))?;
     write_atomic(&layout.trained_on(), wanted.as_bytes())
@@ -320,26 +328,26 @@ fn tokenizer_for(
     Ok(tok)
 }
 
-/// Tokenizes every document of `part`; returns the documents, characters and bytes read.
+/// Tokenizes every document of `part`, in parallel across documents while the next chunk is
+/// read; returns the documents, characters and bytes read.
 fn tokenize_part(
     tokenizer: &BpeTokenizer,
     part: &Part,
     path: &std::path::Path,
+    show_progress: bool,
 ) -> anyhow::Result<(TokenizedDocs, u64, u64)> {
     let mut docs = TokenizedDocs::new();
     let (mut chars, mut bytes) = (0u64, 0u64);
     let mut failure: Option<anyhow::Error> = None;
-    part.for_each_chunk(|chunk| {
-        let encoded = match tokenizer.encode_batch(chunk) {
-            Ok(e) => e,
-            Err(e) => {
-                failure = Some(e.into());
-                return ControlFlow::Break(());
-            }
-        };
-        for (text, ids) in chunk.iter().zip(&encoded) {
-            chars += text.chars().count() as u64;
-            bytes += text.len() as u64;
+    let what = format!("tokenizing {}", part.name);
+    let mut bar = Progress::new(show_progress, &what, Some(part.num_docs()?), "documents");
+    for_each_chunk_prefetched(part, |chunk| {
+        let encoded = tokenizer.encode_batch(&chunk);
+        let chunk_bytes: u64 = chunk.iter().map(|t| t.len() as u64).sum();
+        chars += chunk.iter().map(|t| t.chars().count() as u64).sum::<u64>();
+        bytes += chunk_bytes;
+        bar.advance(chunk.len() as u64, chunk_bytes);
+        for ids in &encoded {
             if let Err(e) = docs.push(ids, path) {
                 failure = Some(e.into());
                 return ControlFlow::Break(());

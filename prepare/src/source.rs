@@ -114,6 +114,22 @@ impl Part {
         }
     }
 
+    /// Documents in the part (for parquet, rows from the footer, nulls included), without
+    /// reading the text: the length of a progress bar.
+    pub fn num_docs(&self) -> Result<u64, SourceError> {
+        match &self.origin {
+            Origin::Parquet(path) => {
+                let file = File::open(path).map_err(io_err(path))?;
+                let reader = SerializedFileReader::new(file).map_err(|e| SourceError::NotParquet {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+                Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+            }
+            Origin::Docs(docs) => Ok(docs.len() as u64),
+        }
+    }
+
     /// Identifies the text of the part, so that a finished token file can be kept.
     ///
     /// Parquet: file name, size and the last 64 KiB (the footer, which holds the metadata and
@@ -144,6 +160,37 @@ impl Part {
         }
         Ok(h.finalize().into())
     }
+}
+
+/// Chunks a reader thread may hold ready: enough to keep the cores busy while the next row
+/// group decompresses, few enough that memory stays bounded by a few row groups.
+const PREFETCH_CHUNKS: usize = 2;
+
+/// As [`Part::for_each_chunk`], but the chunks are read on another thread, up to
+/// [`PREFETCH_CHUNKS`] ahead, so reading (parquet decompression, UTF-8 checks) overlaps what
+/// `f` does with them.
+pub fn for_each_chunk_prefetched(
+    part: &Part,
+    mut f: impl FnMut(Vec<String>) -> ControlFlow<()>,
+) -> Result<(), SourceError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(PREFETCH_CHUNKS);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            part.for_each_chunk(|docs| match tx.send(docs.to_vec()) {
+                Ok(()) => ControlFlow::Continue(()),
+                // The consumer stopped early.
+                Err(_) => ControlFlow::Break(()),
+            })
+        });
+        for chunk in rx.iter() {
+            if f(chunk).is_break() {
+                break;
+            }
+        }
+        // Unblocks a reader waiting to send, so that it stops.
+        drop(rx);
+        reader.join().expect("the reader thread does not panic")
+    })
 }
 
 /// Train parts plus the validation part.
@@ -463,6 +510,38 @@ mod tests {
         assert_eq!(corpus.train.len(), 1);
         assert_eq!(all_docs(&corpus.train[0]), docs);
         assert_eq!(all_docs(&corpus.val), docs[..2].to_vec());
+    }
+
+    #[test]
+    fn prefetched_chunks_come_in_order_stop_early_and_carry_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs: Vec<String> = (0..50).map(|i| format!("doc {i}")).collect();
+        let refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
+        let path = dir.path().join("shard_00000.parquet");
+        write_parquet_shard(&path, &refs, 3).unwrap();
+        let part = Part { name: "x".into(), origin: Origin::Parquet(path) };
+        assert_eq!(part.num_docs().unwrap(), 50);
+        let mut seen = Vec::new();
+        for_each_chunk_prefetched(&part, |chunk| {
+            seen.extend(chunk);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(seen, docs);
+        // Stopping after the first chunk returns at once, though the reader is ahead.
+        let mut chunks = 0;
+        for_each_chunk_prefetched(&part, |_| {
+            chunks += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(chunks, 1);
+        let bad = dir.path().join("bad.parquet");
+        std::fs::write(&bad, "not parquet").unwrap();
+        let part = Part { name: "bad".into(), origin: Origin::Parquet(bad) };
+        let err = for_each_chunk_prefetched(&part, |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(err.to_string().contains("not a readable parquet"), "{err}");
+        assert!(part.num_docs().is_err());
     }
 
     #[test]
