@@ -391,7 +391,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeldOut {
-    Scored { bpb: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, probes: crate::evaluate::ProbeReport },
+    Scored { bpb: f64, seconds: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, probes: crate::evaluate::ProbeReport },
     None(String),
 }
 
@@ -410,6 +410,7 @@ fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation
     let overlap = e.placed.intersection(&exclude).count();
     Ok(HeldOut::Scored {
         bpb: e.sums.bpb(),
+        seconds: e.seconds,
         tokens: e.sums.tokens,
         bytes: e.sums.bytes,
         rows: e.rows,

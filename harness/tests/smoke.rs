@@ -56,9 +56,18 @@ fn losses(stdout: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The workspace's trainer, next to the harness. `cargo test --workspace` builds it because the
+/// trainer package has an integration test (`trainer/tests/executable.rs`).
+fn trainer() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_harness")).with_file_name(format!("trainer{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "{} is missing: run the tests with `--workspace`, which builds it", path.display());
+    path
+}
+
 /// The harness binary on the tiny cache, 20480 tokens (40 steps of 512) on `device`.
 fn harness(cache: &Path, profile: &Path, hparams: &Path, device: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.arg("--trainer").arg(trainer());
     cmd.arg("--cache-dir").arg(cache).arg("--profile").arg(profile).arg("--hparams").arg(hparams);
     cmd.args(["--budget", "tokens:20480", "--device", device]).env_remove("BURN_DEVICE");
     cmd

@@ -304,7 +304,7 @@ impl Shared {
             metric: Some(mean),
             summary: Some(summary),
             memory_mb: memory,
-            insight: format!("runs {metrics:?}: {}{note}", test.describe()),
+            insight: format!("runs [{}]: {}{note}", metrics.iter().map(|m| format!("{m:.6}")).collect::<Vec<_>>().join(", "), test.describe()),
             runs,
             interrupted: false,
             sigma: None,
