@@ -23,6 +23,13 @@ const NULL_CHANGE: &str = r##"echo "# null $AUTORESEARCH_ITERATION" >> trainer/h
 struct Tally {
     nulls: usize,
     null_keeps: usize,
+    /// Training runs the null changes took, all together.
+    runs: usize,
+}
+
+/// The runs a node's result counted (its summary's `runs`; one for a single run).
+fn runs_of(node: &serde_json::Value) -> usize {
+    node["metrics"]["runs"].as_array().map_or(1, Vec::len)
 }
 
 /// One loop of `experiments` null changes under `rule` (the config lines `rule`); the keeps.
@@ -37,11 +44,11 @@ fn loop_once(rule: &str, loop_seed: u32, experiments: u32) -> Tally {
     let o = fx.run(&["run", "--yes"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let experiments: Vec<serde_json::Value> = fx.nodes().into_iter().filter(|n| n["parent"].is_number()).collect();
-    Tally { nulls: experiments.len(), null_keeps: experiments.iter().filter(|n| n["status"] == "keep").count() }
+    Tally { nulls: experiments.len(), null_keeps: experiments.iter().filter(|n| n["status"] == "keep").count(), runs: experiments.iter().map(runs_of).sum() }
 }
 
 fn tally(rule: &str, loops: &[u32], experiments: u32) -> Tally {
-    let mut all = Tally { nulls: 0, null_keeps: 0 };
+    let mut all = Tally { nulls: 0, null_keeps: 0, runs: 0 };
     // Two loops at a time: each is a chain of short processes.
     let results: Vec<Tally> = loops
         .chunks(2)
@@ -50,20 +57,30 @@ fn tally(rule: &str, loops: &[u32], experiments: u32) -> Tally {
     for t in results {
         all.nulls += t.nulls;
         all.null_keeps += t.null_keeps;
+        all.runs += t.runs;
     }
-    eprintln!("{rule}: {} of {} null changes kept ({:.1} %)", all.null_keeps, all.nulls, 100.0 * all.null_keeps as f64 / all.nulls as f64);
+    eprintln!(
+        "{rule}: {} of {} null changes kept ({:.1} %), {:.2} runs each",
+        all.null_keeps,
+        all.nulls,
+        100.0 * all.null_keeps as f64 / all.nulls as f64,
+        all.runs as f64 / all.nulls as f64
+    );
     all
 }
 
 /// A/A: 240 changes that do nothing, two after each of 120 fresh baselines (the worst case: a
 /// baseline's noise estimate is least sure at the start). The default rule keeps at most 5 % of
-/// them; the earlier default (noise-aware, two baseline runs) keeps more on the same data.
+/// them, and a null change costs well under two runs; the earlier default (noise-aware, two
+/// baseline runs) keeps more on the same data.
 #[test]
 fn few_null_changes_are_kept_and_the_old_rule_keeps_more() {
     let loops: Vec<u32> = (1..=120).collect();
     let new = tally("keep_rule = \"significant\"", &loops, 2);
     let rate = new.null_keeps as f64 / new.nulls as f64;
     assert!(rate <= 0.05, "the significant rule kept {:.1} % of null changes", 100.0 * rate);
+    let runs = new.runs as f64 / new.nulls as f64;
+    assert!(runs > 1.0 && runs < 1.6, "a null change took {runs:.2} runs on average");
     let old = tally("keep_rule = \"noise-aware\"\nbaseline_runs = 2", &loops, 2);
     let old_rate = old.null_keeps as f64 / old.nulls as f64;
     assert!(old_rate > 0.05, "the noise-aware rule kept {:.1} %: the test would not tell the rules apart", 100.0 * old_rate);
