@@ -7,10 +7,11 @@
 //! with logits ([`evaluate`]: val_bpb, probe rows, the canary). The harness does not link the
 //! trainer crate.
 //!
-//! Modules: [`cli`] (arguments and help), [`run`] (the flow), [`inventory`]
+//! Modules: [`cli`] (arguments and help), [`elf`] (what the sandbox reads of the trainer's binary and libraries), [`run`] (the flow), [`inventory`]
 //! (`--list-devices`), [`summary`] (the reference block and the JSON), [`exit`] (exit codes).
 
 pub mod cli;
+pub mod elf;
 pub mod evaluate;
 pub mod exit;
 pub mod inventory;

@@ -1,6 +1,7 @@
 //! What the trainer's sandbox lets it reach: its binary and the dynamic loader (read and
 //! execute), the system libraries, the CPU description, the devices it computes on, the
-//! library folders of `LD_LIBRARY_PATH` (LibTorch), and its own scratch folder (read and
+//! library folders of `LD_LIBRARY_PATH` (LibTorch) and the folders their run paths name (its
+//! CUDA runtime, from pip), and its own scratch folder (read and
 //! write). Nothing else: not the data cache, the repository, `.autoresearch/`, `target/`,
 //! `$HOME` or `.git`, and no network.
 
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use prepare::device::DeviceChoice;
 use sealed::sandbox::{Policy, is_within};
+
+use crate::elf;
 
 /// System folders of shared libraries and the loader's configuration.
 const SYSTEM_READ: &[&str] = &[
@@ -98,6 +101,14 @@ pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, prot
         }
         read.push(path);
     }
+    // What those libraries (and the binary) name by run path, LibTorch's CUDA runtime from pip.
+    for dir in run_path_folders(binary, &library_dirs) {
+        if let Some(p) = protected.overlap(&dir) {
+            notes.push(format!("run path folder {} overlaps {}: the trainer does not get it", dir.display(), p.display()));
+            continue;
+        }
+        read.push(dir);
+    }
     let library_path = (!library_dirs.is_empty()).then(|| std::env::join_paths(&library_dirs).ok()).flatten();
     if let Some(p) = protected.overlap(scratch) {
         return Err(format!("the trainer's scratch folder {} lies in {} (set TMPDIR elsewhere)", scratch.display(), p.display()));
@@ -121,9 +132,9 @@ fn nvidia_device_files() -> Vec<PathBuf> {
 /// The ELF interpreter (dynamic loader) of `binary`, which the kernel opens for execution too;
 /// the usual loaders when the binary cannot be read.
 fn interpreter(binary: &Path) -> Vec<PathBuf> {
-    match std::fs::read(binary).ok().and_then(|bytes| elf_interpreter(&bytes)) {
+    match elf::interpreter(binary) {
         Some(p) => {
-            let mut v = vec![PathBuf::from(&p)];
+            let mut v = vec![p.clone()];
             if let Ok(real) = std::fs::canonicalize(&p) {
                 v.push(real);
             }
@@ -133,39 +144,44 @@ fn interpreter(binary: &Path) -> Vec<PathBuf> {
     }
 }
 
-/// The `PT_INTERP` path of a 64-bit little-endian ELF file.
-fn elf_interpreter(elf: &[u8]) -> Option<String> {
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
-    let phoff = u64_at(0x20)? as usize;
-    let phentsize = u16_at(0x36)? as usize;
-    let phnum = u16_at(0x38)? as usize;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph)? == 3 {
-            let (offset, size) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
-            let raw = elf.get(offset..offset + size)?;
-            return Some(String::from_utf8_lossy(raw.strip_suffix(&[0]).unwrap_or(raw)).into_owned());
+/// Most folders followed through run paths; LibTorch with CUDA names about fifteen.
+const MAX_RUN_PATH_FOLDERS: usize = 256;
+
+/// The folders, canonical and existing, that the run paths of `binary` and of the shared
+/// libraries in `library_dirs` name, followed from library to library: pip's LibTorch loads
+/// its CUDA runtime from `site-packages/nvidia/*/lib` through `$ORIGIN/../../nvidia/...`.
+fn run_path_folders(binary: &Path, library_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut known: Vec<PathBuf> = library_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut queue: Vec<PathBuf> = elf::search_path(binary);
+    let mut scan: Vec<PathBuf> = known.clone();
+    loop {
+        for dir in scan.drain(..) {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".so")) && path.is_file() {
+                    queue.extend(elf::search_path(&path));
+                }
+            }
+        }
+        if queue.is_empty() || found.len() >= MAX_RUN_PATH_FOLDERS {
+            return found;
+        }
+        for dir in queue.drain(..) {
+            let Ok(dir) = std::fs::canonicalize(&dir) else { continue };
+            if dir.is_dir() && !known.contains(&dir) && found.len() < MAX_RUN_PATH_FOLDERS {
+                known.push(dir.clone());
+                found.push(dir.clone());
+                scan.push(dir);
+            }
         }
     }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_interpreter_of_this_test_binary_is_found() {
-        let me = std::env::current_exe().unwrap();
-        let interp = elf_interpreter(&std::fs::read(&me).unwrap()).expect("a dynamically linked test binary");
-        assert!(interp.contains("ld-linux"), "{interp}");
-        assert!(elf_interpreter(b"not an elf").is_none());
-    }
 
     #[test]
     fn a_library_folder_over_a_protected_one_is_refused_naming_both() {
@@ -179,5 +195,35 @@ mod tests {
         assert_eq!(protected.overlap(&home), Some(home.as_path()), "the home folder itself");
         assert!(protected.overlap(dir.path()).is_some(), "a folder containing both");
         assert_eq!(protected.overlap(&home.join(".local/lib/torch/lib")), None, "a library folder inside the home folder");
+    }
+
+    /// `cc -shared` a library at `dir/name` whose run path is `run_path`.
+    fn library(dir: &Path, name: &str, run_path: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = dir.join(format!("{name}.c"));
+        std::fs::write(&c, "int f(void) { return 1; }\n").unwrap();
+        let out = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join(name))
+            .arg(&c)
+            .arg(format!("-Wl,-rpath,{run_path}"))
+            .output()
+            .expect("cc (build-essential) builds the test library");
+        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn run_paths_are_followed_from_library_to_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        // torch/lib -> nvidia/cuda_runtime/lib -> nvidia/nvjitlink/lib, and a dangling one.
+        library(&root.join("torch/lib"), "libtorch_cuda.so", "$ORIGIN/../../nvidia/cuda_runtime/lib:$ORIGIN/../../nvidia/missing/lib");
+        library(&root.join("nvidia/cuda_runtime/lib"), "libcudart.so.12", "$ORIGIN/../../nvjitlink/lib:$ORIGIN");
+        std::fs::create_dir_all(root.join("nvidia/nvjitlink/lib")).unwrap();
+        let binary = root.join("trainer");
+        std::fs::write(&binary, "not an elf: it names no run path").unwrap();
+        let found = run_path_folders(&binary, &[root.join("torch/lib")]);
+        assert_eq!(found, vec![root.join("nvidia/cuda_runtime/lib"), root.join("nvidia/nvjitlink/lib")]);
+        assert!(run_path_folders(&binary, &[root.join("nvidia/nvjitlink/lib")]).is_empty(), "a folder without libraries names nothing");
     }
 }
