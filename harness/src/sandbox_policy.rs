@@ -101,8 +101,9 @@ pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, prot
         }
         read.push(path);
     }
-    // What those libraries (and the binary) name by run path, LibTorch's CUDA runtime from pip.
-    for dir in run_path_folders(binary, &library_dirs) {
+    // What those libraries name by run path: LibTorch's CUDA runtime from pip. Not the binary's
+    // own run path: the experiment built it, and must not widen its own sandbox.
+    for dir in run_path_folders(&library_dirs) {
         if let Some(p) = protected.overlap(&dir) {
             notes.push(format!("run path folder {} overlaps {}: the trainer does not get it", dir.display(), p.display()));
             continue;
@@ -147,13 +148,13 @@ fn interpreter(binary: &Path) -> Vec<PathBuf> {
 /// Most folders followed through run paths; LibTorch with CUDA names about fifteen.
 const MAX_RUN_PATH_FOLDERS: usize = 256;
 
-/// The folders, canonical and existing, that the run paths of `binary` and of the shared
-/// libraries in `library_dirs` name, followed from library to library: pip's LibTorch loads
-/// its CUDA runtime from `site-packages/nvidia/*/lib` through `$ORIGIN/../../nvidia/...`.
-fn run_path_folders(binary: &Path, library_dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// The folders, canonical and existing, that the run paths of the shared libraries in
+/// `library_dirs` name, followed from library to library: pip's LibTorch loads its CUDA
+/// runtime from `site-packages/nvidia/*/lib` through `$ORIGIN/../../nvidia/...`.
+fn run_path_folders(library_dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut known: Vec<PathBuf> = library_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
     let mut found: Vec<PathBuf> = Vec::new();
-    let mut queue: Vec<PathBuf> = elf::search_path(binary);
+    let mut queue: Vec<PathBuf> = Vec::new();
     let mut scan: Vec<PathBuf> = known.clone();
     loop {
         for dir in scan.drain(..) {
@@ -220,10 +221,8 @@ mod tests {
         library(&root.join("torch/lib"), "libtorch_cuda.so", "$ORIGIN/../../nvidia/cuda_runtime/lib:$ORIGIN/../../nvidia/missing/lib");
         library(&root.join("nvidia/cuda_runtime/lib"), "libcudart.so.12", "$ORIGIN/../../nvjitlink/lib:$ORIGIN");
         std::fs::create_dir_all(root.join("nvidia/nvjitlink/lib")).unwrap();
-        let binary = root.join("trainer");
-        std::fs::write(&binary, "not an elf: it names no run path").unwrap();
-        let found = run_path_folders(&binary, &[root.join("torch/lib")]);
+        let found = run_path_folders(&[root.join("torch/lib")]);
         assert_eq!(found, vec![root.join("nvidia/cuda_runtime/lib"), root.join("nvidia/nvjitlink/lib")]);
-        assert!(run_path_folders(&binary, &[root.join("nvidia/nvjitlink/lib")]).is_empty(), "a folder without libraries names nothing");
+        assert!(run_path_folders(&[root.join("nvidia/nvjitlink/lib")]).is_empty(), "a folder without libraries names nothing");
     }
 }
