@@ -121,9 +121,24 @@ fn raw_search_path(path: &Path) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
+
+    /// `cc` a shared library (`shared`) or a program at `dir/name` whose run path is
+    /// `run_path`, the way pip's `libtorch_cuda.so` is linked. The C compiler is
+    /// build-essential's, which the build needs anyway.
+    pub(crate) fn cc(dir: &Path, name: &str, shared: bool, run_path: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = dir.join(format!("{name}.c"));
+        std::fs::write(&c, "int f(void) { return 1; }\nint main(void) { return f() - 1; }\n").unwrap();
+        let mut cmd = Command::new("cc");
+        if shared {
+            cmd.args(["-shared", "-fPIC"]);
+        }
+        let out = cmd.arg("-o").arg(dir.join(name)).arg(&c).arg(format!("-Wl,-rpath,{run_path}")).output().expect("cc (build-essential) builds the test library");
+        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    }
 
     #[test]
     fn the_interpreter_of_this_test_binary_is_found() {
@@ -136,22 +151,11 @@ mod tests {
         assert!(search_path(&dir.path().join("text")).is_empty());
     }
 
-    /// A shared library linked the way pip's `libtorch_cuda.so` is, with a `$ORIGIN`-relative
-    /// run path, built by the C compiler (build-essential, which the build needs anyway).
     #[test]
     fn a_libraries_origin_relative_run_path_is_resolved() {
         let dir = tempfile::tempdir().unwrap();
         let lib = dir.path().join("torch/lib");
-        std::fs::create_dir_all(&lib).unwrap();
-        std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
-        let out = Command::new("cc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(lib.join("liba.so"))
-            .arg(dir.path().join("a.c"))
-            .arg("-Wl,-rpath,$ORIGIN/../../nvidia/cuda_runtime/lib:/opt/cuda/lib64:$LIB/x")
-            .output()
-            .expect("cc (build-essential) builds the test library");
-        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+        cc(&lib, "liba.so", true, "$ORIGIN/../../nvidia/cuda_runtime/lib:/opt/cuda/lib64:$LIB/x");
         let found = search_path(&lib.join("liba.so"));
         assert_eq!(found, vec![lib.join("../../nvidia/cuda_runtime/lib"), PathBuf::from("/opt/cuda/lib64")]);
     }

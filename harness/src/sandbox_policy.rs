@@ -5,6 +5,7 @@
 //! write). Nothing else: not the data cache, the repository, `.autoresearch/`, `target/`,
 //! `$HOME` or `.git`, and no network.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use prepare::device::DeviceChoice;
@@ -64,13 +65,18 @@ impl Protected {
 #[derive(Debug, Clone)]
 pub struct TrainerSandbox {
     pub policy: Policy,
-    pub library_path: Option<std::ffi::OsString>,
+    pub library_path: Option<OsString>,
     pub notes: Vec<String>,
 }
 
 /// The policy for a trainer binary on `device`, writing only to `scratch`. A library or
 /// driver path that overlaps a protected folder is left out (the trainer does not get it).
 pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected) -> Result<TrainerSandbox, String> {
+    policy_with_env(binary, scratch, device, protected, &|name| std::env::var_os(name))
+}
+
+/// [`trainer_policy`] with the harness's environment given as `env` (tests pass their own).
+fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected, env: &dyn Fn(&str) -> Option<OsString>) -> Result<TrainerSandbox, String> {
     let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
     let mut devices: Vec<PathBuf> = COMMON_DEVICES.iter().map(PathBuf::from).collect();
     let gpu = device.class == prepare::device::DeviceClass::Gpu || device.spec.starts_with("wgpu");
@@ -81,11 +87,11 @@ pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, prot
     }
     // Libraries the loader is pointed at (LibTorch's), and Vulkan drivers named by file.
     let mut extra: Vec<(PathBuf, &str)> = Vec::new();
-    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+    if let Some(paths) = env("LD_LIBRARY_PATH") {
         extra.extend(std::env::split_paths(&paths).filter(|p| p.is_absolute()).map(|p| (p, "LD_LIBRARY_PATH")));
     }
     for var in ["VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES"] {
-        if let Some(files) = std::env::var_os(var) {
+        if let Some(files) = env(var) {
             extra.extend(std::env::split_paths(&files).filter(|p| p.is_absolute()).map(|p| (p, var)));
         }
     }
@@ -152,37 +158,27 @@ const MAX_RUN_PATH_FOLDERS: usize = 256;
 /// `library_dirs` name, followed from library to library: pip's LibTorch loads its CUDA
 /// runtime from `site-packages/nvidia/*/lib` through `$ORIGIN/../../nvidia/...`.
 fn run_path_folders(library_dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut known: Vec<PathBuf> = library_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
-    let mut found: Vec<PathBuf> = Vec::new();
-    let mut queue: Vec<PathBuf> = Vec::new();
-    let mut scan: Vec<PathBuf> = known.clone();
-    loop {
-        for dir in scan.drain(..) {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".so")) && path.is_file() {
-                    queue.extend(elf::search_path(&path));
-                }
+    // Every folder seen, in the order found; the given ones first, each scanned once.
+    let mut seen: Vec<PathBuf> = library_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
+    let given = seen.len();
+    let mut next = 0;
+    while next < seen.len() && seen.len() < given + MAX_RUN_PATH_FOLDERS {
+        let libraries = std::fs::read_dir(&seen[next]).into_iter().flatten().flatten().map(|e| e.path());
+        let libraries = libraries.filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".so")) && p.is_file());
+        for dir in libraries.flat_map(|lib| elf::search_path(&lib)).filter_map(|d| std::fs::canonicalize(d).ok()).collect::<Vec<_>>() {
+            if dir.is_dir() && !seen.contains(&dir) && seen.len() < given + MAX_RUN_PATH_FOLDERS {
+                seen.push(dir);
             }
         }
-        if queue.is_empty() || found.len() >= MAX_RUN_PATH_FOLDERS {
-            return found;
-        }
-        for dir in queue.drain(..) {
-            let Ok(dir) = std::fs::canonicalize(&dir) else { continue };
-            if dir.is_dir() && !known.contains(&dir) && found.len() < MAX_RUN_PATH_FOLDERS {
-                known.push(dir.clone());
-                found.push(dir.clone());
-                scan.push(dir);
-            }
-        }
+        next += 1;
     }
+    seen.split_off(given)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::tests::cc;
 
     #[test]
     fn a_library_folder_over_a_protected_one_is_refused_naming_both() {
@@ -198,31 +194,55 @@ mod tests {
         assert_eq!(protected.overlap(&home.join(".local/lib/torch/lib")), None, "a library folder inside the home folder");
     }
 
-    /// `cc -shared` a library at `dir/name` whose run path is `run_path`.
-    fn library(dir: &Path, name: &str, run_path: &str) {
-        std::fs::create_dir_all(dir).unwrap();
-        let c = dir.join(format!("{name}.c"));
-        std::fs::write(&c, "int f(void) { return 1; }\n").unwrap();
-        let out = std::process::Command::new("cc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(dir.join(name))
-            .arg(&c)
-            .arg(format!("-Wl,-rpath,{run_path}"))
-            .output()
-            .expect("cc (build-essential) builds the test library");
-        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
     #[test]
     fn run_paths_are_followed_from_library_to_library() {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
         // torch/lib -> nvidia/cuda_runtime/lib -> nvidia/nvjitlink/lib, and a dangling one.
-        library(&root.join("torch/lib"), "libtorch_cuda.so", "$ORIGIN/../../nvidia/cuda_runtime/lib:$ORIGIN/../../nvidia/missing/lib");
-        library(&root.join("nvidia/cuda_runtime/lib"), "libcudart.so.12", "$ORIGIN/../../nvjitlink/lib:$ORIGIN");
+        cc(&root.join("torch/lib"), "libtorch_cuda.so", true, "$ORIGIN/../../nvidia/cuda_runtime/lib:$ORIGIN/../../nvidia/missing/lib");
+        cc(&root.join("nvidia/cuda_runtime/lib"), "libcudart.so.12", true, "$ORIGIN/../../nvjitlink/lib:$ORIGIN");
         std::fs::create_dir_all(root.join("nvidia/nvjitlink/lib")).unwrap();
         let found = run_path_folders(&[root.join("torch/lib")]);
         assert_eq!(found, vec![root.join("nvidia/cuda_runtime/lib"), root.join("nvidia/nvjitlink/lib")]);
         assert!(run_path_folders(&[root.join("nvidia/nvjitlink/lib")]).is_empty(), "a folder without libraries names nothing");
+    }
+
+    /// The policy for a trainer `binary`, on flex, with `LD_LIBRARY_PATH` set to `library_path`.
+    fn policy(binary: &Path, scratch: &Path, protected: &Protected, library_path: &Path) -> TrainerSandbox {
+        let device = prepare::device::parse_device("flex").unwrap();
+        let path = library_path.as_os_str().to_os_string();
+        policy_with_env(binary, scratch, &device, protected, &|name| (name == "LD_LIBRARY_PATH").then(|| path.clone())).unwrap()
+    }
+
+    #[test]
+    fn a_run_path_into_a_protected_folder_is_refused_and_others_are_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (cache, scratch) = (root.join("cache"), root.join("scratch"));
+        std::fs::create_dir_all(cache.join("lib")).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        cc(&root.join("torch/lib"), "libtorch.so", true, &format!("$ORIGIN/../../nvidia/lib:{}", cache.join("lib").display()));
+        std::fs::create_dir_all(root.join("nvidia/lib")).unwrap();
+        let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
+        let binary = std::env::current_exe().unwrap();
+        let sandbox = policy(&binary, &scratch, &protected, &root.join("torch/lib"));
+        assert!(sandbox.policy.read.contains(&root.join("nvidia/lib")), "{:?}", sandbox.policy.read);
+        assert!(!sandbox.policy.read.iter().any(|p| is_within(p, &cache) || is_within(&cache, p)), "{:?}", sandbox.policy.read);
+        assert!(sandbox.notes.iter().any(|n| n.contains("run path folder") && n.contains(&cache.display().to_string())), "{:?}", sandbox.notes);
+    }
+
+    /// The experiment builds the trainer binary: a run path in it must not widen its sandbox.
+    #[test]
+    fn the_trainer_binarys_own_run_path_grants_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (secrets, scratch, libs) = (root.join("secrets"), root.join("scratch"), root.join("lib"));
+        for d in [&secrets, &scratch, &libs] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        cc(&root.join("bin"), "trainer", false, &secrets.display().to_string());
+        assert_eq!(elf::search_path(&root.join("bin/trainer")), vec![secrets.clone()], "the test binary carries the run path");
+        let sandbox = policy(&root.join("bin/trainer"), &scratch, &Protected::default(), &libs);
+        assert!(!sandbox.policy.read.iter().chain(&sandbox.policy.execute).any(|p| is_within(&secrets, p)), "{:?}", sandbox.policy);
     }
 }
