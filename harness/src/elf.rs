@@ -35,6 +35,7 @@ impl Elf {
         if len > MAX_TABLE {
             return None;
         }
+        offset.checked_add(len)?;
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset).ok()?;
         Some(buf)
@@ -65,9 +66,10 @@ pub fn interpreter(path: &Path) -> Option<PathBuf> {
     let elf = Elf::open(path)?;
     let (phoff, phentsize, phnum) = (elf.u64_at(0x20)?, elf.u16_at(0x36)? as u64, elf.u16_at(0x38)? as u64);
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        // Checked: the trainer binary is the experiment's, and its header may be anything.
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
         if elf.bytes(ph, 4)? == PT_INTERP.to_le_bytes() {
-            let raw = elf.bytes(elf.u64_at(ph + 8)?, elf.u64_at(ph + 32)?)?;
+            let raw = elf.bytes(elf.u64_at(ph.checked_add(8)?)?, elf.u64_at(ph.checked_add(32)?)?)?;
             let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
             return Some(PathBuf::from(String::from_utf8_lossy(raw).into_owned()));
         }
@@ -112,7 +114,7 @@ fn raw_search_path(path: &Path) -> Option<Vec<String>> {
         if tag == DT_RPATH || tag == DT_RUNPATH {
             // The string table of a big library holds megabytes of symbol names: read only this.
             let len = str_size.checked_sub(value)?.min(MAX_PATH_STRING);
-            let s = elf.bytes(str_offset + value, len)?;
+            let s = elf.bytes(str_offset.checked_add(value)?, len)?;
             let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
             found.push(String::from_utf8_lossy(&s[..end]).into_owned());
         }
@@ -149,6 +151,17 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join("text"), "not an elf").unwrap();
         assert!(interpreter(&dir.path().join("text")).is_none());
         assert!(search_path(&dir.path().join("text")).is_empty());
+    }
+
+    /// The experiment builds the trainer binary; a header of all-ones offsets must not panic.
+    #[test]
+    fn a_hostile_header_yields_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"\x7fELF\x02\x01".to_vec();
+        bytes.resize(4096, 0xff);
+        std::fs::write(dir.path().join("trainer"), &bytes).unwrap();
+        assert!(interpreter(&dir.path().join("trainer")).is_none());
+        assert!(search_path(&dir.path().join("trainer")).is_empty());
     }
 
     #[test]
