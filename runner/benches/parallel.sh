@@ -58,7 +58,7 @@ TOML
   # The batch: from the first experiment's start to the last one's end (the baseline excluded).
   wall=$(awk -v a="$t0" -v b="$t1" -v d="$D" 'BEGIN { printf "%.1f", b - a - d }')
   [ -n "$base" ] || base=$wall
-  rows=$(($(wc -l < "$R/results.tsv") - 2))
+  rows=$(($(wc -l < "$R/.autoresearch/bench/results.tsv") - 2))
   [ "$rows" -eq "$N" ] || { echo "slots $s: $rows experiments recorded, expected $N" >&2; exit 1; }
   awk -v s="$s" -v n="$N" -v d="$D" -v w="$wall" -v b="$base" \
     'BEGIN { printf "| %d | %d | %d | %.1f | %.2fx | %.0f |\n", s, n, d, w, b / w, 3600 * n / w }'

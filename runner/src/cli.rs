@@ -25,6 +25,7 @@ Typical session:
   autoresearch run --max-experiments 50 # the loop (Ctrl-C, then `run --resume` to continue)
   autoresearch results                  # results.tsv as a table
   autoresearch watch                    # live view of a running loop (another terminal)
+  autoresearch stop                     # stop a running loop as Ctrl-C does (from anywhere)
   autoresearch report                   # progress chart, tree picture, summary, report.html
   autoresearch tree visualize           # the experiment tree";
 
@@ -42,8 +43,9 @@ Files:
   configs/research.toml        defaults for every `run` flag
   configs/search_space.toml    the built-in search's parameters and values
   configs/program.md           the coding agent's instructions
-  results.tsv                  one row per experiment (reference format)
-  .autoresearch/<tag>/         tree.db (SQLite), experiments.jsonl, logs/, autoresearch-summary.md;
+  .autoresearch/<tag>/         results.tsv (one row per experiment, reference format), tree.db
+                               (SQLite), experiments.jsonl, logs/, runs/ (summaries and per-step
+                               CSVs), runner.pid while the loop runs, autoresearch-summary.md;
                                `report` adds progress.png/.svg, tree.svg/.png, report.html
   .worktrees/<tag>-n<id>       an experiment's checkout while it runs";
 
@@ -94,9 +96,25 @@ pub enum Command {
         #[command(subcommand)]
         command: TreeCommand,
     },
-    /// Show results.tsv as a table.
+    /// Stop a running loop as Ctrl-C would: its runs in flight are stopped and recorded, and
+    /// `run --resume` runs them again.
+    Stop {
+        /// Run to stop. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the runner to exit.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// Show a run's results.tsv as a table.
     Results {
-        /// results file. [default: `results_file` of the config]
+        /// Run whose results to show. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// results file. [default: `results_file` of the config, for the tag]
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
         /// Research config. [default: configs/research.toml]
@@ -740,15 +758,27 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::watch::run(&git, &cfg, &crate::watch::Options { interval, once, last })?;
             Ok(code::OK)
         }
-        Command::Results { file, config, json } => {
+        Command::Stop { tag, config, wait } => {
             let git = repo(&cli.repo)?;
-            let cfg = ConfigArgs { config, ..Default::default() }.resolve(&git.root)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
+            let pid = crate::pidfile::stop(&state_dir, &cfg.tag, std::time::Duration::from_secs(wait))?;
+            println!("stopped the runner of tag {} (pid {pid}); `autoresearch run --resume --tag {}` continues", cfg.tag, cfg.tag);
+            Ok(code::OK)
+        }
+        Command::Results { tag, file, config, json } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
             let path = match file {
                 Some(f) => crate::config::resolve(&std::env::current_dir()?, &f),
-                None => crate::config::resolve(&git.root, Path::new(&cfg.results_file)),
+                None => cfg.results_path(&git.root),
             };
             if !path.exists() {
-                return Err(usage(format!("{}: no results yet (run `autoresearch run`, or pass --file)", path.display())));
+                return Err(usage(format!(
+                    "{}: no results for tag {} yet (run `autoresearch run`, pass --tag for another run, or --file)",
+                    path.display(),
+                    cfg.tag
+                )));
             }
             let rows = crate::results::read_rows(&path)?;
             if json {

@@ -216,6 +216,7 @@ pub struct ResearchConfig {
     pub direction: Direction,
     /// Experiments after the baseline; 0 = unlimited.
     pub max_experiments: u64,
+    /// The run's results.tsv; `{tag}` stands for the tag, so each run has its own.
     pub results_file: String,
     pub proposer: ProposerKind,
     pub executor: ExecutorKind,
@@ -288,7 +289,7 @@ impl Default for ResearchConfig {
             metric: "val_bpb".into(),
             direction: Direction::Lower,
             max_experiments: 100,
-            results_file: "results.tsv".into(),
+            results_file: ".autoresearch/{tag}/results.tsv".into(),
             proposer: ProposerKind::Search,
             executor: ExecutorKind::Local,
             slots: 0,
@@ -406,6 +407,13 @@ impl ResearchConfig {
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+impl ResearchConfig {
+    /// The run's results.tsv: `results_file` with `{tag}` filled in, under the repository.
+    pub fn results_path(&self, repo: &Path) -> PathBuf {
+        resolve(repo, Path::new(&self.results_file.replace("{tag}", &self.tag)))
+    }
 }
 
 pub fn resolve(repo: &Path, p: &Path) -> PathBuf {

@@ -11,6 +11,7 @@ mod git;
 mod guard;
 mod keep;
 mod process;
+mod pidfile;
 mod progress;
 mod proposer;
 mod report;

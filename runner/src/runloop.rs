@@ -45,7 +45,7 @@ impl Paths {
             db: state_dir.join("tree.db"),
             jsonl: state_dir.join("experiments.jsonl"),
             summary: state_dir.join("autoresearch-summary.md"),
-            results: crate::config::resolve(root, Path::new(&cfg.results_file)),
+            results: cfg.results_path(root),
             state_dir,
         }
     }
@@ -208,6 +208,9 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     for d in ["logs", "runs", "bin"] {
         std::fs::create_dir_all(paths.state_dir.join(d))?;
     }
+    // Held until this function returns, whatever way: one runner per tag.
+    let pid_file = crate::pidfile::PidFile::claim(&paths.state_dir, &cfg.tag)?;
+    println!("runner pid {} in {} (`autoresearch stop --tag {}` stops it as Ctrl-C does)", std::process::id(), pid_file.path().display(), cfg.tag);
     let db = Db::open(&paths.db)?;
     let ro_hashes = if opts.resume {
         let text = db.meta("ro_hashes")?.ok_or_else(|| anyhow!("{}: no recorded read-only hashes", paths.db.display()))?;

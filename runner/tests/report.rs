@@ -95,6 +95,21 @@ fn report_watch_and_results_on_a_finished_run() {
     let o = fx.run(&["results", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 4);
+    // Each run (tag) has its own results.tsv: another run's rows neither mix in nor count.
+    let o = fx.run(&["run", "--yes", "--tag", "other", "--max-experiments", "1", "--baseline-runs", "1"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(fx.repo.join(".autoresearch/other/results.tsv").exists());
+    let count = |args: &[&str]| {
+        let o = fx.run(args);
+        assert!(o.status.success(), "{args:?}: {}", stdout(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len()
+    };
+    assert_eq!(count(&["results", "--tag", "other", "--json"]), 1, "the other run has its baseline only");
+    assert_eq!(count(&["results", "--tag", TAG, "--json"]), 4);
+    assert_eq!(count(&["results", "--json"]), 4, "the config's tag");
+    let o = fx.run(&["results", "--tag", "nosuchrun"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no results for tag nosuchrun"), "{}", stdout(&o));
 
     // Bad input: a clear usage error.
     let o = fx.run(&["watch", "--interval", "0"]);

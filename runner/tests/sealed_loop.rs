@@ -134,7 +134,7 @@ impl Repo {
     }
 
     fn rows(&self) -> Vec<Vec<String>> {
-        let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.repo.join(format!(".autoresearch/{TAG}/results.tsv"))).unwrap_or_default();
         text.lines().skip(1).map(|l| l.split('\t').map(str::to_string).collect()).collect()
     }
 
@@ -252,7 +252,7 @@ fn the_runs_files_cannot_be_written_or_read_at_run_time() {
     let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
     let state = r.repo.join(format!(".autoresearch/{TAG}"));
     let targets = [
-        r.repo.join("results.tsv"),
+        state.join("results.tsv"),
         state.join("experiments.jsonl"),
         state.join("profile.toml"),
         state.join("tree.db"),
@@ -287,7 +287,7 @@ fn the_runs_files_cannot_be_written_or_read_at_run_time() {
     }
     assert!(log.contains("read the key: Err"), "{log}");
     assert_eq!(std::fs::read(r.repo.join(".git/config")).unwrap(), git_config);
-    let text = std::fs::read_to_string(r.repo.join("results.tsv")).unwrap();
+    let text = std::fs::read_to_string(state.join("results.tsv")).unwrap();
     assert!(!text.contains("forged"), "{text}");
     assert!(!git(&r.repo, &["status", "--porcelain"]).contains("tiny.toml"));
 }

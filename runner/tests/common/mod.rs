@@ -97,9 +97,14 @@ impl Fixture {
         self.cmd(args).output().expect("autoresearch runs")
     }
 
+    /// The run's results.tsv (the default `results_file`: one per tag).
+    pub fn results_path(&self) -> PathBuf {
+        self.repo.join(".autoresearch").join(TAG).join("results.tsv")
+    }
+
     /// The data rows of results.tsv.
     pub fn rows(&self) -> Vec<Vec<String>> {
-        let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.results_path()).unwrap_or_default();
         let mut lines = text.lines();
         if let Some(h) = lines.next() {
             assert_eq!(h, "commit\tval_bpb\tmemory_gb\tstatus\tdescription");

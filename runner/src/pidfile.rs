@@ -1,0 +1,153 @@
+//! The runner's PID file, `.autoresearch/<tag>/runner.pid`: which process runs a tag's loop, so
+//! that `autoresearch stop` finds it (and a shell can: `kill -INT "$(head -1 FILE)"`), and a
+//! second `run` of the same tag is refused while the first lives.
+//!
+//! Line 1 is the process id, line 2 the process's start time (clock ticks since boot, from
+//! `/proc/<pid>/stat`, where there is one): a stale file whose id the system gave to another
+//! process since does not count as a live runner.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::errors::repo_state;
+
+pub const FILE: &str = "runner.pid";
+
+/// A live runner, as its PID file names it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Runner {
+    pub pid: u32,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// The process's start time, where the system tells it (Linux); None elsewhere or when it has
+/// no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks that the process exists (EPERM: it exists, as another user's).
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The runner the tag's PID file names, if that process still runs.
+pub fn live(state_dir: &Path) -> Option<Runner> {
+    let text = std::fs::read_to_string(path(state_dir)).ok()?;
+    let mut lines = text.lines();
+    let pid: u32 = lines.next()?.trim().parse().ok()?;
+    let recorded: Option<u64> = lines.next().and_then(|l| l.trim().parse().ok());
+    if pid == 0 || !alive(pid) {
+        return None;
+    }
+    match (recorded, start_time(pid)) {
+        (Some(a), Some(b)) if a != b => None,
+        _ => Some(Runner { pid }),
+    }
+}
+
+/// This process's claim on a tag, released (the file removed) when dropped.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Writes the PID file, refusing when another live runner holds the tag.
+    pub fn claim(state_dir: &Path, tag: &str) -> Result<PidFile> {
+        let me = std::process::id();
+        if let Some(other) = live(state_dir)
+            && other.pid != me
+        {
+            return Err(repo_state(format!(
+                "a runner of tag {tag} is running (pid {}, {}): stop it first (`autoresearch stop --tag {tag}`), or choose another --tag",
+                other.pid,
+                path(state_dir).display()
+            )));
+        }
+        let text = format!("{me}\n{}\n", start_time(me).map(|t| t.to_string()).unwrap_or_default());
+        crate::results::write_atomic(&path(state_dir), text)?;
+        Ok(PidFile { path: path(state_dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // Only our own: a file another runner wrote since is theirs.
+        let ours = std::fs::read_to_string(&self.path).ok().and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok())) == Some(std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `autoresearch stop`: asks the tag's runner to stop as Ctrl-C does (SIGINT: the runs in
+/// flight are stopped and recorded, and `run --resume` runs them again), then waits up to
+/// `wait` for it to exit. Returns the runner's pid.
+pub fn stop(state_dir: &Path, tag: &str, wait: Duration) -> Result<u32> {
+    let Some(runner) = live(state_dir) else {
+        let stale = path(state_dir).exists();
+        if stale {
+            let _ = std::fs::remove_file(path(state_dir));
+        }
+        return Err(repo_state(format!(
+            "no runner of tag {tag} is running{}",
+            if stale { " (its stale PID file was removed)" } else { "" }
+        )));
+    };
+    if unsafe { libc::kill(runner.pid as libc::pid_t, libc::SIGINT) } != 0 {
+        anyhow::bail!("cannot signal the runner of tag {tag} (pid {}): {}", runner.pid, std::io::Error::last_os_error());
+    }
+    let t0 = Instant::now();
+    while live(state_dir) == Some(runner) {
+        if t0.elapsed() >= wait {
+            anyhow::bail!(
+                "the runner of tag {tag} (pid {}) is still stopping after {} s: it stops its runs in flight first; wait, or `kill -9 {}` and `autoresearch run --resume`",
+                runner.pid,
+                wait.as_secs(),
+                runner.pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(runner.pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_names_this_process_until_dropped_and_a_stale_file_names_no_runner() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(live(dir.path()), None);
+        let claim = PidFile::claim(dir.path(), "t").unwrap();
+        assert_eq!(live(dir.path()), Some(Runner { pid: std::process::id() }));
+        drop(claim);
+        assert!(!path(dir.path()).exists());
+        // A live pid with another start time is a reused id: not a runner.
+        std::fs::write(path(dir.path()), format!("{}\n1\n", std::process::id())).unwrap();
+        assert_eq!(live(dir.path()), None);
+        let err = stop(dir.path(), "t", Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("stale PID file was removed"), "{err}");
+        assert!(!path(dir.path()).exists());
+        // A process that exited: not a runner.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        std::fs::write(path(dir.path()), format!("{pid}\n")).unwrap();
+        assert_eq!(live(dir.path()), None);
+    }
+}
