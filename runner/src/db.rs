@@ -262,6 +262,18 @@ impl Db {
         Ok(Db { conn })
     }
 
+    /// The config the run started with (stored at its start), so that a later edit of
+    /// configs/research.toml, or a flag given to that start only, does not change how its
+    /// experiments run or are judged; `fallback` where the database holds none.
+    pub fn run_config(&self, fallback: &crate::config::ResearchConfig) -> Result<crate::config::ResearchConfig> {
+        let stored = self.meta("config")?.and_then(|s| serde_json::from_str::<crate::config::ResearchConfig>(&s).ok());
+        let mut cfg = stored.unwrap_or_else(|| fallback.clone());
+        if cfg.tag.is_empty() {
+            cfg.tag = fallback.tag.clone();
+        }
+        Ok(cfg)
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn

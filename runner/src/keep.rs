@@ -116,6 +116,32 @@ impl Test {
         let needs = if self.needed.is_nan() { "a second run before a keep".to_string() } else { format!("needs p < {:.3}", self.needed) };
         format!("gain {:.6} +- {:.6} (t {:.2}, p {:.3}, {needs}, df {})", self.gain, self.se, self.t, self.p, self.df)
     }
+
+    /// The gain this test would need for a p-value below `p`, and above `floor`: the bar a
+    /// candidate had to clear, in the metric's units. With no noise measured it is the floor.
+    pub fn gain_needed(&self, p: f64, floor: f64) -> f64 {
+        if !(self.se > 0.0) || p.is_nan() {
+            return floor;
+        }
+        (self.se * t_upper_quantile(p, self.df.max(1.0))).max(floor)
+    }
+
+    /// The bar of this look: a later look's keep bar, or, for a first run (which never keeps),
+    /// the gain that earns it a second run.
+    pub fn bar(&self, floor: f64) -> f64 {
+        self.gain_needed(if self.needed.is_nan() { CONTINUE_P } else { self.needed }, floor)
+    }
+}
+
+/// The t with P(T > t) = p for Student's t with `df` degrees of freedom (bisection on the
+/// tail, which falls as t grows).
+pub fn t_upper_quantile(p: f64, df: f64) -> f64 {
+    let (mut lo, mut hi) = (-1e4, 1e4);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if t_upper_tail(mid, df) > p { lo = mid } else { hi = mid }
+    }
+    0.5 * (lo + hi)
 }
 
 /// P(T > t) for Student's t with `df` degrees of freedom.
@@ -246,6 +272,25 @@ mod tests {
         assert!((t_upper_tail(0.0, 5.0) - 0.5).abs() < 1e-12);
         assert!((t_upper_tail(-2.228, 10.0) - 0.975).abs() < 2e-4);
         assert_eq!(t_upper_tail(f64::INFINITY, 3.0), 0.0);
+    }
+
+    #[test]
+    fn the_bar_is_the_gain_with_the_needed_p_value() {
+        for (t, df) in [(12.706, 1.0), (2.228, 10.0), (1.960, 1e6)] {
+            assert!((t_upper_quantile(0.025, df) - t).abs() < 2e-3, "df {df}: {}", t_upper_quantile(0.025, df));
+        }
+        let noise = Noise { sigma: 0.01, df: 10.0, runs: 12, groups: 4 };
+        let best = [2.0, 2.0];
+        // Two candidate runs: a gain just over the bar keeps, one just under does not.
+        let probe = test(Direction::Lower, &best, &[1.99, 1.99], noise, 0.05, 3);
+        let bar = probe.bar(0.0);
+        assert!((bar - 0.01 * 2.228).abs() < 1e-4, "{bar}");
+        for (gain, verdict) in [(bar + 1e-6, Verdict::Keep), (bar - 1e-6, Verdict::Confirm)] {
+            let t = test(Direction::Lower, &best, &[2.0 - gain, 2.0 - gain], noise, 0.05, 3);
+            assert_eq!(significant(&t, 2, 3, 0.0), verdict, "gain {gain} against bar {bar}");
+        }
+        assert_eq!(probe.bar(0.5), 0.5, "the floor when it is higher");
+        assert_eq!(test(Direction::Lower, &best, &[1.9], Noise::default(), 0.05, 3).bar(0.001), 0.001);
     }
 
     #[test]

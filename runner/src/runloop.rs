@@ -320,7 +320,7 @@ impl Loop<'_> {
                 Some(_) => {
                     let insight = "interrupted: the runner stopped during this experiment";
                     self.db.clear_jobs(n.id)?;
-                    self.finish_node(&n, Status::Crash, None, None, None, insight, None, &[])?;
+                    self.finish_node(&n, Status::Crash, None, None, None, insight, None, &[], None)?;
                     self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
                 }
                 None => {
@@ -576,7 +576,7 @@ impl Loop<'_> {
         let (p, c) = (Git::oid(parent.commit.as_deref().unwrap_or_default())?, Git::oid(idea.commit.as_deref().unwrap_or_default())?);
         let best = self.current_best()?.context("no best node")?;
         if let Some(reason) = crate::guard::check_commit(self.git, self.cfg, p, c, &self.ro_hashes)? {
-            self.finish_node(idea, Status::Rejected, None, None, None, &reason, Some(&best), &[])?;
+            self.finish_node(idea, Status::Rejected, None, None, None, &reason, Some(&best), &[], None)?;
             self.report(&idea.name(), "rejected", None, Some(&best), &format!("{}: {reason}", idea.description));
             return Ok(());
         }
@@ -594,7 +594,7 @@ impl Loop<'_> {
         self.progress.line(&format!("{}: running the queued change \"{}\"", node.name(), node.description));
         let best = self.current_best()?.context("no best node")?;
         if let Some(reason) = crate::guard::check(self.git, self.cfg, p, c, &wt, &self.ro_hashes)? {
-            self.finish_node(&node, Status::Rejected, None, None, None, &reason, Some(&best), &[])?;
+            self.finish_node(&node, Status::Rejected, None, None, None, &reason, Some(&best), &[], None)?;
             self.git.remove_worktree(self.tag(), &node.name())?;
             self.report(&node.name(), "rejected", None, Some(&best), &format!("{}: {reason}", node.description));
             return Ok(());
@@ -653,7 +653,7 @@ impl Loop<'_> {
         let node = self.db.require_node(id)?;
         if let Some(reason) = crate::guard::check(self.git, self.cfg, parent_oid, commit, &wt, &self.ro_hashes)? {
             let best = self.current_best()?;
-            self.finish_node(&node, Status::Rejected, None, None, None, &reason, best.as_ref(), &[])?;
+            self.finish_node(&node, Status::Rejected, None, None, None, &reason, best.as_ref(), &[], None)?;
             self.git.remove_worktree(self.tag(), &node.name())?;
             self.report(&node.name(), "rejected", None, best.as_ref(), &format!("{description}: {reason}"));
             return Ok(true);
@@ -686,7 +686,7 @@ impl Loop<'_> {
                 // the node is recorded as a crash so the run stays consistent, then the loop stops.
                 let insight = format!("runner error: {e:#}");
                 let best = self.current_best()?;
-                self.finish_node(&node, Status::Crash, None, None, None, &insight, best.as_ref(), &[])?;
+                self.finish_node(&node, Status::Crash, None, None, None, &insight, best.as_ref(), &[], None)?;
                 self.git.remove_worktree(self.tag(), &node.name())?;
                 return Err(e);
             }
@@ -724,13 +724,14 @@ impl Loop<'_> {
         if d.status == Status::Keep && !d.heldout.is_empty() {
             self.db.set_heldout(node.id, &d.heldout)?;
         }
-        self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs)?;
+        let bar = if matches!(d.status, Status::Keep | Status::Discard) { d.bar } else { None };
+        self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs, bar)?;
         // A person's worktree (a recorded `tree add` idea) is theirs to remove.
         if node.proposer != crate::tree::PLANNED {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
         let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
-        self.report(&node.name(), d.status.as_str(), d.metric, best.as_ref(), &format!("{}{margin}", node.description));
+        self.report_with_bar(&node.name(), d.status.as_str(), d.metric, best.as_ref(), bar, &format!("{}{margin}", node.description));
         self.after_result()
     }
 
@@ -748,7 +749,7 @@ impl Loop<'_> {
             };
             self.progress.line(&format!("HELD-OUT SPLIT: NONE: {why}; the report will have no held-out figures"));
         }
-        self.finish_node(node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, None, &d.runs)?;
+        self.finish_node(node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, None, &d.runs, None)?;
         self.git.remove_worktree(self.tag(), &node.name())?;
         if d.status != Status::Keep {
             if d.interrupted {
@@ -775,8 +776,21 @@ impl Loop<'_> {
     }
 
     fn report(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, description: &str) {
+        self.report_with_bar(name, status, metric, best, None, description)
+    }
+
+    /// The log line of a decided node: `n2 discard  2.176912 (-0.039211; gain 0.039211 <= bar
+    /// 0.039266)  description [insight]`: the difference from the best, and the gain (positive
+    /// is better, whichever the direction) against the bar the keep rule set.
+    fn report_with_bar(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, bar: Option<f64>, description: &str) {
         let delta = match (metric, best.and_then(|b| b.metric)) {
-            (Some(m), Some(b)) => format!(" ({:+.6})", m - b),
+            (Some(m), Some(b)) => {
+                let gain = self.cfg.direction.gain(b, m);
+                match bar {
+                    Some(bar) => format!(" ({:+.6}; gain {gain:.6} {} bar {bar:.6})", m - b, if gain > bar { ">" } else { "<=" }),
+                    None => format!(" ({:+.6})", m - b),
+                }
+            }
             _ => String::new(),
         };
         self.progress.line(&format!("{name} {status:<8} {}{delta}  {description}", proposer::fmt_metric(metric)));
@@ -796,7 +810,7 @@ impl Loop<'_> {
         }
         self.git.remove_worktree(self.tag(), &node.name())?;
         let best = self.current_best()?;
-        self.finish_node(node, Status::Crash, None, None, None, "the proposer could not implement this queued idea", best.as_ref(), &[])
+        self.finish_node(node, Status::Crash, None, None, None, "the proposer could not implement this queued idea", best.as_ref(), &[], None)
     }
 
     fn recorded_and_decide(&mut self, node: &Node, best: f64, bar: f64) -> Result<Decision> {
@@ -811,6 +825,7 @@ impl Loop<'_> {
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),
+            bar: None,
         };
         if let Some(why) = rec.get("crash").and_then(Value::as_str) {
             return Ok(failed(why));
@@ -831,17 +846,19 @@ impl Loop<'_> {
                 interrupted: false,
                 sigma: None,
                 heldout: Vec::new(),
+                bar: None,
             });
         }
         // One recorded run: a confirmation would need another manual run, so one look decides.
         let gain = self.cfg.direction.gain(best, m);
-        let keep = match self.cfg.keep_rule {
-            KeepRule::Strict => gain > 0.0,
-            KeepRule::NoiseAware => gain > bar,
+        let (keep, bar) = match self.cfg.keep_rule {
+            KeepRule::Strict => (gain > 0.0, 0.0),
+            KeepRule::NoiseAware => (gain > bar, bar),
             KeepRule::Significant => {
                 let noise = self.db.noise()?;
                 let t = keep::test(self.cfg.direction, &[best], &[m], noise, self.cfg.significance, self.cfg.max_candidate_runs);
-                gain > self.cfg.noise_floor && t.p < self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64
+                let needed = self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64;
+                (gain > self.cfg.noise_floor && t.p < needed, t.gain_needed(needed, self.cfg.noise_floor))
             }
         };
         Ok(Decision {
@@ -854,6 +871,7 @@ impl Loop<'_> {
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),
+            bar: Some(bar),
         })
     }
 
@@ -869,6 +887,7 @@ impl Loop<'_> {
         insight: &str,
         best: Option<&Node>,
         runs: &[Run],
+        bar: Option<f64>,
     ) -> Result<()> {
         let commit = node.commit.clone().unwrap_or_default();
         let mut desc = node.description.clone();
@@ -898,6 +917,10 @@ impl Loop<'_> {
             "metric": metric,
             "previous_best": prev,
             "delta": match (metric, prev) { (Some(m), Some(p)) => Some(m - p), _ => None },
+            // The margin: the gain over the best (positive is better, whichever the direction)
+            // and the bar the keep rule set for it.
+            "gain": match (metric, prev) { (Some(m), Some(p)) if bar.is_some() => Some(self.cfg.direction.gain(p, m)), _ => None },
+            "bar": bar,
             "memory_gb": memory_mb.map(|m| m / 1024.0),
             "hypothesis": node.hypothesis,
             "description": node.description,

@@ -59,6 +59,8 @@ pub struct Decision {
     /// Held-out scores: the baseline's seeds, or a kept node's held-out run (never shown to a
     /// proposer).
     pub heldout: Vec<f64>,
+    /// The gain the decision asked for (the keep bar), where a gain was measured.
+    pub bar: Option<f64>,
 }
 
 impl Decision {
@@ -74,6 +76,7 @@ impl Decision {
             interrupted: matches!(out, Outcome::Interrupted),
             sigma: None,
             heldout: Vec::new(),
+            bar: None,
         }
     }
 }
@@ -175,6 +178,7 @@ impl Shared {
             interrupted: false,
             sigma: Some(sd),
             heldout,
+            bar: None,
         })
     }
 
@@ -197,6 +201,7 @@ impl Shared {
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),
+            bar: Some(bar),
         };
         match keep::first(cfg.keep_rule, dir, best, m1, bar) {
             Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
@@ -309,6 +314,7 @@ impl Shared {
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),
+            bar: Some(test.bar(cfg.noise_floor)),
         })
     }
 

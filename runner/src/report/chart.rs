@@ -1,7 +1,7 @@
 //! progress.png / progress.svg: the metric of every experiment in the order it finished, like
 //! the reference's progress chart. Kept, discarded and failed experiments are styled apart, a
-//! step line follows the best so far, kept changes carry their descriptions, and the baseline
-//! and the best are marked.
+//! step line follows the best so far, kept changes carry their descriptions, the baseline (with
+//! its runs) and the best are marked, and each decided experiment shows the bar it had to clear.
 
 use super::canvas::{Anchor, Canvas, Color, GRID, INK, MUTED, Paint, Text, WHITE};
 use super::data::Research;
@@ -114,8 +114,17 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
     let dir = r.direction();
     let metric = if r.cfg.metric.is_empty() { "metric".to_string() } else { r.cfg.metric.clone() };
     let points = r.finished();
-    let values: Vec<f64> = points.iter().filter_map(|p| p.node.metric).filter(|m| m.is_finite()).collect();
-    let baseline = r.baseline().and_then(|b| b.metric);
+    let baseline_node = r.baseline();
+    let baseline_runs = baseline_node.map(|b| r.run_metrics(b)).unwrap_or_default();
+    let needed: Vec<(usize, f64)> = points.iter().filter_map(|p| Some((p.index, r.needed(p.node)?))).filter(|(_, v)| v.is_finite()).collect();
+    let values: Vec<f64> = points
+        .iter()
+        .filter_map(|p| p.node.metric)
+        .chain(baseline_runs.iter().copied())
+        .chain(needed.iter().map(|(_, v)| *v))
+        .filter(|m| m.is_finite())
+        .collect();
+    let baseline = baseline_node.and_then(|b| b.metric);
     let best = r.best();
     let (lo, hi) = y_range(&values, baseline, best.and_then(|b| b.metric), dir);
     let f = Frame { x_max: points.len().saturating_sub(1).max(1) as f64, lo, hi };
@@ -163,6 +172,25 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
         let y = f.y(b);
         c.line(x0, y, x1, y, Paint::stroke(BASELINE, 1.5).dashed(6.0));
         c.text(Text::new(&format!("baseline {b:.6}"), x1 - 6.0, y - 6.0, 12.0).anchor(Anchor::End).color(BASELINE));
+    }
+
+    // The baseline's runs (its seeds): the spread a change must stand out from.
+    if let Some(p) = baseline_node.and_then(|b| points.iter().find(|p| p.node.id == b.id)) {
+        let x = f.x(p.index as f64);
+        for &m in &baseline_runs {
+            c.circle(x, f.y(m.clamp(lo, hi)), 3.0, Paint::stroke(BASELINE, 1.2));
+        }
+    }
+
+    // The keep bar: for each decided experiment, the value it had to reach (the best when it
+    // was decided, moved by the bar), joined to its point, so a near-miss shows as a short gap.
+    for &(i, v) in &needed {
+        let x = f.x(i as f64);
+        let y = f.y(v.clamp(lo, hi));
+        c.line(x - 7.0, y, x + 7.0, y, Paint::stroke(BEST, 2.0));
+        if let Some(m) = points.get(i).and_then(|p| p.node.metric).filter(|m| m.is_finite()) {
+            c.line(x, y, x, f.y(m.clamp(lo, hi)), Paint::stroke(BEST.alpha(0.5), 1.0).dashed(2.0));
+        }
     }
 
     // Best so far: a step line through the kept experiments.
@@ -245,7 +273,7 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
 }
 
 fn legend(c: &mut dyn Canvas) {
-    let (mut x, y) = (WIDTH - RIGHT - 690.0, 62.0);
+    let (mut x, y) = (WIDTH - RIGHT - 940.0, 62.0);
     let item = |c: &mut dyn Canvas, x: f32, label: &str| c.text(Text::new(label, x + 12.0, y + 4.0, 12.0).color(INK));
     c.circle(x, y, 6.0, Paint::both(KEEP, WHITE, 1.5));
     item(c, x, "keep");
@@ -265,11 +293,72 @@ fn legend(c: &mut dyn Canvas) {
     x += 115.0;
     c.line(x - 8.0, y, x + 8.0, y, Paint::stroke(BASELINE, 1.5).dashed(4.0));
     item(c, x + 4.0, "baseline");
+    x += 90.0;
+    c.circle(x, y, 3.0, Paint::stroke(BASELINE, 1.2));
+    item(c, x, "baseline runs");
+    x += 115.0;
+    c.line(x - 7.0, y, x + 7.0, y, Paint::stroke(BEST, 2.0));
+    item(c, x + 4.0, "keep bar");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shapes drawn, with their outline colour: enough to find a mark by its colour and place.
+    #[derive(Default)]
+    struct Recorder {
+        circles: Vec<(f32, f32, Paint)>,
+        paths: Vec<(Vec<(f32, f32)>, Paint)>,
+    }
+
+    impl Canvas for Recorder {
+        fn path(&mut self, points: &[(f32, f32)], _closed: bool, paint: Paint) {
+            self.paths.push((points.to_vec(), paint));
+        }
+        fn circle(&mut self, cx: f32, cy: f32, _r: f32, paint: Paint) {
+            self.circles.push((cx, cy, paint));
+        }
+        fn rect(&mut self, _x: f32, _y: f32, _w: f32, _h: f32, _radius: f32, _paint: Paint) {}
+        fn text(&mut self, _t: Text<'_>) {}
+    }
+
+    #[test]
+    fn the_baseline_runs_and_each_experiments_keep_bar_are_drawn() {
+        let node = |id: i64, parent: Option<i64>, status: Status, metric: f64, jsonl: serde_json::Value| Node {
+            parent,
+            description: format!("n{id}"),
+            status,
+            metric: Some(metric),
+            finish_seq: Some(id),
+            jsonl: Some(jsonl.to_string()),
+            ..crate::report::data::blank_node(id)
+        };
+        let runs = |ms: &[f64]| serde_json::json!(ms.iter().map(|m| serde_json::json!({"metric": m})).collect::<Vec<_>>());
+        let nodes = [
+            node(1, None, Status::Keep, 2.0, serde_json::json!({"runs": runs(&[1.99, 2.0, 2.01, 2.03])})),
+            // A near-miss: 1.97 against a bar that asked for 1.96.
+            node(2, Some(1), Status::Discard, 1.97, serde_json::json!({"previous_best": 2.0, "bar": 0.04, "runs": runs(&[1.97])})),
+            // An older record without a bar: no mark.
+            node(3, Some(1), Status::Discard, 2.05, serde_json::json!({"previous_best": 2.0})),
+        ];
+        let r = Research::from_nodes(&crate::config::ResearchConfig::default(), &nodes, None);
+        assert_eq!(r.needed(&nodes[1]), Some(1.96));
+        assert_eq!(r.needed(&nodes[2]), None);
+        let mut c = Recorder::default();
+        draw(&r, &mut c);
+        let baseline_x = c.circles.iter().filter(|(_, _, p)| p.stroke == Some(BASELINE) && p.width == 1.2).map(|(x, _, _)| *x).collect::<Vec<_>>();
+        // Four runs at the baseline's place, one more in the legend.
+        assert_eq!(baseline_x.len(), 5, "{baseline_x:?}");
+        assert!(baseline_x[..4].iter().all(|x| *x == baseline_x[0]));
+        let bars: Vec<&Vec<(f32, f32)>> = c.paths.iter().filter(|(_, p)| p.stroke == Some(BEST) && p.width == 2.0).map(|(pts, _)| pts).collect();
+        // n2's bar and the legend's; the bar lies below n2's point (lower is better) at 1.96.
+        assert_eq!(bars.len(), 2, "{bars:?}");
+        let n2 = c.circles.iter().find(|(_, _, p)| p.fill == Some(DISCARD.alpha(DISCARD.a * 0.7))).unwrap();
+        let bar = bars[0];
+        assert!(bar[0].0 < n2.0 && bar[1].0 > n2.0 && bar[0].1 == bar[1].1, "{bar:?} vs {n2:?}");
+        assert!(bar[0].1 > n2.1, "the bar (1.96) is drawn below the point (1.97): {bar:?} vs {n2:?}");
+    }
 
     #[test]
     fn nice_steps_and_ranges() {

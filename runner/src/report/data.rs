@@ -29,11 +29,7 @@ pub struct Point<'a> {
 impl Research {
     /// Reads the nodes and the run's config; `fallback` is used when the database holds none.
     pub fn load(db: &Db, fallback: &ResearchConfig) -> anyhow::Result<Research> {
-        let stored = db.meta("config")?.and_then(|s| serde_json::from_str::<ResearchConfig>(&s).ok());
-        let mut cfg = stored.unwrap_or_else(|| fallback.clone());
-        if cfg.tag.is_empty() {
-            cfg.tag = fallback.tag.clone();
-        }
+        let cfg = db.run_config(fallback)?;
         let started = db.meta("started_at")?.and_then(|s| s.parse().ok());
         Ok(Research { cfg, nodes: db.nodes()?, started, heldout: db.heldout()?, noise: db.noise()? })
     }
@@ -94,6 +90,25 @@ impl Research {
         Some(self.direction().gain(parent.metric?, n.metric?))
     }
 
+    /// The metrics of a node's runs (the baseline's seeds, a candidate's confirmation runs),
+    /// from its record in the experiment log.
+    pub fn run_metrics(&self, n: &Node) -> Vec<f64> {
+        let Some(rec) = record(n) else { return Vec::new() };
+        rec.get("runs").and_then(Value::as_array).map(|runs| runs.iter().filter_map(|r| r.get("metric").and_then(Value::as_f64)).collect()).unwrap_or_default()
+    }
+
+    /// The value a decided experiment had to reach to be kept: the best when it was decided,
+    /// moved by the bar its keep rule set. None for the baseline, failures, and older runs that
+    /// recorded no bar.
+    pub fn needed(&self, n: &Node) -> Option<f64> {
+        let rec = record(n)?;
+        let (best, bar) = (rec.get("previous_best")?.as_f64()?, rec.get("bar")?.as_f64()?);
+        Some(match self.direction() {
+            Direction::Lower => best - bar,
+            Direction::Higher => best + bar,
+        })
+    }
+
     /// Ideas added with `tree add` and not run yet.
     pub fn planned(&self) -> Vec<&Node> {
         self.nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && !n.status.finished()).collect()
@@ -145,6 +160,39 @@ impl Research {
     }
 }
 
+/// A node with nothing recorded yet, for tests to fill in.
+#[cfg(test)]
+pub fn blank_node(id: i64) -> Node {
+    Node {
+        id,
+        parent: None,
+        hypothesis: String::new(),
+        description: String::new(),
+        change: None,
+        commit: None,
+        status: Status::Pending,
+        metric: None,
+        metrics: None,
+        memory_mb: None,
+        created_at: 0.0,
+        started_at: None,
+        finished_at: None,
+        platform: String::new(),
+        proposer: String::new(),
+        insight: String::new(),
+        finish_seq: None,
+        result_row: None,
+        jsonl: None,
+        pid: None,
+        recorded: None,
+    }
+}
+
+/// A finished node's record in the experiment log (kept in the database beside the node).
+fn record(n: &Node) -> Option<Value> {
+    serde_json::from_str(n.jsonl.as_deref()?).ok()
+}
+
 /// What kind of change a node made: the search's parameter, else the key of a `key = value`
 /// description, else its first identifier-like word (`matrix_lr`), else its first two words.
 pub fn category(n: &Node) -> String {
@@ -174,29 +222,7 @@ mod tests {
     use super::*;
 
     fn node(description: &str, change: Option<Value>) -> Node {
-        Node {
-            id: 1,
-            parent: None,
-            hypothesis: String::new(),
-            description: description.into(),
-            change,
-            commit: None,
-            status: Status::Discard,
-            metric: None,
-            metrics: None,
-            memory_mb: None,
-            created_at: 0.0,
-            started_at: None,
-            finished_at: None,
-            platform: String::new(),
-            proposer: String::new(),
-            insight: String::new(),
-            finish_seq: None,
-            result_row: None,
-            jsonl: None,
-            pid: None,
-            recorded: None,
-        }
+        Node { description: description.into(), change, status: Status::Discard, ..blank_node(1) }
     }
 
     #[test]
