@@ -691,10 +691,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let args = ConfigArgs { tag, config, ..Default::default() };
             let cfg = args.resolve(&git.root)?;
             let mut db = crate::tree::open_db(&git.root, &cfg)?;
+            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
             use crate::tree::{self as t, node_id};
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
-                TreeCommand::Show { node, json, diff } => t::show(&db, &git, node_id(&node)?, json, diff)?,
+                TreeCommand::Show { node, json, diff } => t::show(&db, &git, &state_dir, node_id(&node)?, json, diff)?,
                 TreeCommand::Add { parent, hypothesis, description } => t::add(&db, &git, &cfg, node_id(&parent)?, &hypothesis, &description)?,
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
                     &mut db,
@@ -718,7 +719,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Prune { node } => t::prune(&db, node_id(&node)?)?,
                 TreeCommand::Delete { node, recursive } => t::delete(&mut db, &git, &cfg.tag, node_id(&node)?, recursive)?,
                 TreeCommand::Visualize => t::visualize(&db)?,
-                TreeCommand::Compare { a, b } => t::compare(&db, &git, node_id(&a)?, node_id(&b)?)?,
+                TreeCommand::Compare { a, b } => t::compare(&db, &git, &state_dir, node_id(&a)?, node_id(&b)?)?,
             }
             Ok(code::OK)
         }

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod config;
+mod curve;
 mod db;
 mod detect;
 mod errors;

@@ -85,10 +85,20 @@ pub fn list(db: &Db, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn show(db: &Db, git: &Git, id: i64, json_out: bool, diff: bool) -> Result<()> {
+pub fn show(db: &Db, git: &Git, state_dir: &Path, id: i64, json_out: bool, diff: bool) -> Result<()> {
     let n = db.require_node(id)?;
     let runs = db.runs(id)?;
+    let curves: Vec<Option<crate::curve::Curve>> = runs.iter().map(|r| crate::curve::of_run(state_dir, &n.name(), &r.attempt)).collect();
     if json_out {
+        let runs: Vec<Value> = runs
+            .iter()
+            .zip(&curves)
+            .map(|(r, c)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["curve"] = json!(c);
+                v
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&json!({"node": shown(n), "runs": runs}))?);
         return Ok(());
     }
@@ -101,8 +111,11 @@ pub fn show(db: &Db, git: &Git, id: i64, json_out: bool, diff: bool) -> Result<(
     if let (Some(s), Some(f)) = (n.started_at, n.finished_at) {
         println!("time:        {:.1} s ({} -> {})", f - s, crate::db::iso8601(s), crate::db::iso8601(f));
     }
-    for r in &runs {
+    for (r, c) in runs.iter().zip(&curves) {
         println!("run:         seed {} {} exit {:?} {} {:.1}s log {}", r.seed, r.outcome, r.exit_code, fmt_metric(r.metric), r.seconds, r.log);
+        if let Some(c) = c {
+            println!("curve:       {}", c.describe());
+        }
     }
     if !n.insight.is_empty() {
         println!("insight:\n{}", indent(&n.insight));
@@ -473,7 +486,7 @@ pub fn best_path_cmd(db: &Db, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn compare(db: &Db, git: &Git, a: i64, b: i64) -> Result<()> {
+pub fn compare(db: &Db, git: &Git, state_dir: &Path, a: i64, b: i64) -> Result<()> {
     let (x, y) = (db.require_node(a)?, db.require_node(b)?);
     println!("{:<18} {:>14} {:>14} {:>12}", "", x.name(), y.name(), "delta");
     println!("{:<18} {:>14} {:>14}", "status", x.status.as_str(), y.status.as_str());
@@ -496,6 +509,14 @@ pub fn compare(db: &Db, git: &Git, a: i64, b: i64) -> Result<()> {
         };
         let f = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_else(|| "-".into());
         println!("{k:<18} {:>14} {:>14} {d:>12}", f(va), f(vb));
+    }
+    // The runs' curves, one line each: where the steps and the throughput went.
+    for n in [&x, &y] {
+        for r in db.runs(n.id)? {
+            if let Some(c) = crate::curve::of_run(state_dir, &n.name(), &r.attempt) {
+                println!("curve {} run {}: {}", n.name(), r.attempt, c.describe());
+            }
+        }
     }
     if let (Some(c1), Some(c2)) = (&x.commit, &y.commit) {
         println!("\n{}", git.diff_text(Git::oid(c1)?, Git::oid(c2)?, false)?);

@@ -319,7 +319,7 @@ impl Shared {
     }
 
     fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {
-        let name = format!("{}-{attempt}", node.name());
+        let files = run_files(&self.state_dir, &node.name(), attempt);
         RunSpec {
             cfg: self.cfg.clone(),
             repo_root: self.root.clone(),
@@ -329,10 +329,10 @@ impl Shared {
             commit: node.commit.clone().unwrap_or_default(),
             seed,
             batch_scale: scale,
-            summary_json: self.state_dir.join("runs").join(format!("{name}.json")),
-            log: self.state_dir.join("logs").join(format!("{name}.log")),
+            summary_json: files.summary_json,
+            log: files.log,
             scorer: executor::scorer_path(&self.cfg, &self.root),
-            trainer_copy: self.state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
+            trainer_copy: files.trainer_copy,
             // The baseline's seeds and a kept node's extra run score the held-out split.
             held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(HELD_OUT_ATTEMPT)),
             timeout: self.cfg.hard_timeout(),
@@ -401,6 +401,7 @@ impl Shared {
                 log: spec.log.display().to_string(),
             };
             db.insert_run(&run)?;
+            self.progress.line(&run_line(node, &run, &self.cfg.metric, &spec));
             if matches!(fin.outcome, Outcome::OutOfMemory { .. }) && !retry {
                 scale /= 2.0;
                 self.progress.line(&format!("{}: out of memory, retrying with device batch scale {scale}", node.name()));
@@ -410,6 +411,32 @@ impl Shared {
         }
         unreachable!("the retry loop returns on its second pass")
     }
+}
+
+/// Where run `attempt` of node `node` (`n7`) keeps its files in a run's state directory: the
+/// loop's runs and `tree exec` use the same, so that the loop reuses a run `tree exec` made.
+pub struct RunFiles {
+    pub summary_json: PathBuf,
+    pub log: PathBuf,
+    /// The private copy of the trainer binary the run starts.
+    pub trainer_copy: PathBuf,
+}
+
+pub fn run_files(state_dir: &Path, node: &str, attempt: &str) -> RunFiles {
+    let name = format!("{node}-{attempt}");
+    RunFiles {
+        summary_json: state_dir.join("runs").join(format!("{name}.json")),
+        log: state_dir.join("logs").join(format!("{name}.log")),
+        trainer_copy: state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
+    }
+}
+
+/// The runner log's line for one finished run: `n0 run 1 (seed 43): ok val_bpb 2.436123 in
+/// 64.2 s; 93 steps, loss 3.412000, 5.1k +- 0.4k tok/s`.
+fn run_line(node: &Node, run: &Run, metric: &str, spec: &RunSpec) -> String {
+    let value = run.metric.map(|m| format!(" {metric} {m:.6}")).unwrap_or_default();
+    let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
+    format!("{} run {} (seed {}): {}{value} in {:.1} s{curve}", node.name(), run.attempt, run.seed, run.outcome, run.seconds)
 }
 
 /// The outcome of a run recorded before a restart, rebuilt from its row, summary and log.

@@ -183,7 +183,7 @@ pub fn build_command(cfg: &ResearchConfig) -> String {
 
 /// Runs the scorer (`{harness}`) on a trainer binary (`{trainer}`) with the run's flags.
 pub fn harness_command(cfg: &ResearchConfig) -> String {
-    let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --sign-key {sign_key} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
+    let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --steps-csv {steps_csv} --sign-key {sign_key} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
     if !cfg.device.is_empty() {
         c.push_str(" --device {device}");
     }
@@ -218,6 +218,7 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
     let budget = spec.cfg.budget().map(|b| b.spec()).unwrap_or_else(|_| spec.cfg.budget.clone());
     let pairs = [
         ("{summary_json}", spec.summary_json.display().to_string()),
+        ("{steps_csv}", crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("{seed}", spec.seed.to_string()),
         ("{budget}", budget),
         ("{profile}", spec.profile.display().to_string()),
@@ -244,6 +245,8 @@ pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
     vec![
         ("CARGO_TARGET_DIR".into(), target_dir(&spec.repo_root).display().to_string()),
         ("AUTORESEARCH_SUMMARY_JSON".into(), spec.summary_json.display().to_string()),
+        // Where a command may write the run's per-step CSV (the harness's --steps-csv).
+        ("AUTORESEARCH_STEPS_CSV".into(), crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("AUTORESEARCH_SEED".into(), spec.seed.to_string()),
         ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.clone()),
         ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),

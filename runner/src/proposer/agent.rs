@@ -38,7 +38,7 @@ Do not run the training, do not commit, do not touch anything else: the runner c
 checks it, trains for the budget ({budget}) and keeps or discards it.\n\
 When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what you changed>\nHYPOTHESIS: <why it should lower {metric}>\n\
 (or write them to the file named by $AUTORESEARCH_PROPOSAL_FILE: description on line 1, hypothesis below).\n\n\
-## Experiment tree\n\n{digest}\n",
+## Experiment tree\n\n{digest}\n{curves}",
         wt = worktree.display(),
         parent = parent.map(|p| p.name()).unwrap_or_default(),
         metric = ctx.cfg.metric,
@@ -46,7 +46,36 @@ When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what 
         scope = ctx.cfg.scope.join(", "),
         budget = ctx.cfg.budget,
         digest = tree_digest(&nodes, ctx.best, ctx.cfg.agent.recent_results),
+        curves = curve_digest(ctx, &nodes)?,
     ))
+}
+
+/// The training curves of the best node and the recent ones, a line per run: how many steps
+/// the budget bought, the last training loss, and the throughput with its spread. Empty when
+/// no run wrote one.
+fn curve_digest(ctx: &Ctx<'_>, nodes: &[Node]) -> Result<String> {
+    let mut done: Vec<&Node> = nodes.iter().filter(|n| n.finish_seq.is_some()).collect();
+    done.sort_by_key(|n| n.finish_seq);
+    let mut shown: Vec<&Node> = nodes.iter().filter(|n| n.id == ctx.best).collect();
+    for n in done.iter().rev().take(ctx.cfg.agent.recent_results).rev() {
+        if n.id != ctx.best {
+            shown.push(n);
+        }
+    }
+    let mut out = String::new();
+    for n in shown {
+        for r in ctx.db.runs(n.id)? {
+            // The held-out run's curve is a training curve like the others, but the held-out
+            // split stays out of the prompt altogether.
+            if r.attempt.starts_with(crate::worker::HELD_OUT_ATTEMPT) {
+                continue;
+            }
+            if let Some(c) = crate::curve::of_run(ctx.state_dir, &n.name(), &r.attempt) {
+                out.push_str(&format!("  {} run {} (seed {}): {}\n", n.name(), r.attempt, r.seed, c.describe()));
+            }
+        }
+    }
+    Ok(if out.is_empty() { out } else { format!("\n## Training curves (steps in the budget, last training loss, tokens/s)\n\n{out}") })
 }
 
 /// `DESCRIPTION:` / `HYPOTHESIS:` lines in the agent's output (also inside JSON strings).
