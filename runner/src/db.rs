@@ -437,6 +437,13 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets a node's runs that an interruption cut short, and its jobs, so that its worker
+    /// starts those runs again (finished runs are kept and reused).
+    pub fn forget_interrupted_runs(&self, node: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM runs WHERE node = ?1 AND outcome = 'interrupted'", [node])?;
+        self.clear_jobs(node)
+    }
+
     pub fn clear_jobs(&self, node: i64) -> Result<()> {
         self.conn.execute("DELETE FROM jobs WHERE node = ?1", [node])?;
         Ok(())

@@ -317,8 +317,20 @@ impl Loop<'_> {
             let followable = jobs.iter().any(|j| j.handle.starts_with("slurm:"));
             match &n.commit {
                 Some(_) if n.status == Status::Running && followable => resumable.push(n),
+                // Interrupted for the first time (Ctrl-C, `stop`, kill -9): its idea is not lost,
+                // it runs again from the same commit, keeping the runs that finished.
+                Some(_) if n.status == Status::Running && self.reruns(&n)? == 0 => {
+                    self.db.set_meta(&rerun_key(&n), "1")?;
+                    self.db.forget_interrupted_runs(n.id)?;
+                    self.progress.line(&format!("resume: {} was interrupted; running it again from its commit", n.name()));
+                    resumable.push(n);
+                }
                 Some(_) => {
-                    let insight = "interrupted: the runner stopped during this experiment";
+                    let insight = if self.reruns(&n)? > 0 {
+                        "interrupted twice: the runner stopped during this experiment and again during its re-run"
+                    } else {
+                        "interrupted: the runner stopped during this experiment"
+                    };
                     self.db.clear_jobs(n.id)?;
                     self.finish_node(&n, Status::Crash, None, None, None, insight, None, &[], None)?;
                     self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
@@ -350,6 +362,7 @@ impl Loop<'_> {
             self.progress.line(&format!("resume: branch moved to the best experiment {}", best.name()));
         }
         self.reconcile_rows(&nodes)?;
+        // Nodes with Slurm jobs to follow, and interrupted nodes to run again.
         for n in resumable {
             // The jobs run in this worktree: keep it as it is (re-creating it would pull the
             // directory out from under them); make it only if it is gone.
@@ -362,7 +375,9 @@ impl Loop<'_> {
                 (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: best_node(&nodes).map(|b| b.id).unwrap_or(0) },
                 (Some(_), None) => continue,
             };
-            self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
+            if jobs_left_by_slurm(&self.db, n.id)? {
+                self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
+            }
             self.spawn(n, wt, task);
         }
         Ok(())
@@ -394,6 +409,11 @@ impl Loop<'_> {
             results_file: self.paths.results.clone(),
             class: &self.class,
         }
+    }
+
+    /// How many times `node` was started again after an interruption.
+    fn reruns(&self, node: &Node) -> Result<u32> {
+        Ok(self.db.meta(&rerun_key(node))?.and_then(|s| s.parse().ok()).unwrap_or(0))
     }
 
     fn sigma(&self) -> f64 {
@@ -691,6 +711,14 @@ impl Loop<'_> {
                 return Err(e);
             }
         };
+        if d.interrupted && self.reruns(&node)? == 0 {
+            // Left unfinished: `run --resume` runs it again (a second interruption is a crash).
+            self.stopping = true;
+            self.db.clear_jobs(node.id)?;
+            self.git.remove_worktree(self.tag(), &node.name())?;
+            self.progress.line(&format!("{}: interrupted; `autoresearch run --resume --tag {}` runs it again", node.name(), self.tag()));
+            return Ok(());
+        }
         if node.parent.is_none() {
             return self.conclude_baseline(&node, d);
         }
@@ -965,6 +993,16 @@ impl Loop<'_> {
         results::write_atomic(&self.paths.summary, &text)?;
         Ok(self.paths.summary.clone())
     }
+}
+
+/// The database key counting a node's re-runs after interruptions.
+fn rerun_key(node: &Node) -> String {
+    format!("reruns:{}", node.name())
+}
+
+/// Whether a node has runs that Slurm may still be running (they are followed, not restarted).
+fn jobs_left_by_slurm(db: &Db, node: i64) -> Result<bool> {
+    Ok(db.jobs(Some(node))?.iter().any(|j| j.handle.starts_with("slurm:")))
 }
 
 /// Whether a run's summary says its trainer ran without a sandbox.

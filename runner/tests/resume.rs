@@ -1,5 +1,6 @@
 //! Kill -9 the runner while an experiment runs, then `run --resume`: the orphaned experiment is
-//! killed, the interrupted node becomes a crash, and no results row is lost or duplicated.
+//! killed, the interrupted node runs again from its commit (a second interruption makes it a
+//! crash), and no results row is lost or duplicated.
 
 mod common;
 use common::*;
@@ -43,11 +44,14 @@ fn resume_after_kill_9() {
     assert!(o.status.success(), "{}", stdout(&o));
     let log = stdout(&o);
     assert!(log.contains("killed the orphaned experiment"), "{log}");
+    assert!(log.contains("resume: n2 was interrupted; running it again from its commit"), "{log}");
+    assert!(fx.tools.join("started2").exists(), "n2 was not run again");
 
     let rows = fx.rows();
     let status: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
-    assert_eq!(status, ["keep", "crash", "keep", "discard"], "{rows:?}");
-    assert!(rows[1][4].contains("interrupted"), "{:?}", rows[1]);
+    // n2 ran again to its end: the slow change scores as the baseline does, a discard.
+    assert_eq!(status, ["keep", "discard", "keep", "discard"], "{rows:?}");
+    assert!(rows[1][4].contains("slow change"), "{:?}", rows[1]);
     let mut lines: Vec<String> = rows.iter().map(|r| r.join("\t")).collect();
     lines.sort();
     lines.dedup();
@@ -78,7 +82,7 @@ fn resume_restores_a_lost_row() {
     let rows = fx.rows();
     assert_eq!(rows.len(), 2);
     // Simulate a kill between the database commit and the append: drop the last row, tear a line.
-    let path = fx.repo.join("results.tsv");
+    let path = fx.results_path();
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines.pop();
@@ -88,29 +92,58 @@ fn resume_restores_a_lost_row() {
     assert_eq!(fx.rows(), rows);
 }
 
+/// Starts `args`, waits for `$TOOLS/<marker>`, interrupts the runner the way `how` says, and
+/// returns its output.
+fn interrupt_at(fx: &Fixture, args: &[&str], marker: &str, how: &dyn Fn(&Fixture, u32)) -> std::process::Output {
+    let child = fx.cmd(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while !fx.tools.join(marker).exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the slow experiment never reached {marker}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    how(fx, child.id());
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "the runner did not stop the experiment quickly");
+    assert_eq!(out.status.code(), Some(130), "{}", stdout(&out));
+    out
+}
+
 #[test]
-fn ctrl_c_stops_the_experiment_and_records_it() {
+fn ctrl_c_and_stop_interrupt_an_experiment_that_runs_again_once() {
     let fx = Fixture::new(
         HPARAMS,
         "keep_rule = \"strict\"\nmax_experiments = 2\nhard_timeout_seconds = 120\nproposer = \"command\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
     );
     std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
-    let child = fx.cmd(&["run", "--yes"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let t = Instant::now();
-    while !fx.tools.join("started").exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "the slow experiment never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let t = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(20), "Ctrl-C did not stop the experiment quickly");
-    assert_eq!(out.status.code(), Some(130), "{}", stdout(&out));
+    // Its first two starts are slow, so that both can be interrupted.
+    std::fs::write(fx.tools.join("slow_sleeps"), "2\n").unwrap();
+    let pid_file = fx.repo.join(format!(".autoresearch/{TAG}/runner.pid"));
+    let ctrl_c = |_: &Fixture, pid: u32| {
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap().lines().next(), Some(pid.to_string().as_str()), "the PID file names the runner");
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    };
+    let out = interrupt_at(&fx, &["run", "--yes"], "started1", &ctrl_c);
+    assert!(stdout(&out).contains("n2: interrupted; `autoresearch run --resume --tag t1` runs it again"), "{}", stdout(&out));
+    assert_eq!(fx.rows().len(), 1, "n2 is not recorded: {:?}", fx.rows());
+    assert!(!pid_file.exists(), "the PID file outlived the runner");
+    fx.assert_worktrees_clean();
+    // Its re-run, stopped by `autoresearch stop` from another process: now it is a crash.
+    let stop = |fx: &Fixture, _: u32| {
+        let o = fx.run(&["stop", "--wait", "30"]);
+        assert!(o.status.success() && stdout(&o).contains("stopped the runner of tag t1"), "{}", stdout(&o));
+    };
+    let out = interrupt_at(&fx, &["run", "--yes", "--resume"], "started2", &stop);
+    assert!(stdout(&out).contains("resume: n2 was interrupted; running it again from its commit"), "{}", stdout(&out));
     let rows = fx.rows();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[1][3], "crash");
-    assert!(rows[1][4].contains("interrupted by the user"), "{rows:?}");
+    assert!(rows[1][4].contains("slow change [interrupted by the user"), "{rows:?}");
     fx.assert_worktrees_clean();
+    // Nothing runs now: `stop` says so.
+    let o = fx.run(&["stop"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+    assert!(stdout(&o).contains("no runner of tag t1 is running"), "{}", stdout(&o));
     // Resume goes on from there.
     let o = fx.run(&["run", "--yes", "--resume"]);
     assert!(o.status.success(), "{}", stdout(&o));

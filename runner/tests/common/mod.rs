@@ -17,6 +17,7 @@ pub struct Fixture {
 }
 
 /// val_bpb = 1 + |matrix_lr - 0.04|; mode = crash | hang | slow changes the behaviour.
+/// `slow` touches $TOOLS/started and $TOOLS/started<N> at its Nth start.
 pub const EXPERIMENT: &str = r#"#!/bin/sh
 f=trainer/hparams.toml
 get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//; s/"//g'; }
@@ -26,7 +27,11 @@ case "$mode" in
   crash*) echo "boom: simulated crash" >&2; exit 1 ;;
   oom) if [ "$AUTORESEARCH_DEVICE_BATCH_SCALE" = "1" ]; then echo "out of memory" >&2; exit 3; fi ;;
   hang) sleep 60 ;;
-  slow) touch "$TOOLS/started"; sleep 30; touch "$TOOLS/orphan_finished" ;;
+  slow)
+    # The first $TOOLS/slow_sleeps starts (default 1) sleep; a later one (a re-run) does not.
+    n=$(cat "$TOOLS/slow_starts" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/slow_starts"
+    touch "$TOOLS/started" "$TOOLS/started$n"
+    if [ "$n" -le "$(cat "$TOOLS/slow_sleeps" 2>/dev/null || echo 1)" ]; then sleep 30; touch "$TOOLS/orphan_finished"; fi ;;
 esac
 lr=$(get matrix_lr)
 val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
