@@ -242,12 +242,15 @@ The resolved config is printed, and confirmed when stdin is a terminal (--yes sk
 const HUMAN_LOOP: &str = "\
 A person's experiment, step by step:
   autoresearch tree add --parent n4 --hypothesis \"...\" --description \"warmup 0.05\"   # prints n9
-  autoresearch tree worktree n9        # checkout at n4's commit; prints the build/run command
+  autoresearch tree worktree n9        # checkout at n4's commit
   (edit trainer/ in .worktrees/<tag>-n9)
-  autoresearch tree sync n9            # commit the edit, store it as n9's commit
-  (run the printed command)
-  autoresearch tree record n9 --summary-json FILE --insight \"warmup helps below 300 s\"
-  autoresearch tree worktree n9 --remove";
+  autoresearch tree exec n9            # commit, build and score it as the loop does, record it
+  autoresearch tree show n9            # its run, curve and timings
+  autoresearch tree insight n9 \"warmup helps below 300 s\"
+  autoresearch tree worktree n9 --remove
+The loop decides it (keep or discard) when it next runs; with `run --proposer manual` running,
+queued ideas are its next experiments, each at its own parent.
+By hand instead of `tree exec`: `tree sync n9`, run it, `tree record n9 --summary-json FILE`.";
 
 const INSIGHT_LONG_ABOUT: &str = "\
 Store the lesson learned from node N: what the experiment taught, whatever its status. \
@@ -269,6 +272,23 @@ With --remove, removes it (refused while it has uncommitted changes, unless --fo
 Examples:
   autoresearch tree worktree n9
   autoresearch tree worktree n9 --remove";
+
+const EXEC_LONG_ABOUT: &str = "\
+Run node N's experiment exactly as the loop runs one. The change in its worktree \
+(.worktrees/<tag>-n<N>) is committed; that commit is synced into the run's build tree \
+(.autoresearch/.build), built in the build sandbox and scored by the run's scorer with the run's \
+own settings (those its `run` started with): the profile snapshot, seed, budget, cache, device \
+batch scale, signing key. It is the loop's first run of the experiment: log \
+.autoresearch/<tag>/logs/n<N>-0.log, summary runs/n<N>-0.json, per-step CSV \
+runs/n<N>-0.steps.csv. The result, its commit and its timings are recorded on N. A loop waiting \
+for N (manual proposer) goes on from that run as from its own: it runs the confirmation runs its \
+keep rule asks for and decides; `tree exec` waits for the decision and prints it (gain and bar). \
+A queued idea (`tree add`) is decided when the loop next runs. Afterwards the main checkout's \
+next cargo build compiles its own code, not the experiment's.
+
+Examples:
+  autoresearch tree exec n5
+  autoresearch tree exec --tag dec02 5";
 
 const SYNC_LONG_ABOUT: &str = "\
 Record the commit checked out in node N's worktree as N's commit. Uncommitted changes are \
@@ -463,6 +483,21 @@ pub struct BenchArgs {
     pub features: Option<String>,
 }
 
+/// What a person says of an experiment: stored on the node (the description and hypothesis
+/// also in its commit message).
+#[derive(clap::Args, Debug, Default)]
+pub struct NoteArgs {
+    /// What the change does.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Why it should help.
+    #[arg(long)]
+    pub hypothesis: Option<String>,
+    /// The lesson learned (also `autoresearch tree insight N TEXT`).
+    #[arg(long, value_name = "TEXT")]
+    pub insight: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TreeCommand {
     /// Every node: id, parent, status, commit, metric, description.
@@ -501,13 +536,8 @@ pub enum TreeCommand {
         /// The run failed: why.
         #[arg(long, value_name = "WHY")]
         crash: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-        #[arg(long)]
-        hypothesis: Option<String>,
-        /// The lesson learned (also `autoresearch tree insight N TEXT`).
-        #[arg(long, value_name = "TEXT")]
-        insight: Option<String>,
+        #[command(flatten)]
+        notes: NoteArgs,
     },
     /// Store the lesson learned from node N (shown by `tree show`, given to the agent).
     #[command(long_about = INSIGHT_LONG_ABOUT)]
@@ -528,6 +558,14 @@ pub enum TreeCommand {
         /// With --remove: discard uncommitted changes.
         #[arg(long, requires = "remove")]
         force: bool,
+    },
+    /// Build and score node N's change exactly as the loop does, and record the result.
+    #[command(long_about = EXEC_LONG_ABOUT)]
+    Exec {
+        /// Node id: 7 or n7.
+        node: String,
+        #[command(flatten)]
+        notes: NoteArgs,
     },
     /// Commit node N's worktree and store that commit as the node's.
     #[command(long_about = SYNC_LONG_ABOUT)]
@@ -697,7 +735,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, &state_dir, node_id(&node)?, json, diff)?,
                 TreeCommand::Add { parent, hypothesis, description } => t::add(&db, &git, &cfg, node_id(&parent)?, &hypothesis, &description)?,
-                TreeCommand::Record { node, summary_json, metric, memory_mb, crash, description, hypothesis, insight } => t::record(
+                TreeCommand::Record { node, summary_json, metric, memory_mb, crash, notes } => t::record(
                     &mut db,
                     &cfg,
                     &crate::executor::sign_key_path(&cfg, &git.root),
@@ -707,14 +745,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         metric,
                         memory_mb,
                         crash: crash.as_deref(),
-                        description: description.as_deref(),
-                        hypothesis: hypothesis.as_deref(),
-                        insight: insight.as_deref(),
+                        description: notes.description.as_deref(),
+                        hypothesis: notes.hypothesis.as_deref(),
+                        insight: notes.insight.as_deref(),
                     },
                 )?,
                 TreeCommand::Insight { node, text } => t::insight(&mut db, node_id(&node)?, &text)?,
                 TreeCommand::Worktree { node, remove, force } => t::worktree(&db, &git, &cfg, node_id(&node)?, remove, force)?,
                 TreeCommand::Sync { node } => t::sync(&db, &git, &cfg, node_id(&node)?)?,
+                TreeCommand::Exec { node, notes } => {
+                    let notes = crate::exec::Notes { description: notes.description.as_deref(), hypothesis: notes.hypothesis.as_deref(), insight: notes.insight.as_deref() };
+                    return crate::exec::exec(&mut db, &git, &cfg, node_id(&node)?, &notes);
+                }
                 TreeCommand::BestPath { json } => t::best_path_cmd(&db, json)?,
                 TreeCommand::Prune { node } => t::prune(&db, node_id(&node)?)?,
                 TreeCommand::Delete { node, recursive } => t::delete(&mut db, &git, &cfg.tag, node_id(&node)?, recursive)?,

@@ -335,11 +335,18 @@ impl Db {
         Ok(())
     }
 
+    /// Marks a node running; a start already recorded (a run by `tree exec`) is kept.
     pub fn set_running(&self, id: i64) -> Result<()> {
         self.conn.execute(
-            "UPDATE nodes SET status = 'running', started_at = ?1 WHERE id = ?2",
+            "UPDATE nodes SET status = 'running', started_at = COALESCE(started_at, ?1) WHERE id = ?2",
             params![now(), id],
         )?;
+        Ok(())
+    }
+
+    /// Records when a node's first run started, unless a start is recorded already.
+    pub fn set_started(&self, id: i64, at: f64) -> Result<()> {
+        self.conn.execute("UPDATE nodes SET started_at = COALESCE(started_at, ?1) WHERE id = ?2", params![at, id])?;
         Ok(())
     }
 

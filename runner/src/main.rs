@@ -7,6 +7,7 @@ mod curve;
 mod db;
 mod detect;
 mod errors;
+mod exec;
 mod executor;
 mod git;
 mod guard;

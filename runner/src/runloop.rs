@@ -600,7 +600,23 @@ impl Loop<'_> {
             self.report(&idea.name(), "rejected", None, Some(&best), &format!("{}: {reason}", idea.description));
             return Ok(());
         }
-        let d = self.recorded_and_decide(idea, best.metric.context("the best node has no metric")?, self.bar())?;
+        let best_value = best.metric.context("the best node has no metric")?;
+        if crate::exec::executed(idea) {
+            // Its run 0 is the loop's (`tree exec`): the worker decides, with the runs the keep
+            // rule asks for. From here the loop owns the node, as a synced idea's: it makes (or
+            // takes over) its worktree and removes it, and resume runs it again.
+            self.db.set_text(idea.id, "proposer", &self.cfg.proposer.to_string())?;
+            let wt = match self.git.worktree_head(self.tag(), &idea.name())? {
+                Some(_) => self.git.worktree_path(self.tag(), &idea.name()),
+                None => self.git.add_worktree(self.tag(), &idea.name(), c)?,
+            };
+            self.db.set_running(idea.id)?;
+            let node = self.db.require_node(idea.id)?;
+            self.progress.line(&format!("{}: deciding the queued change \"{}\" from its run by `tree exec`", node.name(), node.description));
+            self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
+            return Ok(());
+        }
+        let d = self.recorded_and_decide(idea, best_value, self.bar())?;
         self.conclude(idea.id, Ok(d))
     }
 
@@ -663,7 +679,14 @@ impl Loop<'_> {
         self.db.set_text(id, "description", &description)?;
         self.db.set_text(id, "hypothesis", &hypothesis)?;
         let message = if hypothesis.is_empty() { description.clone() } else { format!("{description}\n\nHypothesis: {hypothesis}") };
-        let Some(commit) = self.git.commit_worktree(&wt, parent_oid, &message)? else {
+        // A result recorded by `tree exec` names the commit it built and scored: that commit is
+        // the node's, whatever the worktree holds now.
+        let built = if prop.executes() { None } else { self.recorded_commit(id, parent_oid)? };
+        let commit = match built {
+            Some(c) => Some(c),
+            None => self.git.commit_worktree(&wt, parent_oid, &message)?,
+        };
+        let Some(commit) = commit else {
             self.drop_or_requeue(&node, idea.is_some())?;
             self.progress.line(&format!("{}: no proposal (the change was empty)", node.name()));
             return Ok(false);
@@ -681,13 +704,28 @@ impl Loop<'_> {
         self.db.set_running(id)?;
         let node = self.db.require_node(id)?;
         let best_value = best.metric.context("the best node has no metric")?;
-        if prop.executes() {
+        // A change run by `tree exec` made the loop's run 0: the worker goes on from it (more
+        // runs where the keep rule asks for them) exactly as for the loop's own experiments.
+        if prop.executes() || crate::exec::executed(&node) {
             self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         } else {
             let d = self.recorded_and_decide(&node, best_value, self.bar())?;
             self.conclude(id, Ok(d))?;
         }
         Ok(true)
+    }
+
+    /// The commit a node's recorded result was built from (`tree exec`), when it descends from
+    /// the node's parent; a record that names another commit is refused.
+    fn recorded_commit(&self, id: i64, parent: git2::Oid) -> Result<Option<git2::Oid>> {
+        let rec = self.db.require_node(id)?.recorded;
+        let Some(c) = rec.as_ref().and_then(|r| r.get("commit")).and_then(Value::as_str) else { return Ok(None) };
+        let oid = Git::oid(c)?;
+        if oid != parent && self.git.repo.graph_descendant_of(oid, parent).unwrap_or(false) {
+            Ok(Some(oid))
+        } else {
+            Err(anyhow!("n{id}'s recorded result names commit {c}, which does not descend from its parent's commit {parent}"))
+        }
     }
 
     fn current_best(&self) -> Result<Option<Node>> {
@@ -895,7 +933,8 @@ impl Loop<'_> {
             summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
             memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
             insight: format!("recorded; gain {gain:.6}, bar {bar:.6}"),
-            runs: vec![],
+            // The run `tree exec` made, when it made one: its seconds and log are the node's.
+            runs: self.db.runs(node.id)?,
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),

@@ -166,6 +166,12 @@ pub struct RecordArgs<'a> {
 /// `--metric`, or any other summary, is kept as `unverified` and never compared with scored
 /// results.
 pub fn record(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, a: &RecordArgs<'_>) -> Result<()> {
+    record_with(db, cfg, sign_key, id, a, None)
+}
+
+/// `record`, with `extra` keys stored in the record too (`tree exec`: the commit it built, when
+/// it started, how long it ran).
+pub fn record_with(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, a: &RecordArgs<'_>, extra: Option<&Value>) -> Result<()> {
     let n = db.require_node(id)?;
     if n.status.finished() {
         let hint = if a.insight.is_some() { format!(" (for the lesson alone: `autoresearch tree insight {} \"TEXT\"`)", n.name()) } else { String::new() };
@@ -210,6 +216,19 @@ pub fn record(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, a: &R
     }
     if let Some(h) = a.hypothesis {
         rec["hypothesis"] = json!(h);
+    }
+    if let Some(Value::Object(extra)) = extra {
+        for (k, v) in extra {
+            rec[k] = v.clone();
+        }
+        if let Some(t) = extra.get("started_at").and_then(Value::as_f64) {
+            db.set_started(id, t)?;
+        }
+        if rec["verified"] == json!(true) {
+            if let Some(o) = rec.as_object_mut() {
+                o.remove("unverified_because");
+            }
+        }
     }
     db.set_recorded(id, &rec, a.insight)?;
     println!("recorded {}: {}", n.name(), rec);
@@ -317,8 +336,10 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
         println!("edit files under [{}] there, commit them (`autoresearch tree sync {}`), then submit its job:", cfg.scope.join(", "), n.name());
         println!("  sbatch {}", script.display());
     } else {
-        println!("edit files under [{}] there, then build and run it:", cfg.scope.join(", "));
-        println!("  {}", crate::proposer::manual::run_hint(&git.root, cfg, &path, &n.name())?);
+        println!("edit files under [{}] there, then build, score and record it exactly as the loop would:", cfg.scope.join(", "));
+        println!("  {} --description \"what you changed\"", crate::proposer::manual::exec_hint(tag, &n.name()));
+        println!("(it commits the edit, builds it in the run's build tree, scores it with the loop's flags and records it)");
+        return Ok(());
     }
     if owned_by_loop(&n) {
         println!("then record it (the loop is waiting):\n  autoresearch tree record --tag {tag} {} --summary-json {}", n.name(), summary.display());
@@ -333,19 +354,25 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
     Ok(())
 }
 
-/// `tree sync N`: commits the changes in node N's worktree (if any) and records the commit
-/// checked out there as the node's commit, kept under refs/autoresearch/<tag>/n<N>.
-pub fn sync(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64) -> Result<()> {
-    let n = db.require_node(id)?;
-    let tag = &cfg.tag;
+/// Refuses a finished node: its commit is final, and a change belongs in a new node on top.
+pub fn not_finished(n: &Node, tag: &str) -> Result<()> {
     if n.status.finished() {
         return Err(usage(format!(
-            "{} is already {}: its commit is final; try a change on top of it with `autoresearch tree add --parent {}`",
+            "{} is already {}: its commit is final; try a change on top of it with `autoresearch tree add --tag {tag} --parent {} ...`",
             n.name(),
             n.status.as_str(),
             n.name()
         )));
     }
+    Ok(())
+}
+
+/// `tree sync N`: commits the changes in node N's worktree (if any) and records the commit
+/// checked out there as the node's commit, kept under refs/autoresearch/<tag>/n<N>.
+pub fn sync(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64) -> Result<()> {
+    let n = db.require_node(id)?;
+    let tag = &cfg.tag;
+    not_finished(&n, tag)?;
     if owned_by_loop(&n) {
         return Err(usage(format!(
             "{} is {} in a run of the loop (proposer {}), which commits it itself once you `autoresearch tree record {}`",

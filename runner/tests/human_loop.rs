@@ -10,9 +10,8 @@ fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-#[test]
-fn add_worktree_sync_record_insight() {
-    // A finished run: n1 baseline, n2 keep (matrix_lr 0.1).
+/// A finished run: n1 baseline, n2 keep (matrix_lr 0.1); and n2's commit.
+fn run_with_one_keep() -> (Fixture, String) {
     let fx = Fixture::new(
         HPARAMS,
         "keep_rule = \"strict\"\nmax_experiments = 1\nproposer = \"command\"\n[command]\ncommand = \"sed -i 's/^matrix_lr = .*/matrix_lr = 0.1/' trainer/hparams.toml\"\n",
@@ -20,6 +19,12 @@ fn add_worktree_sync_record_insight() {
     let o = fx.run(&["run", "--yes"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let n2_commit = fx.nodes()[1]["commit"].as_str().unwrap().to_string();
+    (fx, n2_commit)
+}
+
+#[test]
+fn add_worktree_sync_record_insight() {
+    let (fx, n2_commit) = run_with_one_keep();
 
     // tree insight on a finished node: shown by `tree show`.
     let o = fx.run(&["tree", "insight", "n2", "matrix_lr 0.1 beats 0.5"]);
@@ -37,15 +42,8 @@ fn add_worktree_sync_record_insight() {
     let wt = fx.repo.canonicalize().unwrap().join(".worktrees/t1-n3");
     assert!(out.contains(&format!("{}\n", wt.display())), "{out}");
     assert!(out.contains("n2's commit"), "{out}");
-    let target = fx.repo.canonicalize().unwrap().join("target");
-    // The loop's own flags: the run's scorer on the trainer built there, the summary signed.
-    let hint = format!("cd {} && CARGO_TARGET_DIR={t} cargo build --release --locked --workspace --bin trainer && ", wt.display(), t = target.display());
-    assert!(out.contains(&hint), "{out}");
-    let scorer = fx.repo.canonicalize().unwrap().join(".autoresearch/t1/bin/harness");
-    for flag in [format!("{} --trainer {}/release/trainer", scorer.display(), target.display()), "--budget time:1 ".into(), "--seed 42".into(), "--sign-key ".into(), "--summary-json ".into()] {
-        assert!(out.contains(&flag), "{flag}: {out}");
-    }
-    assert!(out.contains("autoresearch tree sync --tag t1 n3"), "{out}");
+    // The way to run it as the loop would.
+    assert!(out.contains("autoresearch tree exec --tag t1 n3 --description"), "{out}");
     assert_eq!(git(&wt, &["rev-parse", "HEAD"]), n2_commit);
     // Again: the existing worktree (and any edit in it) is kept.
     std::fs::write(wt.join("trainer/hparams.toml"), "[gpu]\nmatrix_lr = 0.04\nmode = \"ok\"\n").unwrap();
@@ -221,4 +219,104 @@ fn queued_ideas_are_taken_up_by_the_loop() {
     assert_eq!(rows.len(), 6, "{rows:?}");
     assert!(rows.iter().any(|r| r[4] == "lr 0.06 on the cluster" && r[1] == "1.020000" && r[3] == "unverified"), "{rows:?}");
     assert!(fx.repo.join(format!(".worktrees/t1-{n6}")).exists(), "the person's worktree stays");
+}
+
+/// `tree exec`: a person's change is committed, built and scored by the run's own executor and
+/// recorded as a verified result; the loop then concludes it like one of its own.
+#[test]
+fn tree_exec_runs_a_change_as_the_loop_would() {
+    let (fx, n2_commit) = run_with_one_keep();
+
+    // Refused: the baseline, a finished node, a planned node without a worktree or a change.
+    let o = fx.run(&["tree", "exec", "n1"]);
+    assert_eq!(code(&o), 2, "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("n1 is already keep"), "{}", stdout(&o));
+    let o = fx.run(&["tree", "add", "--parent", "n2", "--hypothesis", "lower is better"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = fx.run(&["tree", "exec", "n3"]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tree worktree --tag t1 n3"), "{}", stdout(&o));
+    let o = fx.run(&["tree", "worktree", "n3"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("autoresearch tree exec --tag t1 n3"), "{}", stdout(&o));
+    let o = fx.run(&["tree", "exec", "n3"]);
+    assert_ne!(code(&o), 0, "nothing changed yet: {}", stdout(&o));
+    assert!(fx.nodes()[2]["recorded"].is_null(), "{:?}", fx.nodes()[2]);
+
+    // The change: committed on top of n2, run by the loop's executor, recorded as scored.
+    let wt = fx.repo.join(".worktrees/t1-n3");
+    std::fs::write(wt.join("trainer/hparams.toml"), "[gpu]\nmatrix_lr = 0.04\nmode = \"ok\"\n").unwrap();
+    let o = fx.run(&["tree", "exec", "n3", "--description", "matrix_lr 0.04", "--insight", "smaller steps"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("unverified"), "{}", stdout(&o));
+    let n3 = &fx.nodes()[2];
+    let head = n3["commit"].as_str().expect("tree exec stores the commit").to_string();
+    assert_eq!(git(&fx.repo, &["rev-parse", &format!("{head}^")]), n2_commit);
+    assert_eq!(git(&fx.repo, &["log", "-1", "--format=%s", &head]), "matrix_lr 0.04");
+    assert_eq!(git(&fx.repo, &["rev-parse", "refs/autoresearch/t1/n3"]), head);
+    assert_eq!(n3["recorded"]["metric"], 1.0, "{n3:?}");
+    assert_eq!(n3["description"], "matrix_lr 0.04");
+    assert_eq!(n3["insight"], "smaller steps");
+    // Done once: a second exec is refused.
+    let o = fx.run(&["tree", "exec", "n3"]);
+    assert_eq!(code(&o), 2, "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already has a recorded result"), "{}", stdout(&o));
+
+    // The loop concludes it against the best (1.06 -> 1.0: kept) and the branch advances.
+    let o = fx.run(&["tree", "worktree", "n3", "--remove"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = fx.run(&["run", "--yes", "--resume", "--max-experiments", "2"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let n3 = &fx.nodes()[2];
+    assert_eq!(n3["status"], "keep", "{}\n{n3:?}", stdout(&o));
+    assert!(head.starts_with(&fx.branch_tip()) || fx.branch_tip().starts_with(&head), "{} vs {head}", fx.branch_tip());
+    fx.assert_worktrees_clean();
+}
+
+/// Mode 2 with a keep rule that confirms: `tree exec` makes the loop's run 0 and the runner runs
+/// the confirmation itself, on the commit `tree exec` built; an idea queued while the loop's own
+/// node waits untouched takes its place, at the idea's own parent.
+#[test]
+fn manual_mode_confirms_exec_runs_and_gives_way_to_a_queued_idea() {
+    let fx = Fixture::new(HPARAMS, "keep_rule = \"noise-aware\"\nbaseline_runs = 2\nmax_experiments = 2\nproposer = \"manual\"\n[manual]\npoll_seconds = 0.1\n");
+    let log = fx.tools.join("run.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut runner = fx.cmd(&["run", "--yes"]).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap();
+    let set_lr = |wt: &std::path::Path, lr: &str| std::fs::write(wt.join("trainer/hparams.toml"), format!("[gpu]\nmatrix_lr = {lr}\nmode = \"ok\"\n")).unwrap();
+
+    let wt2 = wait_for_worktree(&fx.repo, &mut runner, &log, "n2");
+    set_lr(&wt2, "0.05");
+    let o = fx.run(&["tree", "exec", "n2", "--description", "matrix_lr 0.05"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    // Run 0 by `tree exec`, run 1 (the confirmation) by the runner, then the decision.
+    assert!(out.contains("n2: run 0 (seed 42): val_bpb 1.010000"), "{out}");
+    assert!(out.contains("n2: run 1 (seed 43): ok 1.010000"), "{out}");
+    assert!(out.contains("n2 keep 1.010000 (-0.450000; gain 0.450000 > bar 0.001000)"), "{out}");
+
+    // The loop's next node (n3, at the best) waits untouched; an idea queued from the baseline
+    // takes its place.
+    let _ = wait_for_worktree(&fx.repo, &mut runner, &log, "n3");
+    let o = fx.run(&["tree", "add", "--parent", "n1", "--description", "matrix_lr 0.045 from the baseline", "--hypothesis", "closer still"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let wt4 = wait_for_worktree(&fx.repo, &mut runner, &log, "n4");
+    assert_eq!(git(&wt4, &["rev-parse", "HEAD"]), fx.nodes()[0]["commit"].as_str().unwrap(), "the idea opens at its own parent");
+    assert!(!fx.repo.join(format!(".worktrees/{TAG}-n3")).exists(), "n3 gave way");
+    set_lr(&wt4, "0.045");
+    let o = fx.run(&["tree", "exec", "n4"]);
+    assert!(o.status.success() && stdout(&o).contains("n4 keep 1.005000"), "{}", stdout(&o));
+    assert!(runner.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("n3: untouched, gives way to the queued idea n4"), "{text}");
+
+    let nodes = fx.nodes();
+    let names: Vec<&str> = nodes.iter().map(|n| n["description"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "n3 is gone: {names:?}");
+    let n4 = &nodes[2];
+    assert_eq!((n4["id"].as_i64(), n4["parent"].as_i64(), n4["status"].as_str()), (Some(4), Some(1), Some("keep")), "{n4}");
+    assert_eq!(fx.rows().iter().map(|r| r[3].as_str().to_string()).collect::<Vec<_>>(), ["keep", "keep", "keep"]);
+    let runs: serde_json::Value = serde_json::from_slice(&fx.run(&["tree", "show", "n2", "--json"]).stdout).unwrap();
+    let seeds: Vec<(String, u64)> = runs["runs"].as_array().unwrap().iter().map(|r| (r["attempt"].as_str().unwrap().to_string(), r["seed"].as_u64().unwrap())).collect();
+    assert_eq!(seeds, [("0".to_string(), 42), ("1".to_string(), 43)]);
+    fx.assert_worktrees_clean();
 }

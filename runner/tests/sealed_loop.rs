@@ -2,10 +2,11 @@
 //! real scorer (this workspace's harness binary) and the real build sandbox, on a small
 //! workspace whose trainer is `sealed::fixture`'s bigram model. Each attack is a change the
 //! proposer makes; each must be rejected, crash, or gain nothing, and leave the run's files as
-//! they were.
+//! they were. And Mode 2 of configs/program.md (`run --proposer manual` with `tree exec`), whose
+//! runs must be the loop's own.
 
 mod common;
-use common::{TAG, git, stdout};
+use common::{TAG, git, stdout, wait_for_worktree};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,6 +128,16 @@ impl Repo {
         git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
         git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial"]);
         Repo { _dir: dir, repo, tools }
+    }
+
+    /// Gives the repository a cargo target directory of its own, for a test that checks which
+    /// checkout's code the shared units are: the other tests build theirs in parallel.
+    fn own_target(self) -> Repo {
+        let own = self.repo.parent().unwrap().join("target");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::remove_file(self.repo.join("target")).unwrap();
+        std::os::unix::fs::symlink(&own, self.repo.join("target")).unwrap();
+        self
     }
 
     fn run(&self) -> std::process::Output {
@@ -290,4 +301,96 @@ fn the_runs_files_cannot_be_written_or_read_at_run_time() {
     let text = std::fs::read_to_string(state.join("results.tsv")).unwrap();
     assert!(!text.contains("forged"), "{text}");
     assert!(!git(&r.repo, &["status", "--porcelain"]).contains("tiny.toml"));
+}
+
+/// Mode 2 of configs/program.md through the real loop, scorer and build sandbox: `run
+/// --proposer manual` in the background, and a script in the agent's place. It queues an idea on
+/// top of the open node n2, edits n2 and runs `tree exec n2`, builds the main checkout, then
+/// edits the idea n3, which the loop opened at n2, and runs `tree exec n3`.
+#[test]
+fn manual_mode_tree_exec_scores_as_the_loop_does_and_takes_up_a_queued_idea() {
+    let r = Repo::new("true", 2).own_target();
+    let log_path = r.tools.join("run.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
+        .args(["run", "--yes", "--proposer", "manual"])
+        .current_dir(&r.repo)
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_autoresearch")).args(args).current_dir(&r.repo).output().unwrap();
+    let wt2 = wait_for_worktree(&r.repo, &mut runner, &log_path, "n2");
+    let pid = std::fs::read_to_string(r.repo.join(format!(".autoresearch/{TAG}/runner.pid"))).unwrap();
+    assert_eq!(pid.lines().next(), Some(runner.id().to_string().as_str()), "the PID file names the runner");
+
+    // Queued before n2 is decided, on top of n2: the loop's next experiment, at n2's commit.
+    let o = cli(&["tree", "add", "--parent", "n2", "--description", "a second marker on top of n2", "--hypothesis", "h"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "n3");
+
+    std::fs::write(wt2.join("trainer/src/main.rs"), attacking(r#"println!("experiment-n2-marker");"#)).unwrap();
+    let o = cli(&["tree", "exec", "n2", "--description", "prints a marker"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    // Deterministic training and the strict rule: no gain, so a discard, with its margin.
+    assert!(out.contains("n2 discard ") && out.contains("gain 0.000000 <= bar 0.000000"), "{out}");
+    let state = r.repo.join(format!(".autoresearch/{TAG}"));
+    let summary = |run: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(state.join(format!("runs/{run}.json"))).unwrap()).unwrap() };
+    let (by_loop, by_exec) = (summary("n1-0"), summary("n2-0"));
+    for key in ["budget", "seed", "device", "backend", "profile_file", "profile_sha256", "device_batch_scale", "seq_len", "cache_dir", "hparams_file", "sandbox"] {
+        assert!(!by_loop[key].is_null() || key == "hparams_file", "{key}: {by_loop}");
+        assert_eq!(by_exec[key], by_loop[key], "{key}: the loop's run {by_loop}\ntree exec's {by_exec}");
+    }
+    assert!(by_exec["signature"].is_string(), "signed by the run's scorer: {by_exec}");
+    let n2_commit = git(&r.repo, &["rev-parse", &format!("refs/autoresearch/{TAG}/n2")]);
+    assert_eq!(by_exec["commit"], n2_commit.as_str(), "{by_exec}");
+    assert!(std::fs::read_to_string(state.join("logs/n2-0.log")).unwrap().contains("experiment-n2-marker"), "the log is the run's");
+    let csv = std::fs::read_to_string(state.join("runs/n2-0.steps.csv")).unwrap();
+    assert!(csv.starts_with("step,tokens,loss,lr_multiplier,tokens_per_second,elapsed_seconds\n") && csv.lines().count() > 2, "{csv}");
+    let o = cli(&["tree", "show", "n2"]);
+    assert!(stdout(&o).contains("curve:") && stdout(&o).contains(" steps"), "{}", stdout(&o));
+
+    // The experiment's trainer was built in the target directory the main checkout shares; the
+    // main checkout's next build compiles its own trainer, not the experiment's.
+    let build = Command::new("cargo").args(["build", "--release", "--offline", "--workspace", "--bin", "trainer"]).current_dir(&r.repo).output().unwrap();
+    assert!(build.status.success(), "{}", stdout(&build));
+    assert!(String::from_utf8_lossy(&build.stderr).contains("Compiling trainer"), "{}", stdout(&build));
+    let main_trainer = std::fs::read(r.repo.join("target/release/trainer")).unwrap();
+    assert!(!main_trainer.windows(20).any(|w| w == b"experiment-n2-marker"), "the main checkout's trainer is the experiment's");
+
+    let wt3 = wait_for_worktree(&r.repo, &mut runner, &log_path, "n3");
+    assert_eq!(git(&wt3, &["rev-parse", "HEAD"]), n2_commit, "the queued idea opens at its own parent");
+    let n2_main = std::fs::read_to_string(wt3.join("trainer/src/main.rs")).unwrap();
+    std::fs::write(wt3.join("trainer/src/main.rs"), n2_main.replace("experiment-n2-marker", "experiment-n3-marker")).unwrap();
+    let o = cli(&["tree", "exec", "n3"]);
+    assert!(o.status.success() && stdout(&o).contains("n3 discard "), "{}", stdout(&o));
+    let t0 = std::time::Instant::now();
+    while runner.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed().as_secs() < 120, "the runner did not end after its two experiments");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(runner.wait().unwrap().success(), "{log}");
+    // The runner's log has each run of the baseline, and each decision with its margin.
+    assert!(log.contains("n1 run 0 (seed 42): ok val_bpb "), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("n2 discard") && l.contains("gain 0.000000 <= bar 0.000000")), "{log}");
+    assert!(!state.join("runner.pid").exists(), "the PID file outlived the runner");
+
+    let rows = r.rows();
+    let statuses: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(statuses, ["keep", "discard", "discard"], "{rows:?}");
+    assert_eq!(rows[2][4], "a second marker on top of n2", "the idea's own description: {rows:?}");
+    let nodes: serde_json::Value = serde_json::from_slice(&cli(&["tree", "list", "--json"]).stdout).unwrap();
+    let n3 = &nodes[2];
+    assert_eq!(n3["parent"], 2, "{n3}");
+    // Timings and commits of the manual nodes, as for the loop's own.
+    for n in [&nodes[1], &nodes[2]] {
+        let (s, f) = (n["started_at"].as_f64().unwrap_or(0.0), n["finished_at"].as_f64().unwrap_or(0.0));
+        assert!(s > 0.0 && f > s, "{n}");
+        assert!(n["commit"].as_str().is_some_and(|c| c.len() == 40), "{n}");
+    }
+    let jsonl = std::fs::read_to_string(state.join("experiments.jsonl")).unwrap();
+    let n2_record: serde_json::Value = jsonl.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["node"] == "n2").unwrap();
+    assert!(n2_record["seconds"].as_f64().unwrap() > 0.0 && n2_record["commit"] == n2_commit.as_str() && n2_record["bar"] == 0.0, "{n2_record}");
 }

@@ -140,6 +140,22 @@ impl Fixture {
     }
 }
 
+/// Waits until a runner of the manual proposer (`runner`, its output going to `log`) opens
+/// `node`'s worktree in `repo` and says so in its log, as an agent reading run.log would; fails
+/// with the log when the runner exits first or takes more than 15 minutes.
+pub fn wait_for_worktree(repo: &Path, runner: &mut std::process::Child, log: &Path, node: &str) -> PathBuf {
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(&format!("\nexperiment {node}")) {
+            return repo.join(format!(".worktrees/{TAG}-{node}"));
+        }
+        assert!(runner.try_wait().unwrap().is_none(), "the runner exited before opening {node}:\n{text}");
+        assert!(t0.elapsed().as_secs() < 900, "the runner never opened {node}:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
