@@ -78,18 +78,21 @@ fn is_member_unit(unit: &str, names: &BTreeSet<String>) -> bool {
 }
 
 /// The other direction of `stamp_path`: when the members' units in the target directory are
-/// the build tree's (the last build of them was an experiment's), deletes their fingerprints,
-/// so that the next build of any checkout, the main one included, compiles the members from its
-/// own files instead of taking an experiment's trainer for its own. Called when a run ends and
-/// before the runner builds the main checkout (`train`, `prepare`, `bench`); the next
-/// experiment then recompiles the members once. Returns how many units it forgot.
+/// the build tree's (the last build of them was an experiment's), deletes the units of the
+/// members whose files differ from the main checkout's, so that the next build of any checkout,
+/// the main one included, compiles them from its own files instead of taking an experiment's
+/// trainer for its own. A member whose files are the same in both (prepare, the harness: an
+/// experiment changes the trainer only) keeps its units, valid for both. The stamp is then
+/// recorded anew: the build tree's next build recompiles the forgotten units only, not every
+/// member. Called after `tree exec`, when a run ends, and before the runner builds the main
+/// checkout (`train`, `prepare`, `bench`). Returns how many units it forgot.
 pub fn hand_back(repo_root: &Path) -> Result<usize> {
     let tree = build_tree(repo_root);
     let target = super::target_dir(repo_root);
     if !tree.join("Cargo.toml").exists() || built_elsewhere(&target, &tree)? {
         return Ok(0);
     }
-    let names = package_names(&tree)?;
+    let names = members_differing(&tree, repo_root)?;
     let dir = target.join("release").join(".fingerprint");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -99,7 +102,46 @@ pub fn hand_back(repo_root: &Path) -> Result<usize> {
             n += 1;
         }
     }
+    if n > 0 {
+        record_build(&target, &tree)?;
+    }
     Ok(n)
+}
+
+/// The packages of the build tree whose files differ from those at the same paths under
+/// `checkout` (missing there counts as different). A file belongs to the package of the
+/// deepest folder with a `Cargo.toml` above it; a difference outside every package (the
+/// workspace manifest, Cargo.lock, configs/) counts for all of them.
+fn members_differing(tree: &Path, checkout: &Path) -> Result<BTreeSet<String>> {
+    let mut packages: Vec<(PathBuf, String)> = Vec::new();
+    tree_files(tree, &mut |path| {
+        if path.file_name() == Some(OsStr::new("Cargo.toml")) {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let manifest: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            if let Some(name) = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) {
+                let dir = path.parent().unwrap_or(tree).strip_prefix(tree).unwrap_or(Path::new("")).to_path_buf();
+                packages.push((dir, name.to_string()));
+            }
+        }
+        Ok(())
+    })?;
+    let all: BTreeSet<String> = packages.iter().map(|(_, n)| n.clone()).collect();
+    let mut differing = BTreeSet::new();
+    tree_files(tree, &mut |path| {
+        let rel = path.strip_prefix(tree).unwrap_or(path);
+        let same = std::fs::read(checkout.join(rel)).ok() == Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+        if !same {
+            let owner = packages.iter().filter(|(dir, _)| rel.starts_with(dir) && !dir.as_os_str().is_empty()).max_by_key(|(dir, _)| dir.components().count());
+            match owner {
+                Some((_, name)) => {
+                    differing.insert(name.clone());
+                }
+                None => differing.extend(all.iter().cloned()),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(differing)
 }
 
 /// [`hand_back`] under the build lock (so that no experiment's build runs meanwhile), for the
@@ -568,22 +610,36 @@ mod tests {
     }
 
     #[test]
-    fn hand_back_forgets_the_members_units_only_when_they_are_the_build_trees() {
+    fn hand_back_forgets_the_units_of_the_members_an_experiment_changed_when_they_are_the_build_trees() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("target");
         let tree = build_tree(dir.path());
-        write(&tree, "Cargo.toml", "[workspace]\nmembers = [\"crates/trainer\"]\n");
-        write(&tree, "crates/trainer/Cargo.toml", "[package]\nname = \"trainer\"\n");
+        // The main checkout (dir) and the build tree: the same prepare, another trainer.
+        for root in [dir.path(), tree.as_path()] {
+            write(root, "Cargo.toml", "[workspace]\nmembers = [\"crates/trainer\", \"crates/prepare\"]\n");
+            write(root, "crates/trainer/Cargo.toml", "[package]\nname = \"trainer\"\n");
+            write(root, "crates/prepare/Cargo.toml", "[package]\nname = \"prepare\"\n");
+            write(root, "crates/prepare/src/lib.rs", "pub fn p() {}\n");
+        }
+        write(dir.path(), "crates/trainer/src/lib.rs", "pub fn t() {}\n");
+        write(&tree, "crates/trainer/src/lib.rs", "pub fn t() { /* the experiment */ }\n");
         let fp = target.join("release/.fingerprint");
-        write(&fp, "trainer-0123456789abcdef/lib-trainer", "a");
-        write(&fp, "burn-core-0123456789abcdef/lib-burn_core", "a");
+        for unit in ["trainer-0123456789abcdef/lib-trainer", "prepare-0123456789abcdef/lib-prepare", "burn-core-0123456789abcdef/lib-burn_core"] {
+            write(&fp, unit, "a");
+        }
         assert_eq!(hand_back(dir.path()).unwrap(), 0, "no build recorded in the tree: the units are someone else's");
         assert!(fp.join("trainer-0123456789abcdef").exists());
         record_build(&target, &tree).unwrap();
         assert_eq!(hand_back(dir.path()).unwrap(), 1);
-        assert!(!fp.join("trainer-0123456789abcdef").exists(), "the member's unit is forgotten");
+        assert!(!fp.join("trainer-0123456789abcdef").exists(), "the changed member's unit is forgotten");
+        assert!(fp.join("prepare-0123456789abcdef").exists(), "a member the same in both stays built");
         assert!(fp.join("burn-core-0123456789abcdef").exists(), "dependencies stay built");
-        assert!(built_elsewhere(&target, &tree).unwrap(), "the next experiment recompiles the members");
+        assert!(!built_elsewhere(&target, &tree).unwrap(), "the build tree recompiles the forgotten unit only");
+        // A difference outside every package (the lock file) counts for all of them.
+        write(&fp, "trainer-0123456789abcdef/lib-trainer", "a");
+        record_build(&target, &tree).unwrap();
+        write(&tree, "Cargo.lock", "# the experiment's\n");
+        assert_eq!(hand_back(dir.path()).unwrap(), 2);
         // After another checkout's build, its units are left alone.
         write(&fp, "trainer-fedcba9876543210/lib-trainer", "b");
         assert_eq!(hand_back(dir.path()).unwrap(), 0);
