@@ -86,7 +86,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
         crate::config::ProposerKind::Agent => format!("agent: {}", cfg.agent.command),
         crate::config::ProposerKind::Search => format!("search over {}", cfg.search_space),
-        crate::config::ProposerKind::Manual => "manual (waits for `tree record`)".into(),
+        crate::config::ProposerKind::Manual => "manual (waits for `tree exec` or `tree record`)".into(),
     };
     let exp = match executor::custom_command(cfg) {
         Some(c) => c.to_string(),

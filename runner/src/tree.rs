@@ -231,7 +231,11 @@ pub fn record_with(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, 
         }
     }
     db.set_recorded(id, &rec, a.insight)?;
-    println!("recorded {}: {}", n.name(), rec);
+    // `tree exec` says what it ran in a line of its own; the whole record (the summary with it)
+    // is for a person checking a result brought in by hand.
+    if extra.is_none() {
+        println!("recorded {}: {}", n.name(), rec);
+    }
     if rec.get("metric").is_some() && rec["verified"] != json!(true) {
         println!(
             "note: {} is unverified ({}); the loop records it as `unverified` and never compares it with scored results",

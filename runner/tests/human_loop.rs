@@ -281,10 +281,10 @@ fn manual_mode_confirms_exec_runs_and_gives_way_to_a_queued_idea() {
     let fx = Fixture::new(HPARAMS, "keep_rule = \"noise-aware\"\nbaseline_runs = 2\nmax_experiments = 2\nproposer = \"manual\"\n[manual]\npoll_seconds = 0.1\n");
     let log = fx.tools.join("run.log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut runner = fx.cmd(&["run", "--yes"]).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap();
+    let mut runner = Background(fx.cmd(&["run", "--yes"]).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap());
     let set_lr = |wt: &std::path::Path, lr: &str| std::fs::write(wt.join("trainer/hparams.toml"), format!("[gpu]\nmatrix_lr = {lr}\nmode = \"ok\"\n")).unwrap();
 
-    let wt2 = wait_for_worktree(&fx.repo, &mut runner, &log, "n2");
+    let wt2 = wait_for_worktree(&fx.repo, &mut runner.0, &log, "n2");
     set_lr(&wt2, "0.05");
     let o = fx.run(&["tree", "exec", "n2", "--description", "matrix_lr 0.05"]);
     let out = stdout(&o);
@@ -293,19 +293,20 @@ fn manual_mode_confirms_exec_runs_and_gives_way_to_a_queued_idea() {
     assert!(out.contains("n2: run 0 (seed 42): val_bpb 1.010000"), "{out}");
     assert!(out.contains("n2: run 1 (seed 43): ok 1.010000"), "{out}");
     assert!(out.contains("n2 keep 1.010000 (-0.450000; gain 0.450000 > bar 0.001000)"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stdout).lines().count() <= 8 && !out.contains("\"summary\""), "a few lines, no record dump: {out}");
 
     // The loop's next node (n3, at the best) waits untouched; an idea queued from the baseline
     // takes its place.
-    let _ = wait_for_worktree(&fx.repo, &mut runner, &log, "n3");
+    let _ = wait_for_worktree(&fx.repo, &mut runner.0, &log, "n3");
     let o = fx.run(&["tree", "add", "--parent", "n1", "--description", "matrix_lr 0.045 from the baseline", "--hypothesis", "closer still"]);
     assert!(o.status.success(), "{}", stdout(&o));
-    let wt4 = wait_for_worktree(&fx.repo, &mut runner, &log, "n4");
+    let wt4 = wait_for_worktree(&fx.repo, &mut runner.0, &log, "n4");
     assert_eq!(git(&wt4, &["rev-parse", "HEAD"]), fx.nodes()[0]["commit"].as_str().unwrap(), "the idea opens at its own parent");
     assert!(!fx.repo.join(format!(".worktrees/{TAG}-n3")).exists(), "n3 gave way");
     set_lr(&wt4, "0.045");
     let o = fx.run(&["tree", "exec", "n4"]);
     assert!(o.status.success() && stdout(&o).contains("n4 keep 1.005000"), "{}", stdout(&o));
-    assert!(runner.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(runner.0.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("n3: untouched, gives way to the queued idea n4"), "{text}");
 

@@ -6,7 +6,7 @@
 //! runs must be the loop's own.
 
 mod common;
-use common::{TAG, git, stdout, wait_for_worktree};
+use common::{Background, TAG, git, stdout, wait_for_worktree};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -312,17 +312,19 @@ fn manual_mode_tree_exec_scores_as_the_loop_does_and_takes_up_a_queued_idea() {
     let r = Repo::new("true", 2).own_target();
     let log_path = r.tools.join("run.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
-        .args(["run", "--yes", "--proposer", "manual"])
-        .current_dir(&r.repo)
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
+    let mut runner = Background(
+        Command::new(env!("CARGO_BIN_EXE_autoresearch"))
+            .args(["run", "--yes", "--proposer", "manual"])
+            .current_dir(&r.repo)
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
     let cli = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_autoresearch")).args(args).current_dir(&r.repo).output().unwrap();
-    let wt2 = wait_for_worktree(&r.repo, &mut runner, &log_path, "n2");
+    let wt2 = wait_for_worktree(&r.repo, &mut runner.0, &log_path, "n2");
     let pid = std::fs::read_to_string(r.repo.join(format!(".autoresearch/{TAG}/runner.pid"))).unwrap();
-    assert_eq!(pid.lines().next(), Some(runner.id().to_string().as_str()), "the PID file names the runner");
+    assert_eq!(pid.lines().next(), Some(runner.0.id().to_string().as_str()), "the PID file names the runner");
 
     // Queued before n2 is decided, on top of n2: the loop's next experiment, at n2's commit.
     let o = cli(&["tree", "add", "--parent", "n2", "--description", "a second marker on top of n2", "--hypothesis", "h"]);
@@ -359,19 +361,19 @@ fn manual_mode_tree_exec_scores_as_the_loop_does_and_takes_up_a_queued_idea() {
     let main_trainer = std::fs::read(r.repo.join("target/release/trainer")).unwrap();
     assert!(!main_trainer.windows(20).any(|w| w == b"experiment-n2-marker"), "the main checkout's trainer is the experiment's");
 
-    let wt3 = wait_for_worktree(&r.repo, &mut runner, &log_path, "n3");
+    let wt3 = wait_for_worktree(&r.repo, &mut runner.0, &log_path, "n3");
     assert_eq!(git(&wt3, &["rev-parse", "HEAD"]), n2_commit, "the queued idea opens at its own parent");
     let n2_main = std::fs::read_to_string(wt3.join("trainer/src/main.rs")).unwrap();
     std::fs::write(wt3.join("trainer/src/main.rs"), n2_main.replace("experiment-n2-marker", "experiment-n3-marker")).unwrap();
     let o = cli(&["tree", "exec", "n3"]);
     assert!(o.status.success() && stdout(&o).contains("n3 discard "), "{}", stdout(&o));
     let t0 = std::time::Instant::now();
-    while runner.try_wait().unwrap().is_none() {
+    while runner.0.try_wait().unwrap().is_none() {
         assert!(t0.elapsed().as_secs() < 120, "the runner did not end after its two experiments");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(runner.wait().unwrap().success(), "{log}");
+    assert!(runner.0.wait().unwrap().success(), "{log}");
     // The runner's log has each run of the baseline, and each decision with its margin.
     assert!(log.contains("n1 run 0 (seed 42): ok val_bpb "), "{log}");
     assert!(log.lines().any(|l| l.starts_with("n2 discard") && l.contains("gain 0.000000 <= bar 0.000000")), "{log}");

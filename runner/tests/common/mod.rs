@@ -140,6 +140,17 @@ impl Fixture {
     }
 }
 
+/// A runner a test started in the background, killed when the test ends, passed or failed, so
+/// that a failed assertion leaves no runner waiting for a `tree exec` that never comes.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until a runner of the manual proposer (`runner`, its output going to `log`) opens
 /// `node`'s worktree in `repo` and says so in its log, as an agent reading run.log would; fails
 /// with the log when the runner exits first or takes more than 15 minutes.
