@@ -109,6 +109,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub protect: Vec<PathBuf>,
 
+    /// A file or folder the trainer may also read (and map), for a driver installed where the
+    /// sandbox's defaults do not look; refused when it overlaps a protected folder. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub allow_read: Vec<PathBuf>,
+
     /// Also score the held-out split after val_bpb (`heldout_bpb` in the JSON): the documents
     /// of the validation shard that the evaluation does not reach, packed the same way, as many
     /// as the evaluation's size. The runner asks for it on the baseline and on kept nodes only.

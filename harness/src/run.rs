@@ -171,6 +171,13 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     for note in notes {
         eprintln!("harness: {note}");
     }
+    if choice.spec == "cuda" {
+        let found = prepare::device::libtorch_cuda_devices();
+        if choice.index >= found {
+            let e = prepare::device::DeviceError::NoCudaDevice { name: choice.name.clone(), found };
+            return Err(Failure::new(exit::USAGE, e.to_string()));
+        }
+    }
     let source_text = match source {
         DeviceSource::Flag => "--device",
         DeviceSource::Env => "BURN_DEVICE",
@@ -206,7 +213,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     // The sandbox (2 when one is required and there is none).
     let scratch_parent = std::env::temp_dir();
     let scratch = Scratch::create(&scratch_parent).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
-    let planned = trainer_policy(&trainer_bin, scratch.path(), &choice, &protected(cli, &cache_dir, &trainer_bin)).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let planned = trainer_policy(&trainer_bin, scratch.path(), &choice, &protected(cli, &cache_dir, &trainer_bin), &cli.allow_read).map_err(|e| Failure::new(exit::USAGE, e))?;
     for note in &planned.notes {
         eprintln!("harness: sandbox: {note}");
     }
@@ -215,6 +222,9 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
             let text = s.describe();
             println!("harness: sandbox: {text}");
             record.insert("sandbox".into(), json!(text));
+            if !cli.allow_read.is_empty() {
+                record.insert("sandbox_allow_read".into(), json!(cli.allow_read.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()));
+            }
             Some(Arc::new(s))
         }
         Err(e) if cli.require_sandbox() => {
@@ -245,7 +255,14 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     // The trainer, and the clock from its start.
     become_subreaper();
     install_signal_handlers();
-    let launch = Launch { binary: &trainer_bin, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path.clone() };
+    let kernels = KernelSettings::of(&profile, &choice);
+    for note in &kernels.notes {
+        println!("harness: {note}");
+    }
+    record.insert("fusion".into(), json!(kernels.fusion));
+    record.insert("autotune".into(), json!(kernels.autotune));
+    record.insert("dtype".into(), json!(profile.dtype));
+    let launch = Launch { binary: &trainer_bin, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path.clone(), extra_env: kernels.env };
     let mut trainer = TrainerProcess::start(launch).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
     TRAINER_GROUP.store(trainer.pid(), Ordering::SeqCst);
     let allowance = allowance(cli.budget, profile.warmup_allowance_seconds);
@@ -550,5 +567,38 @@ mod tests {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(v["status"], "data");
         assert_eq!(v["device"], "flex");
+    }
+}
+
+/// What the profile's `fusion` and `autotune` come to on this build and device. Fusion is
+/// Burn's compile-time choice (the `fusion` feature wraps every CubeCL device); autotune's level
+/// is CubeCL's run-time setting, which the trainer gets as `CUBECL_AUTOTUNE_LEVEL` unless the
+/// harness's own environment sets it.
+struct KernelSettings {
+    fusion: bool,
+    autotune: bool,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    notes: Vec<String>,
+}
+
+impl KernelSettings {
+    fn of(profile: &PlatformProfile, device: &prepare::device::DeviceChoice) -> KernelSettings {
+        let cubecl = device.spec.starts_with("wgpu") || matches!(device.spec, "vulkan" | "metal");
+        let built = cfg!(feature = "fusion");
+        let mut notes = Vec::new();
+        if !cubecl {
+            // LibTorch, flex and ndarray run eagerly: neither setting applies.
+            return KernelSettings { fusion: false, autotune: false, env: Vec::new(), notes };
+        }
+        if profile.fusion && !built {
+            notes.push(format!("the profile asks for kernel fusion, which this build lacks: rebuild with `--features harness/fusion,trainer/fusion` (or `gpu`) for {}", device.name));
+        } else if !profile.fusion && built {
+            notes.push("the profile turns kernel fusion off, but this build fuses every CubeCL device (the `fusion` feature): fusion stays on".to_string());
+        }
+        let mut env = Vec::new();
+        if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
+            env.push(("CUBECL_AUTOTUNE_LEVEL".into(), if profile.autotune { "balanced" } else { "minimal" }.into()));
+        }
+        KernelSettings { fusion: built, autotune: profile.autotune, env, notes }
     }
 }

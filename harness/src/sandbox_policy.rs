@@ -71,8 +71,15 @@ pub struct TrainerSandbox {
 
 /// The policy for a trainer binary on `device`, writing only to `scratch`. A library or
 /// driver path that overlaps a protected folder is left out (the trainer does not get it).
-pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected) -> Result<TrainerSandbox, String> {
-    policy_with_env(binary, scratch, device, protected, &|name| std::env::var_os(name))
+pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected, allow_read: &[PathBuf]) -> Result<TrainerSandbox, String> {
+    for path in allow_read {
+        if let Some(p) = protected.overlap(path) {
+            return Err(format!("--allow-read {} overlaps {}, which the trainer must not read", path.display(), p.display()));
+        }
+    }
+    let mut sandbox = policy_with_env(binary, scratch, device, protected, &|name| std::env::var_os(name))?;
+    sandbox.policy.read.extend(allow_read.iter().cloned());
+    Ok(sandbox)
 }
 
 /// [`trainer_policy`] with the harness's environment given as `env` (tests pass their own).
@@ -85,8 +92,16 @@ fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protect
         devices.extend(GPU_DEVICES.iter().map(PathBuf::from));
         devices.extend(nvidia_device_files());
     }
-    // Libraries the loader is pointed at (LibTorch's), and Vulkan drivers named by file.
-    let mut extra: Vec<(PathBuf, &str)> = Vec::new();
+    // Libraries the loader is pointed at (LibTorch's), Vulkan drivers named by file, and the
+    // system's own library folders from the loader's configuration (a GPU driver's, such as
+    // /usr/local/nvidia/lib64).
+    let mut extra: Vec<(PathBuf, &str)> = loader_config_folders(Path::new(LOADER_CONFIG)).into_iter().map(|p| (p, LOADER_CONFIG)).collect();
+    // NVIDIA's Vulkan driver reads more of /usr than the libraries and the Vulkan and GL
+    // configuration (measured on an H200: it fails to start without /usr, not without /etc,
+    // /proc or /dev); the overlap check below keeps a repository or cache under /usr out.
+    if matches!(device.spec, "wgpu" | "vulkan") {
+        extra.push((PathBuf::from("/usr"), "the Vulkan driver"));
+    }
     if let Some(paths) = env("LD_LIBRARY_PATH") {
         extra.extend(std::env::split_paths(&paths).filter(|p| p.is_absolute()).map(|p| (p, "LD_LIBRARY_PATH")));
     }
@@ -122,8 +137,62 @@ fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protect
     }
     let mut execute = vec![binary.to_path_buf()];
     execute.extend(interpreter(binary));
-    let policy = Policy { read, execute, write: vec![scratch.to_path_buf()], devices, filter_syscalls: true };
+    // CUDA's driver writes its threads' files under /proc/<pid>/task (the trainer's own only).
+    let policy = Policy { read, execute, write: vec![scratch.to_path_buf()], devices, filter_syscalls: true, own_threads: gpu };
     Ok(TrainerSandbox { policy, library_path, notes })
+}
+
+/// The system loader's configuration: the library folders it searches besides the defaults.
+const LOADER_CONFIG: &str = "/etc/ld.so.conf";
+
+/// Most configuration files followed through `include` lines.
+const MAX_LOADER_CONFIG_FILES: usize = 64;
+
+/// The folders that the loader configuration `file` names, following its `include` lines
+/// (whose patterns may hold `*` in the file name, as `ld.so.conf.d/*.conf`). Relative and
+/// missing folders are left out. Only root can write these files: they name system libraries.
+fn loader_config_folders(file: &Path) -> Vec<PathBuf> {
+    let (mut files, mut folders, mut next) = (vec![file.to_path_buf()], Vec::new(), 0);
+    while next < files.len() && files.len() <= MAX_LOADER_CONFIG_FILES {
+        let text = std::fs::read_to_string(&files[next]).unwrap_or_default();
+        let base = files[next].parent().map(Path::to_path_buf).unwrap_or_default();
+        next += 1;
+        for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+            match line.strip_prefix("include").filter(|rest| rest.starts_with(char::is_whitespace)) {
+                Some(pattern) => {
+                    for f in expand_file_pattern(&base.join(pattern.trim())) {
+                        if !files.contains(&f) {
+                            files.push(f);
+                        }
+                    }
+                }
+                None => {
+                    let dir = PathBuf::from(line);
+                    if dir.is_absolute() && dir.is_dir() && !folders.contains(&dir) {
+                        folders.push(dir);
+                    }
+                }
+            }
+        }
+    }
+    folders
+}
+
+/// The files a pattern with at most one `*`, in its file name, matches (sorted), or the file
+/// itself.
+fn expand_file_pattern(pattern: &Path) -> Vec<PathBuf> {
+    let name = pattern.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some((prefix, suffix)) = name.split_once('*') else { return vec![pattern.to_path_buf()] };
+    let dir = pattern.parent().unwrap_or(Path::new("/"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() >= prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)))
+        .collect();
+    found.sort();
+    found
 }
 
 /// `/dev/nvidia0`, `/dev/nvidia1`, ...
@@ -229,6 +298,41 @@ mod tests {
         assert!(sandbox.policy.read.contains(&root.join("nvidia/lib")), "{:?}", sandbox.policy.read);
         assert!(!sandbox.policy.read.iter().any(|p| is_within(p, &cache) || is_within(&cache, p)), "{:?}", sandbox.policy.read);
         assert!(sandbox.notes.iter().any(|n| n.contains("run path folder") && n.contains(&cache.display().to_string())), "{:?}", sandbox.notes);
+    }
+
+    #[test]
+    fn the_loader_configuration_names_system_library_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        for d in ["conf.d", "nvidia/lib64", "usr/lib/extra", "cache"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let (nvidia, extra) = (root.join("nvidia/lib64"), root.join("usr/lib/extra"));
+        std::fs::write(root.join("ld.so.conf"), format!("# comment\ninclude conf.d/*.conf\n{}\nrelative/lib\n", extra.display())).unwrap();
+        std::fs::write(root.join("conf.d/10-nvidia.conf"), format!("{}   # the driver\n/no/such/folder\n", nvidia.display())).unwrap();
+        std::fs::write(root.join("conf.d/20-loop.conf"), "include ../ld.so.conf\n").unwrap();
+        std::fs::write(root.join("conf.d/README"), root.join("cache").display().to_string()).unwrap();
+        assert_eq!(loader_config_folders(&root.join("ld.so.conf")), vec![nvidia, extra], "in the order the loader reads them; includes followed once");
+        assert!(loader_config_folders(&root.join("missing.conf")).is_empty());
+    }
+
+    #[test]
+    fn an_allowed_read_is_granted_unless_it_overlaps_a_protected_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (cache, scratch, driver) = (root.join("cache"), root.join("scratch"), root.join("driver"));
+        for d in [&cache, &scratch, &driver] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
+        let binary = std::env::current_exe().unwrap();
+        let device = prepare::device::parse_device("flex").unwrap();
+        let sandbox = trainer_policy(&binary, &scratch, &device, &protected, std::slice::from_ref(&driver)).unwrap();
+        assert!(sandbox.policy.read.contains(&driver), "{:?}", sandbox.policy.read);
+        for bad in [cache.join("tokens"), root.clone()] {
+            let err = trainer_policy(&binary, &scratch, &device, &protected, &[bad.clone()]).unwrap_err();
+            assert!(err.contains("--allow-read") && err.contains(&cache.display().to_string()), "{err}");
+        }
     }
 
     /// The experiment builds the trainer binary: a run path in it must not widen its sandbox.

@@ -88,6 +88,8 @@ pub struct Launch<'a> {
     pub shm_bytes: usize,
     /// The trainer's `LD_LIBRARY_PATH` (the folders its sandbox lets it read).
     pub library_path: Option<OsString>,
+    /// Set on top of the passed environment (the profile's kernel settings).
+    pub extra_env: Vec<(OsString, OsString)>,
 }
 
 impl TrainerProcess {
@@ -101,6 +103,7 @@ impl TrainerProcess {
         let mut cmd = Command::new(launch.binary);
         cmd.env_clear()
             .envs(trainer_env(launch.scratch, launch.library_path.as_ref()))
+            .envs(launch.extra_env.iter().map(|(k, v)| (k, v)))
             .env(CHANNEL_FD_ENV, child_fd.to_string())
             .current_dir(launch.scratch)
             .stdin(Stdio::null())

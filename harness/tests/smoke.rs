@@ -186,3 +186,20 @@ fn list_devices_reports_this_builds_backends() {
         assert!(v["libtorch"]["cuda_devices"].is_u64(), "{v}");
     }
 }
+
+/// `--device cuda` where libtorch sees no CUDA device (CI's CPU-only PyTorch) is a usage error
+/// that says what to check, before any trainer starts; on a build without `tch`, one that says
+/// how to rebuild.
+#[test]
+fn cuda_where_there_is_none_is_a_usage_error_saying_what_to_do() {
+    let (dir, profile, hparams) = fixture();
+    let out = harness(dir.path(), profile, hparams, "cuda:0").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "tch") && prepare::device::libtorch_cuda_devices() > 0 {
+        return; // a machine with a GPU: nothing to refuse
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let want = if cfg!(feature = "tch") { "libtorch sees 0 CUDA device(s)" } else { "--features harness/tch" };
+    assert!(stderr.contains(want), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("[trainer]"), "no trainer may start");
+}

@@ -83,6 +83,8 @@ pub enum DeviceError {
     Unknown { name: String, available: Vec<&'static str> },
     /// `cuda:N` with a bad `N`.
     BadIndex { name: String },
+    /// `cuda:N` where libtorch sees fewer than N + 1 CUDA devices.
+    NoCudaDevice { name: String, found: usize },
 }
 
 impl std::fmt::Display for DeviceError {
@@ -91,7 +93,7 @@ impl std::fmt::Display for DeviceError {
             DeviceError::NotCompiled { name, feature, available } => write!(
                 f,
                 "device {name:?} is not compiled into this build; this build has: {}. \
-                 Rebuild with `cargo build --release --workspace --features harness/{feature}` to use it",
+                 Rebuild with `cargo build --release --workspace --features harness/{feature},trainer/{feature}` to use it",
                 available.join(", ")
             ),
             DeviceError::Unknown { name, available } => write!(
@@ -103,6 +105,12 @@ impl std::fmt::Display for DeviceError {
             DeviceError::BadIndex { name } => {
                 write!(f, "device {name:?}: the GPU index after ':' must be a non-negative integer")
             }
+            DeviceError::NoCudaDevice { name, found } => write!(
+                f,
+                "device {name:?}: libtorch sees {found} CUDA device(s). Check the PyTorch this build links \
+                 (`python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available())'`): a CPU-only \
+                 PyTorch, no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them"
+            ),
         }
     }
 }
@@ -202,6 +210,22 @@ pub fn choose_device(
     Ok((parse_device(&fallback)?, DeviceSource::Fallback, notes))
 }
 
+/// CUDA devices that libtorch sees: 0 in a build without `tch`, with a CPU-only libtorch, or
+/// without an NVIDIA driver (libtorch's panic then is caught, and silenced).
+pub fn libtorch_cuda_devices() -> usize {
+    #[cfg(feature = "tch")]
+    {
+        use burn::tensor::DeviceType;
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let n = std::panic::catch_unwind(|| Device::enumerate(DeviceType::LibTorch).into_vec().len()).unwrap_or(0);
+        std::panic::set_hook(hook);
+        n
+    }
+    #[cfg(not(feature = "tch"))]
+    0
+}
+
 /// Builds the Burn device for a parsed choice.
 #[allow(deprecated, unreachable_code, unused_variables)]
 pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
@@ -248,7 +272,13 @@ pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
         }
         "cuda" => {
             #[cfg(feature = "tch")]
-            return Ok(Device::libtorch_cuda(choice.index));
+            {
+                let found = libtorch_cuda_devices();
+                if choice.index >= found {
+                    return Err(DeviceError::NoCudaDevice { name: choice.name.clone(), found });
+                }
+                return Ok(Device::libtorch_cuda(choice.index));
+            }
             Err(not_compiled("tch"))
         }
         "mps" => {

@@ -34,14 +34,77 @@ pub struct Vulkan {
     pub software_only: bool,
     /// GPU render nodes (/dev/dri/renderD*): an installed ICD without one drives no GPU.
     pub render_nodes: Vec<String>,
+    /// The NVIDIA driver's ICD where the loader does not look by itself (GPU containers mount
+    /// it under /usr/local/nvidia), unless `VK_DRIVER_FILES` or `VK_ICD_FILENAMES` names it.
+    pub unlisted_nvidia_icd: Option<String>,
+    /// NVIDIA's device files (/dev/nvidia0...), which its Vulkan driver uses instead of /dev/dri.
+    pub nvidia_devices: bool,
 }
 
 impl Vulkan {
     /// A hardware Vulkan driver with a device to drive.
     pub fn usable_gpu(&self) -> bool {
-        let device = !self.render_nodes.is_empty() || !cfg!(target_os = "linux");
+        let device = !self.render_nodes.is_empty() || self.nvidia_devices || !cfg!(target_os = "linux");
         self.loader.is_some() && !self.icds.is_empty() && !self.software_only && device
     }
+
+    /// What to do so that Vulkan reaches an NVIDIA GPU, when something is missing.
+    pub fn nvidia_hint(&self, nvidia_gpus: usize) -> Option<String> {
+        if nvidia_gpus == 0 || !cfg!(target_os = "linux") {
+            return None;
+        }
+        let has_nvidia_icd = self.icds.iter().any(|p| p.to_lowercase().contains("nvidia"));
+        let point = |icd: &str| format!("`export VK_DRIVER_FILES={icd}` (the NVIDIA driver's ICD, where the loader does not look by itself)");
+        match (&self.loader, &self.unlisted_nvidia_icd) {
+            (None, Some(icd)) => Some(format!("no Vulkan loader (libvulkan.so.1): install it (Debian/Ubuntu `apt-get install libvulkan1`, Fedora/RHEL `dnf install vulkan-loader`), then {}", point(icd))),
+            (None, None) => Some(format!(
+                "no Vulkan loader (libvulkan.so.1): install it (Debian/Ubuntu `apt-get install libvulkan1`, Fedora/RHEL `dnf install vulkan-loader`){}",
+                if has_nvidia_icd { "" } else { "; the NVIDIA driver's Vulkan ICD (nvidia_icd.json) was not found either: install the driver's Vulkan part, or in a container set NVIDIA_DRIVER_CAPABILITIES=all" }
+            )),
+            (Some(_), Some(icd)) => Some(format!("the Vulkan loader does not see the NVIDIA driver: {}", point(icd))),
+            (Some(_), None) if !has_nvidia_icd => Some("the NVIDIA driver's Vulkan ICD (nvidia_icd.json) is not installed: install the driver's Vulkan part, or in a container set NVIDIA_DRIVER_CAPABILITIES=all".to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The PyTorch that `python3` imports: what a `tch` build links with `LIBTORCH_USE_PYTORCH=1`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PyTorch {
+    /// `torch.__version__`, e.g. `2.11.0+cu130`.
+    pub version: String,
+    /// `torch.version.cuda`, when it is a CUDA build.
+    pub cuda: Option<String>,
+    /// Its `torch/lib`, for `LD_LIBRARY_PATH`.
+    pub lib_dir: String,
+}
+
+/// PyTorch versions this project's `tch` build is tested with.
+pub const TESTED_PYTORCH: &[&str] = &["2.9.0 (CPU, CI)", "2.11.0+cu130 (CUDA 13, H200)"];
+
+impl PyTorch {
+    /// Whether `torch-sys` accepts it without `LIBTORCH_BYPASS_VERSION_CHECK=1`.
+    pub fn needs_bypass(&self) -> bool {
+        !self.version.starts_with("2.9.0")
+    }
+}
+
+/// Asks `python3` which PyTorch it has (None without python3 or torch, or after 60 s).
+fn pytorch() -> Option<PyTorch> {
+    let dir = tempfile::tempdir().ok()?;
+    let out = dir.path().join("out");
+    let script = "import os, torch; print(torch.__version__); print(torch.version.cuda or ''); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
+    let cmd = format!("python3 -c {}", crate::process::shell_quote(script));
+    let fin = crate::process::run_shell(&cmd, dir.path(), &[], crate::process::Output::Split { stdout: &out, stderr: &dir.path().join("err") }, std::time::Duration::from_secs(60), |_| Ok(()), |_| {}).ok()?;
+    if fin.code != Some(0) {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let mut lines = text.lines().map(str::trim);
+    let version = lines.next().filter(|v| !v.is_empty())?.to_string();
+    let cuda = lines.next().filter(|c| !c.is_empty()).map(str::to_string);
+    let lib_dir = lines.next().unwrap_or_default().to_string();
+    Some(PyTorch { version, cuda, lib_dir })
 }
 
 /// What the built harness found through its backends (`harness --list-devices`).
@@ -151,6 +214,10 @@ pub struct Detection {
     /// What the built harness found through its backends; None with `build_devices_note` saying why.
     pub build_devices: Option<BuildDevices>,
     pub build_devices_note: Option<String>,
+    /// The PyTorch `python3` has, asked where a `tch` build or a GPU makes it matter.
+    pub pytorch: Option<PyTorch>,
+    /// What Vulkan needs to reach the NVIDIA GPU, when something is missing.
+    pub vulkan_hint: Option<String>,
     /// The profile that fits the hardware.
     pub recommended_profile: String,
     /// The profile `run` and `train` use with the current build features.
@@ -190,6 +257,8 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
     }
     let has = |b: &str| build_backends.iter().any(|x| x == b);
     let found = build_devices.clone().unwrap_or_default();
+    let pytorch = if has("tch") || !nvidia.is_empty() || apple_silicon { pytorch() } else { None };
+    let vulkan_hint = vulkan.nvidia_hint(nvidia.len());
     // A GPU that wgpu reaches through Burn (Vulkan, Metal or DX12) counts even where the
     // Vulkan files say nothing (macOS, Windows).
     let wgpu_gpu = vulkan.usable_gpu() || found.hardware_wgpu();
@@ -211,8 +280,13 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         Some(feat) if !has(feat) => {
             let hint = if feat == "tch" {
                 format!(
-                    "this {} is unused by the current build. Rebuild with libtorch: `pip install torch==2.9.0 && export LIBTORCH_USE_PYTORCH=1 && cargo build --release --workspace --features harness/tch`, and set features = \"tch\" in configs/research.toml (or pass --features tch). Without libtorch, `--features wgpu` also reaches the GPU (slower).",
-                    if recommended == "cuda" { "NVIDIA GPU" } else { "Apple GPU (MPS)" }
+                    "this {} is unused by the current build. Rebuild with libtorch: {}`export LIBTORCH_USE_PYTORCH=1{}` and `cargo build --release --workspace --features harness/tch,trainer/tch` (`gpu` in place of `tch` adds Vulkan, fusion and autotune), and set features = \"tch\" in configs/research.toml (or pass --features tch). Without libtorch, `--features wgpu` also reaches the GPU (slower).",
+                    if recommended == "cuda" { "NVIDIA GPU" } else { "Apple GPU (MPS)" },
+                    match &pytorch {
+                        Some(p) => format!("with the PyTorch found ({}), ", p.version),
+                        None => "`pip install torch` (2.11.0 has CUDA 13; 2.9.0 for the CPU), then ".to_string(),
+                    },
+                    if pytorch.as_ref().is_none_or(PyTorch::needs_bypass) { " LIBTORCH_BYPASS_VERSION_CHECK=1" } else { "" }
                 )
             } else {
                 "this Vulkan GPU is unused by the current build: `cargo build --release --workspace --features harness/wgpu` and set features = \"wgpu\" in configs/research.toml (or pass --features wgpu).".to_string()
@@ -244,6 +318,8 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         apple_silicon,
         build_devices,
         build_devices_note,
+        pytorch,
+        vulkan_hint,
         recommended_profile: recommended.to_string(),
         profile: profile.to_string(),
         profile_path,
@@ -409,7 +485,25 @@ fn vulkan() -> Vulkan {
             }
         }
     }
+    // ICD files named in the environment, which the loader reads in place of its folders.
+    let from_env: Vec<String> = ["VK_DRIVER_FILES", "VK_ICD_FILENAMES", "VK_ADD_DRIVER_FILES"]
+        .iter()
+        .filter_map(|v| std::env::var_os(v))
+        .flat_map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    for icd in from_env {
+        if !icds.contains(&icd) {
+            icds.push(icd);
+        }
+    }
     icds.sort();
+    let unlisted_nvidia_icd = ["/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json", "/usr/local/share/nvidia/vulkan/icd.d/nvidia_icd.json"]
+        .iter()
+        .find(|p| Path::new(p).is_file() && !icds.iter().any(|i| i == *p))
+        .map(|p| p.to_string());
+    let nvidia_devices = Path::new("/dev/nvidia0").exists();
     let software_only = !icds.is_empty()
         && icds.iter().all(|p| {
             let l = p.to_lowercase();
@@ -424,7 +518,7 @@ fn vulkan() -> Vulkan {
         })
         .unwrap_or_default();
     render_nodes.sort();
-    Vulkan { loader, icds, software_only, render_nodes }
+    Vulkan { loader, icds, software_only, render_nodes, unlisted_nvidia_icd, nvidia_devices }
 }
 
 /// Human-readable report.
@@ -456,6 +550,19 @@ pub fn render(d: &Detection) -> String {
         if d.vulkan.software_only { " (software only, no GPU)" } else { "" },
         if d.vulkan.render_nodes.is_empty() { "none (no GPU for Vulkan to drive)".into() } else { d.vulkan.render_nodes.join(", ") }
     ));
+    if let Some(h) = &d.vulkan_hint {
+        s.push_str(&format!("         note: {h}\n"));
+    }
+    if let Some(p) = &d.pytorch {
+        s.push_str(&format!(
+            "PyTorch  {}{} at {} (tested: {}){}\n",
+            p.version,
+            p.cuda.as_ref().map(|c| format!(", CUDA {c}")).unwrap_or_default(),
+            p.lib_dir,
+            TESTED_PYTORCH.join(", "),
+            if p.needs_bypass() { "; a tch build against it needs LIBTORCH_BYPASS_VERSION_CHECK=1 (torch-sys expects 2.9.0)" } else { "" }
+        ));
+    }
     s.push_str(&format!("Apple    {}\n", if d.apple_silicon { "Apple Silicon: MPS (libtorch) or Metal (wgpu)" } else { "no" }));
     s.push_str(&format!("Build    backends: {}\n", d.build_backends.join(", ")));
     match (&d.build_devices, &d.build_devices_note) {

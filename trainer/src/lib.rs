@@ -7,8 +7,9 @@
 //! model's logits itself. The trainer never reads the data files or writes the score.
 //!
 //! A port of the reference train.py (karpathy/autoresearch). Known differences:
-//! - Everything runs in f32: the profile's `dtype` is not applied (the reference trains in bf16
-//!   autocast and keeps the embeddings in bf16).
+//! - Precision: with the profile's `dtype = "bf16"` (CUDA) matmuls and attention run in bf16
+//!   and everything else in f32, as the reference's autocast; the reference also keeps the
+//!   embedding tables in bf16, here they stay f32. `f32` (CPU) runs everything in f32.
 //! - Muon updates each matrix on its own instead of stacking same-shaped matrices (same math).
 //! - The loss printed and checked for divergence is the mean over the micro-batches of a step
 //!   (the reference uses the last micro-batch's).
@@ -25,6 +26,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 use prepare::eval::LogitsModel;
 use prepare::experiment::{TrainContext, TrainError, TrainedModel};
 
@@ -42,7 +44,8 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     let accum = hp.grad_accum_steps(device_batch, seq_len)?;
     let rows_per_step = device_batch * accum;
 
-    let config = GptConfig::new(&hp, run.vocab_size, seq_len);
+    let mut config = GptConfig::new(&hp, run.vocab_size, seq_len);
+    config.matmul_dtype = matmul_dtype(&run.dtype, &device);
     kernels::tune_allocator();
     let device = device.autodiff();
     device.seed(run.seed);
@@ -56,6 +59,7 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     println!("Parameters: {num_params} ({:.1}M) {:?}", num_params as f64 / 1e6, config.param_counts());
     println!("Estimated FLOPs per token: {flops_per_token:e}");
     println!("Device batch: {device_batch} x {seq_len}, gradient accumulation steps: {accum}");
+    println!("Matmuls and attention in {:?}, everything else in f32", config.matmul_dtype);
     println!("Budget: {}", run.budget);
 
     let mut smooth_loss = 0.0;
@@ -99,6 +103,19 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     println!();
 
     Ok(Box::new(model.valid()))
+}
+
+/// What matmuls and attention run in for the run's `dtype`: bf16 (autocast) where the device
+/// has it, else f32. f16 would need loss scaling, which this trainer does not do.
+pub fn matmul_dtype(dtype: &str, device: &Device) -> FloatDType {
+    match dtype {
+        "bf16" if device.supports_dtype(DType::BF16) => FloatDType::BF16,
+        "f32" => FloatDType::F32,
+        other => {
+            println!("dtype {other} is not applied on this device: matmuls and attention run in f32");
+            FloatDType::F32
+        }
+    }
 }
 
 /// Forward and backward on one micro-batch. The loss is divided by `accum` before the backward

@@ -2,13 +2,17 @@
 //! rotary + QK-norm attention with sliding windows, value embeddings, ReLU² MLP, soft-capped
 //! logits.
 //!
+//! Precision: parameters, norms, the residual stream, logits and loss are f32; matmuls and
+//! attention run in `GptConfig::matmul_dtype`, bf16 on CUDA as the reference's autocast (f32
+//! elsewhere). [`to_dtype`] is the way in and out, a no-op in f32.
+//!
 //! Shapes: `B` batch rows, `T` positions, `C = n_embd`, `H` heads, `D = head_dim`, `V` vocab.
 //! Weights are stored `[in, out]` (Burn's convention, the transpose of PyTorch's `[out, in]`),
 //! so `linear(x, w)` is `x @ w`.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{DType, Distribution, FloatDType};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::embedding;
 
@@ -32,6 +36,9 @@ pub struct GptConfig {
     pub n_embd: usize,
     pub head_dim: usize,
     pub window_pattern: String,
+    /// What matmuls and attention run in: `F32`, or `BF16` (autocast) where the run's dtype
+    /// asks for it and the device has it.
+    pub matmul_dtype: FloatDType,
 }
 
 /// Parameter counts by group, as the reference's `num_scaling_params`.
@@ -56,6 +63,7 @@ impl GptConfig {
             n_embd,
             head_dim: hp.head_dim,
             window_pattern: hp.window_pattern.to_uppercase(),
+            matmul_dtype: FloatDType::F32,
         }
     }
 
@@ -170,7 +178,8 @@ pub struct Block {
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        crate::kernels::softcap(dense(self.hidden(idx), self.lm_head.val()), LOGIT_SOFTCAP) // [B, T, V]
+        let z = to_dtype(dense(self.hidden(idx), self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
+        crate::kernels::softcap(z, LOGIT_SOFTCAP) // [B, T, V]
     }
 
     /// Training loss: mean cross-entropy (nats) of the soft-capped logits against `targets`
@@ -178,7 +187,8 @@ impl Gpt {
     /// head's soft-cap and cross-entropy run as one fused op on flex (see `kernels.rs`).
     pub fn loss(&self, idx: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t] = idx.dims();
-        let z = dense(self.hidden(idx), self.lm_head.val()).reshape([b * t, self.config.vocab_size]);
+        let z = to_dtype(dense(self.hidden(idx), self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
+        let z = z.reshape([b * t, self.config.vocab_size]);
         crate::kernels::softcap_cross_entropy(z, targets.reshape([b * t]), LOGIT_SOFTCAP)
     }
 
@@ -188,6 +198,7 @@ impl Gpt {
         let [_, t] = idx.dims();
         let device = idx.device();
         let (cos, sin) = rotary_tables(t, cfg.head_dim, &device);
+        let (cos, sin) = (to_dtype(cos, cfg.matmul_dtype), to_dtype(sin, cfg.matmul_dtype));
         let windows = cfg.window_sizes();
 
         let mut x = rms_norm(embedding(self.wte.val(), idx.clone())); // [B, T, C]
@@ -216,9 +227,10 @@ impl Block {
         window: Option<usize>,
         cfg: &GptConfig,
     ) -> Tensor<3> {
-        let x = x.clone() + self.attention(rms_norm(x), ve, cos, sin, window, cfg);
-        let h = relu_squared(dense(rms_norm(x.clone()), self.c_fc.val())); // [B, T, 4C]
-        x + dense(h, self.mlp_proj.val())
+        let dt = cfg.matmul_dtype;
+        let x = x.clone() + to_dtype(self.attention(rms_norm(x), ve, cos, sin, window, cfg), FloatDType::F32);
+        let h = relu_squared(dense(rms_norm(x.clone()), self.c_fc.val(), dt)); // [B, T, 4C]
+        x + to_dtype(dense(h, self.mlp_proj.val(), dt), FloatDType::F32)
     }
 
     fn attention(
@@ -231,14 +243,15 @@ impl Block {
         cfg: &GptConfig,
     ) -> Tensor<3> {
         let [b, t, c] = x.dims();
-        let (h, d) = (cfg.n_head, cfg.head_dim);
-        let q = dense(x.clone(), self.c_q.val()).reshape([b, t, h, d]);
-        let k = dense(x.clone(), self.c_k.val()).reshape([b, t, h, d]);
-        let mut v = dense(x.clone(), self.c_v.val()).reshape([b, t, h, d]);
+        let (h, d, dt) = (cfg.n_head, cfg.head_dim, cfg.matmul_dtype);
+        let x = to_dtype(x, dt); // once for q, k, v and the gate
+        let q = dense(x.clone(), self.c_q.val(), dt).reshape([b, t, h, d]);
+        let k = dense(x.clone(), self.c_k.val(), dt).reshape([b, t, h, d]);
+        let mut v = dense(x.clone(), self.c_v.val(), dt).reshape([b, t, h, d]);
         // Value residual (ResFormer): v += 2 * sigmoid(x[..., :32] @ W_g) * ve, one gate per head.
         if let (Some(ve), Some(gate)) = (ve, &self.ve_gate) {
-            let g = sigmoid(dense(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val())).mul_scalar(2.0); // [B, T, H]
-            v = v + g.unsqueeze_dim::<4>(3) * ve.reshape([b, t, h, d]);
+            let g = sigmoid(dense(x.narrow(2, 0, VE_GATE_CHANNELS), gate.val(), dt)).mul_scalar(2.0); // [B, T, H]
+            v = v + g.unsqueeze_dim::<4>(3) * to_dtype(ve, dt).reshape([b, t, h, d]);
         }
         // [B, H, T, D]; rotary first, then QK-norm, as the reference (one fused op on flex).
         let q = rotary_rms_norm(q.swap_dims(1, 2), cos, sin);
@@ -246,17 +259,24 @@ impl Block {
         let v = v.swap_dims(1, 2);
         // Burn's attention with a window mask; one fused op on flex (kernels.rs).
         let y = crate::kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
-        dense(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val())
+        dense(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val(), dt) // in `dt`
     }
 }
 
 /// `x @ w` for `x` `[B, T, C_in]` and `w` `[C_in, C_out]`, as one `[B*T, C_in] @ [C_in, C_out]`
-/// matmul (Burn's `linear` keeps a batched matmul when T is a multiple of its row tile, which
-/// re-packs `w` for each of the B matrices on flex). Same math as `linear(x, w, None)`.
-pub fn dense(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+/// matmul in `dtype`, which the output keeps. Same math as `linear(x, w, None)`, which keeps a
+/// batched matmul when T is a multiple of its row tile and re-packs `w` for each of the B
+/// matrices on flex.
+pub fn dense(x: Tensor<3>, w: Tensor<2>, dtype: FloatDType) -> Tensor<3> {
     let [b, t, c] = x.dims();
     let out = w.dims()[1];
-    crate::kernels::matmul(x.reshape([b * t, c]), w).reshape([b, t, out])
+    crate::kernels::matmul(to_dtype(x.reshape([b * t, c]), dtype), to_dtype(w, dtype)).reshape([b, t, out])
+}
+
+/// `x` in `dtype`: a cast (differentiable: its gradient comes back in `x`'s dtype), or `x`
+/// itself when it is already in `dtype`.
+pub fn to_dtype<const N: usize>(x: Tensor<N>, dtype: FloatDType) -> Tensor<N> {
+    if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) }
 }
 
 /// RMSNorm over the last dimension, without a learnable weight (eps = f32 machine epsilon, as
@@ -380,7 +400,7 @@ mod tests {
     fn forward_shapes_and_causality() {
         let device = Device::flex();
         device.seed(1);
-        let cfg = GptConfig { vocab_size: 64, seq_len: 8, n_layer: 2, n_head: 2, n_embd: 64, head_dim: 32, window_pattern: "SL".into() };
+        let cfg = GptConfig { vocab_size: 64, seq_len: 8, n_layer: 2, n_head: 2, n_embd: 64, head_dim: 32, window_pattern: "SL".into(), matmul_dtype: FloatDType::F32 };
         let mut model = cfg.init(&device);
         // Non-zero output projections so every layer affects the logits.
         for blk in model.blocks.iter_mut() {

@@ -52,6 +52,7 @@ pub fn policy(tree: &Path, target: &Path) -> Policy {
         write,
         devices: ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full"].iter().map(PathBuf::from).collect(),
         filter_syscalls: true,
+        own_threads: false,
     }
 }
 

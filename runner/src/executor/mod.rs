@@ -128,7 +128,9 @@ fn feature_flags(cfg: &ResearchConfig) -> String {
     if cfg.features.is_empty() {
         return String::new();
     }
-    let list: Vec<String> = cfg.features.split([',', ' ']).filter(|f| !f.is_empty()).map(|f| format!("harness/{f}")).collect();
+    // The harness and the trainer have the same features: the harness's pick the devices it
+    // can score on, the trainer's the kernels it trains with (e.g. PyTorch's attention, `tch`).
+    let list: Vec<String> = cfg.features.split([',', ' ']).filter(|f| !f.is_empty()).flat_map(|f| [format!("harness/{f}"), format!("trainer/{f}")]).collect();
     format!(" --features {}", shell_quote(&list.join(",")))
 }
 
@@ -271,9 +273,33 @@ pub fn classify(spec: &RunSpec, code: Option<i32>, timed_out: bool, interrupted:
         Some(harness_exit::OUT_OF_MEMORY) => Outcome::OutOfMemory { tail: tail() },
         Some(harness_exit::CAUSALITY) => Outcome::Causality { tail: tail() },
         Some(harness_exit::DIVERGED) => Outcome::Crash { reason: harness_error(spec).unwrap_or_else(|| "exit 1 (FAIL: diverged, or the build failed)".into()), tail: tail() },
-        Some(c) => Outcome::Crash { reason: harness_error(spec).map(|e| format!("exit {c}: {e}")).unwrap_or_else(|| format!("exit {c}")), tail: tail() },
+        Some(c) => {
+            let reason = harness_error(spec).map(|e| format!("exit {c}: {e}")).or_else(|| libtorch_hint(&tail())).unwrap_or_else(|| format!("exit {c}"));
+            Outcome::Crash { reason, tail: tail() }
+        }
         None => Outcome::Crash { reason: "killed by a signal".into(), tail: tail() },
     }
+}
+
+/// What to do when the dynamic loader refused a `tch` build's LibTorch (the harness then never
+/// ran, so it wrote no summary): the message names the library, or an undefined C++ symbol.
+pub fn libtorch_hint(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("error while loading shared libraries") || (l.contains("symbol lookup error") && l.contains("undefined symbol")))?;
+    let libtorch = ["libtorch", "libc10", "libcuda", "libcudart", "libnv", "libcudnn", "libcublas"].iter().any(|n| line.contains(n));
+    if !libtorch {
+        return Some(format!("the program could not start: {}", line.trim()));
+    }
+    Some(if line.contains("undefined symbol") {
+        format!(
+            "the LibTorch found at run time is not the one this build was linked against ({}): rebuild with LIBTORCH_USE_PYTORCH=1 against the PyTorch installed now, or point LD_LIBRARY_PATH at the torch/lib it was built with",
+            line.trim()
+        )
+    } else {
+        format!(
+            "LibTorch did not load ({}): this is a `tch` build; set LD_LIBRARY_PATH to the torch/lib of the PyTorch it was built against (`python3 -c 'import os, torch; print(os.path.dirname(torch.__file__) + \"/lib\")'`)",
+            line.trim()
+        )
+    })
 }
 
 /// The `error` of a failed run's summary JSON (the harness says why it stopped: over budget,
@@ -299,5 +325,40 @@ fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome
             Outcome::Ok { metric: m, memory_mb, summary }
         }
         _ => Outcome::Crash { reason: format!("the summary JSON has no finite `{metric}`"), tail: tail() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[features]` names of a Cargo.toml.
+    fn features(manifest: &str) -> Vec<String> {
+        let t: toml::Table = manifest.parse().unwrap();
+        let mut names: Vec<String> = t["features"].as_table().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_libtorch_that_does_not_load_says_what_to_do() {
+        let missing = "target/release/harness: error while loading shared libraries: libtorch_cuda.so: cannot open shared object file: No such file or directory";
+        let hint = libtorch_hint(&format!("building...\n{missing}\n")).unwrap();
+        assert!(hint.contains("LD_LIBRARY_PATH") && hint.contains("libtorch_cuda.so"), "{hint}");
+        let mismatch = "harness: symbol lookup error: /opt/torch/lib/libtorch_cpu.so: undefined symbol: _ZN3c104impl3cow11cow_deleterEPv";
+        let hint = libtorch_hint(mismatch).unwrap();
+        assert!(hint.contains("not the one this build was linked against") && hint.contains("LIBTORCH_USE_PYTORCH=1"), "{hint}");
+        assert!(libtorch_hint("harness: error while loading shared libraries: libfoo.so.1").unwrap().starts_with("the program could not start"));
+        assert_eq!(libtorch_hint("exit 6: over budget"), None);
+    }
+
+    #[test]
+    fn each_feature_goes_to_the_harness_and_the_trainer_which_both_have_it() {
+        let harness = features(include_str!("../../../harness/Cargo.toml"));
+        assert_eq!(harness, features(include_str!("../../../trainer/Cargo.toml")), "a feature the runner passes must exist in both crates");
+        assert!(harness.iter().any(|f| f == "gpu"), "{harness:?}");
+        let cfg = ResearchConfig { features: "tch, fusion".into(), ..Default::default() };
+        assert_eq!(feature_flags(&cfg), format!(" --features {}", shell_quote("harness/tch,trainer/tch,harness/fusion,trainer/fusion")));
+        assert_eq!(feature_flags(&ResearchConfig::default()), "");
     }
 }

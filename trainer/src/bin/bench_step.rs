@@ -17,6 +17,9 @@
 //! ```sh
 //! target/release/bench_step --depth 4 --width 256 --heads 4 --batch 8 --seq 256 --steps 12 \
 //!     --devices flex,ndarray,wgpu-cpu --torch ../shared/bench/torch_reference.py
+//! # On a GPU, at the reference size, bf16 autocast on both sides, PyTorch compiled:
+//! target/release/bench_step --depth 8 --width 512 --heads 4 --batch 32 --seq 2048 --dtype bf16 \
+//!     --devices cuda --torch torch_reference.py --torch-device cuda --torch-compile --peak-flops 989.5e12
 //! ```
 
 use std::process::Command;
@@ -73,6 +76,20 @@ struct Args {
     /// Time forward, backward and optimizer separately (syncs the device between them).
     #[arg(long)]
     phases: bool,
+    /// What matmuls and attention run in: f32, or bf16 (autocast, on devices that have it), on
+    /// both sides.
+    #[arg(long, value_parser = ["f32", "bf16"], default_value = "f32")]
+    dtype: String,
+    /// The PyTorch side's device (cpu, cuda, cuda:N, mps).
+    #[arg(long, default_value = "cpu")]
+    torch_device: String,
+    /// Compile the PyTorch side (`torch.compile`).
+    #[arg(long)]
+    torch_compile: bool,
+    /// Peak FLOP/s for MFU on GPUs (e.g. 989.5e12, H100/H200 dense bf16); CPUs use their
+    /// measured peak.
+    #[arg(long, default_value_t = 0.0)]
+    peak_flops: f64,
     /// Print the devices compiled into this build, one JSON object a line, and exit.
     #[arg(long)]
     list_devices: bool,
@@ -102,7 +119,9 @@ struct Row {
     phases: Option<[f64; 3]>,
 }
 
-fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Row> {
+/// The benchmark's model: the trainer's, at the given sizes, every layer full causal (as the
+/// PyTorch side).
+fn model_config(args: &Args) -> Result<(Hparams, GptConfig)> {
     if args.width % args.heads != 0 {
         bail!("--width {} is not a multiple of --heads {}", args.width, args.heads);
     }
@@ -115,14 +134,20 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
         args.batch
     );
     let hp = Hparams::load("cpu", Some(&over))?;
+    let config = GptConfig::new(&hp, args.vocab, args.seq);
+    anyhow::ensure!(config.n_embd == args.width, "width {} is not depth x a multiple of head_dim", args.width);
+    Ok((hp, config))
+}
+
+fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Row> {
+    let (hp, mut config) = model_config(args)?;
     let choice = parse_device(device_name)?;
     let inner = build_device(&choice)?;
     let device = inner.clone().autodiff();
     device.seed(42);
     trainer::kernels::set_enabled(!args.no_fused);
     trainer::kernels::tune_allocator();
-    let config = GptConfig::new(&hp, args.vocab, args.seq);
-    anyhow::ensure!(config.n_embd == args.width, "width {} is not depth x a multiple of head_dim", args.width);
+    config.matmul_dtype = trainer::matmul_dtype(&args.dtype, &device);
     let mut model = config.init(&device);
     let params = model.num_params();
     let mut muon = MuonAdamW::new(&model, &hp);
@@ -181,14 +206,14 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
     }
     let dt = t0.elapsed().as_secs_f64();
     let tokens = (args.steps * args.batch * args.seq) as f64;
-    let peak = choose_peak(0.0, choice.class, this_cpu_peak);
+    let peak = choose_peak(args.peak_flops, choice.class, this_cpu_peak);
     let mem = memory.peak();
     let optim = match args.optim {
         Optim::Muon => "",
         Optim::Adamw => " adamw",
     };
     Ok(Row {
-        name: format!("burn-{device_name}{optim}{}", if args.no_fused { " unfused" } else { "" }),
+        name: format!("burn-{device_name} {:?}{optim}{}", config.matmul_dtype, if args.no_fused { " unfused" } else { "" }),
         tokens_per_s: tokens / dt,
         step_s: dt / args.steps as f64,
         first_step_s,
@@ -197,7 +222,7 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
         mfu_percent: if choice.class == DeviceClass::Cpu || peak.flops > 0.0 {
             mfu_percent(config.flops_per_token(), tokens, dt, peak.flops)
         } else {
-            0.0
+            f64::NAN
         },
         peak_mem_mb: mem.mb,
         memory_source: mem.source,
@@ -207,8 +232,12 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
 }
 
 fn bench_torch(args: &Args, script: &str) -> Result<Row> {
-    let out = Command::new(&args.python)
-        .arg(script)
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(script).args(["--device", &args.torch_device, "--dtype", &args.dtype]);
+    if args.torch_compile {
+        cmd.arg("--compile");
+    }
+    let out = cmd
         .args(["--depth", &args.depth.to_string(), "--width", &args.width.to_string()])
         .args(["--heads", &args.heads.to_string(), "--vocab", &args.vocab.to_string()])
         .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
@@ -221,16 +250,20 @@ fn bench_torch(args: &Args, script: &str) -> Result<Row> {
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())
         .with_context(|| format!("{script} printed no JSON line: {line}"))?;
+    let tokens_per_s = v["tokens_per_s"].as_f64().unwrap_or(0.0);
+    // The same FLOPs per token as the Burn side (the same architecture and sizes).
+    let (_, config) = model_config(args)?;
+    let peak = if args.torch_device == "cpu" { choose_peak(0.0, DeviceClass::Cpu, this_cpu_peak).flops } else { args.peak_flops };
     Ok(Row {
-        name: format!("torch {}", v["torch"].as_str().unwrap_or("?")),
-        tokens_per_s: v["tokens_per_s"].as_f64().unwrap_or(0.0),
+        name: format!("torch {} {}{} {}", v["torch"].as_str().unwrap_or("?"), args.torch_device, if args.torch_compile { " compiled" } else { "" }, args.dtype),
+        tokens_per_s,
         step_s: v["step_s"].as_f64().unwrap_or(0.0),
         first_step_s: f64::NAN,
         startup_s: f64::NAN,
-        loss: f64::NAN,
-        mfu_percent: f64::NAN,
-        peak_mem_mb: f64::NAN,
-        memory_source: "unavailable",
+        loss: v["loss"].as_f64().unwrap_or(f64::NAN),
+        mfu_percent: if peak > 0.0 { mfu_percent(config.flops_per_token(), tokens_per_s, 1.0, peak) } else { f64::NAN },
+        peak_mem_mb: v["peak_mem_mb"].as_f64().unwrap_or(f64::NAN),
+        memory_source: if v["peak_mem_mb"].is_number() { "torch.cuda.max_memory_allocated" } else { "unavailable" },
         params: v["params"].as_u64().unwrap_or(0) as usize,
         phases: None,
     })

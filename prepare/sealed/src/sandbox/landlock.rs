@@ -156,6 +156,25 @@ impl Ruleset {
         Ok(true)
     }
 
+    /// [`Ruleset::allow`] for a folder named by a C string, without allocating: for a child
+    /// between `fork` and `exec` (`/proc/self/...` then names the child).
+    pub fn allow_in_child(&self, dir: &std::ffi::CStr, rights: u64) -> io::Result<()> {
+        // SAFETY: a valid C string; O_PATH opens anything without reading it.
+        let raw = unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is ours; OwnedFd closes it (the rule keeps the inode).
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let attr = PathBeneathAttr { allowed_access: rights & self.handled_fs, parent_fd: fd.as_raw_fd() };
+        // SAFETY: attr outlives the call.
+        let r = unsafe { libc::syscall(libc::SYS_landlock_add_rule, self.fd.as_raw_fd(), RULE_PATH_BENEATH, &attr as *const PathBeneathAttr, 0u32) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Restricts the calling thread (and, called before `exec` in a single-threaded child, the
     /// whole process and everything it starts). Needs `no_new_privs` or CAP_SYS_ADMIN.
     /// Async-signal-safe: one system call.

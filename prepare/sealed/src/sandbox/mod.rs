@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use landlock::abi as landlock_abi;
 use landlock::{
-    ACCESS_FS_EXECUTE, ACCESS_FS_IOCTL_DEV, ACCESS_FS_READ_DIR, ACCESS_FS_READ_FILE, ACCESS_FS_WRITE_FILE, Ruleset,
+    ACCESS_FS_EXECUTE, ACCESS_FS_IOCTL_DEV, ACCESS_FS_READ_DIR, ACCESS_FS_READ_FILE, ACCESS_FS_TRUNCATE, ACCESS_FS_WRITE_FILE, Ruleset,
 };
 
 /// `AUTORESEARCH_SANDBOX=off` makes [`Policy::prepare`] report that there is no sandbox.
@@ -46,6 +46,12 @@ pub struct Policy {
     /// Install the seccomp filter: no socket but `AF_UNIX`, no `setsid`/`setpgid`, no
     /// `ptrace`, no io_uring.
     pub filter_syscalls: bool,
+    /// Let the process read its own `/proc/<pid>`, and write its own threads' files
+    /// (`/proc/<pid>/task`, e.g. a thread's `comm`): NVIDIA's CUDA driver fails to initialise
+    /// without it (error 304). Only
+    /// its own: the rule is added in the child, where `/proc/self` is the child (to the ruleset
+    /// the child shares with this policy's [`Sandbox`]: prepare one per child).
+    pub own_threads: bool,
 }
 
 /// Why a sandbox cannot be built.
@@ -91,6 +97,7 @@ impl Policy {
             filter: if self.filter_syscalls { seccomp::program() } else { Vec::new() },
             parent: std::process::id() as libc::pid_t,
             drop_capabilities: unsafe { libc::geteuid() } == 0,
+            own_threads: self.own_threads,
             missing,
         })
     }
@@ -103,6 +110,7 @@ pub struct Sandbox {
     filter: Vec<libc::sock_filter>,
     parent: libc::pid_t,
     drop_capabilities: bool,
+    own_threads: bool,
     missing: Vec<PathBuf>,
 }
 
@@ -168,6 +176,11 @@ impl Sandbox {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
+        }
+        if self.own_threads {
+            // In the child: `/proc/self` names it, and keeps naming it across `exec`.
+            self.ruleset.allow_in_child(c"/proc/self", ACCESS_FS_READ_FILE | ACCESS_FS_READ_DIR)?;
+            self.ruleset.allow_in_child(c"/proc/self/task", ACCESS_FS_READ_FILE | ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_READ_DIR)?;
         }
         self.ruleset.restrict_self()?;
         if !self.filter.is_empty() {

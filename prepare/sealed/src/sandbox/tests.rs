@@ -16,6 +16,7 @@ fn shell_policy(read: &Path, write: &Path, filter: bool) -> Policy {
         write: vec![write.into()],
         devices: vec!["/dev/null".into()],
         filter_syscalls: filter,
+        own_threads: false,
     }
 }
 
@@ -27,6 +28,25 @@ fn run(policy: &Policy, script: &str) -> (i32, String) {
     sandbox.apply(&mut cmd);
     let out = cmd.output().expect("spawn");
     (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `own_threads` lets the process write its own threads' files (CUDA's driver needs it), and
+/// nothing of its parent's: the rule names the child's `/proc/<pid>/task`, not the parent's.
+#[test]
+fn own_threads_grants_the_childs_own_task_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = std::process::id();
+    let script = format!(
+        "echo renamed > /proc/self/task/$$/comm && cat /proc/$$/task/$$/comm; echo x > /proc/{parent}/task/{parent}/comm && echo parent-written"
+    );
+    let mut p = shell_policy(dir.path(), dir.path(), true);
+    let (_, out) = run(&p, &script);
+    assert!(!out.contains("renamed\n") && !out.contains("parent-written"), "without own_threads: {out}");
+    p.own_threads = true;
+    let (_, out) = run(&p, &script);
+    assert!(out.contains("renamed\n"), "with own_threads the child names its thread: {out}");
+    assert!(!out.contains("parent-written"), "but not the parent's: {out}");
+    assert_ne!(std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/comm")).unwrap().trim(), "x");
 }
 
 #[test]

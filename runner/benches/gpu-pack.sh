@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Packs the GPU check's bundle (runner/benches/gpu-check.sh) on a build machine: the stripped
+# harness, trainer and bench_step compressed with xz, a prepared cache of the classics, the
+# PyTorch reference script and Debian's Vulkan loader. It must fit in 64 MiB.
+#
+# Build the binaries first, against the PyTorch version the GPU machine has (torch 2.11.0 with
+# CUDA 13 here; runner/benches/README.md, "GPU"):
+#   python3 -m venv /tmp/t211 && /tmp/t211/bin/pip install torch==2.11.0
+#   VIRTUAL_ENV=/tmp/t211 PATH=/tmp/t211/bin:$PATH LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1 \
+#     cargo build --release --workspace --features harness/gpu,trainer/gpu
+#
+#   runner/benches/gpu-pack.sh [BUNDLE]     (default .gpu; add it to .git/info/exclude)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUNDLE=${1:-.gpu}
+TARGET=${CARGO_TARGET_DIR:-target}/release
+SHARED=${SHARED:-../shared}
+rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/bin" "$BUNDLE/debs"
+for b in harness trainer bench_step; do
+  [ -x "$TARGET/$b" ] || { echo "$TARGET/$b is missing: build first (see the top of this script)" >&2; exit 1; }
+  strip -o "$BUNDLE/bin/$b" "$TARGET/$b"
+  xz -9 -T0 "$BUNDLE/bin/$b"
+done
+cache=$(mktemp -d)
+"$TARGET/prepare" --source-dir "$SHARED/data/classics" --cache-dir "$cache" > "$BUNDLE/prepare.log"
+tar -C "$cache" -cJf "$BUNDLE/cache.tar.xz" .
+rm -rf "$cache"
+cp "$SHARED/bench/torch_reference.py" "$BUNDLE/"
+# The Vulkan loader, and the GL dispatch libraries the NVIDIA driver's ICD library
+# (libGLX_nvidia) loads, for machines that have the driver but not these.
+lists=$(mktemp -d)
+o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$lists"
+mkdir -p "$lists/partial"
+# shellcheck disable=SC2086
+apt-get $o update -qq && (cd "$BUNDLE/debs" && apt-get $o download libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null) || echo "no libvulkan1 package: the bundle has no Vulkan loader" >&2
+rm -rf "$lists"
+du -sh "$BUNDLE" "$BUNDLE"/* "$BUNDLE"/bin/*
