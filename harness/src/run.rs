@@ -171,6 +171,10 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     for note in notes {
         eprintln!("harness: {note}");
     }
+    if choice.spec == "vulkan" && !prepare::device::vulkan_loader_present() {
+        let e = prepare::device::DeviceError::NoVulkanLoader { name: choice.name.clone() };
+        return Err(Failure::new(exit::USAGE, e.to_string()));
+    }
     if choice.spec == "cuda" {
         let found = prepare::device::libtorch_cuda_devices();
         if choice.index >= found {

@@ -85,6 +85,8 @@ pub enum DeviceError {
     BadIndex { name: String },
     /// `cuda:N` where libtorch sees fewer than N + 1 CUDA devices.
     NoCudaDevice { name: String, found: usize },
+    /// `vulkan` on a machine without the Vulkan loader.
+    NoVulkanLoader { name: String },
 }
 
 impl std::fmt::Display for DeviceError {
@@ -105,6 +107,13 @@ impl std::fmt::Display for DeviceError {
             DeviceError::BadIndex { name } => {
                 write!(f, "device {name:?}: the GPU index after ':' must be a non-negative integer")
             }
+            DeviceError::NoVulkanLoader { name } => write!(
+                f,
+                "device {name:?}: no Vulkan loader (libvulkan.so.1) on this machine: install it (Debian/Ubuntu \
+                 `apt-get install libvulkan1`, Fedora/RHEL `dnf install vulkan-loader`). Where the GPU driver's ICD file \
+                 lies outside the loader's folders (GPU containers: /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json), \
+                 also `export VK_DRIVER_FILES=` that file. `autoresearch detect` says what is missing"
+            ),
             DeviceError::NoCudaDevice { name, found } => write!(
                 f,
                 "device {name:?}: libtorch sees {found} CUDA device(s). Check the PyTorch this build links \
@@ -210,6 +219,25 @@ pub fn choose_device(
     Ok((parse_device(&fallback)?, DeviceSource::Fallback, notes))
 }
 
+/// Whether the Vulkan loader (`libvulkan.so.1`) loads; where there is no such thing to ask
+/// (not Linux), true.
+pub fn vulkan_loader_present() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: dlopen of a C string, and dlclose of what it returned.
+        unsafe {
+            let handle = libc::dlopen(c"libvulkan.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if handle.is_null() {
+                return false;
+            }
+            libc::dlclose(handle);
+        }
+        true
+    }
+    #[cfg(not(target_os = "linux"))]
+    true
+}
+
 /// CUDA devices that libtorch sees: 0 in a build without `tch`, with a CPU-only libtorch, or
 /// without an NVIDIA driver (libtorch's panic then is caught, and silenced).
 pub fn libtorch_cuda_devices() -> usize {
@@ -257,7 +285,12 @@ pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
         }
         "vulkan" => {
             #[cfg(feature = "vulkan")]
-            return Ok(Device::vulkan(DeviceKind::DefaultDevice));
+            {
+                if !vulkan_loader_present() {
+                    return Err(DeviceError::NoVulkanLoader { name: choice.name.clone() });
+                }
+                return Ok(Device::vulkan(DeviceKind::DefaultDevice));
+            }
             Err(not_compiled("vulkan"))
         }
         "metal" => {
@@ -344,6 +377,22 @@ mod tests {
     fn metal_needs_its_feature() {
         let text = parse_device("metal").unwrap_err().to_string();
         assert!(text.contains("--features harness/metal") && text.contains("flex"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_gpu_runtime_says_what_to_install_or_check() {
+        let text = DeviceError::NoVulkanLoader { name: "vulkan".into() }.to_string();
+        assert!(text.contains("apt-get install libvulkan1") && text.contains("VK_DRIVER_FILES"), "{text}");
+        let text = DeviceError::NoCudaDevice { name: "cuda:1".into(), found: 1 }.to_string();
+        assert!(text.contains("libtorch sees 1 CUDA device(s)") && text.contains("torch.cuda.is_available()"), "{text}");
+        // This machine's loader, as the harness sees it, agrees with the loader's own cache.
+        #[cfg(target_os = "linux")]
+        {
+            let cached = std::process::Command::new("/sbin/ldconfig").arg("-p").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("libvulkan.so.1 ")).ok();
+            if let Some(cached) = cached {
+                assert_eq!(vulkan_loader_present(), cached);
+            }
+        }
     }
 
     #[test]

@@ -627,3 +627,42 @@ fn opt(v: Option<i64>) -> String {
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vulkan(loader: bool, icds: &[&str], unlisted: Option<&str>) -> Vulkan {
+        Vulkan {
+            loader: loader.then(|| "/usr/lib/x86_64-linux-gnu/libvulkan.so.1".to_string()),
+            icds: icds.iter().map(|s| s.to_string()).collect(),
+            software_only: false,
+            render_nodes: vec![],
+            unlisted_nvidia_icd: unlisted.map(str::to_string),
+            nvidia_devices: true,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn what_vulkan_lacks_for_an_nvidia_gpu_is_said_with_the_fix() {
+        let icd = "/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json";
+        let hint = vulkan(false, &[], Some(icd)).nvidia_hint(1).unwrap();
+        assert!(hint.contains("apt-get install libvulkan1") && hint.contains(&format!("VK_DRIVER_FILES={icd}")), "{hint}");
+        let hint = vulkan(true, &[], Some(icd)).nvidia_hint(1).unwrap();
+        assert!(!hint.contains("apt-get") && hint.contains(&format!("VK_DRIVER_FILES={icd}")), "{hint}");
+        let hint = vulkan(true, &["/usr/share/vulkan/icd.d/lvp_icd.x86_64.json"], None).nvidia_hint(1).unwrap();
+        assert!(hint.contains("nvidia_icd.json") && hint.contains("NVIDIA_DRIVER_CAPABILITIES"), "{hint}");
+        assert_eq!(vulkan(true, &["/usr/share/vulkan/icd.d/nvidia_icd.json"], None).nvidia_hint(1), None, "all there");
+        assert_eq!(vulkan(false, &[], None).nvidia_hint(0), None, "no NVIDIA GPU, nothing to say");
+        // NVIDIA's Vulkan driver needs no /dev/dri render node.
+        assert!(vulkan(true, &["/usr/share/vulkan/icd.d/nvidia_icd.json"], None).usable_gpu());
+    }
+
+    #[test]
+    fn only_pytorch_2_9_builds_without_the_bypass() {
+        let p = |v: &str| PyTorch { version: v.into(), cuda: None, lib_dir: String::new() };
+        assert!(!p("2.9.0+cpu").needs_bypass());
+        assert!(p("2.11.0+cu130").needs_bypass());
+    }
+}
