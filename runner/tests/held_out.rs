@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 /// val_bpb = 1 + |matrix_lr - 0.04|; when the runner asks (`{held_out}` and
-/// AUTORESEARCH_HELD_OUT agree), heldout_bpb = val_bpb + 0.777777, a figure no other number in
+/// AUTORESEARCH_HELD_OUT agree), heldout_bpb = val_bpb + 0.777777, a figure (777777) no other number in
 /// the run contains. Each run logs whether it was asked.
 const EXPERIMENT: &str = r#"#!/bin/sh
 f=trainer/hparams.toml
@@ -66,13 +66,13 @@ fn held_out_scores_reach_the_reports_and_never_a_proposer() {
     for i in 1..=2 {
         for f in [format!("prompt-{i}.md"), format!("results-{i}.tsv"), format!("env-{i}")] {
             let text = std::fs::read_to_string(fx.tools.join(&f)).unwrap_or_default();
-            assert!(!text.contains("777") && !text.contains("2.237") && !text.contains("1.777"), "{f}:\n{text}");
+            assert!(!text.contains("777777") && !text.contains("2.237777") && !text.contains("1.777777"), "{f}:\n{text}");
         }
     }
     assert!(std::fs::read_to_string(fx.tools.join("prompt-2.md")).unwrap().contains("n2 keep 1.000000"), "the second prompt came after the keep");
     for args in [&["tree", "list"][..], &["tree", "show", "n2", "--json"], &["tree", "show", "n1"]] {
         let text = stdout(&fx.run(args));
-        assert!(!text.contains("777"), "{args:?}: {text}");
+        assert!(!text.contains("777777"), "{args:?}: {text}");
     }
 
     // Side by side in results --json, the JSONL log and the summary.
