@@ -47,6 +47,14 @@ fn own_threads_grants_the_childs_own_task_files_only() {
     assert!(out.contains("renamed\n"), "with own_threads the child names its thread: {out}");
     assert!(!out.contains("parent-written"), "but not the parent's: {out}");
     assert_ne!(std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/comm")).unwrap().trim(), "x");
+    // Its own /proc entries lead nowhere new: the magic links resolve to paths landlock checks.
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("s.txt"), "hidden").unwrap();
+    let mut q = shell_policy(&dir.path().join("nothing"), &dir.path().join("nothing"), true);
+    q.own_threads = true;
+    let (_, out) = run(&q, &format!("cat /proc/self/root{0}/s.txt /proc/$$/root{0}/s.txt /proc/$$/task/$$/root{0}/s.txt", secret.display()));
+    assert!(!out.contains("hidden"), "{out}");
 }
 
 #[test]
