@@ -281,6 +281,7 @@ impl Default for ResearchConfig {
                 "trainer/Cargo.toml".into(),
                 "trainer/src/main.rs".into(),
                 "trainer/src/bin".into(),
+                "trainer/kernels".into(),
                 "configs/platforms".into(),
                 "Cargo.toml".into(),
                 "Cargo.lock".into(),

@@ -16,7 +16,6 @@
 //! - The value-embedding gates are Muon matrices, as in the reference (they live in the blocks).
 
 pub mod hparams;
-pub mod kernels;
 pub mod model;
 pub mod optim;
 
@@ -53,7 +52,7 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     let num_params = model.num_params();
     let flops_per_token = config.flops_per_token();
     data.describe(num_params, flops_per_token, hp.depth)?;
-    let mut optim = MuonAdamW::new(&model, &hp);
+    let mut optim = MuonAdamW::new(&model, &hp)?;
 
     println!("Model config: {config:?}");
     println!("Parameters: {num_params} ({:.1}M) {:?}", num_params as f64 / 1e6, config.param_counts());
@@ -195,7 +194,7 @@ mod tests {
         let (vocab, t, b) = (64, 32, 4);
         let config = GptConfig::new(hp, vocab, t);
         let mut model = config.init(&device);
-        let mut optim = MuonAdamW::new(&model, hp);
+        let mut optim = MuonAdamW::new(&model, hp).unwrap();
         let cycle: Vec<i64> = (0..vocab as i64).map(|i| (i * 37 + 11) % vocab as i64).collect();
         let (mut first, mut last) = (f64::NAN, f64::NAN);
         for step in 0..steps {

@@ -17,7 +17,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::module::embedding;
 
 use crate::hparams::Hparams;
-use crate::kernels::{relu_squared, rms_norm, rotary_rms_norm};
+use kernels::{relu_squared, rms_norm, rotary_rms_norm};
 
 /// Channels of `x` that feed the value-embedding gate.
 pub const VE_GATE_CHANNELS: usize = 32;
@@ -118,14 +118,15 @@ impl GptConfig {
         let zeros = |shape: [usize; 2]| Param::from_tensor(Tensor::<2>::zeros(shape, device));
         let blocks = (0..self.n_layer)
             .map(|i| Block {
-                c_q: uniform([c, kv]),
-                c_k: uniform([c, kv]),
-                c_v: uniform([c, kv]),
-                c_proj: zeros([c, c]),
-                // Zero gate: 2 * sigmoid(0) = 1, the value embedding enters at full weight.
-                ve_gate: self.has_ve(i).then(|| zeros([VE_GATE_CHANNELS, self.n_head])),
-                c_fc: uniform([c, 4 * c]),
-                mlp_proj: zeros([4 * c, c]),
+                attn: Attention {
+                    c_q: uniform([c, kv]),
+                    c_k: uniform([c, kv]),
+                    c_v: uniform([c, kv]),
+                    c_proj: zeros([c, c]),
+                    // Zero gate: 2 * sigmoid(0) = 1, the value embedding enters at full weight.
+                    ve_gate: self.has_ve(i).then(|| zeros([VE_GATE_CHANNELS, self.n_head])),
+                },
+                mlp: Mlp { c_fc: uniform([c, 4 * c]), c_proj: zeros([4 * c, c]) },
             })
             .collect();
         Gpt {
@@ -161,6 +162,14 @@ pub struct Gpt {
 /// One transformer layer: attention then MLP, both pre-norm residuals, no biases.
 #[derive(Module, Debug)]
 pub struct Block {
+    pub attn: Attention,
+    pub mlp: Mlp,
+}
+
+/// Causal self-attention: q, k, v projections, the value-embedding gate, rotary + QK-norm,
+/// sliding windows, the output projection.
+#[derive(Module, Debug)]
+pub struct Attention {
     /// `[C, H*D]` each.
     pub c_q: Param<Tensor<2>>,
     pub c_k: Param<Tensor<2>>,
@@ -169,27 +178,32 @@ pub struct Block {
     pub c_proj: Param<Tensor<2>>,
     /// `[VE_GATE_CHANNELS, H]`, on value-embedding layers only.
     pub ve_gate: Option<Param<Tensor<2>>>,
+}
+
+/// The MLP: `relu(x W_fc)^2 W_proj`, 4x wide.
+#[derive(Module, Debug)]
+pub struct Mlp {
     /// `[C, 4C]`.
     pub c_fc: Param<Tensor<2>>,
     /// `[4C, C]`, zero-initialised.
-    pub mlp_proj: Param<Tensor<2>>,
+    pub c_proj: Param<Tensor<2>>,
 }
 
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
         let z = to_dtype(dense(self.hidden(idx), self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
-        crate::kernels::softcap(z, LOGIT_SOFTCAP) // [B, T, V]
+        kernels::softcap(z, LOGIT_SOFTCAP) // [B, T, V]
     }
 
     /// Training loss: mean cross-entropy (nats) of the soft-capped logits against `targets`
     /// `[B, T]`, `[1]`. The same math as `cross_entropy(self.forward(idx), targets)`; the LM
-    /// head's soft-cap and cross-entropy run as one fused op on flex (see `kernels.rs`).
+    /// head's soft-cap and cross-entropy run as one fused op on flex (trainer/kernels).
     pub fn loss(&self, idx: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t] = idx.dims();
         let z = to_dtype(dense(self.hidden(idx), self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
         let z = z.reshape([b * t, self.config.vocab_size]);
-        crate::kernels::softcap_cross_entropy(z, targets.reshape([b * t]), LOGIT_SOFTCAP)
+        kernels::softcap_cross_entropy(z, targets.reshape([b * t]), LOGIT_SOFTCAP)
     }
 
     /// The final normed hidden states `[B, T, C]`, the LM head's input.
@@ -197,7 +211,7 @@ impl Gpt {
         let cfg = &self.config;
         let [_, t] = idx.dims();
         let device = idx.device();
-        let (cos, sin) = rotary_tables(t, cfg.head_dim, &device);
+        let (cos, sin) = kernels::rotary_tables(t, cfg.head_dim, ROPE_BASE, &device);
         let (cos, sin) = (to_dtype(cos, cfg.matmul_dtype), to_dtype(sin, cfg.matmul_dtype));
         let windows = cfg.window_sizes();
 
@@ -217,8 +231,9 @@ impl Gpt {
 }
 
 impl Block {
-    /// `x` `[B, T, C]` -> `[B, T, C]`.
-    fn forward(
+    /// `x` `[B, T, C]` (f32) -> `[B, T, C]` (f32); `ve` `[B, T, H*D]` on value-embedding layers;
+    /// `cos`, `sin` `[1, 1, T, D/2]`.
+    pub fn forward(
         &self,
         x: Tensor<3>,
         ve: Option<Tensor<3>>,
@@ -227,13 +242,24 @@ impl Block {
         window: Option<usize>,
         cfg: &GptConfig,
     ) -> Tensor<3> {
-        let dt = cfg.matmul_dtype;
-        let x = x.clone() + to_dtype(self.attention(rms_norm(x), ve, cos, sin, window, cfg), FloatDType::F32);
-        let h = relu_squared(dense(rms_norm(x.clone()), self.c_fc.val(), dt)); // [B, T, 4C]
-        x + to_dtype(dense(h, self.mlp_proj.val(), dt), FloatDType::F32)
+        let x = x.clone() + to_dtype(self.attn.forward(rms_norm(x), ve, cos, sin, window, cfg), FloatDType::F32);
+        x.clone() + to_dtype(self.mlp.forward(rms_norm(x), cfg), FloatDType::F32)
     }
+}
 
-    fn attention(
+impl Mlp {
+    /// `x` `[B, T, C]` -> `[B, T, C]`, in `cfg.matmul_dtype`.
+    pub fn forward(&self, x: Tensor<3>, cfg: &GptConfig) -> Tensor<3> {
+        let dt = cfg.matmul_dtype;
+        let h = relu_squared(dense(x, self.c_fc.val(), dt)); // [B, T, 4C]
+        dense(h, self.c_proj.val(), dt)
+    }
+}
+
+impl Attention {
+    /// `x` `[B, T, C]` -> `[B, T, C]`, in `cfg.matmul_dtype`; query i sees keys
+    /// `i - window ..= i` (all up to i without a window).
+    pub fn forward(
         &self,
         x: Tensor<3>,
         ve: Option<Tensor<3>>,
@@ -257,8 +283,8 @@ impl Block {
         let q = rotary_rms_norm(q.swap_dims(1, 2), cos, sin);
         let k = rotary_rms_norm(k.swap_dims(1, 2), cos, sin);
         let v = v.swap_dims(1, 2);
-        // Burn's attention with a window mask; one fused op on flex (kernels.rs).
-        let y = crate::kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
+        // Causal attention with a window; fused on flex and on LibTorch (trainer/kernels).
+        let y = kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
         dense(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val(), dt) // in `dt`
     }
 }
@@ -270,74 +296,13 @@ impl Block {
 pub fn dense(x: Tensor<3>, w: Tensor<2>, dtype: FloatDType) -> Tensor<3> {
     let [b, t, c] = x.dims();
     let out = w.dims()[1];
-    crate::kernels::matmul(to_dtype(x.reshape([b * t, c]), dtype), to_dtype(w, dtype)).reshape([b, t, out])
+    kernels::matmul(to_dtype(x.reshape([b * t, c]), dtype), to_dtype(w, dtype)).reshape([b, t, out])
 }
 
 /// `x` in `dtype`: a cast (differentiable: its gradient comes back in `x`'s dtype), or `x`
 /// itself when it is already in `dtype`.
 pub fn to_dtype<const N: usize>(x: Tensor<N>, dtype: FloatDType) -> Tensor<N> {
     if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) }
-}
-
-/// RMSNorm over the last dimension, without a learnable weight (eps = f32 machine epsilon, as
-/// PyTorch's `F.rms_norm` default), as tensor ops; `kernels::rms_norm` is the same math, fused
-/// on flex.
-pub fn rms_norm_reference<const N: usize>(x: Tensor<N>) -> Tensor<N> {
-    let mean_sq = x.clone().square().mean_dim(N - 1);
-    x * mean_sq.add_scalar(f32::EPSILON).sqrt().recip()
-}
-
-/// Rotary tables `cos`, `sin`, each `[1, 1, T, D/2]`: angle `t / base^(2j/D)`.
-pub fn rotary_tables(t: usize, head_dim: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
-    let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for pos in 0..t {
-        for j in 0..half {
-            let inv_freq = 1.0 / ROPE_BASE.powf((2 * j) as f64 / head_dim as f64);
-            let angle = pos as f64 * inv_freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, half]), device);
-    (table(cos), table(sin))
-}
-
-/// Half-split rotation of `x` `[B, H, T, D]`: `(x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin)`.
-pub fn rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let half = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let y1 = x1.clone() * cos.clone() + x2.clone() * sin.clone();
-    let y2 = x2 * cos.clone() - x1 * sin.clone();
-    Tensor::cat(vec![y1, y2], 3)
-}
-
-/// Sliding-window mask `[B, H, T, T]`, true where key j is more than `window` positions behind
-/// query i (FlashAttention's `window_size = (window, 0)`); causality is handled separately.
-pub fn window_mask(b: usize, h: usize, t: usize, window: usize, device: &Device) -> Tensor<4, Bool> {
-    let blocked: Vec<bool> = (0..t * t).map(|ij| (ij / t) > (ij % t) + window).collect();
-    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [t, t]), device)
-        .reshape([1, 1, t, t])
-        .expand([b, h, t, t])
-}
-
-/// Mean cross-entropy (nats) of `logits` `[B, T, V]` against `targets` `[B, T]`.
-pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
-    let [b, t, v] = logits.dims();
-    let log_probs = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
-    let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B*T, 1]
-    picked.mean().neg()
-}
-
-/// `cross_entropy` of the soft-capped logits `cap * tanh(z / cap)`, for raw logits `z` `[N, V]`
-/// and `targets` `[N]`: the plain tensor formulation that `kernels::softcap_cross_entropy`
-/// fuses on flex.
-pub fn softcap_cross_entropy_reference(z: Tensor<2>, targets: Tensor<1, Int>, cap: f64) -> Tensor<1> {
-    let [n, v] = z.dims();
-    let logits = z.div_scalar(cap).tanh().mul_scalar(cap).reshape([1, n, v]);
-    cross_entropy(logits, targets.reshape([1, n]))
 }
 
 #[cfg(test)]
@@ -378,8 +343,8 @@ mod tests {
         let device = Device::flex();
         let (b, h, t, d) = (2, 3, 17, 8);
         let x = Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
-        let (cos, sin) = rotary_tables(t, d, &device);
-        let y = rotary(x.clone(), &cos, &sin);
+        let (cos, sin) = kernels::rotary_tables(t, d, ROPE_BASE, &device);
+        let y = kernels::rotary(x.clone(), &cos, &sin);
         let norms = |x: Tensor<4>| x.square().sum_dim(3).sqrt().into_data().try_to_vec::<f32>().unwrap();
         let diff = y.clone().sub(x.clone()).abs().max().into_scalar::<f32>();
         assert!(diff > 1e-3, "rotary should change the vectors");
@@ -388,13 +353,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn window_mask_blocks_keys_beyond_the_window() {
-        let m = window_mask(1, 1, 5, 2, &Device::flex()).reshape([25]).into_data().try_to_vec::<bool>().unwrap();
-        // Query 4 sees keys 2..=4 (window 2 behind it), blocks 0 and 1.
-        assert_eq!(&m[20..25], &[true, true, false, false, false]);
-        assert_eq!(&m[10..15], &[false, false, false, false, false], "causality is not this mask's job");
-    }
 
     #[test]
     fn forward_shapes_and_causality() {
@@ -404,8 +362,8 @@ mod tests {
         let mut model = cfg.init(&device);
         // Non-zero output projections so every layer affects the logits.
         for blk in model.blocks.iter_mut() {
-            blk.c_proj = Param::from_tensor(Tensor::random([64, 64], Distribution::Normal(0.0, 0.1), &device));
-            blk.mlp_proj = Param::from_tensor(Tensor::random([256, 64], Distribution::Normal(0.0, 0.1), &device));
+            blk.attn.c_proj = Param::from_tensor(Tensor::random([64, 64], Distribution::Normal(0.0, 0.1), &device));
+            blk.mlp.c_proj = Param::from_tensor(Tensor::random([256, 64], Distribution::Normal(0.0, 0.1), &device));
         }
         let a: Vec<i64> = vec![1, 2, 3, 4, 5, 6, 7, 8];
         let mut bvec = a.clone();

@@ -1,8 +1,10 @@
 //! MuonAdamW, the reference's combined optimizer: Muon for the 2-D matrices inside the blocks,
 //! AdamW for embeddings, the LM head and the per-layer scalars.
 //!
-//! Every parameter is handled as a 2-D tensor (a vector `[n]` becomes `[1, n]`), and its group
-//! is looked up by [`ParamId`], assigned once from the model's structure in [`MuonAdamW::new`].
+//! Every parameter is handled as a 2-D tensor (a vector `[n]` becomes `[1, n]`). Its group is
+//! found once, in [`MuonAdamW::new`], by walking the model and reading each parameter's path
+//! (`blocks.3.attn.c_q`, `value_embeds.1`, `wte`...) in [`rule_for`]; a parameter that no group
+//! claims is an error there, before the first step.
 
 use std::collections::HashMap;
 
@@ -11,7 +13,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::hparams::Hparams;
-use crate::kernels::matmul;
+use kernels::matmul;
 use crate::model::Gpt;
 
 /// Polar Express coefficients (Amsel et al. 2025) for 5 steps, as the reference: each step
@@ -25,8 +27,8 @@ pub const POLAR_EXPRESS: [(f32, f32, f32); 5] = [
 ];
 
 /// How one parameter is optimised.
-#[derive(Debug, Clone, Copy)]
-enum Rule {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
     /// AdamW without weight decay.
     AdamW { lr: f64, beta1: f64, beta2: f64 },
     /// Muon; `lr` already includes the `sqrt(max(1, out/in))` shape factor.
@@ -61,34 +63,31 @@ pub struct MuonAdamW {
 }
 
 impl MuonAdamW {
-    /// Assigns every parameter of `model` to its group with the reference's learning rates.
-    pub fn new(model: &Gpt, hp: &Hparams) -> Self {
-        // AdamW learning rates were tuned at width 768; scale them by 1/sqrt(width/768).
-        let s = (model.config.n_embd as f64 / 768.0).powf(-0.5);
-        let [b1, b2] = hp.adam_betas;
-        let adam = |lr: f64| Rule::AdamW { lr, beta1: b1, beta2: b2 };
+    /// Assigns every parameter of `model` to its group with the reference's learning rates;
+    /// Err names the parameters no group claims.
+    pub fn new(model: &Gpt, hp: &Hparams) -> anyhow::Result<Self> {
+        Self::for_params(&named_params(model), model.config.n_embd, hp)
+    }
+
+    /// [`MuonAdamW::new`] for the parameters `params` of a model `n_embd` wide.
+    fn for_params(params: &[NamedParam], n_embd: usize, hp: &Hparams) -> anyhow::Result<Self> {
         let mut rules = HashMap::new();
-        rules.insert(model.lm_head.id, adam(hp.unembedding_lr * s));
-        rules.insert(model.wte.id, adam(hp.embedding_lr * s));
-        for ve in model.value_embeds.iter().flatten() {
-            rules.insert(ve.id, adam(hp.embedding_lr * s));
-        }
-        rules.insert(model.resid_lambdas.id, adam(hp.scalar_lr * 0.01));
-        let [x0b1, x0b2] = hp.x0_betas;
-        rules.insert(model.x0_lambdas.id, Rule::AdamW { lr: hp.scalar_lr, beta1: x0b1, beta2: x0b2 });
-        // Muon: every matrix of the blocks, the value-embedding gates included (as the reference,
-        // whose Muon group is `transformer.h.parameters()`).
-        for block in &model.blocks {
-            let matrices = [&block.c_q, &block.c_k, &block.c_v, &block.c_proj, &block.c_fc, &block.mlp_proj];
-            for w in matrices.into_iter().chain(block.ve_gate.as_ref()) {
-                let [d_in, d_out] = w.lazy_shape().dims::<2>();
-                // PyTorch's [rows, cols] = [out, in]: lr * sqrt(max(1, rows / cols)).
-                let shape_factor = (d_out as f64 / d_in as f64).max(1.0).sqrt();
-                rules.insert(w.id, Rule::Muon { lr: hp.matrix_lr * shape_factor });
+        let mut ungrouped = Vec::new();
+        for p in params {
+            match rule_for(&p.path, &p.dims, n_embd, hp) {
+                Some(rule) => {
+                    rules.insert(p.id, rule);
+                }
+                None => ungrouped.push(format!("{} {:?}", p.path, p.dims)),
             }
         }
-        debug_assert_eq!(rules.len(), count_params(model), "every parameter has a rule");
-        Self { rules, state: HashMap::new(), directions: HashMap::new(), muon_beta2: hp.muon_beta2, ns_steps: hp.ns_steps, eps: hp.adam_eps }
+        if !ungrouped.is_empty() {
+            anyhow::bail!(
+                "parameters without an optimizer group: {}. MuonAdamW takes the 2-D matrices inside `blocks` and the named embeddings, head and scalars; give the others a rule in trainer/src/optim.rs `rule_for`",
+                ungrouped.join(", ")
+            );
+        }
+        Ok(Self { rules, state: HashMap::new(), directions: HashMap::new(), muon_beta2: hp.muon_beta2, ns_steps: hp.ns_steps, eps: hp.adam_eps })
     }
 
     /// One optimizer step: returns the updated model.
@@ -121,7 +120,7 @@ impl MuonAdamW {
             pending.push((id, grad.mul_scalar(1.0 - mu) + momentum.clone().mul_scalar(mu)));
         }
         let steps = self.ns_steps;
-        let parallel = pending.first().is_some_and(|(_, g)| crate::kernels::is_flex(g));
+        let parallel = pending.first().is_some_and(|(_, g)| kernels::is_flex(g));
         self.directions = if parallel {
             use rayon::prelude::*;
             pending.into_par_iter().map(|(id, g)| (id, orthogonalize(g, steps))).collect()
@@ -169,6 +168,64 @@ impl MuonAdamW {
     }
 }
 
+/// The optimizer group of the parameter at `path` with shape `dims`, for a model `n_embd` wide:
+/// the reference's groups and learning rates. None: no group claims it.
+pub fn rule_for(path: &str, dims: &[usize], n_embd: usize, hp: &Hparams) -> Option<Rule> {
+    // AdamW learning rates were tuned at width 768; scale them by 1/sqrt(width/768).
+    let s = (n_embd as f64 / 768.0).powf(-0.5);
+    let [b1, b2] = hp.adam_betas;
+    let adam = |lr: f64| Rule::AdamW { lr, beta1: b1, beta2: b2 };
+    match path.split('.').next().unwrap_or("") {
+        "wte" | "value_embeds" => Some(adam(hp.embedding_lr * s)),
+        "lm_head" => Some(adam(hp.unembedding_lr * s)),
+        "resid_lambdas" => Some(adam(hp.scalar_lr * 0.01)),
+        "x0_lambdas" => {
+            let [x0b1, x0b2] = hp.x0_betas;
+            Some(Rule::AdamW { lr: hp.scalar_lr, beta1: x0b1, beta2: x0b2 })
+        }
+        // Muon: every matrix of the blocks, the value-embedding gates included (as the
+        // reference, whose Muon group is `transformer.h.parameters()`).
+        "blocks" if dims.len() == 2 => {
+            let (d_in, d_out) = (dims[0], dims[1]);
+            // PyTorch's [rows, cols] = [out, in]: lr * sqrt(max(1, rows / cols)).
+            let shape_factor = (d_out as f64 / d_in as f64).max(1.0).sqrt();
+            Some(Rule::Muon { lr: hp.matrix_lr * shape_factor })
+        }
+        _ => None,
+    }
+}
+
+/// One parameter of the model, as [`named_params`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedParam {
+    /// Field names from the model down, `.`-separated, with a list's index: `blocks.3.attn.c_q`.
+    pub path: String,
+    pub id: ParamId,
+    pub dims: Vec<usize>,
+}
+
+/// Every float parameter of `model`, in the model's field order.
+pub fn named_params(model: &Gpt) -> Vec<NamedParam> {
+    struct Walk {
+        path: Vec<String>,
+        found: Vec<NamedParam>,
+    }
+    impl burn::module::ModuleVisitor for Walk {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.found.push(NamedParam { path: self.path.join("."), id: param.id, dims: param.lazy_shape().dims::<D>().to_vec() });
+        }
+    }
+    let mut walk = Walk { path: Vec::new(), found: Vec::new() };
+    model.visit(&mut walk);
+    walk.found
+}
+
 /// Approximate polar factor U V^T of `g` (`G = U S V^T`): Frobenius-normalise, then
 /// `steps` Polar Express iterations. Works on the Gram matrix of the shorter side.
 pub fn orthogonalize(g: Tensor<2>, steps: usize) -> Tensor<2> {
@@ -200,18 +257,6 @@ fn normuon_scale(g: Tensor<2>, second: &mut Tensor<2>, red_dim: usize, beta2: f6
     let scaled = g * step;
     let new_norm = scaled.clone().square().sum().sqrt().reshape([1, 1]).clamp_min(1e-10);
     scaled * (norm / new_norm)
-}
-
-fn count_params(model: &Gpt) -> usize {
-    struct Count(usize);
-    impl burn::module::ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
-            self.0 += 1;
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
 }
 
 /// Walks the model and replaces each parameter that has a gradient by its updated value.
@@ -256,7 +301,7 @@ mod tests {
         device.seed(9);
         for (rows, cols) in [(256, 1024), (1024, 256), (256, 256)] {
             let g = Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), &device);
-            assert!(crate::kernels::is_flex(&g));
+            assert!(kernels::is_flex(&g));
             let on_ndarray = Tensor::<2>::from_data(g.to_data(), &Device::ndarray());
             let fused = orthogonalize(g, 5).into_data().try_into_vec::<f32>().unwrap();
             let plain = orthogonalize(on_ndarray, 5).into_data().try_into_vec::<f32>().unwrap();
@@ -279,6 +324,44 @@ mod tests {
             let err = (gram - Tensor::<2>::eye(k, &device)).abs().max().into_scalar::<f32>();
             assert!(err < 0.3, "{rows}x{cols}: max |U^T U - I| = {err}");
         }
+    }
+
+    /// Every parameter of the reference model gets the reference's group, found by walking
+    /// the model; a parameter no group claims is named in an error, in release builds too.
+    #[test]
+    fn groups_come_from_walking_the_model_and_an_ungrouped_parameter_is_an_error() {
+        let hp = Hparams::load("gpu", None).unwrap();
+        let cfg = crate::model::GptConfig::new(&hp, 512, 64);
+        let mut model = cfg.init(&Device::flex());
+        let params = named_params(&model);
+        assert_eq!(params.len(), 4 + 8 * 6 + 4 + 4, "wte, lm_head, 2 lambdas; 6 matrices a block; 4 gates; 4 value embeddings");
+        let path = |p: &str| params.iter().find(|n| n.path == p).unwrap_or_else(|| panic!("no {p} in {params:?}"));
+        assert_eq!(path("blocks.7.attn.ve_gate").dims, vec![32, 4]);
+        let optim = MuonAdamW::new(&model, &hp).unwrap();
+        let rule = |p: &str| optim.rules[&path(p).id];
+        let s = (512f64 / 768.0).powf(-0.5);
+        assert_eq!(rule("wte"), Rule::AdamW { lr: 0.6 * s, beta1: 0.8, beta2: 0.95 });
+        assert_eq!(rule("value_embeds.1"), rule("wte"));
+        assert_eq!(rule("lm_head"), Rule::AdamW { lr: 0.004 * s, beta1: 0.8, beta2: 0.95 });
+        assert_eq!(rule("x0_lambdas"), Rule::AdamW { lr: 0.5, beta1: 0.96, beta2: 0.95 });
+        assert_eq!(rule("blocks.0.attn.c_q"), Rule::Muon { lr: 0.04 });
+        assert_eq!(rule("blocks.0.mlp.c_fc"), Rule::Muon { lr: 0.04 * 2.0 }, "[C, 4C]: rows/cols 4");
+        assert_eq!(rule("blocks.0.mlp.c_proj"), Rule::Muon { lr: 0.04 });
+        assert_eq!(optim.rules.len(), params.len());
+        // A replaced parameter keeps its path, and its group.
+        model.resid_lambdas = Param::from_tensor(Tensor::zeros([8], &Device::flex()));
+        assert!(MuonAdamW::new(&model, &hp).is_ok());
+        // New weights no group claims: a vector inside a block, a matrix outside the blocks.
+        let mut more = named_params(&model);
+        for (path, dims) in [("blocks.2.attn.q_norm", vec![128]), ("extra_head", vec![512, 8])] {
+            assert_eq!(rule_for(path, &dims, 512, &hp), None);
+            more.push(NamedParam { path: path.into(), id: ParamId::new(), dims });
+        }
+        let err = match MuonAdamW::for_params(&more, 512, &hp) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("ungrouped parameters must be refused"),
+        };
+        assert!(err.contains("blocks.2.attn.q_norm [128]") && err.contains("extra_head [512, 8]") && err.contains("rule_for"), "{err}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ struct Args {
     /// The trainer's MuonAdamW, or Burn's AdamW on every parameter (like the PyTorch side).
     #[arg(long, value_enum, default_value_t = Optim::Muon)]
     optim: Optim,
-    /// Run the plain tensor formulation instead of the trainer's fused kernels (kernels.rs).
+    /// Run the plain tensor formulation instead of the trainer's fused kernels (trainer/kernels).
     #[arg(long)]
     no_fused: bool,
     /// Time forward, backward and optimizer separately (syncs the device between them).
@@ -145,12 +145,12 @@ fn bench_burn(args: &Args, device_name: &str, setup_start: Instant) -> Result<Ro
     let inner = build_device(&choice)?;
     let device = inner.clone().autodiff();
     device.seed(42);
-    trainer::kernels::set_enabled(!args.no_fused);
-    trainer::kernels::tune_allocator();
+    kernels::set_enabled(!args.no_fused);
+    kernels::tune_allocator();
     config.matmul_dtype = trainer::matmul_dtype(&args.dtype, &device);
     let mut model = config.init(&device);
     let params = model.num_params();
-    let mut muon = MuonAdamW::new(&model, &hp);
+    let mut muon = MuonAdamW::new(&model, &hp)?;
     let mut adamw = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut random_rows = || -> (Tensor<2, Int>, Tensor<2, Int>) {
