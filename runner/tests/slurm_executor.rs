@@ -243,12 +243,13 @@ fn readme_cluster_section_runs_as_written() {
     fx.assert_worktrees_clean();
 }
 
-/// Ctrl-C with jobs in flight: every job is cancelled with scancel, each node is recorded as
-/// interrupted, and `run --resume` goes on.
+/// Ctrl-C with jobs in flight: every job is cancelled with scancel, the interrupted nodes are
+/// not recorded, and `run --resume` runs them again (same nodes) and goes on.
 #[test]
 fn ctrl_c_cancels_the_jobs_in_flight() {
     let Some(cluster) = Cluster::start() else { return };
     let fx = fixture(3, 2, &["0.3", "0.05", "0.2"], &["60", "60", "1"]);
+    std::fs::write(fx.tools.join("quick_reruns"), "").unwrap();
     let child = fx.cmd(&["run", "--yes"]).envs(cluster.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
     while starts(&fx, "n2") + starts(&fx, "n3") < 2 {
@@ -262,12 +263,17 @@ fn ctrl_c_cancels_the_jobs_in_flight() {
     assert!(t.elapsed() < Duration::from_secs(30), "stopping took {:?}", t.elapsed());
     assert!(cluster.queue().is_empty(), "jobs left running: {:?}", cluster.queue());
     let rows = fx.rows();
-    assert_eq!(rows.len(), 3, "{rows:?}");
-    assert!(rows[1..].iter().all(|r| r[3] == "crash" && r[4].contains("interrupted by the user")), "{rows:?}");
+    assert_eq!(rows.len(), 1, "only the baseline is recorded: {rows:?}");
+    for node in ["n2", "n3"] {
+        assert!(stdout(&out).contains(&format!("{node}: interrupted; `autoresearch run --resume --tag t1` runs it again")), "{}", stdout(&out));
+    }
     fx.assert_worktrees_clean();
     let out = fx.cmd(&["run", "--yes", "--resume", "--max-experiments", "3"]).envs(cluster.env()).output().unwrap();
     assert!(out.status.success(), "{}", stdout(&out));
-    assert_eq!(fx.rows().len(), 4);
+    assert!((starts(&fx, "n2"), starts(&fx, "n3")) == (2, 2), "both ran again:\n{}", timeline(&fx));
+    let rows = fx.rows();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r[3] != "crash"), "{rows:?}");
 }
 
 /// A job that runs past the hard timeout (counted from when it starts running) is cancelled

@@ -47,7 +47,8 @@ f=trainer/hparams.toml
 get() { grep "^$1 *=" "$f" | head -1 | sed 's/^[^=]*= *//; s/ *#.*//'; }
 echo "start $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
 echo "$AUTORESEARCH_NODE $AUTORESEARCH_COMMIT" >> "$TOOLS/commits"
-sleep "$(get delay)"
+# With $TOOLS/quick_reruns, a node's second start (a re-run after an interruption) skips the delay.
+if [ -e "$TOOLS/quick_reruns" ] && [ "$(grep -c "^start $AUTORESEARCH_NODE " "$TOOLS/timeline")" -gt 1 ]; then :; else sleep "$(get delay)"; fi
 lr=$(get matrix_lr)
 val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
 printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
