@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use sealed::budget::Budget;
 
-use crate::config::{Budget, Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
+use crate::config::{Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
 use crate::errors::{code, usage};
 use crate::git::Git;
 
@@ -317,9 +318,9 @@ pub struct ConfigArgs {
     /// Read-only path, hashed at run start (repeat for several; replaces the config's list).
     #[arg(long = "read-only", value_name = "PATH")]
     pub read_only: Vec<String>,
-    /// Training budget: time:SECONDS, tokens:N or flops:N. [default: time:300]
-    #[arg(long, value_name = "SPEC", value_parser = check_budget)]
-    pub budget: Option<String>,
+    /// Training budget: SECONDS, time:SECONDS, tokens:N or flops:N. [default: time:300]
+    #[arg(long, value_name = "SPEC", value_parser = Budget::parse)]
+    pub budget: Option<Budget>,
     /// Summary-JSON key to optimise. [default: val_bpb]
     #[arg(long)]
     pub metric: Option<String>,
@@ -414,10 +415,6 @@ pub struct ConfigArgs {
 pub enum DirectionArg {
     Lower,
     Higher,
-}
-
-fn check_budget(s: &str) -> Result<String, String> {
-    Budget::parse(s).map(|_| s.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -217,12 +217,11 @@ pub fn custom_command(cfg: &ResearchConfig) -> Option<&str> {
 
 /// Fills the placeholders of an experiment command (values shell-quoted).
 pub fn render(template: &str, spec: &RunSpec) -> String {
-    let budget = spec.cfg.budget().map(|b| b.spec()).unwrap_or_else(|_| spec.cfg.budget.clone());
     let pairs = [
         ("{summary_json}", spec.summary_json.display().to_string()),
         ("{steps_csv}", crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("{seed}", spec.seed.to_string()),
-        ("{budget}", budget),
+        ("{budget}", spec.cfg.budget.spec()),
         ("{profile}", spec.profile.display().to_string()),
         ("{device}", spec.cfg.device.clone()),
         ("{device_batch_scale}", format!("{}", spec.batch_scale)),
@@ -250,7 +249,7 @@ pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
         // Where a command may write the run's per-step CSV (the harness's --steps-csv).
         ("AUTORESEARCH_STEPS_CSV".into(), crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("AUTORESEARCH_SEED".into(), spec.seed.to_string()),
-        ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.clone()),
+        ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.spec()),
         ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),
         ("AUTORESEARCH_NODE".into(), spec.label.clone()),
         ("AUTORESEARCH_COMMIT".into(), spec.commit.clone()),
