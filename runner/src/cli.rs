@@ -9,6 +9,7 @@ use sealed::budget::Budget;
 use crate::config::{Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
 use crate::errors::{code, usage};
 use crate::git::Git;
+use crate::layout::Paths;
 
 const ABOUT: &str = "Autonomous research on a Rust GPT trainer: propose a change, train for a fixed budget, keep it if val_bpb improves.";
 
@@ -726,7 +727,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let args = ConfigArgs { tag, config, ..Default::default() };
             let cfg = args.resolve(&git.root)?;
             let mut db = crate::tree::open_db(&git.root, &cfg)?;
-            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
+            let state_dir = Paths::new(&git.root, &cfg).state_dir;
             use crate::tree::{self as t, node_id};
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
@@ -735,7 +736,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, notes } => t::record(
                     &mut db,
                     &cfg,
-                    &crate::executor::sign_key_path(&cfg, &git.root),
+                    &Paths::new(&git.root, &cfg).sign_key(),
                     node_id(&node)?,
                     &t::RecordArgs {
                         summary_json: summary_json.as_deref(),
@@ -801,7 +802,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Stop { tag, config, wait } => {
             let git = repo(&cli.repo)?;
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
-            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
+            let state_dir = Paths::new(&git.root, &cfg).state_dir;
             let pid = crate::pidfile::stop(&state_dir, &cfg.tag, std::time::Duration::from_secs(wait))?;
             println!("stopped the runner of tag {} (pid {pid}); `autoresearch run --resume --tag {}` continues", cfg.tag, cfg.tag);
             Ok(code::OK)
@@ -811,7 +812,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
             let path = match file {
                 Some(f) => crate::config::resolve(&std::env::current_dir()?, &f),
-                None => cfg.results_path(&git.root),
+                None => Paths::new(&git.root, &cfg).results,
             };
             if !path.exists() {
                 return Err(usage(format!(
@@ -823,7 +824,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let rows = crate::results::read_rows(&path)?;
             if json {
                 // Beside each row, the held-out score of its node when the run has one.
-                let db = crate::runloop::Paths::new(&git.root, &cfg).db;
+                let db = Paths::new(&git.root, &cfg).db;
                 let heldout: Vec<(String, Vec<f64>)> = if db.exists() {
                     let db = crate::db::Db::open(&db)?;
                     let scores = db.heldout()?;

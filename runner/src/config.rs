@@ -367,13 +367,6 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
 }
 
-impl ResearchConfig {
-    /// The run's results.tsv: `results_file` with `{tag}` filled in, under the repository.
-    pub fn results_path(&self, repo: &Path) -> PathBuf {
-        resolve(repo, Path::new(&self.results_file.replace("{tag}", &self.tag)))
-    }
-}
-
 pub fn resolve(repo: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { repo.join(p) }
 }

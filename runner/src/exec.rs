@@ -17,9 +17,8 @@ use crate::db::{Db, Node, Run, now};
 use crate::errors::{repo_state, usage};
 use crate::executor::{Executor, Outcome};
 use crate::git::Git;
+use crate::layout::{Paths, attempt};
 
-/// The attempt label of the run `tree exec` makes: the loop's first run of an experiment.
-pub const ATTEMPT: &str = "0";
 /// How a record made by `tree exec` names its maker.
 const COMMAND: &str = "tree exec";
 
@@ -98,19 +97,17 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         db.set_text(id, "commit_id", &commit.to_string())?;
         git.set_node_ref(tag, &n.name(), commit)?;
     }
-    let state_dir = crate::runloop::Paths::new(&git.root, cfg).state_dir;
-    for d in ["logs", "runs", "bin"] {
-        std::fs::create_dir_all(state_dir.join(d))?;
-    }
+    let paths = Paths::new(&git.root, cfg);
+    paths.create_run_dirs()?;
     // The loop's first run of an experiment, with its seed and its files: the waiting loop
     // reuses it as its own run 0 and goes on from there (confirmation runs, held-out run).
     let mut spec = crate::proposer::manual::hand_spec(&git.root, cfg, &n.name(), &path)?;
-    let files = crate::worker::run_files(&state_dir, &n.name(), ATTEMPT);
+    let files = paths.run_files(&n.name(), attempt::FIRST);
     spec.summary_json = files.summary_json;
     spec.log = files.log;
     spec.trainer_copy = files.trainer_copy;
     spec.commit = commit.to_string();
-    crate::executor::ensure_sign_key(&crate::executor::sign_key_path(cfg, &git.root))?;
+    crate::executor::ensure_sign_key(&paths.sign_key())?;
     println!(
         "{}: building commit {} in the run's build tree and scoring it as the loop does (budget {}, seed {}, profile {}, device batch scale {})\nlog: {}",
         n.name(),
@@ -134,7 +131,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     let run = Run {
         node: id,
-        attempt: ATTEMPT.into(),
+        attempt: attempt::FIRST.into(),
         seed: spec.seed,
         batch_scale: Some(spec.batch_scale),
         exit_code: finished.code,
@@ -147,7 +144,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         Outcome::Ok { .. } => None,
         other => Some(crate::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
     };
-    let sign_key = crate::executor::sign_key_path(cfg, &git.root);
+    let sign_key = paths.sign_key();
     let args = crate::tree::RecordArgs {
         summary_json: crash.is_none().then_some(spec.summary_json.as_path()),
         metric: None,
@@ -175,7 +172,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
         return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
     }
-    match await_decision(db, &state_dir, id)? {
+    match await_decision(db, &paths.state_dir, id)? {
         Some(decided) => println!("{decided}"),
         None => println!("no runner of tag {tag} is running now: `autoresearch run --resume --tag {tag}` decides it"),
     }

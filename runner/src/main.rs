@@ -12,6 +12,7 @@ mod executor;
 mod git;
 mod guard;
 mod keep;
+mod layout;
 mod process;
 mod pidfile;
 mod progress;

@@ -24,49 +24,15 @@ use crate::errors::{CliError, repo_state};
 use crate::executor;
 use crate::git::{Git, branch_name};
 use crate::keep;
+use crate::layout::Paths;
 use crate::progress::Progress;
 use crate::proposer::{self, Applied, Ctx, Plan};
 use crate::results;
 use crate::worker::{Decision, Shared, Task};
 
-/// Where a run keeps its state.
-pub struct Paths {
-    pub state_dir: PathBuf,
-    pub db: PathBuf,
-    pub jsonl: PathBuf,
-    pub results: PathBuf,
-    pub summary: PathBuf,
-}
-
-impl Paths {
-    pub fn new(root: &Path, cfg: &ResearchConfig) -> Paths {
-        let state_dir = root.join(".autoresearch").join(&cfg.tag);
-        Paths {
-            db: state_dir.join("tree.db"),
-            jsonl: state_dir.join("experiments.jsonl"),
-            summary: state_dir.join("autoresearch-summary.md"),
-            results: cfg.results_path(root),
-            state_dir,
-        }
-    }
-}
-
 pub struct Options {
     pub resume: bool,
     pub yes: bool,
-}
-
-/// The platform profile used by the run: explicit, else the detected one.
-pub fn resolve_profile(root: &Path, cfg: &ResearchConfig) -> Result<(PathBuf, String, String)> {
-    let path = if cfg.profile.is_empty() {
-        crate::detect::detect(root, &cfg.features)?.profile_path
-    } else {
-        crate::config::resolve(root, Path::new(&cfg.profile))
-    };
-    let p = crate::detect::read_profile(&path).map_err(|e| crate::errors::usage(format!("profile: {e:#}")))?;
-    let class = p.get("class").and_then(|v| v.as_str()).unwrap_or("gpu").to_string();
-    let name = p.get("name").and_then(|v| v.as_str()).unwrap_or("custom").to_string();
-    Ok((path, class, name))
 }
 
 pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usize) -> String {
@@ -98,7 +64,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
             },
             executor::build_command(cfg),
             executor::harness_command(cfg)
-                .replace("{harness}", &executor::scorer_path(cfg, Path::new(".")).display().to_string())
+                .replace("{harness}", &crate::layout::scorer(cfg, Path::new(".")).display().to_string())
                 .replace("{trainer}", ".autoresearch/<tag>/bin/<run>/trainer")
         ),
     };
@@ -128,11 +94,10 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     )
 }
 
-/// The run's own copy of its platform profile (`.autoresearch/<tag>/profile.toml`), taken when
-/// the run starts: every run of the tag is scored with it, whatever happens to the file it came
-/// from. Its sha256 is in the database (`profile_sha256`) and in every summary.
-fn snapshot_profile(source: &Path, state_dir: &Path, db: &Db) -> Result<PathBuf> {
-    let snapshot = state_dir.join("profile.toml");
+/// Takes the run's own copy of its platform profile (`Paths::profile_snapshot`) when the run
+/// starts. Its sha256 is in the database (`profile_sha256`) and in every summary.
+fn snapshot_profile(source: &Path, paths: &Paths, db: &Db) -> Result<PathBuf> {
+    let snapshot = paths.profile_snapshot();
     let text = std::fs::read(source).with_context(|| format!("reading the profile {}", source.display()))?;
     if snapshot.exists() {
         let kept = std::fs::read(&snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
@@ -178,7 +143,7 @@ struct Loop<'a> {
 pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let root = git.root.clone();
     let paths = Paths::new(&root, cfg);
-    let (profile, class, platform) = resolve_profile(&root, cfg)?;
+    let (profile, class, platform) = crate::detect::resolve_profile(&root, cfg)?;
     let tip = git.branch_tip(&cfg.tag)?;
     match (tip, opts.resume) {
         (Some(_), false) => {
@@ -205,9 +170,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         confirm(if opts.resume { "Resume this run?" } else { "Start this run?" })?;
     }
     crate::process::install_interrupt_handler();
-    for d in ["logs", "runs", "bin"] {
-        std::fs::create_dir_all(paths.state_dir.join(d))?;
-    }
+    paths.create_run_dirs()?;
     // Held until this function returns, whatever way: one runner per tag.
     let pid_file = crate::pidfile::PidFile::claim(&paths.state_dir, &cfg.tag)?;
     println!("runner pid {} in {} (`autoresearch stop --tag {}` stops it as Ctrl-C does)", std::process::id(), pid_file.path().display(), cfg.tag);
@@ -227,8 +190,8 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         println!("created branch {} at {}", branch_name(&cfg.tag), &base.to_string()[..7]);
         hashes
     };
-    let profile = snapshot_profile(&profile, &paths.state_dir, &db)?;
-    executor::ensure_sign_key(&executor::sign_key_path(cfg, &root))?;
+    let profile = snapshot_profile(&profile, &paths, &db)?;
+    executor::ensure_sign_key(&paths.sign_key())?;
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
     let progress = Progress::new(cfg.max_experiments);
     let shared = Arc::new(Shared {

@@ -12,11 +12,10 @@ use crate::process::{self, Output};
 /// Builds and runs the harness (or `experiment_command`) with the terminal attached; returns
 /// the harness's exit code.
 pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Result<i32> {
-    let (profile, _, name) = crate::runloop::resolve_profile(&git.root, cfg)?;
+    let (profile, _, name) = crate::detect::resolve_profile(&git.root, cfg)?;
     let state = git.root.join(".autoresearch");
     std::fs::create_dir_all(&state)?;
     let summary = summary_json.map(Path::to_path_buf).unwrap_or_else(|| state.join("train-summary.json"));
-    let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
     let spec = RunSpec {
         cfg: std::sync::Arc::new(cfg.clone()),
         repo_root: git.root.clone(),
@@ -25,16 +24,16 @@ pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Re
         label: "train".into(),
         commit: git.head_commit().map(|c| c.to_string()).unwrap_or_default(),
         seed: cfg.seed,
-        batch_scale: scale,
+        batch_scale: crate::detect::batch_scale(cfg, &profile),
         summary_json: summary.clone(),
         log: state.join("train.log"),
-        scorer: executor::target_dir(&git.root).join("release").join("harness"),
-        trainer_copy: executor::target_dir(&git.root).join("release").join("trainer"),
+        scorer: crate::layout::target_dir(&git.root).join("release").join("harness"),
+        trainer_copy: crate::layout::target_dir(&git.root).join("release").join("trainer"),
         held_out: false,
         timeout: cfg.hard_timeout(),
     };
     let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
-    executor::ensure_sign_key(&executor::sign_key_path(cfg, &git.root))?;
+    executor::ensure_sign_key(&crate::layout::Paths::new(&git.root, cfg).sign_key())?;
     let command = executor::render(&template, &spec);
     eprintln!("profile {name} ({}), budget {}, seed {}\n$ {command}", profile.display(), cfg.budget, cfg.seed);
     process::install_interrupt_handler();

@@ -10,7 +10,7 @@ use crate::db::{Db, Node, Status, node_name, parse_node_id};
 use crate::errors::{repo_state, usage};
 use crate::git::Git;
 use crate::proposer::fmt_metric;
-use crate::runloop::Paths;
+use crate::layout::{Paths, attempt};
 
 /// The proposer name of nodes added with `tree add` (ideas, not experiments).
 pub const PLANNED: &str = "tree-add";
@@ -333,7 +333,7 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
             println!("created the worktree of {} at {commit}{whose}", n.name());
         }
     }
-    let summary = crate::proposer::manual::summary_path(&Paths::new(&git.root, cfg).state_dir, &n.name());
+    let summary = Paths::new(&git.root, cfg).run_files(&n.name(), attempt::BY_HAND).summary_json;
     println!("{}", path.display());
     if cfg.executor == crate::config::ExecutorKind::Slurm {
         let (script, _) = crate::proposer::manual::write_job_script(&git.root, cfg, &n.name(), &path)?;

@@ -17,10 +17,8 @@ use crate::config::{KeepRule, ResearchConfig};
 use crate::db::{Db, Job, Node, Run, Status, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::keep::{self, Verdict};
+use crate::layout::{self, run_files};
 use crate::progress::Progress;
-
-/// The attempt label of a kept node's held-out run.
-pub const HELD_OUT_ATTEMPT: &str = "heldout";
 
 /// What every worker shares.
 pub struct Shared {
@@ -185,7 +183,7 @@ impl Shared {
     fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64) -> Result<Decision> {
         let cfg = &self.cfg;
         let dir = cfg.direction;
-        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mem1, summary) = match out {
             Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
@@ -239,7 +237,7 @@ impl Shared {
     /// from the decision's runs). Its validation score is one more run of the node: in its mean
     /// (the best's value) and in the pooled noise.
     fn score_held_out(&self, node: &Node, wt: &Path, d: &mut Decision) -> Result<()> {
-        let (out, run) = self.attempt(node, wt, HELD_OUT_ATTEMPT, self.cfg.seed + 1000)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::HELD_OUT, self.cfg.seed + 1000)?;
         d.runs.push(run);
         match out {
             Outcome::Ok { summary, metric, .. } => {
@@ -263,7 +261,7 @@ impl Shared {
     /// The `significant` rule: runs until the test says keep or discard (see `keep`).
     fn tested(&self, node: &Node, wt: &Path, best: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
-        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mut memory, summary) = match out {
             Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
@@ -331,16 +329,16 @@ impl Shared {
             batch_scale: scale,
             summary_json: files.summary_json,
             log: files.log,
-            scorer: executor::scorer_path(&self.cfg, &self.root),
+            scorer: layout::scorer(&self.cfg, &self.root),
             trainer_copy: files.trainer_copy,
             // The baseline's seeds and a kept node's extra run score the held-out split.
-            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(HELD_OUT_ATTEMPT)),
+            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(layout::attempt::HELD_OUT)),
             timeout: self.cfg.hard_timeout(),
         }
     }
 
     fn initial_scale(&self) -> f64 {
-        if self.cfg.device_batch_scale > 0.0 { self.cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&self.profile) }
+        crate::detect::batch_scale(&self.cfg, &self.profile)
     }
 
     /// One run of the node (`attempt` names it), with one retry at half the device batch after
@@ -410,24 +408,6 @@ impl Shared {
             return Ok((fin.outcome, run));
         }
         unreachable!("the retry loop returns on its second pass")
-    }
-}
-
-/// Where run `attempt` of node `node` (`n7`) keeps its files in a run's state directory: the
-/// loop's runs and `tree exec` use the same, so that the loop reuses a run `tree exec` made.
-pub struct RunFiles {
-    pub summary_json: PathBuf,
-    pub log: PathBuf,
-    /// The private copy of the trainer binary the run starts.
-    pub trainer_copy: PathBuf,
-}
-
-pub fn run_files(state_dir: &Path, node: &str, attempt: &str) -> RunFiles {
-    let name = format!("{node}-{attempt}");
-    RunFiles {
-        summary_json: state_dir.join("runs").join(format!("{name}.json")),
-        log: state_dir.join("logs").join(format!("{name}.log")),
-        trainer_copy: state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
     }
 }
 

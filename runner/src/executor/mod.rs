@@ -18,6 +18,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::config::{ExecutorKind, ResearchConfig};
+use crate::layout::{Paths, target_dir};
 use crate::process::shell_quote;
 
 /// Harness exit codes (see `harness --help`).
@@ -103,27 +104,6 @@ pub fn build(cfg: &ResearchConfig) -> Box<dyn Executor> {
     }
 }
 
-/// The shared cargo target directory: Burn compiles once for all worktrees.
-pub fn target_dir(repo_root: &Path) -> PathBuf {
-    repo_root.join("target")
-}
-
-/// Taken around "build, then copy the trainer out of the target directory": parallel runs of
-/// different nodes share one target directory, and each build overwrites `release/trainer`.
-pub fn build_lock(repo_root: &Path) -> PathBuf {
-    target_dir(repo_root).join(".autoresearch-build.lock")
-}
-
-/// The run's scorer: the config's `harness`, else `.autoresearch/<tag>/bin/harness`, built once
-/// from the run's base commit.
-pub fn scorer_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
-    if cfg.harness.trim().is_empty() {
-        repo_root.join(".autoresearch").join(&cfg.tag).join("bin").join(format!("harness{}", std::env::consts::EXE_SUFFIX))
-    } else {
-        crate::config::resolve(repo_root, Path::new(cfg.harness.trim()))
-    }
-}
-
 fn feature_flags(cfg: &ResearchConfig) -> String {
     if cfg.features.is_empty() {
         return String::new();
@@ -141,14 +121,8 @@ pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
     format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
 }
 
-/// The run's signing key: the scorer signs every summary with it, so that a summary recorded by
-/// hand (`tree record --summary-json`) can be verified. The trainer's sandbox keeps it out of
-/// reach (it is under `.autoresearch/`).
-pub fn sign_key_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
-    repo_root.join(".autoresearch").join(&cfg.tag).join("scorer.key")
-}
-
-/// Creates the run's signing key unless it exists (readable by its owner only).
+/// Creates the run's signing key (`Paths::sign_key`) unless it exists (readable by its owner
+/// only).
 pub fn ensure_sign_key(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -231,7 +205,7 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
         ("{harness}", spec.scorer.display().to_string()),
         ("{trainer}", spec.trainer_copy.display().to_string()),
         ("{repo}", spec.repo_root.display().to_string()),
-        ("{sign_key}", sign_key_path(&spec.cfg, &spec.repo_root).display().to_string()),
+        ("{sign_key}", Paths::new(&spec.repo_root, &spec.cfg).sign_key().display().to_string()),
     ];
     let mut out = template.replace("{held_out}", if spec.held_out { " --held-out" } else { "" });
     for (k, v) in pairs {

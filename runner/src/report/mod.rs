@@ -94,7 +94,7 @@ pub fn write(git: &Git, cfg: &ResearchConfig, out: Option<&Path>) -> Result<Vec<
     drop(db);
     let dir = match out {
         Some(d) => crate::config::resolve(&std::env::current_dir()?, d),
-        None => crate::runloop::Paths::new(&git.root, cfg).state_dir,
+        None => crate::layout::Paths::new(&git.root, cfg).state_dir,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {} (pass --out DIR to write elsewhere)", dir.display()))?;
     let mut written = Vec::new();
