@@ -37,7 +37,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     let cfg = &db.run_config(cfg)?;
     let n = db.require_node(id)?;
     let tag = &cfg.tag;
-    crate::tree::not_finished(&n, tag)?;
+    crate::tree_cmd::not_finished(&n, tag)?;
     if let Some(rec) = &n.recorded {
         return Err(usage(format!(
             "{} already has a recorded result ({}); the loop decides it. Try another change with `autoresearch tree add --tag {tag} --parent {} ...`",
@@ -65,7 +65,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         )));
     };
     let nodes = db.nodes()?;
-    let (base, _) = crate::tree::checkout_commit(&nodes, parent)?;
+    let (base, _) = crate::tree_cmd::checkout_commit(&nodes, parent)?;
     let base = Git::oid(&base)?;
     let description = notes.description.unwrap_or(&n.description).trim().to_string();
     let hypothesis = notes.hypothesis.unwrap_or(&n.hypothesis).trim().to_string();
@@ -93,7 +93,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // A person's idea keeps its commit now, as `tree sync` does; the loop's own node (the
     // manual proposer waiting for this result) takes it from the record.
-    if n.proposer == crate::tree::PLANNED {
+    if n.proposer == crate::tree_cmd::PLANNED {
         db.set_text(id, "commit_id", &commit.to_string())?;
         git.set_node_ref(tag, &n.name(), commit)?;
     }
@@ -145,7 +145,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         other => Some(crate::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
     };
     let sign_key = paths.sign_key();
-    let args = crate::tree::RecordArgs {
+    let args = crate::tree_cmd::RecordArgs {
         summary_json: crash.is_none().then_some(spec.summary_json.as_path()),
         metric: None,
         memory_mb: None,
@@ -162,13 +162,13 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // The run first: a loop polling for the record finds its run with it.
     db.insert_run(&run)?;
-    crate::tree::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
+    crate::tree_cmd::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
     let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
     match &crash {
         None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, crate::proposer::fmt_metric(run.metric), run.seconds),
         Some(why) => println!("{}: {} in {:.1} s: {why} (log: {})", n.name(), run.outcome, run.seconds, spec.log.display()),
     }
-    if n.proposer == crate::tree::PLANNED {
+    if n.proposer == crate::tree_cmd::PLANNED {
         println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
         return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
     }

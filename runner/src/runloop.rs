@@ -266,7 +266,7 @@ impl Loop<'_> {
         let mut resumable = Vec::new();
         for n in self.db.nodes()? {
             // Finished nodes, and ideas planned with `tree add`, need nothing.
-            if n.status.finished() || n.proposer == crate::tree::PLANNED {
+            if n.status.finished() || n.proposer == crate::tree_cmd::PLANNED {
                 continue;
             }
             let jobs = self.db.jobs(Some(n.id))?;
@@ -306,7 +306,7 @@ impl Loop<'_> {
         }
         // Worktrees of planned nodes belong to a person (`tree worktree`), and those of
         // followed jobs are in use: they stay.
-        let mut keep: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree::PLANNED).map(|n| n.name()).collect();
+        let mut keep: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED).map(|n| n.name()).collect();
         keep.extend(resumable.iter().map(|n| n.name()));
         for wt in self.git.cleanup_worktrees(self.tag(), &keep)? {
             self.progress.line(&format!("resume: removed worktree {wt}"));
@@ -531,7 +531,7 @@ impl Loop<'_> {
     /// Some(started) when an idea was taken.
     fn take_idea(&mut self, prop: &mut dyn proposer::Proposer, best: &Node, iteration: u64) -> Result<Option<bool>> {
         let nodes = self.db.nodes()?;
-        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && n.status == Status::Pending && !self.in_flight.contains(&n.id));
+        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED && n.status == Status::Pending && !self.in_flight.contains(&n.id));
         for idea in ideas {
             let Some(parent) = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)) else { continue };
             if !matches!(parent.status, Status::Keep | Status::Discard) || parent.commit.is_none() {
@@ -756,7 +756,7 @@ impl Loop<'_> {
         let bar = if matches!(d.status, Status::Keep | Status::Discard) { d.bar } else { None };
         self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs, bar)?;
         // A person's worktree (a recorded `tree add` idea) is theirs to remove.
-        if node.proposer != crate::tree::PLANNED {
+        if node.proposer != crate::tree_cmd::PLANNED {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
         let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };

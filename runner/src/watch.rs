@@ -166,7 +166,7 @@ pub fn run(git: &Git, cfg: &ResearchConfig, opts: &Options) -> Result<()> {
     if !(opts.interval.is_finite() && opts.interval > 0.0) {
         return Err(crate::errors::usage(format!("--interval {}: give a number of seconds above 0, e.g. 2", opts.interval)));
     }
-    let db: Db = crate::tree::open_db(&git.root, cfg)?;
+    let db: Db = crate::tree_cmd::open_db(&git.root, cfg)?;
     let tty = std::io::stdout().is_terminal();
     let interval = Duration::from_secs_f64(opts.interval.clamp(0.2, 3600.0));
     loop {
