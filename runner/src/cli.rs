@@ -726,7 +726,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let git = repo(&cli.repo)?;
             let args = ConfigArgs { tag, config, ..Default::default() };
             let cfg = args.resolve(&git.root)?;
-            let mut db = crate::tree_cmd::open_db(&git.root, &cfg)?;
+            let mut db = crate::db::Db::open_run(&git.root, &cfg)?;
             let state_dir = Paths::new(&git.root, &cfg).state_dir;
             use crate::tree_cmd::{self as t, node_id};
             match command {

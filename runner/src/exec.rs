@@ -13,14 +13,13 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::config::{ExecutorKind, ResearchConfig};
-use crate::db::{Db, Node, Run, now};
+use crate::db::{Db, Run, now};
 use crate::errors::{repo_state, usage};
 use crate::executor::{Executor, Outcome};
 use crate::git::Git;
 use crate::layout::{Paths, attempt};
+use crate::tree::{self, fmt_metric};
 
-/// How a record made by `tree exec` names its maker.
-const COMMAND: &str = "tree exec";
 
 /// What a person says of the experiment, stored with its result.
 #[derive(Debug, Default)]
@@ -65,7 +64,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         )));
     };
     let nodes = db.nodes()?;
-    let (base, _) = crate::tree_cmd::checkout_commit(&nodes, parent)?;
+    let (base, _) = tree::checkout_commit(&nodes, parent)?;
     let base = Git::oid(&base)?;
     let description = notes.description.unwrap_or(&n.description).trim().to_string();
     let hypothesis = notes.hypothesis.unwrap_or(&n.hypothesis).trim().to_string();
@@ -93,7 +92,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // A person's idea keeps its commit now, as `tree sync` does; the loop's own node (the
     // manual proposer waiting for this result) takes it from the record.
-    if n.proposer == crate::tree_cmd::PLANNED {
+    if tree::is_idea(&n) {
         db.set_text(id, "commit_id", &commit.to_string())?;
         git.set_node_ref(tag, &n.name(), commit)?;
     }
@@ -156,7 +155,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     };
     // The run's own executor scored it, exactly as it scores the loop's runs (which the loop
     // trusts without a signature check): as verified as any of the loop's results.
-    let mut extra = json!({"commit": commit.to_string(), "started_at": started, "seconds": finished.seconds, "command": COMMAND});
+    let mut extra = json!({"commit": commit.to_string(), "started_at": started, "seconds": finished.seconds, "command": tree::TREE_EXEC});
     if crash.is_none() {
         extra["verified"] = json!(true);
     }
@@ -165,10 +164,10 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     crate::tree_cmd::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
     let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
     match &crash {
-        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, crate::proposer::fmt_metric(run.metric), run.seconds),
+        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, fmt_metric(run.metric), run.seconds),
         Some(why) => println!("{}: {} in {:.1} s: {why} (log: {})", n.name(), run.outcome, run.seconds, spec.log.display()),
     }
-    if n.proposer == crate::tree_cmd::PLANNED {
+    if tree::is_idea(&n) {
         println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
         return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
     }
@@ -177,12 +176,6 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         None => println!("no runner of tag {tag} is running now: `autoresearch run --resume --tag {tag}` decides it"),
     }
     Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE })
-}
-
-/// Whether a node's recorded result comes from `tree exec`: its run 0 is then the loop's own
-/// (same seed, files and scorer), and the loop goes on from it as from any of its runs.
-pub fn executed(node: &Node) -> bool {
-    node.recorded.as_ref().and_then(|r| r.get("command")).and_then(Value::as_str) == Some(COMMAND)
 }
 
 /// Waits while the tag's runner decides node `id` (it may run it again: the confirmation runs
@@ -195,7 +188,7 @@ fn await_decision(db: &Db, state_dir: &std::path::Path, id: i64) -> Result<Optio
         let n = db.require_node(id)?;
         let runs = db.runs(id)?;
         for r in runs.iter().skip(seen) {
-            println!("{name}: run {} (seed {}): {} {}", r.attempt, r.seed, r.outcome, crate::proposer::fmt_metric(r.metric));
+            println!("{name}: run {} (seed {}): {} {}", r.attempt, r.seed, r.outcome, fmt_metric(r.metric));
         }
         seen = seen.max(runs.len());
         if n.status.finished() {
@@ -206,7 +199,7 @@ fn await_decision(db: &Db, state_dir: &std::path::Path, id: i64) -> Result<Optio
                 _ => String::new(),
             };
             let insight = n.insight.lines().next().unwrap_or("");
-            return Ok(Some(format!("{name} {} {}{margin} [{insight}]", n.status.as_str(), crate::proposer::fmt_metric(n.metric))));
+            return Ok(Some(format!("{name} {} {}{margin} [{insight}]", n.status.as_str(), fmt_metric(n.metric))));
         }
         if crate::pidfile::live(state_dir).is_none() || crate::process::interrupted() {
             return Ok(None);

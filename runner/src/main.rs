@@ -21,6 +21,7 @@ mod report;
 mod results;
 mod runloop;
 mod train;
+mod tree;
 mod tree_cmd;
 mod watch;
 mod worker;

@@ -25,6 +25,7 @@ use crate::executor;
 use crate::git::{Git, branch_name};
 use crate::keep;
 use crate::layout::Paths;
+use crate::tree::{self, fmt_metric};
 use crate::progress::Progress;
 use crate::proposer::{self, Applied, Ctx, Plan};
 use crate::results;
@@ -266,7 +267,7 @@ impl Loop<'_> {
         let mut resumable = Vec::new();
         for n in self.db.nodes()? {
             // Finished nodes, and ideas planned with `tree add`, need nothing.
-            if n.status.finished() || n.proposer == crate::tree_cmd::PLANNED {
+            if n.status.finished() || tree::is_idea(&n) {
                 continue;
             }
             let jobs = self.db.jobs(Some(n.id))?;
@@ -306,7 +307,7 @@ impl Loop<'_> {
         }
         // Worktrees of planned nodes belong to a person (`tree worktree`), and those of
         // followed jobs are in use: they stay.
-        let mut keep: Vec<String> = self.db.nodes()?.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED).map(|n| n.name()).collect();
+        let mut keep: Vec<String> = self.db.nodes()?.iter().filter(|n| tree::is_idea(n)).map(|n| n.name()).collect();
         keep.extend(resumable.iter().map(|n| n.name()));
         for wt in self.git.cleanup_worktrees(self.tag(), &keep)? {
             self.progress.line(&format!("resume: removed worktree {wt}"));
@@ -317,7 +318,7 @@ impl Loop<'_> {
                 self.git.set_node_ref(self.tag(), &n.name(), Git::oid(c)?)?;
             }
         }
-        if let Some(best) = best_node(&nodes)
+        if let Some(best) = tree::best(&nodes)
             && let Some(c) = &best.commit
             && self.git.branch_tip(self.tag())?.map(|o| o.to_string()).as_deref() != Some(c.as_str())
         {
@@ -333,9 +334,9 @@ impl Loop<'_> {
                 Some(_) => self.git.worktree_path(self.tag(), &n.name()),
                 None => self.git.add_worktree(self.tag(), &n.name(), Git::oid(n.commit.as_deref().unwrap_or_default())?)?,
             };
-            let task = match (n.parent, best_node(&nodes).and_then(|b| b.metric)) {
+            let task = match (n.parent, tree::best(&nodes).and_then(|b| b.metric)) {
                 (None, _) => Task::Baseline,
-                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: best_node(&nodes).map(|b| b.id).unwrap_or(0) },
+                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: tree::best(&nodes).map(|b| b.id).unwrap_or(0) },
                 (Some(_), None) => continue,
             };
             if jobs_left_by_slurm(&self.db, n.id)? {
@@ -440,7 +441,7 @@ impl Loop<'_> {
             while self.collect(Duration::ZERO)? {}
             let nodes = self.db.nodes()?;
             let done = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
-            let Some(best) = best_node(&nodes).cloned() else {
+            let Some(best) = tree::best(&nodes).cloned() else {
                 if self.in_flight.is_empty() {
                     self.start_baseline()?;
                 }
@@ -449,7 +450,7 @@ impl Loop<'_> {
             };
             let running = self.in_flight.len() as u64;
             let exhausted = exhausted_at == Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
-            self.progress.set_done(done, &format!("{} ({})", proposer::fmt_metric(best.metric), best.name()), self.in_flight.len());
+            self.progress.set_done(done, &format!("{} ({})", fmt_metric(best.metric), best.name()), self.in_flight.len());
             let reached = self.cfg.max_experiments > 0 && done + running >= self.cfg.max_experiments;
             let stop_proposing = reached || exhausted || idle >= 3;
             if stop_proposing && self.in_flight.is_empty() {
@@ -496,11 +497,11 @@ impl Loop<'_> {
 
     fn progress_line(&self, nodes: &[Node], finished: u64) {
         let count = |s: Status| nodes.iter().filter(|n| n.parent.is_some() && n.status == s).count();
-        let best = best_node(nodes);
+        let best = tree::best(nodes);
         let hours = ((now() - self.started) / 3600.0).max(1e-9);
         self.progress.line(&format!(
             "-- {finished} experiments: best {} ({}), {} keeps, {} discards, {} crashes, {} rejected, {:.1} experiments/hour",
-            proposer::fmt_metric(best.and_then(|b| b.metric)),
+            fmt_metric(best.and_then(|b| b.metric)),
             best.map(|b| b.name()).unwrap_or_default(),
             count(Status::Keep),
             count(Status::Discard),
@@ -531,7 +532,7 @@ impl Loop<'_> {
     /// Some(started) when an idea was taken.
     fn take_idea(&mut self, prop: &mut dyn proposer::Proposer, best: &Node, iteration: u64) -> Result<Option<bool>> {
         let nodes = self.db.nodes()?;
-        let ideas = nodes.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED && n.status == Status::Pending && !self.in_flight.contains(&n.id));
+        let ideas = nodes.iter().filter(|n| tree::is_idea(n) && n.status == Status::Pending && !self.in_flight.contains(&n.id));
         for idea in ideas {
             let Some(parent) = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)) else { continue };
             if !matches!(parent.status, Status::Keep | Status::Discard) || parent.commit.is_none() {
@@ -564,7 +565,7 @@ impl Loop<'_> {
             return Ok(());
         }
         let best_value = best.metric.context("the best node has no metric")?;
-        if crate::exec::executed(idea) {
+        if tree::ran_by_tree_exec(idea) {
             // Its run 0 is the loop's (`tree exec`): the worker decides, with the runs the keep
             // rule asks for. From here the loop owns the node, as a synced idea's: it makes (or
             // takes over) its worktree and removes it, and resume runs it again.
@@ -669,7 +670,7 @@ impl Loop<'_> {
         let best_value = best.metric.context("the best node has no metric")?;
         // A change run by `tree exec` made the loop's run 0: the worker goes on from it (more
         // runs where the keep rule asks for them) exactly as for the loop's own experiments.
-        if prop.executes() || crate::exec::executed(&node) {
+        if prop.executes() || tree::ran_by_tree_exec(&node) {
             self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         } else {
             let d = self.recorded_and_decide(&node, best_value, self.bar())?;
@@ -692,7 +693,7 @@ impl Loop<'_> {
     }
 
     fn current_best(&self) -> Result<Option<Node>> {
-        Ok(best_node(&self.db.nodes()?).cloned())
+        Ok(tree::best(&self.db.nodes()?).cloned())
     }
 
     /// Records a worker's result: the keep decision re-checked against the best as it is now
@@ -744,7 +745,7 @@ impl Loop<'_> {
             };
             if !clears {
                 d.status = Status::Discard;
-                d.insight = format!("{}; not kept: {} reached {} while it ran (gain {gain:.6})", d.insight, best.as_ref().map(|b| b.name()).unwrap_or_default(), proposer::fmt_metric(Some(b)));
+                d.insight = format!("{}; not kept: {} reached {} while it ran (gain {gain:.6})", d.insight, best.as_ref().map(|b| b.name()).unwrap_or_default(), fmt_metric(Some(b)));
             }
         }
         if d.interrupted {
@@ -756,7 +757,7 @@ impl Loop<'_> {
         let bar = if matches!(d.status, Status::Keep | Status::Discard) { d.bar } else { None };
         self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs, bar)?;
         // A person's worktree (a recorded `tree add` idea) is theirs to remove.
-        if node.proposer != crate::tree_cmd::PLANNED {
+        if !tree::is_idea(&node) {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
         let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
@@ -822,7 +823,7 @@ impl Loop<'_> {
             }
             _ => String::new(),
         };
-        self.progress.line(&format!("{name} {status:<8} {}{delta}  {description}", proposer::fmt_metric(metric)));
+        self.progress.line(&format!("{name} {status:<8} {}{delta}  {description}", fmt_metric(metric)));
     }
 
     fn drop_node(&mut self, node: &Node) -> Result<()> {
@@ -1010,10 +1011,4 @@ fn jobs_left_by_slurm(db: &Db, node: i64) -> Result<bool> {
 /// Whether a run's summary says its trainer ran without a sandbox.
 fn unsandboxed(summary: Option<&Value>) -> bool {
     summary.and_then(|s| s.get("sandbox")).and_then(Value::as_str).is_some_and(|s| s.starts_with("none"))
-}
-
-/// The best experiment: the last keep. Keeps are decided against the best at the moment they
-/// finish, so the last one is always the best, whatever order results arrive in.
-fn best_node(nodes: &[Node]) -> Option<&Node> {
-    nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
 }

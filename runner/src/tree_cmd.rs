@@ -1,4 +1,5 @@
-//! `autoresearch tree ...`: read and edit the experiment tree of a run.
+//! `autoresearch tree ...`: read and edit the experiment tree of a run (the queries they share
+//! with the loop and the report are in `tree`).
 
 use std::path::Path;
 
@@ -9,45 +10,11 @@ use crate::config::ResearchConfig;
 use crate::db::{Db, Node, Status, node_name, parse_node_id};
 use crate::errors::{repo_state, usage};
 use crate::git::Git;
-use crate::proposer::fmt_metric;
 use crate::layout::{Paths, attempt};
-
-/// The proposer name of nodes added with `tree add` (ideas, not experiments).
-pub const PLANNED: &str = "tree-add";
-
-pub fn open_db(root: &Path, cfg: &ResearchConfig) -> Result<Db> {
-    let paths = Paths::new(root, cfg);
-    if !paths.db.exists() {
-        let runs: Vec<String> = std::fs::read_dir(root.join(".autoresearch"))
-            .map(|rd| rd.flatten().filter(|e| e.path().join("tree.db").exists()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        return Err(repo_state(format!(
-            "no run with tag `{}` here ({} is missing); runs: {} (pass --tag)",
-            cfg.tag,
-            paths.db.display(),
-            if runs.is_empty() { "none, start one with `autoresearch run`".into() } else { runs.join(", ") }
-        )));
-    }
-    Db::open(&paths.db)
-}
+use crate::tree::{best, best_path, fmt_metric, is_idea};
 
 pub fn node_id(s: &str) -> Result<i64> {
     parse_node_id(s).ok_or_else(|| usage(format!("`{s}` is not a node id (use 7 or n7, see `autoresearch tree list`)")))
-}
-
-pub fn best(nodes: &[Node]) -> Option<&Node> {
-    nodes.iter().filter(|n| n.status == Status::Keep).max_by_key(|n| n.finish_seq)
-}
-
-pub fn best_path(nodes: &[Node]) -> Vec<&Node> {
-    let mut path = Vec::new();
-    let mut cur = best(nodes);
-    while let Some(n) = cur {
-        path.push(n);
-        cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
-    }
-    path.reverse();
-    path
 }
 
 fn short(c: &Option<String>) -> String {
@@ -136,7 +103,7 @@ fn indent(s: &str) -> String {
 /// also writes the node's job script and says how to submit it (a person's cluster job).
 pub fn add(db: &Db, git: &Git, cfg: &ResearchConfig, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
     db.require_node(parent)?;
-    let id = db.insert_node(Some(parent), hypothesis, description, None, PLANNED, "")?;
+    let id = db.insert_node(Some(parent), hypothesis, description, None, crate::tree::IDEA_PROPOSER, "")?;
     let name = node_name(id);
     println!("{name}");
     if cfg.executor == crate::config::ExecutorKind::Slurm {
@@ -261,30 +228,7 @@ pub fn insight(db: &mut Db, id: i64, text: &str) -> Result<()> {
 
 /// Whether a run of the loop owns the node (it makes, commits and removes its worktree itself).
 fn owned_by_loop(n: &Node) -> bool {
-    !n.status.finished() && n.proposer != PLANNED
-}
-
-/// The commit a worktree of node `id` starts from: its own, else the nearest ancestor's.
-/// Returns the commit and the node it belongs to.
-pub fn checkout_commit(nodes: &[Node], id: i64) -> Result<(String, i64)> {
-    let mut cur = nodes.iter().find(|n| n.id == id);
-    let mut seen = Vec::new();
-    while let Some(n) = cur {
-        if let Some(c) = &n.commit {
-            return Ok((c.clone(), n.id));
-        }
-        if seen.contains(&n.id) {
-            break;
-        }
-        seen.push(n.id);
-        cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
-    }
-    Err(repo_state(format!(
-        "{} has no commit, and neither has any node above it ({}): nothing to check out; \
-         add the idea under a node that ran (`autoresearch tree add --parent N`, see `autoresearch tree list`)",
-        node_name(id),
-        if seen.len() > 1 { seen[1..].iter().map(|i| node_name(*i)).collect::<Vec<_>>().join(", ") } else { "it is a root".into() }
-    )))
+    !n.status.finished() && !is_idea(n)
 }
 
 /// `tree worktree N [--remove]`: a person's checkout of node N, and how to build and run it.
@@ -325,7 +269,7 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
     match git.worktree_head(tag, &n.name())? {
         Some(h) => println!("{} already has a worktree, at {h}", n.name()),
         None => {
-            let (commit, from) = checkout_commit(&db.nodes()?, id)?;
+            let (commit, from) = crate::tree::checkout_commit(&db.nodes()?, id)?;
             let oid = Git::oid(&commit)?;
             git.repo.find_commit(oid).with_context(|| format!("{}'s commit {commit} is not in this repository", node_name(from)))?;
             git.add_worktree(tag, &n.name(), oid)?;
@@ -410,7 +354,7 @@ pub fn sync(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64) -> Result<()> {
     git.set_node_ref(tag, &n.name(), commit)?;
     let nodes = db.nodes()?;
     if let Some(p) = n.parent
-        && let Ok((base, _)) = checkout_commit(&nodes, p)
+        && let Ok((base, _)) = crate::tree::checkout_commit(&nodes, p)
     {
         let base = Git::oid(&base)?;
         if base == commit {
@@ -553,28 +497,4 @@ pub fn compare(db: &Db, git: &Git, state_dir: &Path, a: i64, b: i64) -> Result<(
         println!("\n{}", git.diff_text(Git::oid(c1)?, Git::oid(c2)?, false)?);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkout_commit_walks_up_to_the_nearest_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db")).unwrap();
-        let root = db.insert_node(None, "", "baseline", None, "baseline", "cpu").unwrap();
-        let idea = db.insert_node(Some(root), "h", "idea", None, PLANNED, "").unwrap();
-        let sub = db.insert_node(Some(idea), "h", "sub-idea", None, PLANNED, "").unwrap();
-        // Nothing has a commit: the error names the node and its ancestors, exit code 3.
-        let err = checkout_commit(&db.nodes().unwrap(), sub).unwrap_err();
-        assert!(err.to_string().contains("n3 has no commit") && err.to_string().contains("n2, n1"), "{err}");
-        assert_eq!(crate::errors::exit_code_of(&err), crate::errors::code::REPO_STATE);
-        db.set_text(root, "commit_id", "aaaa").unwrap();
-        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("aaaa".into(), root));
-        db.set_text(idea, "commit_id", "bbbb").unwrap();
-        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("bbbb".into(), idea));
-        db.set_text(sub, "commit_id", "cccc").unwrap();
-        assert_eq!(checkout_commit(&db.nodes().unwrap(), sub).unwrap(), ("cccc".into(), sub));
-    }
 }

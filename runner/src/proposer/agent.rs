@@ -42,7 +42,7 @@ When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what 
         wt = worktree.display(),
         parent = parent.map(|p| p.name()).unwrap_or_default(),
         metric = ctx.cfg.metric,
-        value = super::fmt_metric(parent.and_then(|p| p.metric)),
+        value = crate::tree::fmt_metric(parent.and_then(|p| p.metric)),
         scope = ctx.cfg.scope.join(", "),
         budget = ctx.cfg.budget,
         digest = tree_digest(&nodes, ctx.best, ctx.cfg.agent.recent_results),

@@ -126,7 +126,7 @@ impl Proposer for Manual {
 /// with a worktree for it and no result yet is still working on it), if there is one.
 fn queued_idea(ctx: &Ctx<'_>) -> Result<Option<Node>> {
     let nodes = ctx.db.nodes()?;
-    for idea in nodes.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED && n.status == crate::db::Status::Pending) {
+    for idea in nodes.iter().filter(|n| crate::tree::is_idea(n) && n.status == crate::db::Status::Pending) {
         let parent_ran = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)).is_some_and(|p| p.commit.is_some() && matches!(p.status, crate::db::Status::Keep | crate::db::Status::Discard));
         if parent_ran && (idea.recorded.is_some() || ctx.git.worktree_head(ctx.tag, &idea.name())?.is_none()) {
             return Ok(Some(idea.clone()));

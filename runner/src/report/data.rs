@@ -77,11 +77,11 @@ impl Research {
     }
 
     pub fn best(&self) -> Option<&Node> {
-        crate::tree_cmd::best(&self.nodes)
+        crate::tree::best(&self.nodes)
     }
 
     pub fn best_path(&self) -> Vec<&Node> {
-        crate::tree_cmd::best_path(&self.nodes)
+        crate::tree::best_path(&self.nodes)
     }
 
     /// How much `n` improved on its parent (positive = better), when both have a metric.
@@ -111,7 +111,7 @@ impl Research {
 
     /// Ideas added with `tree add` and not run yet.
     pub fn planned(&self) -> Vec<&Node> {
-        self.nodes.iter().filter(|n| n.proposer == crate::tree_cmd::PLANNED && !n.status.finished()).collect()
+        self.nodes.iter().filter(|n| crate::tree::is_idea(n) && !n.status.finished()).collect()
     }
 
     pub fn count(&self, s: Status) -> usize {

@@ -73,7 +73,7 @@ fn diffs(git: &Git, nodes: &[Node]) -> HashMap<i64, String> {
         let text = match (&n.commit, n.parent) {
             (None, _) => "(no commit: not run yet)".to_string(),
             (Some(_), None) => "(the baseline: the code as the run found it)".to_string(),
-            (Some(c), Some(p)) => match crate::tree_cmd::checkout_commit(nodes, p) {
+            (Some(c), Some(p)) => match crate::tree::checkout_commit(nodes, p) {
                 Err(_) => "(no ancestor with a commit to compare with)".to_string(),
                 Ok((base, _)) if base == *c => "(no change: the same commit as its parent)".to_string(),
                 Ok((base, _)) => Git::oid(&base)
@@ -89,7 +89,7 @@ fn diffs(git: &Git, nodes: &[Node]) -> HashMap<i64, String> {
 
 /// Writes every report file into `out` (default: the run's directory); returns their paths.
 pub fn write(git: &Git, cfg: &ResearchConfig, out: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let db = crate::tree_cmd::open_db(&git.root, cfg)?;
+    let db = crate::db::Db::open_run(&git.root, cfg)?;
     let r = Research::load(&db, cfg)?;
     drop(db);
     let dir = match out {

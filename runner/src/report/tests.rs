@@ -65,13 +65,13 @@ pub fn sample(n: usize) -> (tempfile::TempDir, Vec<Node>) {
     }
     // A pruned branch and two ideas not run yet.
     let nodes = db.nodes().unwrap();
-    let path: Vec<i64> = crate::tree_cmd::best_path(&nodes).iter().map(|n| n.id).collect();
+    let path: Vec<i64> = crate::tree::best_path(&nodes).iter().map(|n| n.id).collect();
     if let Some(leaf) = nodes.iter().rev().find(|n| n.status == Status::Discard && !path.contains(&n.id)) {
         db.set_status(leaf.id, Status::Pruned).unwrap();
     }
     if n > 3 {
-        db.insert_node(Some(best), "longer warmup helps short budgets", "warmup_ratio = 0.05", None, crate::tree_cmd::PLANNED, "").unwrap();
-        db.insert_node(Some(root), "", "try rotary base 50000", None, crate::tree_cmd::PLANNED, "").unwrap();
+        db.insert_node(Some(best), "longer warmup helps short budgets", "warmup_ratio = 0.05", None, crate::tree::IDEA_PROPOSER, "").unwrap();
+        db.insert_node(Some(root), "", "try rotary base 50000", None, crate::tree::IDEA_PROPOSER, "").unwrap();
     }
     let nodes = db.nodes().unwrap();
     (dir, nodes)
@@ -191,7 +191,7 @@ fn summary_numbers_match_the_data() {
         count(Status::Pruned)
     );
     assert!(md.contains(&line), "{line}\n{md}");
-    let best = crate::tree_cmd::best(&nodes).unwrap();
+    let best = crate::tree::best(&nodes).unwrap();
     let bm = best.metric.unwrap();
     assert!(md.contains(&format!("- baseline: 1.000000 (n1, commit `{}`)", &format!("{:040x}", 1)[..7])), "{md}");
     assert!(md.contains(&format!("- best: {bm:.6} ({}", best.name())), "{md}");
