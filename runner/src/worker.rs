@@ -62,20 +62,31 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
-        let (status, insight) = failure(out);
+    /// A node that ends with no measurement: a crash or a rejection, and why.
+    pub fn unmeasured(status: Status, insight: impl Into<String>) -> Decision {
         Decision {
             status,
             metric: None,
             summary: None,
             memory_mb: None,
-            insight,
-            runs,
-            interrupted: matches!(out, Outcome::Interrupted),
+            insight: insight.into(),
+            runs: Vec::new(),
+            interrupted: false,
             sigma: None,
             heldout: Vec::new(),
             bar: None,
         }
+    }
+
+    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
+        let (status, insight) = failure(out);
+        Decision { runs, interrupted: matches!(out, Outcome::Interrupted), ..Decision::unmeasured(status, insight) }
+    }
+
+    /// The bar of a decided experiment (kept or discarded): the gain its rule asked for. A
+    /// failure has none, whatever its runs measured.
+    pub fn decided_bar(&self) -> Option<f64> {
+        if matches!(self.status, Status::Keep | Status::Discard) { self.bar } else { None }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::db::{Node, Status};
 use crate::git::Git;
 use crate::proposer::{self, Applied, Plan};
 use crate::tree;
-use crate::worker::Task;
+use crate::worker::{Decision, Task};
 
 impl Loop<'_> {
     /// The unmodified trainer, run `baseline_runs` times (noise-aware) to measure the noise.
@@ -81,9 +81,8 @@ impl Loop<'_> {
         let node = self.db.require_node(id)?;
         if let Some(reason) = crate::guard::check(self.git, self.cfg, parent_oid, commit, &wt, &self.ro_hashes)? {
             let best = self.current_best()?;
-            self.finish_node(&node, Status::Rejected, None, None, None, &reason, best.as_ref(), &[], None)?;
+            self.reject(&node, &reason, best.as_ref())?;
             self.git.remove_worktree(self.tag(), &node.name())?;
-            self.report(&node.name(), "rejected", None, best.as_ref(), &format!("{description}: {reason}"));
             return Ok(true);
         }
         self.db.set_running(id)?;
@@ -127,6 +126,6 @@ impl Loop<'_> {
         }
         self.git.remove_worktree(self.tag(), &node.name())?;
         let best = self.current_best()?;
-        self.finish_node(node, Status::Crash, None, None, None, "the proposer could not implement this queued idea", best.as_ref(), &[], None)
+        self.finish_node(node, &Decision::unmeasured(Status::Crash, "the proposer could not implement this queued idea"), best.as_ref())
     }
 }

@@ -47,8 +47,7 @@ impl Loop<'_> {
         let (p, c) = (Git::oid(parent.commit.as_deref().unwrap_or_default())?, Git::oid(idea.commit.as_deref().unwrap_or_default())?);
         let best = self.current_best()?.context("no best node")?;
         if let Some(reason) = crate::guard::check_commit(self.git, self.cfg, p, c, &self.ro_hashes)? {
-            self.finish_node(idea, Status::Rejected, None, None, None, &reason, Some(&best), &[], None)?;
-            self.report(&idea.name(), "rejected", None, Some(&best), &format!("{}: {reason}", idea.description));
+            self.reject(idea, &reason, Some(&best))?;
             return Ok(());
         }
         let best_value = best.metric.context("the best node has no metric")?;
@@ -81,9 +80,8 @@ impl Loop<'_> {
         self.progress.line(&format!("{}: running the queued change \"{}\"", node.name(), node.description));
         let best = self.current_best()?.context("no best node")?;
         if let Some(reason) = crate::guard::check(self.git, self.cfg, p, c, &wt, &self.ro_hashes)? {
-            self.finish_node(&node, Status::Rejected, None, None, None, &reason, Some(&best), &[], None)?;
+            self.reject(&node, &reason, Some(&best))?;
             self.git.remove_worktree(self.tag(), &node.name())?;
-            self.report(&node.name(), "rejected", None, Some(&best), &format!("{}: {reason}", node.description));
             return Ok(());
         }
         self.db.set_running(node.id)?;

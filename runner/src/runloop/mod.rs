@@ -287,6 +287,10 @@ impl Loop<'_> {
         self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
     }
 
+    fn rule(&self) -> keep::Rule {
+        keep::Rule::of(self.cfg)
+    }
+
     fn bar(&self) -> f64 {
         keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor)
     }

@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 
 use super::Loop;
 use crate::config::KeepRule;
-use crate::db::{Finish, Node, Run, Status, iso8601, now};
+use crate::db::{Finish, Node, Status, iso8601, now};
 use crate::executor;
 use crate::git::Git;
-use crate::keep;
+use crate::keep::{self, Measured};
 use crate::results;
 use crate::tree::{self, fmt_metric};
 use crate::worker::Decision;
@@ -29,9 +29,8 @@ impl Loop<'_> {
             Err(e) => {
                 // The worker itself failed (a database or executor error, not the experiment):
                 // the node is recorded as a crash so the run stays consistent, then the loop stops.
-                let insight = format!("runner error: {e:#}");
                 let best = self.current_best()?;
-                self.finish_node(&node, Status::Crash, None, None, None, &insight, best.as_ref(), &[], None)?;
+                self.finish_node(&node, &Decision::unmeasured(Status::Crash, format!("runner error: {e:#}")), best.as_ref())?;
                 self.git.remove_worktree(self.tag(), &node.name())?;
                 return Err(e);
             }
@@ -51,24 +50,16 @@ impl Loop<'_> {
         if d.status == Status::Keep
             && let (Some(m), Some(b)) = (d.metric, best.as_ref().and_then(|b| b.metric))
         {
-            let gain = self.cfg.direction.gain(b, m);
-            let clears = match self.cfg.keep_rule {
-                KeepRule::Strict => gain > 0.0,
-                KeepRule::NoiseAware => gain > self.bar(),
-                KeepRule::Significant => {
-                    let runs: Vec<f64> = d.runs.iter().filter(|r| r.outcome == "ok").filter_map(|r| r.metric).collect();
-                    let best_node = best.as_ref().map(|b| b.id).unwrap_or(0);
-                    let mut best_runs = self.db.metrics_of(best_node)?;
-                    if best_runs.is_empty() {
-                        best_runs.push(b);
-                    }
-                    let t = keep::test(self.cfg.direction, &best_runs, &runs, self.db.noise()?, self.cfg.significance, self.cfg.max_candidate_runs);
-                    keep::significant(&t, runs.len(), self.cfg.max_candidate_runs, self.cfg.noise_floor) == keep::Verdict::Keep
-                }
-            };
-            if !clears {
+            let runs: Vec<f64> = d.runs.iter().filter(|r| r.outcome == "ok").filter_map(|r| r.metric).collect();
+            let mut best_runs = self.db.metrics_of(best.as_ref().map(|b| b.id).unwrap_or(0))?;
+            if best_runs.is_empty() {
+                best_runs.push(b);
+            }
+            // A candidate of the loop is kept from its second run on.
+            let last = self.rule().last(Measured { value: b, runs: &best_runs }, Measured { value: m, runs: &runs }, self.bar(), self.db.noise()?, 2);
+            if !last.keep {
                 d.status = Status::Discard;
-                d.insight = format!("{}; not kept: {} reached {} while it ran (gain {gain:.6})", d.insight, best.as_ref().map(|b| b.name()).unwrap_or_default(), fmt_metric(Some(b)));
+                d.insight = format!("{}; not kept: {} reached {} while it ran (gain {:.6})", d.insight, best.as_ref().map(|b| b.name()).unwrap_or_default(), fmt_metric(Some(b)), last.gain);
             }
         }
         if d.interrupted {
@@ -77,14 +68,13 @@ impl Loop<'_> {
         if d.status == Status::Keep && !d.heldout.is_empty() {
             self.db.set_heldout(node.id, &d.heldout)?;
         }
-        let bar = if matches!(d.status, Status::Keep | Status::Discard) { d.bar } else { None };
-        self.finish_node(&node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, best.as_ref(), &d.runs, bar)?;
+        self.finish_node(&node, &d, best.as_ref())?;
         // A person's worktree (a recorded `tree add` idea) is theirs to remove.
         if !tree::is_idea(&node) {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
         let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
-        self.report_with_bar(&node.name(), d.status.as_str(), d.metric, best.as_ref(), bar, &format!("{}{margin}", node.description));
+        self.log_result(&node.name(), d.status.as_str(), d.metric, best.as_ref(), d.decided_bar(), &format!("{}{margin}", node.description));
         self.after_result()
     }
 
@@ -102,7 +92,7 @@ impl Loop<'_> {
             };
             self.progress.line(&format!("HELD-OUT SPLIT: NONE: {why}; the report will have no held-out figures"));
         }
-        self.finish_node(node, d.status, d.metric, d.summary.as_ref(), d.memory_mb, &d.insight, None, &d.runs, None)?;
+        self.finish_node(node, &d, None)?;
         self.git.remove_worktree(self.tag(), &node.name())?;
         if d.status != Status::Keep {
             if d.interrupted {
@@ -120,7 +110,7 @@ impl Loop<'_> {
         let rule = match self.cfg.keep_rule {
             KeepRule::Significant => {
                 let n = self.db.noise()?;
-                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64)
+                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.rule().last_look_level())
             }
             _ => format!("sigma {sd:.6}, bar {:.6}", keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)),
         };
@@ -128,83 +118,42 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// Decides a result recorded by hand (`tree record`) against the best's value `best`: a
+    /// crash as it is, an unverified one (no signature of the run's scorer) never compared, a
+    /// verified one by one look of the keep rule.
     pub(super) fn recorded_and_decide(&mut self, node: &Node, best: f64, bar: f64) -> Result<Decision> {
         let rec = self.db.require_node(node.id)?.recorded.unwrap_or(Value::Null);
-        let failed = |why: &str| Decision {
-            status: Status::Crash,
-            metric: None,
-            summary: None,
-            memory_mb: None,
-            insight: why.to_string(),
-            runs: vec![],
-            interrupted: false,
-            sigma: None,
-            heldout: Vec::new(),
-            bar: None,
-        };
         if let Some(why) = rec.get("crash").and_then(Value::as_str) {
-            return Ok(failed(why));
+            return Ok(Decision::unmeasured(Status::Crash, why));
         }
         let Some(m) = rec.get("metric").and_then(Value::as_f64) else {
-            return Ok(failed("recorded without a metric"));
+            return Ok(Decision::unmeasured(Status::Crash, "recorded without a metric"));
+        };
+        let measured = |status, insight: String| Decision {
+            metric: Some(m),
+            summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
+            memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
+            ..Decision::unmeasured(status, insight)
         };
         if rec.get("verified") != Some(&Value::Bool(true)) {
             // Not scored by this run's harness: recorded as it is, never compared.
             let why = rec.get("unverified_because").and_then(Value::as_str).unwrap_or("recorded by hand");
-            return Ok(Decision {
-                status: Status::Unverified,
-                metric: Some(m),
-                summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
-                memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
-                insight: format!("unverified: {why}; not compared with scored results"),
-                runs: vec![],
-                interrupted: false,
-                sigma: None,
-                heldout: Vec::new(),
-                bar: None,
-            });
+            return Ok(measured(Status::Unverified, format!("unverified: {why}; not compared with scored results")));
         }
-        // One recorded run: a confirmation would need another manual run, so one look decides.
-        let gain = self.cfg.direction.gain(best, m);
-        let (keep, bar) = match self.cfg.keep_rule {
-            KeepRule::Strict => (gain > 0.0, 0.0),
-            KeepRule::NoiseAware => (gain > bar, bar),
-            KeepRule::Significant => {
-                let noise = self.db.noise()?;
-                let t = keep::test(self.cfg.direction, &[best], &[m], noise, self.cfg.significance, self.cfg.max_candidate_runs);
-                let needed = self.cfg.significance / (self.cfg.max_candidate_runs.max(2) - 1) as f64;
-                (gain > self.cfg.noise_floor && t.p < needed, t.gain_needed(needed, self.cfg.noise_floor))
-            }
-        };
+        // One recorded run: a confirmation would need another run by hand, so one look decides.
+        let last = self.rule().last(Measured { value: best, runs: &[best] }, Measured { value: m, runs: &[m] }, bar, self.db.noise()?, 1);
         Ok(Decision {
-            status: if keep { Status::Keep } else { Status::Discard },
-            metric: Some(m),
-            summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
-            memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
-            insight: format!("recorded; gain {gain:.6}, bar {bar:.6}"),
             // The run `tree exec` made, when it made one: its seconds and log are the node's.
             runs: self.db.runs(node.id)?,
-            interrupted: false,
-            sigma: None,
-            heldout: Vec::new(),
-            bar: Some(bar),
+            bar: Some(last.bar),
+            ..measured(if last.keep { Status::Keep } else { Status::Discard }, format!("recorded; gain {:.6}, bar {:.6}", last.gain, last.bar))
         })
     }
 
-    /// Records a finished node: db transaction, then the branch (keep), then the two log rows.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn finish_node(
-        &mut self,
-        node: &Node,
-        status: Status,
-        metric: Option<f64>,
-        summary: Option<&Value>,
-        memory_mb: Option<f64>,
-        insight: &str,
-        best: Option<&Node>,
-        runs: &[Run],
-        bar: Option<f64>,
-    ) -> Result<()> {
+    /// Records the decision `d` on a node: db transaction, then the branch (keep), then the two
+    /// log rows. `best` is the best the decision was measured against.
+    pub(super) fn finish_node(&mut self, node: &Node, d: &Decision, best: Option<&Node>) -> Result<()> {
+        let (status, metric, memory_mb, insight, bar) = (d.status, d.metric, d.memory_mb, d.insight.as_str(), d.decided_bar());
         let commit = node.commit.clone().unwrap_or_default();
         let mut desc = node.description.clone();
         if status.failed() {
@@ -215,7 +164,7 @@ impl Loop<'_> {
             let why = if last.is_empty() { reason.to_string() } else { format!("{reason}: {last}") };
             desc = format!("{desc} [{}]", why.chars().take(200).collect::<String>());
         }
-        if unsandboxed(summary) {
+        if unsandboxed(d.summary.as_ref()) {
             // Loud in the results row too: this score came from a trainer that ran unconfined.
             desc.push_str(" [sandbox: none]");
         }
@@ -245,8 +194,8 @@ impl Loop<'_> {
             "executor": self.cfg.executor.to_string(),
             "started_at": node.started_at.map(iso8601),
             "finished_at": iso8601(finished),
-            "seconds": runs.iter().map(|r| r.seconds).sum::<f64>(),
-            "runs": runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
+            "seconds": d.runs.iter().map(|r| r.seconds).sum::<f64>(),
+            "runs": d.runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
             "heldout": self.db.heldout()?.get(&node.id),
         });
         let line = record.to_string();
@@ -256,7 +205,7 @@ impl Loop<'_> {
             &Finish {
                 status,
                 metric,
-                metrics: summary,
+                metrics: d.summary.as_ref(),
                 memory_mb,
                 insight,
                 result_row: has_commit.then_some(row.as_str()),
@@ -274,14 +223,18 @@ impl Loop<'_> {
         Ok(())
     }
 
-    pub(super) fn report(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, description: &str) {
-        self.report_with_bar(name, status, metric, best, None, description)
+    /// Records a change the guard (or the proposer's own guard) refused: its node is
+    /// `rejected`, with the reason.
+    pub(super) fn reject(&mut self, node: &Node, reason: &str, best: Option<&Node>) -> Result<()> {
+        self.finish_node(node, &Decision::unmeasured(Status::Rejected, reason), best)?;
+        self.log_result(&node.name(), Status::Rejected.as_str(), None, best, None, &format!("{}: {reason}", node.description));
+        Ok(())
     }
 
     /// The log line of a decided node: `n2 discard  2.176912 (-0.039211; gain 0.039211 <= bar
     /// 0.039266)  description [insight]`: the difference from the best, and the gain (positive
     /// is better, whichever the direction) against the bar the keep rule set.
-    fn report_with_bar(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, bar: Option<f64>, description: &str) {
+    fn log_result(&self, name: &str, status: &str, metric: Option<f64>, best: Option<&Node>, bar: Option<f64>, description: &str) {
         let delta = match (metric, best.and_then(|b| b.metric)) {
             (Some(m), Some(b)) => {
                 let gain = self.cfg.direction.gain(b, m);

@@ -9,7 +9,7 @@ use crate::db::{Db, Node, Status};
 use crate::git::Git;
 use crate::results;
 use crate::tree;
-use crate::worker::Task;
+use crate::worker::{Decision, Task};
 
 impl Loop<'_> {
     /// Repairs what a kill left: orphaned experiment processes, unfinished nodes, worktrees,
@@ -48,7 +48,7 @@ impl Loop<'_> {
                         "interrupted: the runner stopped during this experiment"
                     };
                     self.db.clear_jobs(n.id)?;
-                    self.finish_node(&n, Status::Crash, None, None, None, insight, None, &[], None)?;
+                    self.finish_node(&n, &Decision::unmeasured(Status::Crash, insight), None)?;
                     self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
                 }
                 None => {
