@@ -348,6 +348,13 @@ pub fn resolve_profile(root: &Path, cfg: &ResearchConfig) -> Result<(PathBuf, St
     Ok((path, class, name))
 }
 
+/// The profile a run's experiments are scored with: the run's snapshot once it has started
+/// (`Paths::profile_snapshot`), else the configured or detected one.
+pub fn run_profile(root: &Path, cfg: &ResearchConfig) -> Result<PathBuf> {
+    let snapshot = crate::layout::Paths::new(root, cfg).profile_snapshot();
+    if snapshot.exists() { Ok(snapshot) } else { Ok(resolve_profile(root, cfg)?.0) }
+}
+
 /// The device batch scale a run starts with: the config's, else the profile's (an
 /// out-of-memory retry halves it).
 pub fn batch_scale(cfg: &ResearchConfig, profile: &Path) -> f64 {

@@ -9,13 +9,15 @@
 //! The build shares the main checkout's target directory, as the loop's do: afterwards the
 //! members' units are handed back, so the main checkout's next build compiles its own code.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::config::{ExecutorKind, ResearchConfig};
 use crate::db::{Db, Run, now};
 use crate::errors::{repo_state, usage};
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, RunSpec};
 use crate::git::Git;
 use crate::layout::{Paths, attempt};
 use crate::tree::{self, fmt_metric};
@@ -100,12 +102,8 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     paths.create_run_dirs()?;
     // The loop's first run of an experiment, with its seed and its files: the waiting loop
     // reuses it as its own run 0 and goes on from there (confirmation runs, held-out run).
-    let mut spec = crate::proposer::manual::hand_spec(&git.root, cfg, &n.name(), &path)?;
-    let files = paths.run_files(&n.name(), attempt::FIRST);
-    spec.summary_json = files.summary_json;
-    spec.log = files.log;
-    spec.trainer_copy = files.trainer_copy;
-    spec.commit = commit.to_string();
+    let profile = crate::detect::run_profile(&git.root, cfg)?;
+    let spec = RunSpec { commit: commit.to_string(), ..RunSpec::for_run(Arc::new(cfg.clone()), &git.root, &path, &profile, &n.name(), attempt::FIRST) };
     crate::executor::ensure_sign_key(&paths.sign_key())?;
     println!(
         "{}: building commit {} in the run's build tree and scoring it as the loop does (budget {}, seed {}, profile {}, device batch scale {})\nlog: {}",

@@ -17,7 +17,7 @@ use crate::config::{KeepRule, ResearchConfig};
 use crate::db::{Db, Job, Node, Run, Status, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::keep::{self, Verdict};
-use crate::layout::{self, run_files};
+use crate::layout;
 use crate::progress::Progress;
 
 /// What every worker shares.
@@ -25,7 +25,6 @@ pub struct Shared {
     pub cfg: Arc<ResearchConfig>,
     pub root: PathBuf,
     pub profile: PathBuf,
-    pub state_dir: PathBuf,
     pub db_path: PathBuf,
     pub executor: Box<dyn Executor>,
     pub progress: Progress,
@@ -328,23 +327,13 @@ impl Shared {
     }
 
     fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {
-        let files = run_files(&self.state_dir, &node.name(), attempt);
         RunSpec {
-            cfg: self.cfg.clone(),
-            repo_root: self.root.clone(),
-            worktree: wt.to_path_buf(),
-            profile: self.profile.clone(),
-            label: node.name(),
             commit: node.commit.clone().unwrap_or_default(),
             seed,
             batch_scale: scale,
-            summary_json: files.summary_json,
-            log: files.log,
-            scorer: layout::scorer(&self.cfg, &self.root),
-            trainer_copy: files.trainer_copy,
             // The baseline's seeds and a kept node's extra run score the held-out split.
             held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(layout::attempt::HELD_OUT)),
-            timeout: self.cfg.hard_timeout(),
+            ..RunSpec::for_run(self.cfg.clone(), &self.root, wt, &self.profile, &node.name(), attempt)
         }
     }
 

@@ -151,7 +151,7 @@ impl Local {
         super::ensure_sign_key(&Paths::new(&spec.repo_root, &spec.cfg).sign_key())?;
         let elapsed = t0.elapsed();
         let mut shifted = |e: Duration| tick(elapsed + e);
-        let f = process::run_shell(&render(&harness_command(&spec.cfg), spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
+        let f = process::run_shell(&harness_command(spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
         let _ = std::fs::remove_file(&spec.trainer_copy);
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })

@@ -122,7 +122,7 @@ pub fn script(spec: &RunSpec) -> String {
                 built_trainer = q(&built.join("trainer")),
                 copy = q(&spec.trainer_copy),
                 lock = q(&crate::layout::build_lock(&spec.repo_root)),
-                run = render(&harness_command(cfg), spec),
+                run = harness_command(spec),
             ));
         }
     }

@@ -4,6 +4,7 @@
 //! `tree record`) stores the result; the runner then guards and decides.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,42 +12,18 @@ use anyhow::{Context, Result};
 use super::{Applied, Ctx, Plan, Proposer};
 use crate::config::ProposerKind;
 use crate::db::Node;
+use crate::executor::RunSpec;
 use crate::layout::{Paths, attempt};
 
 pub struct Manual;
 
-/// A run of `node` by hand in `worktree`, with the loop's flags: the run's profile snapshot
-/// (else the configured or detected profile), seed, budget, cache, device batch scale and
-/// signing key, scored by the run's scorer.
-pub fn hand_spec(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<crate::executor::RunSpec> {
-    let paths = Paths::new(repo_root, cfg);
-    let snapshot = paths.profile_snapshot();
-    let profile = if snapshot.exists() { snapshot } else { crate::detect::resolve_profile(repo_root, cfg)?.0 };
-    let files = paths.run_files(node, attempt::BY_HAND);
-    let batch_scale = crate::detect::batch_scale(cfg, &profile);
-    Ok(crate::executor::RunSpec {
-        cfg: std::sync::Arc::new(cfg.clone()),
-        repo_root: repo_root.to_path_buf(),
-        worktree: worktree.to_path_buf(),
-        profile,
-        label: node.to_string(),
-        commit: String::new(),
-        seed: cfg.seed,
-        batch_scale,
-        summary_json: files.summary_json,
-        log: files.log,
-        scorer: crate::layout::scorer(cfg, repo_root),
-        trainer_copy: files.trainer_copy,
-        held_out: false,
-        timeout: cfg.hard_timeout(),
-    })
-}
-
 /// With the slurm executor: writes node `node`'s job script (`Paths::job_script`), which builds
-/// and runs the experiment in `worktree` and writes its summary where `tree record` expects it.
-/// Returns the script and the summary path.
+/// and runs the experiment in `worktree` as the loop's Slurm jobs do (the same script, the run's
+/// profile, seed, budget, cache, device batch scale and signing key) and writes its summary
+/// where `tree record` expects it. Returns the script and the summary path.
 pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let spec = hand_spec(repo_root, cfg, node, worktree)?;
+    let profile = crate::detect::run_profile(repo_root, cfg)?;
+    let spec = RunSpec::for_run(Arc::new(cfg.clone()), repo_root, worktree, &profile, node, attempt::BY_HAND);
     let paths = Paths::new(repo_root, cfg);
     let script = paths.job_script(node);
     for dir in [paths.state_dir.join("jobs"), paths.state_dir.join("logs"), paths.state_dir.join("runs")] {

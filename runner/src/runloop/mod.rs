@@ -63,6 +63,13 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         crate::config::ProposerKind::Search => format!("search over {}", cfg.search_space),
         crate::config::ProposerKind::Manual => "manual (waits for `tree exec` or `tree record`)".into(),
     };
+    // The scorer's command line of an experiment's first run, as the loop will run it, with
+    // paths relative to the repository and the node and run left open.
+    let here = Path::new(".");
+    let first_run = executor::RunSpec {
+        batch_scale: crate::detect::batch_scale(cfg, profile),
+        ..executor::RunSpec::for_run(Arc::new(cfg.clone()), here, here, &Paths::new(here, cfg).profile_snapshot(), "n<id>", "<run>")
+    };
     let exp = match executor::custom_command(cfg) {
         Some(c) => c.to_string(),
         None => format!(
@@ -72,9 +79,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
                 ExecutorKind::Slurm => "",
             },
             executor::build_command(cfg),
-            executor::harness_command(cfg)
-                .replace("{harness}", &crate::layout::scorer(cfg, Path::new(".")).display().to_string())
-                .replace("{trainer}", ".autoresearch/<tag>/bin/<run>/trainer")
+            executor::harness_command(&first_run)
         ),
     };
     let exec = match cfg.executor {
@@ -207,7 +212,6 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         cfg: Arc::new(cfg.clone()),
         root: root.clone(),
         profile,
-        state_dir: paths.state_dir.clone(),
         db_path: paths.db.clone(),
         executor,
         progress: progress.clone(),
