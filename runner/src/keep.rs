@@ -68,6 +68,12 @@ pub fn pooled(groups: &[Vec<f64>]) -> Noise {
     Noise { sigma: if df > 0.0 { (ss / df).sqrt() } else { 0.0 }, df, runs, groups: n_groups }
 }
 
+/// The p-value a candidate needs to be kept, at any of its looks from the second run on: the
+/// `max_runs - 1` looks share the level `alpha` (Bonferroni).
+pub fn keep_level(alpha: f64, max_runs: u32) -> f64 {
+    alpha / (max_runs.max(2) - 1) as f64
+}
+
 /// The test of a candidate against the best.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Test {
@@ -89,7 +95,7 @@ pub fn test(dir: Direction, best: &[f64], candidate: &[f64], noise: Noise, alpha
     let se = noise.sigma * (1.0 / best.len().max(1) as f64 + 1.0 / candidate.len().max(1) as f64).sqrt();
     let t = if se > 0.0 { gain / se } else if gain > 0.0 { f64::INFINITY } else { f64::NEG_INFINITY };
     let p = t_upper_tail(t, noise.df.max(1.0));
-    let needed = if candidate.len() >= 2 { alpha / (max_runs.max(2) - 1) as f64 } else { f64::NAN };
+    let needed = if candidate.len() >= 2 { keep_level(alpha, max_runs) } else { f64::NAN };
     Test { gain, se, t, p, needed, df: noise.df }
 }
 
@@ -274,14 +280,14 @@ impl Rule {
         Rule { kind: cfg.keep_rule, direction: cfg.direction, floor: cfg.noise_floor, significance: cfg.significance, max_runs: cfg.max_candidate_runs }
     }
 
-    /// The p-value a candidate needs at its last look: the looks share the level.
-    pub fn last_look_level(&self) -> f64 {
-        self.significance / (self.max_runs.max(2) - 1) as f64
+    /// The p-value a candidate needs to be kept (see [`keep_level`]).
+    pub fn keep_level(&self) -> f64 {
+        keep_level(self.significance, self.max_runs)
     }
 
     /// The rule's word on a candidate whose runs are all in, against the best: strict keeps
     /// any gain, noise-aware a gain above `bar`, significant a gain above the floor whose test
-    /// (with the pooled `noise`) has a p-value below the last look's level, from `min_runs` runs
+    /// (with the pooled `noise`) has a p-value below the keep level, from `min_runs` runs
     /// on. The loop asks it when a result arrives after another keep moved the best (its
     /// candidates need two runs), and for a result recorded by hand (one run: a confirmation
     /// would need another run by hand, so one look decides).
@@ -292,7 +298,7 @@ impl Rule {
             KeepRule::NoiseAware => Last { keep: gain > bar, gain, bar },
             KeepRule::Significant => {
                 let t = test(self.direction, best.runs, candidate.runs, noise, self.significance, self.max_runs);
-                let level = self.last_look_level();
+                let level = self.keep_level();
                 Last { keep: t.gain > self.floor && candidate.runs.len() >= min_runs && t.p < level, gain, bar: t.gain_needed(level, self.floor) }
             }
         }
@@ -411,7 +417,7 @@ mod tests {
     fn the_last_look_is_the_rules_verdict_on_every_run_there_is() {
         let noise = Noise { sigma: 0.01, df: 12.0, runs: 16, groups: 4 };
         let rule = Rule { kind: KeepRule::Significant, direction: Direction::Lower, floor: 0.001, significance: 0.05, max_runs: 3 };
-        assert!((rule.last_look_level() - 0.025).abs() < 1e-12);
+        assert!((rule.keep_level() - 0.025).abs() < 1e-12);
         let best = [2.0, 2.003, 1.998, 2.001];
         let of = |runs: &[f64]| mean_std(runs).0;
         for runs in [&[1.97, 1.972][..], &[1.993, 1.995], &[1.993, 1.995, 1.999], &[2.01, 2.02], &[1.9995, 1.9995], &[1.97]] {
@@ -420,7 +426,7 @@ mod tests {
             assert_eq!(last.keep, significant(&t, runs.len(), rule.max_runs, rule.floor) == Verdict::Keep, "{runs:?}: {t:?}");
             assert!((last.gain - t.gain).abs() < 1e-12 && (last.bar - t.gain_needed(0.025, rule.floor)).abs() < 1e-12, "{last:?}");
         }
-        // One recorded run, one look: kept when it alone is clear at the last look's level.
+        // One recorded run, one look: kept when it alone is clear at the keep level.
         let one = |m: f64| rule.last(Measured { value: 2.0, runs: &[2.0] }, Measured { value: m, runs: &[m] }, 0.0, noise, 1);
         assert!(one(1.95).keep && !one(1.99).keep, "{:?} {:?}", one(1.95), one(1.99));
         let strict = Rule { kind: KeepRule::Strict, ..rule };

@@ -110,7 +110,7 @@ impl Loop<'_> {
         let rule = match self.cfg.keep_rule {
             KeepRule::Significant => {
                 let n = self.db.noise()?;
-                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.rule().last_look_level())
+                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.rule().keep_level())
             }
             _ => format!("sigma {sd:.6}, bar {:.6}", keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)),
         };
