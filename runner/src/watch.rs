@@ -12,8 +12,8 @@ use anyhow::Result;
 use crate::config::ResearchConfig;
 use crate::db::{Db, Job, Node, Status, now};
 use crate::git::{Git, branch_name};
-use crate::tree::fmt_metric;
 use crate::report::Research;
+use crate::tree::fmt_metric;
 
 pub struct Options {
     pub interval: f64,

@@ -35,8 +35,8 @@ use crate::keep;
 use crate::layout::Paths;
 use crate::progress::Progress;
 use crate::proposer::{self, Ctx};
-use crate::tree::{self, fmt_metric};
 use crate::results;
+use crate::tree::{self, fmt_metric};
 use crate::worker::{Decision, Shared, Task};
 
 pub struct Options {
