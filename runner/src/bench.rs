@@ -151,7 +151,7 @@ pub fn run(git: &Git, opts: &Options) -> Result<i32> {
             bail!("the build failed ({status}); `--no-build` uses what target/release already has");
         }
     }
-    let bin = crate::executor::target_dir(root).join("release").join("bench_step");
+    let bin = crate::layout::target_dir(root).join("release").join("bench_step");
     if !bin.exists() {
         bail!("{} is missing: build the workspace (cargo build --release --workspace) or drop --no-build", bin.display());
     }

@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use sealed::budget::Budget;
 
-use crate::config::{Budget, Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
+use crate::config::{Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
 use crate::errors::{code, usage};
 use crate::git::Git;
+use crate::layout::Paths;
 
 const ABOUT: &str = "Autonomous research on a Rust GPT trainer: propose a change, train for a fixed budget, keep it if val_bpb improves.";
 
@@ -317,9 +319,9 @@ pub struct ConfigArgs {
     /// Read-only path, hashed at run start (repeat for several; replaces the config's list).
     #[arg(long = "read-only", value_name = "PATH")]
     pub read_only: Vec<String>,
-    /// Training budget: time:SECONDS, tokens:N or flops:N. [default: time:300]
-    #[arg(long, value_name = "SPEC", value_parser = check_budget)]
-    pub budget: Option<String>,
+    /// Training budget: SECONDS, time:SECONDS, tokens:N or flops:N. [default: time:300]
+    #[arg(long, value_name = "SPEC", value_parser = Budget::parse)]
+    pub budget: Option<Budget>,
     /// Summary-JSON key to optimise. [default: val_bpb]
     #[arg(long)]
     pub metric: Option<String>,
@@ -414,10 +416,6 @@ pub struct ConfigArgs {
 pub enum DirectionArg {
     Lower,
     Higher,
-}
-
-fn check_budget(s: &str) -> Result<String, String> {
-    Budget::parse(s).map(|_| s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -728,9 +726,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let git = repo(&cli.repo)?;
             let args = ConfigArgs { tag, config, ..Default::default() };
             let cfg = args.resolve(&git.root)?;
-            let mut db = crate::tree::open_db(&git.root, &cfg)?;
-            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
-            use crate::tree::{self as t, node_id};
+            let mut db = crate::db::Db::open_run(&git.root, &cfg)?;
+            let state_dir = Paths::new(&git.root, &cfg).state_dir;
+            use crate::tree_cmd::{self as t, node_id};
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, &state_dir, node_id(&node)?, json, diff)?,
@@ -738,7 +736,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Record { node, summary_json, metric, memory_mb, crash, notes } => t::record(
                     &mut db,
                     &cfg,
-                    &crate::executor::sign_key_path(&cfg, &git.root),
+                    &Paths::new(&git.root, &cfg).sign_key(),
                     node_id(&node)?,
                     &t::RecordArgs {
                         summary_json: summary_json.as_deref(),
@@ -804,7 +802,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Stop { tag, config, wait } => {
             let git = repo(&cli.repo)?;
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
-            let state_dir = crate::runloop::Paths::new(&git.root, &cfg).state_dir;
+            let state_dir = Paths::new(&git.root, &cfg).state_dir;
             let pid = crate::pidfile::stop(&state_dir, &cfg.tag, std::time::Duration::from_secs(wait))?;
             println!("stopped the runner of tag {} (pid {pid}); `autoresearch run --resume --tag {}` continues", cfg.tag, cfg.tag);
             Ok(code::OK)
@@ -814,7 +812,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
             let path = match file {
                 Some(f) => crate::config::resolve(&std::env::current_dir()?, &f),
-                None => cfg.results_path(&git.root),
+                None => Paths::new(&git.root, &cfg).results,
             };
             if !path.exists() {
                 return Err(usage(format!(
@@ -826,7 +824,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let rows = crate::results::read_rows(&path)?;
             if json {
                 // Beside each row, the held-out score of its node when the run has one.
-                let db = crate::runloop::Paths::new(&git.root, &cfg).db;
+                let db = Paths::new(&git.root, &cfg).db;
                 let heldout: Vec<(String, Vec<f64>)> = if db.exists() {
                     let db = crate::db::Db::open(&db)?;
                     let scores = db.heldout()?;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use sealed::budget::Budget;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::usage;
@@ -65,46 +66,6 @@ macro_rules! display_via_serde {
     )*};
 }
 display_via_serde!(Direction, ProposerKind, ExecutorKind, KeepRule);
-
-/// The training budget handed to the harness (`--budget SPEC`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Budget {
-    Time(f64),
-    Tokens(f64),
-    Flops(f64),
-}
-
-impl Budget {
-    pub fn parse(spec: &str) -> Result<Budget, String> {
-        let spec = spec.trim();
-        let (kind, num) = match spec.split_once(':') {
-            Some((k, n)) => (k, n),
-            None => ("time", spec),
-        };
-        let value: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("budget `{spec}`: `{num}` is not a number (examples: time:300, tokens:5e6, flops:1e15)"))?;
-        if !(value.is_finite() && value > 0.0) {
-            return Err(format!("budget `{spec}`: the amount must be positive"));
-        }
-        match kind {
-            "time" => Ok(Budget::Time(value)),
-            "tokens" => Ok(Budget::Tokens(value)),
-            "flops" => Ok(Budget::Flops(value)),
-            other => Err(format!("budget `{spec}`: unknown kind `{other}` (use time:SECONDS, tokens:N or flops:N)")),
-        }
-    }
-
-    /// The spec as the harness reads it.
-    pub fn spec(&self) -> String {
-        match self {
-            Budget::Time(v) => format!("time:{v}"),
-            Budget::Tokens(v) => format!("tokens:{v}"),
-            Budget::Flops(v) => format!("flops:{v}"),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -209,8 +170,9 @@ pub struct ResearchConfig {
     pub scope: Vec<String>,
     /// Paths whose content is hashed at run start and must not change.
     pub read_only: Vec<String>,
-    /// `time:SECONDS`, `tokens:N` or `flops:N`.
-    pub budget: String,
+    /// `SECONDS`, `time:SECONDS`, `tokens:N` or `flops:N`, as the harness reads them: parsed
+    /// when the file (or `--budget`) is read, so a bad one is refused before anything runs.
+    pub budget: Budget,
     /// Key of the harness's JSON summary that is optimised.
     pub metric: String,
     pub direction: Direction,
@@ -286,7 +248,7 @@ impl Default for ResearchConfig {
                 "Cargo.toml".into(),
                 "Cargo.lock".into(),
             ],
-            budget: "time:300".into(),
+            budget: Budget::Time(300.0),
             metric: "val_bpb".into(),
             direction: Direction::Lower,
             max_experiments: 100,
@@ -347,7 +309,6 @@ impl ResearchConfig {
         if self.scope.is_empty() {
             self.scope = vec![format!("{}/src", self.trainer), format!("{}/hparams.toml", self.trainer)];
         }
-        self.budget()?;
         if self.metric.is_empty() {
             return Err(usage("metric: must name a key of the summary JSON (e.g. val_bpb)"));
         }
@@ -381,17 +342,13 @@ impl ResearchConfig {
         Ok(())
     }
 
-    pub fn budget(&self) -> Result<Budget> {
-        Budget::parse(&self.budget).map_err(|e| usage(format!("budget: {e}")))
-    }
-
     /// The kill deadline for one experiment (build included).
     pub fn hard_timeout(&self) -> std::time::Duration {
         if self.hard_timeout_seconds > 0 {
             return std::time::Duration::from_secs(self.hard_timeout_seconds);
         }
-        let run = match self.budget() {
-            Ok(Budget::Time(s)) => 2.0 * s,
+        let run = match self.budget {
+            Budget::Time(s) => 2.0 * s,
             // Token and FLOP budgets have no wall-clock length: allow half an hour.
             _ => 1800.0,
         };
@@ -408,13 +365,6 @@ impl ResearchConfig {
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
-}
-
-impl ResearchConfig {
-    /// The run's results.tsv: `results_file` with `{tag}` filled in, under the repository.
-    pub fn results_path(&self, repo: &Path) -> PathBuf {
-        resolve(repo, Path::new(&self.results_file.replace("{tag}", &self.tag)))
-    }
 }
 
 pub fn resolve(repo: &Path, p: &Path) -> PathBuf {
@@ -449,15 +399,6 @@ pub fn today_tag() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn budgets_parse() {
-        assert_eq!(Budget::parse("300").unwrap(), Budget::Time(300.0));
-        assert_eq!(Budget::parse("tokens:5e6").unwrap(), Budget::Tokens(5e6));
-        assert_eq!(Budget::parse("flops:1e15").unwrap().spec(), "flops:1000000000000000");
-        assert!(Budget::parse("time:-1").is_err());
-        assert!(Budget::parse("steps:3").is_err());
-    }
 
     #[test]
     fn defaults_and_scope() {

@@ -29,7 +29,7 @@ pub fn path_for(summary_json: &Path) -> PathBuf {
 /// The curve of run `attempt` of node `node` (`n7`) in a run's state directory: where the
 /// runner asks the scorer to write it.
 pub fn of_run(state_dir: &Path, node: &str, attempt: &str) -> Option<Curve> {
-    read(&path_for(&state_dir.join("runs").join(format!("{node}-{attempt}.json"))))
+    read(&path_for(&crate::layout::run_files(state_dir, node, attempt).summary_json))
 }
 
 /// Reads a curve file; None when it is absent or holds no step (a run that failed early).

@@ -243,6 +243,24 @@ impl Db {
         self.conn.transaction_with_behavior(TransactionBehavior::Immediate)
     }
 
+    /// The database of the run `cfg.tag`; a repository-state error naming the runs there are
+    /// when it has none (`tree`, `report`, `watch`).
+    pub fn open_run(root: &Path, cfg: &crate::config::ResearchConfig) -> Result<Db> {
+        let paths = crate::layout::Paths::new(root, cfg);
+        if !paths.db.exists() {
+            let runs: Vec<String> = std::fs::read_dir(root.join(".autoresearch"))
+                .map(|rd| rd.flatten().filter(|e| e.path().join("tree.db").exists()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            return Err(crate::errors::repo_state(format!(
+                "no run with tag `{}` here ({} is missing); runs: {} (pass --tag)",
+                cfg.tag,
+                paths.db.display(),
+                if runs.is_empty() { "none, start one with `autoresearch run`".into() } else { runs.join(", ") }
+            )));
+        }
+        Db::open(&paths.db)
+    }
+
     pub fn open(path: &Path) -> Result<Db> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

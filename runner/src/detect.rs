@@ -10,6 +10,8 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ResearchConfig;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
     pub model: String,
@@ -165,7 +167,7 @@ impl BuildDevices {
 
 /// Asks the built harness (`<repo>/target/release/harness --list-devices`); Err says why not.
 fn ask_harness(repo: &Path) -> Result<BuildDevices, String> {
-    let harness = crate::executor::target_dir(repo).join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
+    let harness = crate::layout::target_dir(repo).join("release").join(format!("harness{}", std::env::consts::EXE_SUFFIX));
     if !harness.exists() {
         return Err(format!("{} is not built yet (`cargo build --release --workspace`)", harness.display()));
     }
@@ -334,6 +336,29 @@ pub fn read_profile(path: &Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading platform profile {} (see configs/platforms/)", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The platform profile a run uses: the config's, else the detected one. Returns its path, its
+/// class (the trainer table it selects, `cpu` or `gpu`) and its name.
+pub fn resolve_profile(root: &Path, cfg: &ResearchConfig) -> Result<(PathBuf, String, String)> {
+    let path = if cfg.profile.is_empty() { detect(root, &cfg.features)?.profile_path } else { crate::config::resolve(root, Path::new(&cfg.profile)) };
+    let p = read_profile(&path).map_err(|e| crate::errors::usage(format!("profile: {e:#}")))?;
+    let class = p.get("class").and_then(|v| v.as_str()).unwrap_or("gpu").to_string();
+    let name = p.get("name").and_then(|v| v.as_str()).unwrap_or("custom").to_string();
+    Ok((path, class, name))
+}
+
+/// The profile a run's experiments are scored with: the run's snapshot once it has started
+/// (`Paths::profile_snapshot`), else the configured or detected one.
+pub fn run_profile(root: &Path, cfg: &ResearchConfig) -> Result<PathBuf> {
+    let snapshot = crate::layout::Paths::new(root, cfg).profile_snapshot();
+    if snapshot.exists() { Ok(snapshot) } else { Ok(resolve_profile(root, cfg)?.0) }
+}
+
+/// The device batch scale a run starts with: the config's, else the profile's (an
+/// out-of-memory retry halves it).
+pub fn batch_scale(cfg: &ResearchConfig, profile: &Path) -> f64 {
+    if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { profile_batch_scale(profile) }
 }
 
 /// The profile's device batch scale (1.0 when absent or unreadable).

@@ -9,19 +9,19 @@
 //! The build shares the main checkout's target directory, as the loop's do: afterwards the
 //! members' units are handed back, so the main checkout's next build compiles its own code.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::config::{ExecutorKind, ResearchConfig};
-use crate::db::{Db, Node, Run, now};
+use crate::db::{Db, Run, now};
 use crate::errors::{repo_state, usage};
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, RunSpec};
 use crate::git::Git;
+use crate::layout::{Paths, attempt};
+use crate::tree::{self, fmt_metric};
 
-/// The attempt label of the run `tree exec` makes: the loop's first run of an experiment.
-pub const ATTEMPT: &str = "0";
-/// How a record made by `tree exec` names its maker.
-const COMMAND: &str = "tree exec";
 
 /// What a person says of the experiment, stored with its result.
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     let cfg = &db.run_config(cfg)?;
     let n = db.require_node(id)?;
     let tag = &cfg.tag;
-    crate::tree::not_finished(&n, tag)?;
+    crate::tree_cmd::not_finished(&n, tag)?;
     if let Some(rec) = &n.recorded {
         return Err(usage(format!(
             "{} already has a recorded result ({}); the loop decides it. Try another change with `autoresearch tree add --tag {tag} --parent {} ...`",
@@ -66,7 +66,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         )));
     };
     let nodes = db.nodes()?;
-    let (base, _) = crate::tree::checkout_commit(&nodes, parent)?;
+    let (base, _) = tree::checkout_commit(&nodes, parent)?;
     let base = Git::oid(&base)?;
     let description = notes.description.unwrap_or(&n.description).trim().to_string();
     let hypothesis = notes.hypothesis.unwrap_or(&n.hypothesis).trim().to_string();
@@ -94,23 +94,17 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // A person's idea keeps its commit now, as `tree sync` does; the loop's own node (the
     // manual proposer waiting for this result) takes it from the record.
-    if n.proposer == crate::tree::PLANNED {
+    if tree::is_idea(&n) {
         db.set_text(id, "commit_id", &commit.to_string())?;
         git.set_node_ref(tag, &n.name(), commit)?;
     }
-    let state_dir = crate::runloop::Paths::new(&git.root, cfg).state_dir;
-    for d in ["logs", "runs", "bin"] {
-        std::fs::create_dir_all(state_dir.join(d))?;
-    }
+    let paths = Paths::new(&git.root, cfg);
+    paths.create_run_dirs()?;
     // The loop's first run of an experiment, with its seed and its files: the waiting loop
     // reuses it as its own run 0 and goes on from there (confirmation runs, held-out run).
-    let mut spec = crate::proposer::manual::hand_spec(&git.root, cfg, &n.name(), &path)?;
-    let files = crate::worker::run_files(&state_dir, &n.name(), ATTEMPT);
-    spec.summary_json = files.summary_json;
-    spec.log = files.log;
-    spec.trainer_copy = files.trainer_copy;
-    spec.commit = commit.to_string();
-    crate::executor::ensure_sign_key(&crate::executor::sign_key_path(cfg, &git.root))?;
+    let profile = crate::detect::run_profile(&git.root, cfg)?;
+    let spec = RunSpec { commit: commit.to_string(), ..RunSpec::for_run(Arc::new(cfg.clone()), &git.root, &path, &profile, &n.name(), attempt::FIRST) };
+    crate::executor::ensure_sign_key(&paths.sign_key())?;
     println!(
         "{}: building commit {} in the run's build tree and scoring it as the loop does (budget {}, seed {}, profile {}, device batch scale {})\nlog: {}",
         n.name(),
@@ -134,7 +128,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     let run = Run {
         node: id,
-        attempt: ATTEMPT.into(),
+        attempt: attempt::FIRST.into(),
         seed: spec.seed,
         batch_scale: Some(spec.batch_scale),
         exit_code: finished.code,
@@ -147,8 +141,8 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         Outcome::Ok { .. } => None,
         other => Some(crate::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
     };
-    let sign_key = crate::executor::sign_key_path(cfg, &git.root);
-    let args = crate::tree::RecordArgs {
+    let sign_key = paths.sign_key();
+    let args = crate::tree_cmd::RecordArgs {
         summary_json: crash.is_none().then_some(spec.summary_json.as_path()),
         metric: None,
         memory_mb: None,
@@ -159,33 +153,27 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     };
     // The run's own executor scored it, exactly as it scores the loop's runs (which the loop
     // trusts without a signature check): as verified as any of the loop's results.
-    let mut extra = json!({"commit": commit.to_string(), "started_at": started, "seconds": finished.seconds, "command": COMMAND});
+    let mut extra = json!({"commit": commit.to_string(), "started_at": started, "seconds": finished.seconds, "command": tree::TREE_EXEC});
     if crash.is_none() {
         extra["verified"] = json!(true);
     }
     // The run first: a loop polling for the record finds its run with it.
     db.insert_run(&run)?;
-    crate::tree::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
+    crate::tree_cmd::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
     let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
     match &crash {
-        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, crate::proposer::fmt_metric(run.metric), run.seconds),
+        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, fmt_metric(run.metric), run.seconds),
         Some(why) => println!("{}: {} in {:.1} s: {why} (log: {})", n.name(), run.outcome, run.seconds, spec.log.display()),
     }
-    if n.proposer == crate::tree::PLANNED {
+    if tree::is_idea(&n) {
         println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
         return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
     }
-    match await_decision(db, &state_dir, id)? {
+    match await_decision(db, &paths.state_dir, id)? {
         Some(decided) => println!("{decided}"),
         None => println!("no runner of tag {tag} is running now: `autoresearch run --resume --tag {tag}` decides it"),
     }
     Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE })
-}
-
-/// Whether a node's recorded result comes from `tree exec`: its run 0 is then the loop's own
-/// (same seed, files and scorer), and the loop goes on from it as from any of its runs.
-pub fn executed(node: &Node) -> bool {
-    node.recorded.as_ref().and_then(|r| r.get("command")).and_then(Value::as_str) == Some(COMMAND)
 }
 
 /// Waits while the tag's runner decides node `id` (it may run it again: the confirmation runs
@@ -198,7 +186,7 @@ fn await_decision(db: &Db, state_dir: &std::path::Path, id: i64) -> Result<Optio
         let n = db.require_node(id)?;
         let runs = db.runs(id)?;
         for r in runs.iter().skip(seen) {
-            println!("{name}: run {} (seed {}): {} {}", r.attempt, r.seed, r.outcome, crate::proposer::fmt_metric(r.metric));
+            println!("{name}: run {} (seed {}): {} {}", r.attempt, r.seed, r.outcome, fmt_metric(r.metric));
         }
         seen = seen.max(runs.len());
         if n.status.finished() {
@@ -209,7 +197,7 @@ fn await_decision(db: &Db, state_dir: &std::path::Path, id: i64) -> Result<Optio
                 _ => String::new(),
             };
             let insight = n.insight.lines().next().unwrap_or("");
-            return Ok(Some(format!("{name} {} {}{margin} [{insight}]", n.status.as_str(), crate::proposer::fmt_metric(n.metric))));
+            return Ok(Some(format!("{name} {} {}{margin} [{insight}]", n.status.as_str(), fmt_metric(n.metric))));
         }
         if crate::pidfile::live(state_dir).is_none() || crate::process::interrupted() {
             return Ok(None);

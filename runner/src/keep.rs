@@ -22,7 +22,7 @@
 //!
 //! The best's value is the mean of its runs.
 
-use crate::config::{Direction, KeepRule};
+use crate::config::{Direction, KeepRule, ResearchConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict {
@@ -68,6 +68,12 @@ pub fn pooled(groups: &[Vec<f64>]) -> Noise {
     Noise { sigma: if df > 0.0 { (ss / df).sqrt() } else { 0.0 }, df, runs, groups: n_groups }
 }
 
+/// The p-value a candidate needs to be kept, at any of its looks from the second run on: the
+/// `max_runs - 1` looks share the level `alpha` (Bonferroni).
+pub fn keep_level(alpha: f64, max_runs: u32) -> f64 {
+    alpha / (max_runs.max(2) - 1) as f64
+}
+
 /// The test of a candidate against the best.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Test {
@@ -89,7 +95,7 @@ pub fn test(dir: Direction, best: &[f64], candidate: &[f64], noise: Noise, alpha
     let se = noise.sigma * (1.0 / best.len().max(1) as f64 + 1.0 / candidate.len().max(1) as f64).sqrt();
     let t = if se > 0.0 { gain / se } else if gain > 0.0 { f64::INFINITY } else { f64::NEG_INFINITY };
     let p = t_upper_tail(t, noise.df.max(1.0));
-    let needed = if candidate.len() >= 2 { alpha / (max_runs.max(2) - 1) as f64 } else { f64::NAN };
+    let needed = if candidate.len() >= 2 { keep_level(alpha, max_runs) } else { f64::NAN };
     Test { gain, se, t, p, needed, df: noise.df }
 }
 
@@ -237,6 +243,68 @@ pub fn confirmed(dir: Direction, best: f64, runs: &[f64], bar: f64) -> Verdict {
     if dir.gain(best, mean) > bar { Verdict::Keep } else { Verdict::Discard }
 }
 
+/// A keep rule with the settings the research config gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub kind: KeepRule,
+    pub direction: Direction,
+    /// The smallest gain that counts.
+    pub floor: f64,
+    /// `significant`: the chance, over all the looks at a candidate, of keeping a change that
+    /// does nothing.
+    pub significance: f64,
+    /// `significant`: the most runs of one candidate.
+    pub max_runs: u32,
+}
+
+/// What a node measured: the value it is compared by (the mean of its runs) and the runs a
+/// test looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured<'a> {
+    pub value: f64,
+    pub runs: &'a [f64],
+}
+
+/// A rule's last word on a candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Last {
+    pub keep: bool,
+    /// The candidate's gain over the best (positive is better, whichever the direction).
+    pub gain: f64,
+    /// The gain it had to clear.
+    pub bar: f64,
+}
+
+impl Rule {
+    pub fn of(cfg: &ResearchConfig) -> Rule {
+        Rule { kind: cfg.keep_rule, direction: cfg.direction, floor: cfg.noise_floor, significance: cfg.significance, max_runs: cfg.max_candidate_runs }
+    }
+
+    /// The p-value a candidate needs to be kept (see [`keep_level`]).
+    pub fn keep_level(&self) -> f64 {
+        keep_level(self.significance, self.max_runs)
+    }
+
+    /// The rule's word on a candidate whose runs are all in, against the best: strict keeps
+    /// any gain, noise-aware a gain above `bar`, significant a gain above the floor whose test
+    /// (with the pooled `noise`) has a p-value below the keep level, from `min_runs` runs
+    /// on. The loop asks it when a result arrives after another keep moved the best (its
+    /// candidates need two runs), and for a result recorded by hand (one run: a confirmation
+    /// would need another run by hand, so one look decides).
+    pub fn last(&self, best: Measured<'_>, candidate: Measured<'_>, bar: f64, noise: Noise, min_runs: usize) -> Last {
+        let gain = self.direction.gain(best.value, candidate.value);
+        match self.kind {
+            KeepRule::Strict => Last { keep: gain > 0.0, gain, bar: 0.0 },
+            KeepRule::NoiseAware => Last { keep: gain > bar, gain, bar },
+            KeepRule::Significant => {
+                let t = test(self.direction, best.runs, candidate.runs, noise, self.significance, self.max_runs);
+                let level = self.keep_level();
+                Last { keep: t.gain > self.floor && candidate.runs.len() >= min_runs && t.p < level, gain, bar: t.gain_needed(level, self.floor) }
+            }
+        }
+    }
+}
+
 /// Mean and sample standard deviation (0 for fewer than two values).
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
@@ -340,5 +408,31 @@ mod tests {
         assert_eq!(confirmed(Direction::Lower, 1.01, &[0.95, 1.02], b), Verdict::Discard);
         assert_eq!(confirmed(Direction::Lower, 1.01, &[0.95, 0.96], b), Verdict::Keep);
         assert_eq!(bar(KeepRule::NoiseAware, 0.0, 0.001), 0.001);
+    }
+
+    /// The last look agrees with the `significant` verdict of a candidate's second and later
+    /// runs, and lets one recorded run decide at the same level; strict and noise-aware compare
+    /// the values.
+    #[test]
+    fn the_last_look_is_the_rules_verdict_on_every_run_there_is() {
+        let noise = Noise { sigma: 0.01, df: 12.0, runs: 16, groups: 4 };
+        let rule = Rule { kind: KeepRule::Significant, direction: Direction::Lower, floor: 0.001, significance: 0.05, max_runs: 3 };
+        assert!((rule.keep_level() - 0.025).abs() < 1e-12);
+        let best = [2.0, 2.003, 1.998, 2.001];
+        let of = |runs: &[f64]| mean_std(runs).0;
+        for runs in [&[1.97, 1.972][..], &[1.993, 1.995], &[1.993, 1.995, 1.999], &[2.01, 2.02], &[1.9995, 1.9995], &[1.97]] {
+            let t = test(rule.direction, &best, runs, noise, rule.significance, rule.max_runs);
+            let last = rule.last(Measured { value: of(&best), runs: &best }, Measured { value: of(runs), runs }, 0.0, noise, 2);
+            assert_eq!(last.keep, significant(&t, runs.len(), rule.max_runs, rule.floor) == Verdict::Keep, "{runs:?}: {t:?}");
+            assert!((last.gain - t.gain).abs() < 1e-12 && (last.bar - t.gain_needed(0.025, rule.floor)).abs() < 1e-12, "{last:?}");
+        }
+        // One recorded run, one look: kept when it alone is clear at the keep level.
+        let one = |m: f64| rule.last(Measured { value: 2.0, runs: &[2.0] }, Measured { value: m, runs: &[m] }, 0.0, noise, 1);
+        assert!(one(1.95).keep && !one(1.99).keep, "{:?} {:?}", one(1.95), one(1.99));
+        let strict = Rule { kind: KeepRule::Strict, ..rule };
+        assert_eq!(strict.last(Measured { value: 2.0, runs: &[] }, Measured { value: 1.9999, runs: &[] }, 0.5, noise, 2), Last { keep: true, gain: 2.0 - 1.9999, bar: 0.0 });
+        let aware = Rule { kind: KeepRule::NoiseAware, ..rule };
+        assert!(!aware.last(Measured { value: 2.0, runs: &[] }, Measured { value: 1.99, runs: &[] }, 0.02, noise, 2).keep);
+        assert!(aware.last(Measured { value: 2.0, runs: &[] }, Measured { value: 1.97, runs: &[] }, 0.02, noise, 2).keep);
     }
 }

@@ -1,6 +1,7 @@
 //! `autoresearch train`: one run of the current trainer in the main checkout.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -12,30 +13,26 @@ use crate::process::{self, Output};
 /// Builds and runs the harness (or `experiment_command`) with the terminal attached; returns
 /// the harness's exit code.
 pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Result<i32> {
-    let (profile, _, name) = crate::runloop::resolve_profile(&git.root, cfg)?;
+    let (profile, _, name) = crate::detect::resolve_profile(&git.root, cfg)?;
     let state = git.root.join(".autoresearch");
     std::fs::create_dir_all(&state)?;
     let summary = summary_json.map(Path::to_path_buf).unwrap_or_else(|| state.join("train-summary.json"));
-    let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
+    // A loop's run of the checkout, but with both binaries built in place (the target
+    // directory's), and files of its own.
+    let built = crate::layout::target_dir(&git.root).join("release");
     let spec = RunSpec {
-        cfg: std::sync::Arc::new(cfg.clone()),
-        repo_root: git.root.clone(),
-        worktree: git.root.clone(),
-        profile: profile.clone(),
-        label: "train".into(),
         commit: git.head_commit().map(|c| c.to_string()).unwrap_or_default(),
-        seed: cfg.seed,
-        batch_scale: scale,
         summary_json: summary.clone(),
         log: state.join("train.log"),
-        scorer: executor::target_dir(&git.root).join("release").join("harness"),
-        trainer_copy: executor::target_dir(&git.root).join("release").join("trainer"),
-        held_out: false,
-        timeout: cfg.hard_timeout(),
+        scorer: built.join("harness"),
+        trainer_copy: built.join("trainer"),
+        ..RunSpec::for_run(Arc::new(cfg.clone()), &git.root, &git.root, &profile, "train", crate::layout::attempt::FIRST)
     };
-    let template = if cfg.experiment_command.trim().is_empty() { executor::default_command(cfg) } else { cfg.experiment_command.clone() };
-    executor::ensure_sign_key(&executor::sign_key_path(cfg, &git.root))?;
-    let command = executor::render(&template, &spec);
+    executor::ensure_sign_key(&crate::layout::Paths::new(&git.root, cfg).sign_key())?;
+    let command = match executor::custom_command(cfg) {
+        Some(custom) => executor::render(custom, &spec),
+        None => executor::build_and_score_command(&spec),
+    };
     eprintln!("profile {name} ({}), budget {}, seed {}\n$ {command}", profile.display(), cfg.budget, cfg.seed);
     process::install_interrupt_handler();
     if executor::custom_command(cfg).is_none() {

@@ -12,8 +12,8 @@ use anyhow::Result;
 use crate::config::ResearchConfig;
 use crate::db::{Db, Job, Node, Status, now};
 use crate::git::{Git, branch_name};
-use crate::proposer::fmt_metric;
 use crate::report::Research;
+use crate::tree::fmt_metric;
 
 pub struct Options {
     pub interval: f64,
@@ -166,7 +166,7 @@ pub fn run(git: &Git, cfg: &ResearchConfig, opts: &Options) -> Result<()> {
     if !(opts.interval.is_finite() && opts.interval > 0.0) {
         return Err(crate::errors::usage(format!("--interval {}: give a number of seconds above 0, e.g. 2", opts.interval)));
     }
-    let db: Db = crate::tree::open_db(&git.root, cfg)?;
+    let db: Db = Db::open_run(&git.root, cfg)?;
     let tty = std::io::stdout().is_terminal();
     let interval = Duration::from_secs_f64(opts.interval.clamp(0.2, 3600.0));
     loop {

@@ -17,17 +17,14 @@ use crate::config::{KeepRule, ResearchConfig};
 use crate::db::{Db, Job, Node, Run, Status, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::keep::{self, Verdict};
+use crate::layout;
 use crate::progress::Progress;
-
-/// The attempt label of a kept node's held-out run.
-pub const HELD_OUT_ATTEMPT: &str = "heldout";
 
 /// What every worker shares.
 pub struct Shared {
     pub cfg: Arc<ResearchConfig>,
     pub root: PathBuf,
     pub profile: PathBuf,
-    pub state_dir: PathBuf,
     pub db_path: PathBuf,
     pub executor: Box<dyn Executor>,
     pub progress: Progress,
@@ -64,20 +61,31 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
-        let (status, insight) = failure(out);
+    /// A node that ends with no measurement: a crash or a rejection, and why.
+    pub fn unmeasured(status: Status, insight: impl Into<String>) -> Decision {
         Decision {
             status,
             metric: None,
             summary: None,
             memory_mb: None,
-            insight,
-            runs,
-            interrupted: matches!(out, Outcome::Interrupted),
+            insight: insight.into(),
+            runs: Vec::new(),
+            interrupted: false,
             sigma: None,
             heldout: Vec::new(),
             bar: None,
         }
+    }
+
+    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
+        let (status, insight) = failure(out);
+        Decision { runs, interrupted: matches!(out, Outcome::Interrupted), ..Decision::unmeasured(status, insight) }
+    }
+
+    /// The bar of a decided experiment (kept or discarded): the gain its rule asked for. A
+    /// failure has none, whatever its runs measured.
+    pub fn decided_bar(&self) -> Option<f64> {
+        if matches!(self.status, Status::Keep | Status::Discard) { self.bar } else { None }
     }
 }
 
@@ -185,7 +193,7 @@ impl Shared {
     fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64) -> Result<Decision> {
         let cfg = &self.cfg;
         let dir = cfg.direction;
-        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mem1, summary) = match out {
             Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
@@ -239,7 +247,7 @@ impl Shared {
     /// from the decision's runs). Its validation score is one more run of the node: in its mean
     /// (the best's value) and in the pooled noise.
     fn score_held_out(&self, node: &Node, wt: &Path, d: &mut Decision) -> Result<()> {
-        let (out, run) = self.attempt(node, wt, HELD_OUT_ATTEMPT, self.cfg.seed + 1000)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::HELD_OUT, self.cfg.seed + 1000)?;
         d.runs.push(run);
         match out {
             Outcome::Ok { summary, metric, .. } => {
@@ -263,7 +271,7 @@ impl Shared {
     /// The `significant` rule: runs until the test says keep or discard (see `keep`).
     fn tested(&self, node: &Node, wt: &Path, best: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
-        let (out, run) = self.attempt(node, wt, "0", cfg.seed)?;
+        let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mut memory, summary) = match out {
             Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
@@ -319,28 +327,18 @@ impl Shared {
     }
 
     fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {
-        let files = run_files(&self.state_dir, &node.name(), attempt);
         RunSpec {
-            cfg: self.cfg.clone(),
-            repo_root: self.root.clone(),
-            worktree: wt.to_path_buf(),
-            profile: self.profile.clone(),
-            label: node.name(),
             commit: node.commit.clone().unwrap_or_default(),
             seed,
             batch_scale: scale,
-            summary_json: files.summary_json,
-            log: files.log,
-            scorer: executor::scorer_path(&self.cfg, &self.root),
-            trainer_copy: files.trainer_copy,
             // The baseline's seeds and a kept node's extra run score the held-out split.
-            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(HELD_OUT_ATTEMPT)),
-            timeout: self.cfg.hard_timeout(),
+            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(layout::attempt::HELD_OUT)),
+            ..RunSpec::for_run(self.cfg.clone(), &self.root, wt, &self.profile, &node.name(), attempt)
         }
     }
 
     fn initial_scale(&self) -> f64 {
-        if self.cfg.device_batch_scale > 0.0 { self.cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&self.profile) }
+        crate::detect::batch_scale(&self.cfg, &self.profile)
     }
 
     /// One run of the node (`attempt` names it), with one retry at half the device batch after
@@ -410,24 +408,6 @@ impl Shared {
             return Ok((fin.outcome, run));
         }
         unreachable!("the retry loop returns on its second pass")
-    }
-}
-
-/// Where run `attempt` of node `node` (`n7`) keeps its files in a run's state directory: the
-/// loop's runs and `tree exec` use the same, so that the loop reuses a run `tree exec` made.
-pub struct RunFiles {
-    pub summary_json: PathBuf,
-    pub log: PathBuf,
-    /// The private copy of the trainer binary the run starts.
-    pub trainer_copy: PathBuf,
-}
-
-pub fn run_files(state_dir: &Path, node: &str, attempt: &str) -> RunFiles {
-    let name = format!("{node}-{attempt}");
-    RunFiles {
-        summary_json: state_dir.join("runs").join(format!("{name}.json")),
-        log: state_dir.join("logs").join(format!("{name}.log")),
-        trainer_copy: state_dir.join("bin").join(&name).join(format!("trainer{}", std::env::consts::EXE_SUFFIX)),
     }
 }
 

@@ -6,19 +6,13 @@ use common::*;
 
 const HPARAMS: &str = "# test trainer\n[gpu]\nmatrix_lr = 0.5   # deliberately bad\nmode = \"ok\"\n";
 
-const PROPOSER: &str = r#"#!/bin/sh
-n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
-f=trainer/hparams.toml
-say() { printf '%s\n%s\n' "$1" "$2" > "$AUTORESEARCH_PROPOSAL_FILE"; }
-case $n in
-  1) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.05/' $f; say "matrix_lr 0.05" "closer to the optimum" ;;
+const PROPOSER_CASES: &str = r#"  1) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.05/' $f; say "matrix_lr 0.05" "closer to the optimum" ;;
   2) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.3/' $f; say "matrix_lr 0.3" "maybe higher is fine" ;;
   3) sed -i 's/^mode = .*/mode = "crash"/' $f; say "crashing change" "" ;;
   4) sed -i 's/^mode = .*/mode = "hang"/' $f; say "hanging change" "" ;;
   5) : ;;
   6) echo "tampered" >> prepare/data.txt; sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.04/' $f; say "edit the metric data" "" ;;
   *) exit 1 ;;
-esac
 "#;
 
 #[test]
@@ -27,7 +21,7 @@ fn loop_end_to_end() {
         HPARAMS,
         "keep_rule = \"noise-aware\"\nbaseline_runs = 2\nnoise_floor = 0.001\nmax_experiments = 5\nhard_timeout_seconds = 2\nproposer = \"command\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
     );
-    std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), scripted_proposer(PROPOSER_CASES)).unwrap();
     let base = git(&fx.repo, &["rev-parse", "HEAD"]);
 
     let out = fx.run(&["run", "--yes"]);

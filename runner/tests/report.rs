@@ -7,16 +7,10 @@ use common::*;
 
 const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\nmode = \"ok\"\n";
 
-const PROPOSER: &str = r#"#!/bin/sh
-n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
-f=trainer/hparams.toml
-say() { printf '%s\n%s\n' "$1" "$2" > "$AUTORESEARCH_PROPOSAL_FILE"; }
-case $n in
-  1) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.05/' $f; say "matrix_lr = 0.05" "closer to the optimum" ;;
+const PROPOSER_CASES: &str = r#"  1) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.05/' $f; say "matrix_lr = 0.05" "closer to the optimum" ;;
   2) sed -i 's/^matrix_lr = [^ ]*/matrix_lr = 0.3/' $f; say "matrix_lr = 0.3" "maybe higher is fine" ;;
   3) sed -i 's/^mode = .*/mode = "crash"/' $f; say "crashing change" "" ;;
   *) exit 1 ;;
-esac
 "#;
 
 fn out_text(o: &std::process::Output) -> String {
@@ -36,7 +30,7 @@ fn report_watch_and_results_on_a_finished_run() {
         HPARAMS,
         "keep_rule = \"strict\"\nmax_experiments = 3\nproposer = \"command\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
     );
-    std::fs::write(fx.tools.join("propose.sh"), PROPOSER).unwrap();
+    std::fs::write(fx.tools.join("propose.sh"), scripted_proposer(PROPOSER_CASES)).unwrap();
     let o = fx.run(&["run", "--yes"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let nodes = fx.nodes();

@@ -9,10 +9,13 @@
 //!   and signals; a seccomp filter for sockets and process groups; no capabilities; death with
 //!   the parent). The runner uses the same sandbox for experiment builds.
 //!
-//! [`signature`] signs the scorer's summaries, so that one reaching the runner by hand can be
-//! told from a forged one. [`child`] is the trainer's end of the socket. No Burn here: a fixture trainer written
-//! against this crate builds in seconds, and the runner links it without Burn.
+//! [`budget`] is the training budget both ends read: the harness enforces it, the runner asks
+//! for it. [`signature`] signs the scorer's summaries, so that one reaching the runner by hand
+//! can be told from a forged one. [`child`] is the trainer's end of the socket. No Burn here: a
+//! fixture trainer written against this crate builds in seconds, and the runner links it
+//! without Burn.
 
+pub mod budget;
 pub mod child;
 pub mod fixture;
 pub mod random;

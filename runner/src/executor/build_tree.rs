@@ -19,14 +19,10 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::layout::build_tree;
+
 /// Top-level names never copied, deleted or walked into, on either side.
 const SKIPPED: [&str; 4] = [".git", "target", ".autoresearch", ".worktrees"];
-
-/// Where the local executor builds the harness: in the runner's state folder, which git ignores
-/// and which outlives every worktree.
-pub fn build_tree(repo_root: &Path) -> PathBuf {
-    repo_root.join(".autoresearch").join(".build")
-}
 
 /// Cargo identifies a workspace member by its path relative to the workspace root, so the build
 /// tree, the main checkout and any worktree built with the same target directory share the
@@ -88,7 +84,7 @@ fn is_member_unit(unit: &str, names: &BTreeSet<String>) -> bool {
 /// checkout (`train`, `prepare`, `bench`). Returns how many units it forgot.
 pub fn hand_back(repo_root: &Path) -> Result<usize> {
     let tree = build_tree(repo_root);
-    let target = super::target_dir(repo_root);
+    let target = crate::layout::target_dir(repo_root);
     if !tree.join("Cargo.toml").exists() || built_elsewhere(&target, &tree)? {
         return Ok(0);
     }
@@ -147,7 +143,7 @@ fn members_differing(tree: &Path, checkout: &Path) -> Result<BTreeSet<String>> {
 /// [`hand_back`] under the build lock (so that no experiment's build runs meanwhile), for the
 /// commands that build the main checkout; a failure is a warning, never fatal.
 pub fn hand_back_locked(repo_root: &Path) {
-    let lock_path = super::build_lock(repo_root);
+    let lock_path = crate::layout::build_lock(repo_root);
     let t0 = std::time::Instant::now();
     let lock = match crate::process::FileLock::acquire(&lock_path, || t0.elapsed() > std::time::Duration::from_secs(600)) {
         Ok(Some(lock)) => lock,

@@ -22,6 +22,7 @@ use sealed::sandbox::Sandbox;
 
 use super::{Executor, Finished, Outcome, RunSpec, build_command, build_sandbox, build_tree, classify, custom_command, env_for, harness_command, render, scorer_build_command};
 use crate::config::ResearchConfig;
+use crate::layout::Paths;
 use crate::process::{self, FileLock, Output};
 
 pub struct Local {
@@ -95,14 +96,14 @@ impl Local {
             return Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: f.seconds, code: f.code });
         }
         // Sync, build and copy under the lock.
-        let lock_path = super::build_lock(&spec.repo_root);
+        let lock_path = crate::layout::build_lock(&spec.repo_root);
         let lock = FileLock::acquire(&lock_path, || process::interrupted() || t0.elapsed() >= spec.timeout)?;
         if lock.is_none() {
             std::fs::write(&spec.log, "timed out waiting for the build lock (another slot was building)\n")?;
             let interrupted = process::interrupted();
             return Ok(Finished { outcome: classify(spec, None, !interrupted, interrupted), seconds: t0.elapsed().as_secs_f64(), code: None });
         }
-        let tree = build_tree::build_tree(&spec.repo_root);
+        let tree = crate::layout::build_tree(&spec.repo_root);
         std::fs::write(&spec.log, "").with_context(|| format!("writing log {}", spec.log.display()))?;
         // What is built is the commit the guard checked, not whatever the worktree holds.
         let synced = if spec.commit.is_empty() { build_tree::sync(&spec.worktree, &tree) } else { build_tree::sync_commit(&spec.repo_root, &spec.commit, &tree) };
@@ -120,7 +121,7 @@ impl Local {
             )?,
             Err(e) => return Ok(sync_crash(spec, &tree, &e, t0)),
         }
-        let target = super::target_dir(&spec.repo_root);
+        let target = crate::layout::target_dir(&spec.repo_root);
         if !spec.scorer.exists() {
             if !spec.cfg.harness.trim().is_empty() {
                 let reason = format!("the configured scorer {} does not exist (config key `harness`)", spec.scorer.display());
@@ -147,10 +148,10 @@ impl Local {
         let built = target.join("release").join(format!("trainer{}", std::env::consts::EXE_SUFFIX));
         copy_atomic(&built, &spec.trainer_copy)?;
         drop(lock);
-        super::ensure_sign_key(&super::sign_key_path(&spec.cfg, &spec.repo_root))?;
+        super::ensure_sign_key(&Paths::new(&spec.repo_root, &spec.cfg).sign_key())?;
         let elapsed = t0.elapsed();
         let mut shifted = |e: Duration| tick(elapsed + e);
-        let f = process::run_shell(&render(&harness_command(&spec.cfg), spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
+        let f = process::run_shell(&harness_command(spec), &spec.worktree, &env, Output::Append(&spec.log), left(t0), &mut on_start, &mut shifted);
         let _ = std::fs::remove_file(&spec.trainer_copy);
         let f = f?;
         Ok(Finished { outcome: classify(spec, f.code, f.timed_out, f.interrupted), seconds: t0.elapsed().as_secs_f64(), code: f.code })

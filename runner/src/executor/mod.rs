@@ -18,6 +18,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::config::{ExecutorKind, ResearchConfig};
+use crate::layout::{Paths, target_dir};
 use crate::process::shell_quote;
 
 /// Harness exit codes (see `harness --help`).
@@ -77,6 +78,32 @@ pub struct RunSpec {
     pub timeout: Duration,
 }
 
+impl RunSpec {
+    /// Run `attempt` of node `node` in `worktree`, as the loop makes it: the run's scorer and
+    /// file names (see `layout`), the config's seed, the starting device batch scale of
+    /// `profile`, the hard timeout. A caller changes only what differs: a later run's seed and
+    /// batch scale, the commit under test, the held-out split, `train`'s binaries built in place.
+    pub fn for_run(cfg: Arc<ResearchConfig>, repo_root: &Path, worktree: &Path, profile: &Path, node: &str, attempt: &str) -> RunSpec {
+        let files = Paths::new(repo_root, &cfg).run_files(node, attempt);
+        RunSpec {
+            repo_root: repo_root.to_path_buf(),
+            worktree: worktree.to_path_buf(),
+            profile: profile.to_path_buf(),
+            label: node.to_string(),
+            commit: String::new(),
+            seed: cfg.seed,
+            batch_scale: crate::detect::batch_scale(&cfg, profile),
+            summary_json: files.summary_json,
+            log: files.log,
+            scorer: crate::layout::scorer(&cfg, repo_root),
+            trainer_copy: files.trainer_copy,
+            held_out: false,
+            timeout: cfg.hard_timeout(),
+            cfg,
+        }
+    }
+}
+
 /// What came back from a run.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -103,27 +130,6 @@ pub fn build(cfg: &ResearchConfig) -> Box<dyn Executor> {
     }
 }
 
-/// The shared cargo target directory: Burn compiles once for all worktrees.
-pub fn target_dir(repo_root: &Path) -> PathBuf {
-    repo_root.join("target")
-}
-
-/// Taken around "build, then copy the trainer out of the target directory": parallel runs of
-/// different nodes share one target directory, and each build overwrites `release/trainer`.
-pub fn build_lock(repo_root: &Path) -> PathBuf {
-    target_dir(repo_root).join(".autoresearch-build.lock")
-}
-
-/// The run's scorer: the config's `harness`, else `.autoresearch/<tag>/bin/harness`, built once
-/// from the run's base commit.
-pub fn scorer_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
-    if cfg.harness.trim().is_empty() {
-        repo_root.join(".autoresearch").join(&cfg.tag).join("bin").join(format!("harness{}", std::env::consts::EXE_SUFFIX))
-    } else {
-        crate::config::resolve(repo_root, Path::new(cfg.harness.trim()))
-    }
-}
-
 fn feature_flags(cfg: &ResearchConfig) -> String {
     if cfg.features.is_empty() {
         return String::new();
@@ -134,21 +140,23 @@ fn feature_flags(cfg: &ResearchConfig) -> String {
     format!(" --features {}", shell_quote(&list.join(",")))
 }
 
-/// Builds the whole workspace (every binary: `bench` needs `bench_step`). `--workspace`, like
-/// the README's build and test commands: building `-p harness` alone resolves features of shared
-/// crates differently and would compile Burn a second time.
+/// A release build of the workspace with the config's features, of the binaries `bins` (all
+/// when none). Always `--workspace`, like the README's build and test commands: building `-p
+/// harness` alone resolves the features of shared crates differently and would compile Burn a
+/// second time; `--bin` only picks targets, after that resolution. `lock` is `--locked`, or
+/// `--frozen` where there is no network.
+fn cargo_build(cfg: &ResearchConfig, lock: &str, bins: &[&str]) -> String {
+    let bins: String = bins.iter().map(|b| format!(" --bin {b}")).collect();
+    format!("cargo build --release {lock} --workspace{bins}{}", feature_flags(cfg))
+}
+
+/// Builds the whole workspace (every binary: `bench` needs `bench_step`).
 pub fn workspace_build_command(cfg: &ResearchConfig) -> String {
-    format!("cargo build --release --locked --workspace{}", feature_flags(cfg))
+    cargo_build(cfg, "--locked", &[])
 }
 
-/// The run's signing key: the scorer signs every summary with it, so that a summary recorded by
-/// hand (`tree record --summary-json`) can be verified. The trainer's sandbox keeps it out of
-/// reach (it is under `.autoresearch/`).
-pub fn sign_key_path(cfg: &ResearchConfig, repo_root: &Path) -> PathBuf {
-    repo_root.join(".autoresearch").join(&cfg.tag).join("scorer.key")
-}
-
-/// Creates the run's signing key unless it exists (readable by its owner only).
+/// Creates the run's signing key (`Paths::sign_key`) unless it exists (readable by its owner
+/// only).
 pub fn ensure_sign_key(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -170,21 +178,27 @@ pub fn ensure_sign_key(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the run's scorer: the workspace build limited to the `harness` binary (it does not
-/// link the trainer). `--bin` only picks targets, after the `--workspace` feature resolution,
-/// so Burn stays built and is compiled with the features every build has.
+/// Builds the run's scorer: the `harness` binary alone (it does not link the trainer).
 pub fn scorer_build_command(cfg: &ResearchConfig) -> String {
-    format!("cargo build --release --locked --workspace --bin harness{}", feature_flags(cfg))
+    cargo_build(cfg, "--locked", &["harness"])
 }
 
 /// Builds an experiment's trainer, in the build sandbox: `--frozen`, as everything it needs
 /// was fetched when the scorer was built, and the sandbox has no network.
 pub fn build_command(cfg: &ResearchConfig) -> String {
-    format!("cargo build --release --frozen --workspace --bin trainer{}", feature_flags(cfg))
+    cargo_build(cfg, "--frozen", &["trainer"])
 }
 
-/// Runs the scorer (`{harness}`) on a trainer binary (`{trainer}`) with the run's flags.
-pub fn harness_command(cfg: &ResearchConfig) -> String {
+/// The scorer's command line for one run: the spec's scorer on the spec's trainer, with every
+/// flag the run is measured by. The one place it is written: the loop's runs (local and
+/// Slurm), `tree exec`, a person's job script, `train` and the description `run` prints all
+/// take it from here, so that a run made by hand is measured as the loop measures.
+pub fn harness_command(spec: &RunSpec) -> String {
+    render(&harness_template(&spec.cfg), spec)
+}
+
+/// [`harness_command`] with its values as placeholders, which [`render`] fills.
+fn harness_template(cfg: &ResearchConfig) -> String {
     let mut c = "{harness} --trainer {trainer} --profile {profile} --budget {budget} --seed {seed} --summary-json {summary_json} --steps-csv {steps_csv} --sign-key {sign_key} --device-batch-scale {device_batch_scale} --protect {repo}".to_string();
     if !cfg.device.is_empty() {
         c.push_str(" --device {device}");
@@ -199,14 +213,10 @@ pub fn harness_command(cfg: &ResearchConfig) -> String {
     c
 }
 
-/// The whole default experiment as one shell line in one checkout (`train`, hints): both
-/// binaries built there, the harness run on the trainer.
-pub fn default_command(cfg: &ResearchConfig) -> String {
-    format!(
-        "cargo build --release --locked --workspace --bin harness --bin trainer{} && {}",
-        feature_flags(cfg),
-        harness_command(cfg).replace("{harness}", "\"{target_dir}/release/harness\"").replace("{trainer}", "\"{target_dir}/release/trainer\"")
-    )
+/// `train`'s experiment as one shell line in one checkout: both binaries built there (the spec's
+/// scorer and trainer are the target directory's), then the scorer run on the trainer.
+pub fn build_and_score_command(spec: &RunSpec) -> String {
+    format!("{} && {}", cargo_build(&spec.cfg, "--locked", &["harness", "trainer"]), harness_command(spec))
 }
 
 /// True when the config runs its own `experiment_command` instead of building the harness.
@@ -215,14 +225,14 @@ pub fn custom_command(cfg: &ResearchConfig) -> Option<&str> {
     (!c.is_empty()).then_some(c)
 }
 
-/// Fills the placeholders of an experiment command (values shell-quoted).
+/// Fills the placeholders of an experiment command (`experiment_command`, or the scorer's
+/// command line), the values shell-quoted.
 pub fn render(template: &str, spec: &RunSpec) -> String {
-    let budget = spec.cfg.budget().map(|b| b.spec()).unwrap_or_else(|_| spec.cfg.budget.clone());
     let pairs = [
         ("{summary_json}", spec.summary_json.display().to_string()),
         ("{steps_csv}", crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("{seed}", spec.seed.to_string()),
-        ("{budget}", budget),
+        ("{budget}", spec.cfg.budget.spec()),
         ("{profile}", spec.profile.display().to_string()),
         ("{device}", spec.cfg.device.clone()),
         ("{device_batch_scale}", format!("{}", spec.batch_scale)),
@@ -232,11 +242,12 @@ pub fn render(template: &str, spec: &RunSpec) -> String {
         ("{harness}", spec.scorer.display().to_string()),
         ("{trainer}", spec.trainer_copy.display().to_string()),
         ("{repo}", spec.repo_root.display().to_string()),
-        ("{sign_key}", sign_key_path(&spec.cfg, &spec.repo_root).display().to_string()),
+        ("{sign_key}", Paths::new(&spec.repo_root, &spec.cfg).sign_key().display().to_string()),
     ];
     let mut out = template.replace("{held_out}", if spec.held_out { " --held-out" } else { "" });
     for (k, v) in pairs {
-        // {target_dir} sits inside double quotes in the default command: no extra quoting.
+        // Given as it is: an experiment command writes it inside double quotes
+        // ("{target_dir}/release/..."), where quoting would break it.
         let v = if k == "{target_dir}" { v } else { shell_quote(&v) };
         out = out.replace(k, &v);
     }
@@ -250,7 +261,7 @@ pub fn env_for(spec: &RunSpec) -> Vec<(String, String)> {
         // Where a command may write the run's per-step CSV (the harness's --steps-csv).
         ("AUTORESEARCH_STEPS_CSV".into(), crate::curve::path_for(&spec.summary_json).display().to_string()),
         ("AUTORESEARCH_SEED".into(), spec.seed.to_string()),
-        ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.clone()),
+        ("AUTORESEARCH_BUDGET".into(), spec.cfg.budget.spec()),
         ("AUTORESEARCH_DEVICE_BATCH_SCALE".into(), format!("{}", spec.batch_scale)),
         ("AUTORESEARCH_NODE".into(), spec.label.clone()),
         ("AUTORESEARCH_COMMIT".into(), spec.commit.clone()),
@@ -350,6 +361,27 @@ mod tests {
         assert!(hint.contains("not the one this build was linked against") && hint.contains("LIBTORCH_USE_PYTORCH=1"), "{hint}");
         assert!(libtorch_hint("harness: error while loading shared libraries: libfoo.so.1").unwrap().starts_with("the program could not start"));
         assert_eq!(libtorch_hint("exit 6: over budget"), None);
+    }
+
+    /// The loop's runs, `tree exec`, a person's job script and `train` take the scorer's command
+    /// line from `harness_command`: every flag the run is measured by, its values quoted.
+    #[test]
+    fn one_command_line_carries_every_flag_the_run_is_measured_by() {
+        let cfg = ResearchConfig { tag: "t".into(), seed: 7, device: "cuda:1".into(), cache_dir: "/data/my cache".into(), require_sandbox: false, ..Default::default() };
+        let root = Path::new("/repo");
+        let mut spec = RunSpec::for_run(Arc::new(cfg), root, Path::new("/repo/.worktrees/t-n3"), Path::new("/repo/.autoresearch/t/profile.toml"), "n3", "0");
+        assert_eq!((spec.summary_json.as_path(), spec.log.as_path()), (Path::new("/repo/.autoresearch/t/runs/n3-0.json"), Path::new("/repo/.autoresearch/t/logs/n3-0.log")));
+        assert_eq!((spec.seed, spec.batch_scale, spec.held_out), (7, 1.0, false), "the config's seed, the profile's scale (none here: 1)");
+        let line = harness_command(&spec);
+        assert_eq!(
+            line,
+            "/repo/.autoresearch/t/bin/harness --trainer /repo/.autoresearch/t/bin/n3-0/trainer --profile /repo/.autoresearch/t/profile.toml \
+             --budget time:300 --seed 7 --summary-json /repo/.autoresearch/t/runs/n3-0.json --steps-csv /repo/.autoresearch/t/runs/n3-0.steps.csv \
+             --sign-key /repo/.autoresearch/t/scorer.key --device-batch-scale 1 --protect /repo --device cuda:1 --cache-dir '/data/my cache' --no-require-sandbox"
+        );
+        assert_eq!(build_and_score_command(&spec), format!("cargo build --release --locked --workspace --bin harness --bin trainer && {line}"));
+        spec.held_out = true;
+        assert_eq!(harness_command(&spec), format!("{line} --held-out"));
     }
 
     #[test]

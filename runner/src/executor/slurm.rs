@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{Executor, Finished, Outcome, RunSpec, build_command, classify, custom_command, env_for, harness_command, render, scorer_build_command};
 use crate::config::ResearchConfig;
+use crate::layout::Paths;
 use crate::process::shell_quote;
 
 pub struct Slurm {
@@ -31,15 +32,10 @@ impl Slurm {
     }
 }
 
-/// The runner binary the jobs build their trainer with (`autoresearch sandbox-build`): a copy in
-/// the run's state folder, on the filesystem the nodes share, made when a job is submitted.
-pub fn runner_copy(spec: &RunSpec) -> PathBuf {
-    spec.repo_root.join(".autoresearch").join(&spec.cfg.tag).join("bin").join("autoresearch")
-}
-
-/// Copies this runner binary to [`runner_copy`] unless it is there.
+/// Copies this runner binary to `Paths::runner_copy` (the jobs build their trainer with it)
+/// unless it is there; made when a job is submitted.
 pub fn ensure_runner_copy(spec: &RunSpec) -> Result<()> {
-    let to = runner_copy(spec);
+    let to = Paths::new(&spec.repo_root, &spec.cfg).runner_copy();
     if to.exists() {
         return Ok(());
     }
@@ -107,7 +103,7 @@ pub fn script(spec: &RunSpec) -> String {
     match custom_command(cfg) {
         Some(custom) => out.push_str(&format!("sh -c {}\ncode=$?\n", shell_quote(&render(custom, spec)))),
         None => {
-            let target = super::target_dir(&spec.repo_root);
+            let target = crate::layout::target_dir(&spec.repo_root);
             let built = target.join("release");
             let sandbox_flag = if cfg.require_sandbox { "" } else { " --no-require-sandbox" };
             // The scorer is built once for the run (by the first job); every job builds its
@@ -119,14 +115,14 @@ pub fn script(spec: &RunSpec) -> String {
                 scorer = q(&spec.scorer),
                 scorer_build = scorer_build_command(cfg),
                 built_harness = q(&built.join("harness")),
-                runner = q(&runner_copy(spec)),
+                runner = q(&Paths::new(&spec.repo_root, &spec.cfg).runner_copy()),
                 tree = q(&spec.worktree),
                 target = q(&target),
                 build = build_command(cfg),
                 built_trainer = q(&built.join("trainer")),
                 copy = q(&spec.trainer_copy),
-                lock = q(&super::build_lock(&spec.repo_root)),
-                run = render(&harness_command(cfg), spec),
+                lock = q(&crate::layout::build_lock(&spec.repo_root)),
+                run = harness_command(spec),
             ));
         }
     }
@@ -292,7 +288,7 @@ impl Executor for Slurm {
         let path = script_path(spec);
         if custom_command(&spec.cfg).is_none() {
             ensure_runner_copy(spec)?;
-            super::ensure_sign_key(&super::sign_key_path(&spec.cfg, &spec.repo_root))?;
+            super::ensure_sign_key(&Paths::new(&spec.repo_root, &spec.cfg).sign_key())?;
         }
         crate::results::write_atomic(&path, &script(spec))?;
         let job = submit(&path)?;

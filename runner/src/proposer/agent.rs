@@ -42,7 +42,7 @@ When you are done, end your reply with two lines:\nDESCRIPTION: <one line, what 
         wt = worktree.display(),
         parent = parent.map(|p| p.name()).unwrap_or_default(),
         metric = ctx.cfg.metric,
-        value = super::fmt_metric(parent.and_then(|p| p.metric)),
+        value = crate::tree::fmt_metric(parent.and_then(|p| p.metric)),
         scope = ctx.cfg.scope.join(", "),
         budget = ctx.cfg.budget,
         digest = tree_digest(&nodes, ctx.best, ctx.cfg.agent.recent_results),
@@ -67,7 +67,7 @@ fn curve_digest(ctx: &Ctx<'_>, nodes: &[Node]) -> Result<String> {
         for r in ctx.db.runs(n.id)? {
             // The held-out run's curve is a training curve like the others, but the held-out
             // split stays out of the prompt altogether.
-            if r.attempt.starts_with(crate::worker::HELD_OUT_ATTEMPT) {
+            if r.attempt.starts_with(crate::layout::attempt::HELD_OUT) {
                 continue;
             }
             if let Some(c) = crate::curve::of_run(ctx.state_dir, &n.name(), &r.attempt) {
@@ -109,7 +109,7 @@ impl Proposer for Agent {
         let prompt = build_prompt(ctx, node, plan, worktree)?;
         let prompt_file = runs.join(format!("{}-prompt.md", node.name()));
         std::fs::write(&prompt_file, &prompt)?;
-        let proposal = runs.join(format!("{}-proposal.txt", node.name()));
+        let proposal = crate::layout::proposal_file(ctx.state_dir, &node.name());
         let _ = std::fs::remove_file(&proposal);
         let command = ctx
             .cfg

@@ -36,7 +36,7 @@ impl Proposer for CommandProposer {
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, _plan: &Plan, worktree: &Path) -> Result<Applied> {
         let logs = ctx.state_dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let proposal = ctx.state_dir.join("runs").join(format!("{}-proposal.txt", node.name()));
+        let proposal = crate::layout::proposal_file(ctx.state_dir, &node.name());
         std::fs::create_dir_all(proposal.parent().unwrap())?;
         let _ = std::fs::remove_file(&proposal);
         let log = logs.join(format!("{}-propose.log", node.name()));

@@ -4,6 +4,7 @@
 //! `tree record`) stores the result; the runner then guards and decides.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,52 +12,25 @@ use anyhow::{Context, Result};
 use super::{Applied, Ctx, Plan, Proposer};
 use crate::config::ProposerKind;
 use crate::db::Node;
+use crate::executor::RunSpec;
+use crate::layout::{Paths, attempt};
 
 pub struct Manual;
 
-/// The summary JSON a person's run of `node` writes (`.autoresearch/<tag>/runs/n<id>-manual.json`).
-pub fn summary_path(state_dir: &Path, node: &str) -> std::path::PathBuf {
-    state_dir.join("runs").join(format!("{node}-manual.json"))
-}
-
-/// A run of `node` by hand in `worktree`, with the loop's flags: the run's profile snapshot
-/// (else the configured or detected profile), seed, budget, cache, device batch scale and
-/// signing key, scored by the run's scorer.
-pub fn hand_spec(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<crate::executor::RunSpec> {
-    let state = crate::runloop::Paths::new(repo_root, cfg).state_dir;
-    let snapshot = state.join("profile.toml");
-    let profile = if snapshot.exists() { snapshot } else { crate::runloop::resolve_profile(repo_root, cfg)?.0 };
-    let scale = if cfg.device_batch_scale > 0.0 { cfg.device_batch_scale } else { crate::detect::profile_batch_scale(&profile) };
-    Ok(crate::executor::RunSpec {
-        cfg: std::sync::Arc::new(cfg.clone()),
-        repo_root: repo_root.to_path_buf(),
-        worktree: worktree.to_path_buf(),
-        profile,
-        label: node.to_string(),
-        commit: String::new(),
-        seed: cfg.seed,
-        batch_scale: scale,
-        summary_json: summary_path(&state, node),
-        log: state.join("logs").join(format!("{node}-manual.log")),
-        scorer: crate::executor::scorer_path(cfg, repo_root),
-        trainer_copy: state.join("bin").join(format!("{node}-manual")).join("trainer"),
-        held_out: false,
-        timeout: cfg.hard_timeout(),
-    })
-}
-
-/// With the slurm executor: writes node `node`'s job script, `.autoresearch/<tag>/jobs/<node>.sbatch`,
-/// which builds and runs the experiment in `worktree` and writes its summary where `tree record`
-/// expects it. Returns the script and the summary path.
+/// With the slurm executor: writes node `node`'s job script (`Paths::job_script`), which builds
+/// and runs the experiment in `worktree` as the loop's Slurm jobs do (the same script, the run's
+/// profile, seed, budget, cache, device batch scale and signing key) and writes its summary
+/// where `tree record` expects it. Returns the script and the summary path.
 pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let spec = hand_spec(repo_root, cfg, node, worktree)?;
-    let state = crate::runloop::Paths::new(repo_root, cfg).state_dir;
-    let script = state.join("jobs").join(format!("{node}.sbatch"));
-    for dir in [state.join("jobs"), state.join("logs"), state.join("runs")] {
+    let profile = crate::detect::run_profile(repo_root, cfg)?;
+    let spec = RunSpec::for_run(Arc::new(cfg.clone()), repo_root, worktree, &profile, node, attempt::BY_HAND);
+    let paths = Paths::new(repo_root, cfg);
+    let script = paths.job_script(node);
+    for dir in [paths.state_dir.join("jobs"), paths.state_dir.join("logs"), paths.state_dir.join("runs")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     crate::executor::slurm::ensure_runner_copy(&spec)?;
-    crate::executor::ensure_sign_key(&crate::executor::sign_key_path(cfg, repo_root))?;
+    crate::executor::ensure_sign_key(&paths.sign_key())?;
     crate::results::write_atomic(&script, &crate::executor::slurm::script(&spec))?;
     Ok((script, spec.summary_json))
 }
@@ -97,7 +71,7 @@ impl Proposer for Manual {
     }
 
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, plan: &Plan, worktree: &Path) -> Result<Applied> {
-        let summary = summary_path(ctx.state_dir, &node.name());
+        let summary = crate::layout::run_files(ctx.state_dir, &node.name(), attempt::BY_HAND).summary_json;
         std::fs::create_dir_all(summary.parent().unwrap())?;
         if ctx.cfg.executor == crate::config::ExecutorKind::Slurm {
             let (script, summary) = write_job_script(&ctx.git.root, ctx.cfg, &node.name(), worktree)?;
@@ -129,7 +103,7 @@ impl Proposer for Manual {
 /// with a worktree for it and no result yet is still working on it), if there is one.
 fn queued_idea(ctx: &Ctx<'_>) -> Result<Option<Node>> {
     let nodes = ctx.db.nodes()?;
-    for idea in nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && n.status == crate::db::Status::Pending) {
+    for idea in nodes.iter().filter(|n| crate::tree::is_idea(n) && n.status == crate::db::Status::Pending) {
         let parent_ran = idea.parent.and_then(|p| nodes.iter().find(|n| n.id == p)).is_some_and(|p| p.commit.is_some() && matches!(p.status, crate::db::Status::Keep | crate::db::Status::Discard));
         if parent_ran && (idea.recorded.is_some() || ctx.git.worktree_head(ctx.tag, &idea.name())?.is_none()) {
             return Ok(Some(idea.clone()));

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::config::{ProposerKind, ResearchConfig};
 use crate::db::{Db, Node};
 use crate::git::Git;
+use crate::tree::{ancestors, fmt_metric};
 
 /// What the loop knows when it asks for a proposal.
 pub struct Ctx<'a> {
@@ -115,13 +116,7 @@ pub fn proposer_env(ctx: &Ctx<'_>, node: &Node, worktree: &Path, proposal_file: 
 /// Short summary of the tree for prompts and logs: the best path and the recent experiments.
 pub fn tree_digest(nodes: &[Node], best: i64, recent: usize) -> String {
     let mut s = String::from("Best path (root -> best):\n");
-    let mut path = Vec::new();
-    let mut cur = nodes.iter().find(|n| n.id == best);
-    while let Some(n) = cur {
-        path.push(n);
-        cur = n.parent.and_then(|p| nodes.iter().find(|m| m.id == p));
-    }
-    for n in path.iter().rev() {
+    for n in ancestors(nodes, best).iter().rev() {
         s.push_str(&format!("  {} {} {}: {}{}\n", n.name(), n.status.as_str(), fmt_metric(n.metric), n.description, insight_note(n)));
     }
     let mut done: Vec<&Node> = nodes.iter().filter(|n| n.finish_seq.is_some()).collect();
@@ -147,10 +142,6 @@ fn insight_note(n: &Node) -> String {
         Some(l) => format!(" [insight: {l}]"),
         None => String::new(),
     }
-}
-
-pub fn fmt_metric(m: Option<f64>) -> String {
-    m.map(|m| format!("{m:.6}")).unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]

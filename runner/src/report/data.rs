@@ -111,7 +111,7 @@ impl Research {
 
     /// Ideas added with `tree add` and not run yet.
     pub fn planned(&self) -> Vec<&Node> {
-        self.nodes.iter().filter(|n| n.proposer == crate::tree::PLANNED && !n.status.finished()).collect()
+        self.nodes.iter().filter(|n| crate::tree::is_idea(n) && !n.status.finished()).collect()
     }
 
     pub fn count(&self, s: Status) -> usize {

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use super::data::Research;
 use super::svg::escape;
-use crate::proposer::fmt_metric;
+use crate::tree::fmt_metric;
 
 const STYLE: &str = "body{font-family:'DejaVu Sans',Verdana,Arial,sans-serif;margin:24px auto;max-width:1640px;color:#282828;padding:0 16px}
 h1{font-size:26px}h2{font-size:20px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}

@@ -89,12 +89,12 @@ fn diffs(git: &Git, nodes: &[Node]) -> HashMap<i64, String> {
 
 /// Writes every report file into `out` (default: the run's directory); returns their paths.
 pub fn write(git: &Git, cfg: &ResearchConfig, out: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let db = crate::tree::open_db(&git.root, cfg)?;
+    let db = crate::db::Db::open_run(&git.root, cfg)?;
     let r = Research::load(&db, cfg)?;
     drop(db);
     let dir = match out {
         Some(d) => crate::config::resolve(&std::env::current_dir()?, d),
-        None => crate::runloop::Paths::new(&git.root, cfg).state_dir,
+        None => crate::layout::Paths::new(&git.root, cfg).state_dir,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {} (pass --out DIR to write elsewhere)", dir.display()))?;
     let mut written = Vec::new();

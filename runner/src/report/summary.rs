@@ -8,7 +8,7 @@ use std::fmt::Write;
 use super::data::{Research, category};
 use crate::db::{Node, Status};
 use crate::git::branch_name;
-use crate::proposer::fmt_metric;
+use crate::tree::fmt_metric;
 
 /// Lines the runner itself writes into insights (keep-rule arithmetic, not lessons).
 fn runner_note(line: &str) -> bool {

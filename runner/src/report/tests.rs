@@ -70,8 +70,8 @@ pub fn sample(n: usize) -> (tempfile::TempDir, Vec<Node>) {
         db.set_status(leaf.id, Status::Pruned).unwrap();
     }
     if n > 3 {
-        db.insert_node(Some(best), "longer warmup helps short budgets", "warmup_ratio = 0.05", None, crate::tree::PLANNED, "").unwrap();
-        db.insert_node(Some(root), "", "try rotary base 50000", None, crate::tree::PLANNED, "").unwrap();
+        db.insert_node(Some(best), "longer warmup helps short budgets", "warmup_ratio = 0.05", None, crate::tree::IDEA_PROPOSER, "").unwrap();
+        db.insert_node(Some(root), "", "try rotary base 50000", None, crate::tree::IDEA_PROPOSER, "").unwrap();
     }
     let nodes = db.nodes().unwrap();
     (dir, nodes)

@@ -98,7 +98,7 @@ pub fn layout(nodes: &[Node]) -> Layout {
 
 /// The tooltip of a node: everything the box has no room for.
 fn tooltip(n: &Node) -> String {
-    let mut t = format!("{} {} {}", n.name(), n.status.as_str(), crate::proposer::fmt_metric(n.metric));
+    let mut t = format!("{} {} {}", n.name(), n.status.as_str(), crate::tree::fmt_metric(n.metric));
     for (k, v) in [("", &n.description), ("hypothesis: ", &n.hypothesis), ("insight: ", &n.insight)] {
         if !v.trim().is_empty() {
             t.push_str(&format!("\n{k}{}", v.trim()));
@@ -162,7 +162,7 @@ pub fn draw(r: &Research, c: &mut dyn Canvas, link: &dyn Fn(&Node) -> Option<Str
         }
         c.rect(x, y, BOX_W, BOX_H, 5.0, paint);
         // " · ", not spaces: SVG viewers collapse runs of spaces.
-        let mut head = format!("{} · {}", n.name(), crate::proposer::fmt_metric(n.metric));
+        let mut head = format!("{} · {}", n.name(), crate::tree::fmt_metric(n.metric));
         if n.status == Status::Keep
             && let Some(g) = r.step_gain(n)
         {

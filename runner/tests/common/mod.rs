@@ -55,6 +55,21 @@ printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
 echo "end $AUTORESEARCH_NODE $(date +%s.%N) $SLURM_JOB_ID" >> "$TOOLS/timeline"
 "#;
 
+/// A proposer that makes the change of its Nth call: `cases` are the arms of a `case $n in`
+/// (`1) ...; say "description" "hypothesis" ;;`), with `$f` the hparams file and `say` writing
+/// the proposal file.
+pub fn scripted_proposer(cases: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+n=$(cat "$TOOLS/count" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$TOOLS/count"
+f=trainer/hparams.toml
+say() {{ printf '%s\n%s\n' "$1" "$2" > "$AUTORESEARCH_PROPOSAL_FILE"; }}
+case $n in
+{cases}esac
+"#
+    )
+}
+
 pub fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(args).current_dir(repo).output().expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,0 +1,428 @@
+//! `autoresearch run`: the keep/discard loop.
+//!
+//! Per experiment: plan (proposer) -> node in the db -> worktree at the parent's commit -> change
+//! (proposer) -> commit, kept under refs/autoresearch/<tag>/<node> -> guard -> runs on a worker
+//! thread through the executor (see worker.rs) -> keep rule, re-checked against the best when the
+//! result arrives -> db transaction -> branch (keep only) -> results.tsv and JSONL rows ->
+//! worktree removed. Up to `slots` experiments are in flight at once; only this thread touches
+//! git, the branch and the result files, so rows are whole and never interleaved. `--resume`
+//! repairs whatever a kill left between those steps, from the database, and follows Slurm jobs
+//! that are still running.
+//!
+//! Here: the run's setup, the main loop and the workers' bookkeeping. Starting the baseline and
+//! an experiment is in `experiment`, queued ideas in `ideas`, recording a result in `record`,
+//! `--resume` in `resume`.
+
+mod experiment;
+mod ideas;
+mod record;
+mod resume;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::config::{ExecutorKind, KeepRule, ResearchConfig};
+use crate::db::{Db, Node, Status, now};
+use crate::errors::{CliError, repo_state};
+use crate::executor;
+use crate::git::{Git, branch_name};
+use crate::keep;
+use crate::layout::Paths;
+use crate::progress::Progress;
+use crate::proposer::{self, Ctx};
+use crate::results;
+use crate::tree::{self, fmt_metric};
+use crate::worker::{Decision, Shared, Task};
+
+pub struct Options {
+    pub resume: bool,
+    pub yes: bool,
+}
+
+pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usize) -> String {
+    let max = if cfg.max_experiments == 0 { "unlimited".to_string() } else { cfg.max_experiments.to_string() };
+    let keep = match cfg.keep_rule {
+        KeepRule::Strict => "strict (keep only a strictly better metric)".to_string(),
+        KeepRule::NoiseAware => format!(
+            "noise-aware ({} baseline runs, bar = max(2 sigma, {}), confirmation run)",
+            cfg.baseline_runs, cfg.noise_floor
+        ),
+        KeepRule::Significant => format!(
+            "significant (one-sided t-test at {}, sigma pooled over every repeated run, {} baseline runs, up to {} runs a candidate, gain > {})",
+            cfg.significance, cfg.baseline_runs, cfg.max_candidate_runs, cfg.noise_floor
+        ),
+    };
+    let proposer = match cfg.proposer {
+        crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
+        crate::config::ProposerKind::Agent => format!("agent: {}", cfg.agent.command),
+        crate::config::ProposerKind::Search => format!("search over {}", cfg.search_space),
+        crate::config::ProposerKind::Manual => "manual (waits for `tree exec` or `tree record`)".into(),
+    };
+    // The scorer's command line of an experiment's first run, as the loop will run it, with
+    // paths relative to the repository and the node and run left open.
+    let here = Path::new(".");
+    let first_run = executor::RunSpec {
+        batch_scale: crate::detect::batch_scale(cfg, profile),
+        ..executor::RunSpec::for_run(Arc::new(cfg.clone()), here, here, &Paths::new(here, cfg).profile_snapshot(), "n<id>", "<run>")
+    };
+    let exp = match executor::custom_command(cfg) {
+        Some(c) => c.to_string(),
+        None => format!(
+            "{}{} in the build sandbox (one build at a time), then the run's scorer on a private copy of the trainer: {}",
+            match cfg.executor {
+                ExecutorKind::Local => "commit synced into .autoresearch/.build, then ",
+                ExecutorKind::Slurm => "",
+            },
+            executor::build_command(cfg),
+            executor::harness_command(&first_run)
+        ),
+    };
+    let exec = match cfg.executor {
+        ExecutorKind::Local => format!("local, {slots} at a time"),
+        ExecutorKind::Slurm => {
+            let s = &cfg.slurm;
+            let part = if s.partition.is_empty() { "default partition".to_string() } else { format!("partition {}", s.partition) };
+            format!("slurm, {slots} jobs at a time ({part}, {} GPU, {} CPUs per job)", s.gpus, s.cpus_per_task)
+        }
+    };
+    format!(
+        "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nsandbox:        {sandbox}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
+        tag = cfg.tag,
+        branch = branch_name(&cfg.tag),
+        budget = cfg.budget,
+        metric = cfg.metric,
+        dir = cfg.direction,
+        scope = cfg.scope.join(", "),
+        ro = cfg.read_only.join(", "),
+        sandbox = if cfg.require_sandbox { "required (landlock + seccomp, for builds and runs)" } else { "used where there is one; results without one say `sandbox: none`" },
+        profile = profile.display(),
+        timeout = cfg.hard_timeout().as_secs(),
+        seed = cfg.seed,
+        results = paths.results.display(),
+        state = paths.state_dir.display(),
+    )
+}
+
+/// Takes the run's own copy of its platform profile (`Paths::profile_snapshot`) when the run
+/// starts. Its sha256 is in the database (`profile_sha256`) and in every summary.
+fn snapshot_profile(source: &Path, paths: &Paths, db: &Db) -> Result<PathBuf> {
+    let snapshot = paths.profile_snapshot();
+    let text = std::fs::read(source).with_context(|| format!("reading the profile {}", source.display()))?;
+    if snapshot.exists() {
+        let kept = std::fs::read(&snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+        if kept != text {
+            println!("note: {} changed since the run started; the run keeps its snapshot {}", source.display(), snapshot.display());
+        }
+        return Ok(snapshot);
+    }
+    results::write_atomic(&snapshot, &text)?;
+    let sha = crate::git::sha256_hex(&text);
+    db.set_meta("profile_sha256", &sha)?;
+    db.set_meta("profile_source", &source.display().to_string())?;
+    println!("profile snapshot: {} (sha256 {})", snapshot.display(), &sha[..12]);
+    Ok(snapshot)
+}
+
+fn confirm(prompt: &str) -> Result<()> {
+    eprint!("{prompt} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") { Ok(()) } else { Err(CliError::Cancelled.into()) }
+}
+
+struct Loop<'a> {
+    cfg: &'a ResearchConfig,
+    git: &'a Git,
+    db: Db,
+    paths: Paths,
+    class: String,
+    platform: String,
+    ro_hashes: BTreeMap<String, String>,
+    progress: Progress,
+    started: f64,
+    shared: Arc<Shared>,
+    /// Nodes whose worker is running.
+    in_flight: BTreeSet<i64>,
+    tx: mpsc::Sender<(i64, Result<Decision>)>,
+    rx: mpsc::Receiver<(i64, Result<Decision>)>,
+    /// Set when a worker was interrupted: no new work, stop once the others are in.
+    stopping: bool,
+}
+
+pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
+    let root = git.root.clone();
+    let paths = Paths::new(&root, cfg);
+    let (profile, class, platform) = crate::detect::resolve_profile(&root, cfg)?;
+    let tip = git.branch_tip(&cfg.tag)?;
+    match (tip, opts.resume) {
+        (Some(_), false) => {
+            return Err(repo_state(format!(
+                "branch {} already exists: pass --resume to continue that run, or choose another --tag",
+                branch_name(&cfg.tag)
+            )));
+        }
+        (None, true) => {
+            return Err(repo_state(format!("nothing to resume: branch {} does not exist (start it without --resume)", branch_name(&cfg.tag))));
+        }
+        (None, false) if paths.db.exists() => {
+            return Err(repo_state(format!(
+                "{} exists from an earlier run with this tag: remove {} or choose another --tag",
+                paths.db.display(),
+                paths.state_dir.display()
+            )));
+        }
+        _ => {}
+    }
+    let executor = crate::executor::build(cfg);
+    println!("{}", describe(cfg, &paths, &profile, executor.slots()));
+    if !opts.yes && std::io::stdin().is_terminal() {
+        confirm(if opts.resume { "Resume this run?" } else { "Start this run?" })?;
+    }
+    crate::process::install_interrupt_handler();
+    paths.create_run_dirs()?;
+    // Held until this function returns, whatever way: one runner per tag.
+    let pid_file = crate::pidfile::PidFile::claim(&paths.state_dir, &cfg.tag)?;
+    println!("runner pid {} in {} (`autoresearch stop --tag {}` stops it as Ctrl-C does)", std::process::id(), pid_file.path().display(), cfg.tag);
+    let db = Db::open(&paths.db)?;
+    let ro_hashes = if opts.resume {
+        let text = db.meta("ro_hashes")?.ok_or_else(|| anyhow!("{}: no recorded read-only hashes", paths.db.display()))?;
+        serde_json::from_str(&text)?
+    } else {
+        let base = git.head_commit()?;
+        let hashes = git.tree_hashes(base, &cfg.read_only)?;
+        db.set_meta("tag", &cfg.tag)?;
+        db.set_meta("base_commit", &base.to_string())?;
+        db.set_meta("ro_hashes", &serde_json::to_string(&hashes)?)?;
+        db.set_meta("config", &serde_json::to_string(cfg)?)?;
+        db.set_meta("started_at", &now().to_string())?;
+        git.create_branch(&cfg.tag, base)?;
+        println!("created branch {} at {}", branch_name(&cfg.tag), &base.to_string()[..7]);
+        hashes
+    };
+    let profile = snapshot_profile(&profile, &paths, &db)?;
+    executor::ensure_sign_key(&paths.sign_key())?;
+    let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
+    let progress = Progress::new(cfg.max_experiments);
+    let shared = Arc::new(Shared {
+        cfg: Arc::new(cfg.clone()),
+        root: root.clone(),
+        profile,
+        db_path: paths.db.clone(),
+        executor,
+        progress: progress.clone(),
+    });
+    let (tx, rx) = mpsc::channel();
+    let mut lp = Loop {
+        cfg,
+        git,
+        db,
+        paths,
+        class,
+        platform,
+        ro_hashes,
+        progress,
+        started,
+        shared,
+        in_flight: BTreeSet::new(),
+        tx,
+        rx,
+        stopping: false,
+    };
+    let mut result = if opts.resume { lp.recover() } else { Ok(()) };
+    if result.is_ok() {
+        result = lp.main_loop();
+    }
+    // Whatever stopped the loop, no run is left behind: stop the workers' runs and record them.
+    if !lp.in_flight.is_empty() {
+        crate::process::request_stop();
+        if let Err(e) = lp.drain() {
+            lp.progress.line(&format!("error while stopping the runs in flight: {e:#}"));
+        }
+    }
+    lp.progress.finish();
+    // The members' units in the target directory are the last experiment's: make the next
+    // build of the main checkout compile its own.
+    crate::executor::build_tree::hand_back_locked(&git.root);
+    let summary = lp.write_summary();
+    match (&result, summary) {
+        (_, Ok(p)) => println!("summary: {}", p.display()),
+        (Ok(()), Err(e)) => return Err(e),
+        (Err(_), Err(_)) => {}
+    }
+    // The pictures and the page too; a run's result never depends on them.
+    drop(lp);
+    match crate::report::write(git, cfg, None) {
+        Ok(files) => {
+            if let Some(page) = files.iter().find(|p| p.ends_with("report.html")) {
+                println!("report: {}", page.display());
+            }
+        }
+        Err(e) => eprintln!("warning: the report was not written ({e:#}); `autoresearch report` retries"),
+    }
+    result
+}
+
+impl Loop<'_> {
+    fn tag(&self) -> &str {
+        &self.cfg.tag
+    }
+
+    /// What a proposer sees for experiment number `iteration`, with `best` the current best.
+    fn proposer_ctx(&self, best: i64, iteration: u64) -> Ctx<'_> {
+        Ctx {
+            cfg: self.cfg,
+            git: self.git,
+            db: &self.db,
+            tag: &self.cfg.tag,
+            best,
+            iteration,
+            state_dir: &self.paths.state_dir,
+            results_file: self.paths.results.clone(),
+            class: &self.class,
+        }
+    }
+
+    fn sigma(&self) -> f64 {
+        self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
+    }
+
+    fn rule(&self) -> keep::Rule {
+        keep::Rule::of(self.cfg)
+    }
+
+    fn bar(&self) -> f64 {
+        keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor)
+    }
+
+    fn slots(&self) -> usize {
+        self.shared.executor.slots().max(1)
+    }
+
+    /// Starts a worker for `node` in `worktree`.
+    fn spawn(&mut self, node: Node, worktree: PathBuf, task: Task) {
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        let id = node.id;
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.work(&node, &worktree, task)))
+                .unwrap_or_else(|_| Err(anyhow!("the worker of {} panicked", node.name())));
+            let _ = tx.send((id, r));
+        });
+        self.in_flight.insert(id);
+    }
+
+    /// Waits up to `timeout` for one worker's result and records it.
+    fn collect(&mut self, timeout: Duration) -> Result<bool> {
+        match self.rx.recv_timeout(timeout) {
+            Ok((id, result)) => {
+                self.in_flight.remove(&id);
+                self.conclude(id, result)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Waits for every worker (after Ctrl-C or an error), recording each result.
+    fn drain(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.collect(Duration::from_millis(200)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn current_best(&self) -> Result<Option<Node>> {
+        Ok(tree::best(&self.db.nodes()?).cloned())
+    }
+
+    fn main_loop(&mut self) -> Result<()> {
+        let mut idle = 0; // consecutive proposals that changed nothing or failed
+        // The proposer had nothing left when this many nodes had finished; a later result (a
+        // new best, say) may give it something again.
+        let mut exhausted_at: Option<usize> = None;
+        loop {
+            if crate::process::interrupted() || self.stopping {
+                self.drain()?;
+                return Err(CliError::Interrupted.into());
+            }
+            while self.collect(Duration::ZERO)? {}
+            let nodes = self.db.nodes()?;
+            let done = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
+            let Some(best) = tree::best(&nodes).cloned() else {
+                if self.in_flight.is_empty() {
+                    self.start_baseline()?;
+                }
+                self.collect(Duration::from_millis(200))?;
+                continue;
+            };
+            let running = self.in_flight.len() as u64;
+            let exhausted = exhausted_at == Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
+            self.progress.set_done(done, &format!("{} ({})", fmt_metric(best.metric), best.name()), self.in_flight.len());
+            let reached = self.cfg.max_experiments > 0 && done + running >= self.cfg.max_experiments;
+            let stop_proposing = reached || exhausted || idle >= 3;
+            if stop_proposing && self.in_flight.is_empty() {
+                if reached {
+                    self.progress.line(&format!("done: {done} experiments"));
+                } else if exhausted {
+                    self.progress.line("stopping: the search space is exhausted");
+                } else {
+                    self.progress.line("stopping: the proposer made no usable change three times in a row");
+                }
+                return Ok(());
+            }
+            if stop_proposing || self.in_flight.len() >= self.slots() {
+                self.collect(Duration::from_millis(200))?;
+                continue;
+            }
+            let mut prop = proposer::build(self.cfg, &self.git.root)?;
+            let iteration = done + running + 1;
+            if let Some(started) = self.take_idea(&mut *prop, &best, iteration)? {
+                idle = if started { 0 } else { idle + 1 };
+                continue;
+            }
+            let ctx = self.proposer_ctx(best.id, iteration);
+            let Some(plan) = prop.plan(&ctx)? else {
+                exhausted_at = Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
+                continue;
+            };
+            match self.experiment(&mut *prop, &plan, &best, iteration, None)? {
+                true => idle = 0,
+                false => idle += 1,
+            }
+        }
+    }
+
+    /// Every 10 finished experiments, the reference's progress line.
+    fn after_result(&self) -> Result<()> {
+        let nodes = self.db.nodes()?;
+        let finished = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
+        if finished > 0 && finished % 10 == 0 {
+            self.progress_line(&nodes, finished);
+        }
+        Ok(())
+    }
+
+    fn progress_line(&self, nodes: &[Node], finished: u64) {
+        let count = |s: Status| nodes.iter().filter(|n| n.parent.is_some() && n.status == s).count();
+        let best = tree::best(nodes);
+        let hours = ((now() - self.started) / 3600.0).max(1e-9);
+        self.progress.line(&format!(
+            "-- {finished} experiments: best {} ({}), {} keeps, {} discards, {} crashes, {} rejected, {:.1} experiments/hour",
+            fmt_metric(best.and_then(|b| b.metric)),
+            best.map(|b| b.name()).unwrap_or_default(),
+            count(Status::Keep),
+            count(Status::Discard),
+            count(Status::Crash),
+            count(Status::Rejected),
+            finished as f64 / hours
+        ));
+    }
+}
