@@ -136,7 +136,14 @@ fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protect
         return Err(format!("the trainer's scratch folder {} lies in {} (set TMPDIR elsewhere)", scratch.display(), p.display()));
     }
     let mut execute = vec![binary.to_path_buf()];
-    execute.extend(interpreter(binary));
+    // The experiment built the binary, and with it the loader path it names: one inside a
+    // protected folder (the build tree, the cache) is not the system's.
+    for loader in interpreter(binary) {
+        if let Some(p) = protected.overlap(&loader) {
+            return Err(format!("the trainer binary {} names its loader {} inside {}: refused", binary.display(), loader.display(), p.display()));
+        }
+        execute.push(loader);
+    }
     // CUDA's driver writes its threads' files under /proc/<pid>/task (the trainer's own only).
     let policy = Policy { read, execute, write: vec![scratch.to_path_buf()], devices, filter_syscalls: true, own_threads: gpu };
     Ok(TrainerSandbox { policy, library_path, notes })
@@ -335,6 +342,29 @@ mod tests {
             let err = trainer_policy(&binary, &scratch, &device, &protected, &[bad.clone()]).unwrap_err();
             assert!(err.contains("--allow-read") && err.contains(&cache.display().to_string()), "{err}");
         }
+    }
+
+    /// The experiment builds the trainer binary: a loader it names inside a protected folder is
+    /// refused, and the system's is granted.
+    #[test]
+    fn a_loader_inside_a_protected_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (cache, scratch) = (root.join("cache"), root.join("scratch"));
+        for d in [&cache, &scratch] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let loader = cache.join("ld.so");
+        std::fs::copy(elf::interpreter(&std::env::current_exe().unwrap()).unwrap(), &loader).unwrap();
+        // `-rpath X,--dynamic-linker,L`: cc's -Wl splits at the commas.
+        cc(&root.join("bin"), "trainer", false, &format!("/nothing,--dynamic-linker,{}", loader.display()));
+        assert_eq!(elf::interpreter(&root.join("bin/trainer")), Some(loader.clone()), "the test binary names the loader");
+        let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
+        let device = prepare::device::parse_device("flex").unwrap();
+        let err = trainer_policy(&root.join("bin/trainer"), &scratch, &device, &protected, &[]).err().expect("refused");
+        assert!(err.contains("names its loader") && err.contains(&loader.display().to_string()), "{err}");
+        let system = trainer_policy(&std::env::current_exe().unwrap(), &scratch, &device, &protected, &[]).unwrap();
+        assert!(system.policy.execute.iter().any(|p| p.to_string_lossy().contains("ld-linux")), "{:?}", system.policy.execute);
     }
 
     /// The experiment builds the trainer binary: a run path in it must not widen its sandbox.
