@@ -5,6 +5,10 @@
 //! Line 1 is the process id, line 2 the process's start time (clock ticks since boot, from
 //! `/proc/<pid>/stat`, where there is one): a stale file whose id the system gave to another
 //! process since does not count as a live runner.
+//!
+//! The claim itself is a lock on `runner.lock` beside it, held while the runner lives (the
+//! system drops it when the process dies, however it dies): two runners of one tag started in
+//! the same instant cannot both see "no runner" and both go on.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,6 +18,7 @@ use anyhow::Result;
 use crate::errors::repo_state;
 
 pub const FILE: &str = "runner.pid";
+const LOCK: &str = "runner.lock";
 
 /// A live runner, as its PID file names it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,27 +60,45 @@ pub fn live(state_dir: &Path) -> Option<Runner> {
     }
 }
 
-/// This process's claim on a tag, released (the file removed) when dropped.
+/// This process's claim on a tag, released (the file removed, the lock dropped) when dropped.
 pub struct PidFile {
     path: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl PidFile {
     /// Writes the PID file, refusing when another live runner holds the tag.
     pub fn claim(state_dir: &Path, tag: &str) -> Result<PidFile> {
         let me = std::process::id();
+        let held = |who: String| {
+            repo_state(format!(
+                "a runner of tag {tag} is running ({who}, {}): stop it first (`autoresearch stop --tag {tag}`), or choose another --tag",
+                path(state_dir).display()
+            ))
+        };
+        let lock_path = state_dir.join(LOCK);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(held(live(state_dir).map(|r| format!("pid {}", r.pid)).unwrap_or_else(|| "starting".into())));
+            }
+            Err(std::fs::TryLockError::Error(e)) => anyhow::bail!("cannot lock {}: {e}", lock_path.display()),
+        }
+        // A runner of a version without the lock leaves only its PID file.
         if let Some(other) = live(state_dir)
             && other.pid != me
         {
-            return Err(repo_state(format!(
-                "a runner of tag {tag} is running (pid {}, {}): stop it first (`autoresearch stop --tag {tag}`), or choose another --tag",
-                other.pid,
-                path(state_dir).display()
-            )));
+            return Err(held(format!("pid {}", other.pid)));
         }
         let text = format!("{me}\n{}\n", start_time(me).map(|t| t.to_string()).unwrap_or_default());
         crate::results::write_atomic(&path(state_dir), text)?;
-        Ok(PidFile { path: path(state_dir) })
+        Ok(PidFile { path: path(state_dir), _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
@@ -149,5 +172,19 @@ mod tests {
         child.wait().unwrap();
         std::fs::write(path(dir.path()), format!("{pid}\n")).unwrap();
         assert_eq!(live(dir.path()), None);
+    }
+
+    #[test]
+    fn a_second_claim_of_a_tag_is_refused_while_the_first_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = PidFile::claim(dir.path(), "t").unwrap();
+        // The same process, so the PID file alone would let it through: the lock does not.
+        let err = PidFile::claim(dir.path(), "t").err().expect("a second claim must be refused");
+        assert!(err.to_string().contains("a runner of tag t is running"), "{err}");
+        assert_eq!(live(dir.path()), Some(Runner { pid: std::process::id() }), "the refused claim left the first one's file alone");
+        drop(first);
+        let again = PidFile::claim(dir.path(), "t").unwrap();
+        assert_eq!(live(dir.path()), Some(Runner { pid: std::process::id() }));
+        drop(again);
     }
 }
