@@ -184,7 +184,7 @@ pub enum Command {
 const BENCH_LONG_ABOUT: &str = "\
 Training-step throughput of the trainer on every backend of the build, beside PyTorch.
 
-Builds the workspace (unless --no-build), then runs harness's bench_step once per backend and \
+Builds the workspace (unless --no-build), then runs the trainer's bench_step once per backend and \
 size, each in its own process so its peak memory (VmHWM on CPU backends) is its own: the \
 trainer's model and optimizer on random tokens, `--warmup` untimed steps, then `--steps` timed \
 ones. Reports tokens/s, step time, MFU, peak memory, start-up and first-step time, and the loss \
@@ -370,7 +370,7 @@ pub struct ConfigArgs {
     /// nothing is kept. [default: 0.05]
     #[arg(long, value_name = "P")]
     pub significance: Option<f64>,
-    /// `significant` rule: the most runs of one candidate. [default: 3]
+    /// `significant` rule: the most runs of one decision: the candidate's, and the best's its test asks for. [default: 3]
     #[arg(long, value_name = "N")]
     pub max_candidate_runs: Option<u32>,
     /// Score the held-out split on the baseline and after each keep (for the report only,

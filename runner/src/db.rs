@@ -284,7 +284,21 @@ impl Db {
     /// configs/research.toml, or a flag given to that start only, does not change how its
     /// experiments run or are judged; `fallback` where the database holds none.
     pub fn run_config(&self, fallback: &crate::config::ResearchConfig) -> Result<crate::config::ResearchConfig> {
-        let stored = self.meta("config")?.and_then(|s| serde_json::from_str::<crate::config::ResearchConfig>(&s).ok());
+        let stored = match self.meta("config")? {
+            Some(text) => match serde_json::from_str::<crate::config::ResearchConfig>(&text) {
+                Ok(cfg) => Some(cfg),
+                Err(e) => {
+                    // Written by another version: say so rather than pass today's settings off
+                    // as the run's.
+                    eprintln!(
+                        "note: {}: the run's stored config does not parse ({e}); using the current config and flags instead; the autoresearch version that made the run reads its own settings",
+                        self.conn.path().unwrap_or("the tree database")
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let mut cfg = stored.unwrap_or_else(|| fallback.clone());
         if cfg.tag.is_empty() {
             cfg.tag = fallback.tag.clone();

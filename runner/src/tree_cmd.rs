@@ -79,7 +79,8 @@ pub fn show(db: &Db, git: &Git, state_dir: &Path, id: i64, json_out: bool, diff:
         println!("time:        {:.1} s ({} -> {})", f - s, crate::db::iso8601(s), crate::db::iso8601(f));
     }
     for (r, c) in runs.iter().zip(&curves) {
-        println!("run:         seed {} {} exit {:?} {} {:.1}s log {}", r.seed, r.outcome, r.exit_code, fmt_metric(r.metric), r.seconds, r.log);
+        let exit = r.exit_code.map_or_else(|| "-".to_string(), |c| c.to_string());
+        println!("run:         seed {} {} exit {exit} {} {:.1}s log {}", r.seed, r.outcome, fmt_metric(r.metric), r.seconds, r.log);
         if let Some(c) = c {
             println!("curve:       {}", c.describe());
         }
