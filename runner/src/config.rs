@@ -189,7 +189,8 @@ pub struct ResearchConfig {
     /// `significant`: the one-sided level of the test (the chance of keeping a change that
     /// does nothing).
     pub significance: f64,
-    /// `significant`: the most runs of one candidate.
+    /// `significant`: the most runs of one decision: the candidate's, and the best's that its
+    /// test asks for.
     pub max_candidate_runs: u32,
     /// Score the held-out split on the baseline's runs and, after each keep, on one more run of
     /// the kept node; the scores go into the report and the logs, never to a proposer.

@@ -192,6 +192,15 @@ pub struct Job {
 const NODE_COLS: &str = "id, parent, hypothesis, description, change, commit_id, status, metric, metrics, memory_mb, \
 created_at, started_at, finished_at, platform, proposer, insight, finish_seq, result_row, jsonl, pid, recorded";
 
+/// SQL: the row's attempt is a run of the best that the test of node ?1 asked for (?2 is
+/// [`asked_by`] of it).
+const ASKED_BY: &str = "substr(attempt, 1, length(?2)) = ?2";
+
+/// The attempt names of the runs of the best that node `id`'s test asks for start with this.
+fn asked_by(id: i64) -> String {
+    crate::layout::attempt::asked_by(&node_name(id))
+}
+
 fn json_col(s: Option<String>) -> Option<Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
@@ -412,6 +421,28 @@ impl Db {
         Ok(())
     }
 
+    /// A finished node's value after more runs of it (a candidate's test ran the best again):
+    /// the mean of its successful runs, and the same runs in its summary's `runs`.
+    pub fn set_mean_of_runs(&mut self, id: i64) -> Result<Option<f64>> {
+        let tx = self.write_transaction()?;
+        let runs: Vec<f64> = {
+            let mut st = tx.prepare("SELECT metric FROM runs WHERE node = ?1 AND outcome = 'ok' AND metric IS NOT NULL ORDER BY id")?;
+            st.query_map([id], |r| r.get::<_, f64>(0))?.collect::<rusqlite::Result<_>>()?
+        };
+        if runs.is_empty() {
+            return Ok(None);
+        }
+        let mean = runs.iter().sum::<f64>() / runs.len() as f64;
+        let stored: Option<String> = tx.query_row("SELECT metrics FROM nodes WHERE id = ?1", [id], |r| r.get(0))?;
+        let mut metrics = json_col(stored).unwrap_or_else(|| serde_json::json!({}));
+        if let Value::Object(m) = &mut metrics {
+            m.insert("runs".into(), serde_json::json!(runs));
+        }
+        tx.execute("UPDATE nodes SET metric = ?1, metrics = ?2 WHERE id = ?3", params![mean, metrics.to_string(), id])?;
+        tx.commit()?;
+        Ok(Some(mean))
+    }
+
     /// Marks a node finished, in one transaction; returns its finish sequence number.
     /// An insight already set (`tree insight`, `tree record --insight`) is kept, the runner's after it.
     pub fn finish(&mut self, id: i64, f: &Finish<'_>) -> Result<i64> {
@@ -478,22 +509,29 @@ impl Db {
 
     /// Forgets a node's runs that an interruption cut short, and its jobs, so that its worker
     /// starts those runs again (finished runs are kept and reused).
+    /// Forgets a node's interrupted runs and its jobs, the runs of the best its test asked for
+    /// among them, so that it runs them again.
     pub fn forget_interrupted_runs(&self, node: i64) -> Result<()> {
-        self.conn.execute("DELETE FROM runs WHERE node = ?1 AND outcome = 'interrupted'", [node])?;
+        self.conn.execute(
+            &format!("DELETE FROM runs WHERE (node = ?1 OR {ASKED_BY}) AND outcome = 'interrupted'"),
+            params![node, asked_by(node)],
+        )?;
         self.clear_jobs(node)
     }
 
+    /// Forgets a node's jobs, with those of the runs of the best its test asked for.
     pub fn clear_jobs(&self, node: i64) -> Result<()> {
-        self.conn.execute("DELETE FROM jobs WHERE node = ?1", [node])?;
+        self.conn.execute(&format!("DELETE FROM jobs WHERE node = ?1 OR {ASKED_BY}"), params![node, asked_by(node)])?;
         Ok(())
     }
 
-    /// Runs in flight, of one node or (None) of all.
+    /// Runs in flight, of one node (with the runs of the best its test asked for, which are
+    /// recorded under the best) or (None) of all.
     pub fn jobs(&self, node: Option<i64>) -> Result<Vec<Job>> {
-        let mut st = self.conn.prepare(
-            "SELECT node, attempt, seed, batch_scale, handle, started_at FROM jobs WHERE ?1 IS NULL OR node = ?1 ORDER BY node, attempt",
-        )?;
-        let rows = st.query_map([node], |r| {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT node, attempt, seed, batch_scale, handle, started_at FROM jobs WHERE ?1 IS NULL OR node = ?1 OR {ASKED_BY} ORDER BY node, attempt"
+        ))?;
+        let rows = st.query_map(params![node, node.map(asked_by)], |r| {
             Ok(Job {
                 node: r.get(0)?,
                 attempt: r.get(1)?,
@@ -612,6 +650,33 @@ mod tests {
         assert!(db.delete_node(a).is_err());
         db.delete_node(b).unwrap();
         assert_eq!(db.nodes().unwrap().len(), 1);
+    }
+
+    /// A run of the best that a candidate's test asked for is recorded under the best, and is
+    /// the candidate's in flight: `--resume` follows, kills or forgets it with the candidate.
+    #[test]
+    fn the_runs_of_the_best_a_candidate_asked_for_are_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let a = db.insert_node(None, "", "baseline", None, "search", "cpu").unwrap();
+        let b = db.insert_node(Some(a), "h", "d", None, "search", "cpu").unwrap();
+        let job = |node, attempt: &str| Job { node, attempt: attempt.into(), seed: 1, batch_scale: 1.0, handle: "local:1".into(), started_at: 0.0 };
+        db.set_job(&job(a, "0")).unwrap();
+        db.set_job(&job(a, &crate::layout::attempt::again(&node_name(b), 1))).unwrap();
+        db.set_job(&job(a, &crate::layout::attempt::again(&node_name(b + 10), 1))).unwrap();
+        let attempts = |n| db.jobs(Some(n)).unwrap().into_iter().map(|j| (j.node, j.attempt)).collect::<Vec<_>>();
+        assert_eq!(attempts(b), [(a, format!("again-{}-1", node_name(b)))], "n{b}1 and n{b}0 are not n{b}'s");
+        assert_eq!(attempts(a).len(), 3, "all three are recorded under the best");
+        db.clear_jobs(b).unwrap();
+        assert!(attempts(b).is_empty());
+        assert_eq!(attempts(a).len(), 2, "the best's own jobs and another candidate's stay");
+        for (node, attempt, outcome) in [(a, format!("again-{}-2", node_name(b)), "interrupted"), (a, "1".to_string(), "interrupted"), (a, format!("again-{}-1", node_name(b)), "ok")] {
+            let run = Run { node, attempt, seed: 1, batch_scale: Some(1.0), exit_code: None, outcome: outcome.into(), metric: Some(2.0), seconds: 1.0, log: String::new() };
+            db.insert_run(&run).unwrap();
+        }
+        db.forget_interrupted_runs(b).unwrap();
+        let left: Vec<String> = db.runs(a).unwrap().into_iter().map(|r| r.attempt).collect();
+        assert_eq!(left, ["1".to_string(), format!("again-{}-1", node_name(b))], "only b's interrupted run of the best is forgotten");
     }
 
     #[test]

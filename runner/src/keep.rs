@@ -5,8 +5,10 @@
 //!   `significance` (5 % by default), with sigma pooled from every repeated measurement of the
 //!   run (the baseline's seeds, the candidates' extra runs): `t = gain / (sigma * sqrt(1/n_best
 //!   + 1/n_candidate))` against Student's t with the pooled degrees of freedom. The candidate
-//!   runs once; it is run again (up to `max_candidate_runs`) while the answer is open, and kept
-//!   only from its second run on, when the test on all its runs has a p-value below
+//!   runs once; while the answer is open, one side runs again (the one with fewer runs, which
+//!   narrows the test most: the best when it has fewer runs than the candidate, else the
+//!   candidate), up to `max_candidate_runs` runs for the decision in all. It is kept only from
+//!   its second run on, when the test has a p-value below
 //!   `significance / (max_candidate_runs - 1)`: the looks share the level, so a change that does
 //!   nothing is kept with probability at most `significance` (Bonferroni over exact t-tests). A
 //!   first run that is unlikely to come from a gain (p > 0.3) is discarded at once, which spares
@@ -99,7 +101,14 @@ pub fn test(dir: Direction, best: &[f64], candidate: &[f64], noise: Noise, alpha
     Test { gain, se, t, p, needed, df: noise.df }
 }
 
-/// The `significant` rule's verdict on a test of `runs` candidate runs.
+/// Which side runs again when the answer is open: the one with fewer runs, since a run there
+/// shrinks the standard error `sqrt(1/n_best + 1/n_candidate)` most; the candidate on a tie.
+pub fn rerun_best(best_runs: usize, candidate_runs: usize) -> bool {
+    best_runs < candidate_runs
+}
+
+/// The `significant` rule's verdict on a test after `runs` runs of the decision: the
+/// candidate's, and the best's that the decision asked for.
 pub fn significant(test: &Test, runs: usize, max_runs: u32, floor: f64) -> Verdict {
     if test.gain <= floor {
         return Verdict::Discard;
@@ -253,7 +262,7 @@ pub struct Rule {
     /// `significant`: the chance, over all the looks at a candidate, of keeping a change that
     /// does nothing.
     pub significance: f64,
-    /// `significant`: the most runs of one candidate.
+    /// `significant`: the most runs of one decision (of the candidate and of the best).
     pub max_runs: u32,
 }
 
@@ -396,6 +405,18 @@ mod tests {
         let t = test(dir, &best, &[1.99, 1.99], Noise::default(), 0.05, 3);
         assert_eq!(significant(&t, 2, 3, 0.001), Verdict::Keep, "deterministic runs: the floor decides");
         assert!(t.describe().contains("needs p < 0.025"), "{}", t.describe());
+    }
+
+    #[test]
+    fn the_side_with_fewer_runs_runs_again() {
+        assert!(rerun_best(2, 3), "a best of 2 runs against a candidate of 3: the best");
+        assert!(!rerun_best(2, 2), "a tie: the candidate");
+        assert!(!rerun_best(4, 1));
+        // The best's extra run counts toward the decision's cap like the candidate's.
+        let noise = Noise { sigma: 0.01, df: 30.0, runs: 32, groups: 16 };
+        let t = test(Direction::Lower, &[2.0, 2.0], &[1.993, 1.995, 1.994], noise, 0.05, 4);
+        assert_eq!(significant(&t, 3, 4, 0.0), Verdict::Confirm, "{t:?}");
+        assert_eq!(significant(&t, 4, 4, 0.0), Verdict::Discard, "{t:?}");
     }
 
     #[test]

@@ -84,6 +84,19 @@ pub mod attempt {
     pub const HELD_OUT: &str = "heldout";
     /// A person's run of the node outside the loop, which `tree record` brings in.
     pub const BY_HAND: &str = "manual";
+    /// A run of the best that a candidate's test asked for, recorded under the best:
+    /// `again-<candidate>-<k>` (see [`again`]).
+    pub const AGAIN: &str = "again-";
+
+    /// The name of the `k`-th run of the best (from 1) that `candidate`'s test asked for.
+    pub fn again(candidate: &str, k: usize) -> String {
+        format!("{}{k}", asked_by(candidate))
+    }
+
+    /// What the names of the runs of the best that `candidate`'s test asked for start with.
+    pub fn asked_by(candidate: &str) -> String {
+        format!("{AGAIN}{candidate}-")
+    }
 }
 
 /// Where run `attempt` of node `node` (`n7`) keeps its files.

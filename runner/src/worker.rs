@@ -1,5 +1,6 @@
 //! The runs of one node, on a worker thread: the baseline's seeds, or an experiment's run and its
-//! confirmation, each with one out-of-memory retry at half the device batch. A worker decides
+//! confirmation (under `significant`, runs of the candidate or of the best, whichever has
+//! fewer), each with one out-of-memory retry at half the device batch. A worker decides
 //! against the best metric known when it started; the loop re-checks the decision against the
 //! best at the moment the result arrives (results can arrive out of order).
 //!
@@ -14,8 +15,9 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::config::{KeepRule, ResearchConfig};
-use crate::db::{Db, Job, Node, Run, Status, now};
+use crate::db::{Db, Job, Node, Run, Status, node_name, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
+use crate::git::Git;
 use crate::keep::{self, Verdict};
 use crate::layout;
 use crate::progress::Progress;
@@ -109,6 +111,10 @@ pub fn failure(out: &Outcome) -> (Status, String) {
         Outcome::Ok { .. } => (Status::Keep, String::new()),
     }
 }
+
+/// The first seed of the runs of the best that candidates' tests ask for (candidate `n` takes
+/// `n * 100 + k` above it): apart from the baseline's seeds, the candidates' and the held-out runs'.
+const AGAIN_SEEDS: u64 = 1_000_000;
 
 pub fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -278,17 +284,37 @@ impl Shared {
             other => return Ok(Decision::failed(&other, runs)),
         };
         let mut metrics = vec![m1];
+        // The best's runs this decision asked for, in order: the test counts them as they come,
+        // so that a decision taken up again by `--resume` makes the same looks.
+        let mut best_again: Vec<f64> = Vec::new();
         let mut note = String::new();
         let (status, test) = loop {
             let db = Db::open(&self.db_path)?;
-            let mut best_runs = db.metrics_of(best_node)?;
+            let mine = layout::attempt::asked_by(&node.name());
+            let mut best_runs: Vec<f64> =
+                db.runs(best_node)?.into_iter().filter(|r| r.outcome == "ok" && !r.attempt.starts_with(&mine)).filter_map(|r| r.metric).collect();
             if best_runs.is_empty() {
                 best_runs.push(best);
             }
+            best_runs.extend(&best_again);
             let test = keep::test(cfg.direction, &best_runs, &metrics, db.noise()?, cfg.significance, cfg.max_candidate_runs);
-            match keep::significant(&test, metrics.len(), cfg.max_candidate_runs, cfg.noise_floor) {
+            match keep::significant(&test, metrics.len() + best_again.len(), cfg.max_candidate_runs, cfg.noise_floor) {
                 Verdict::Keep => break (Status::Keep, test),
                 Verdict::Discard => break (Status::Discard, test),
+                Verdict::Confirm if keep::rerun_best(best_runs.len(), metrics.len()) => {
+                    let k = best_again.len() + 1;
+                    match self.run_best_again(node, best_node, k)? {
+                        Outcome::Ok { metric, .. } => {
+                            best_again.push(metric);
+                            note.push_str(&format!("; {} ran again for it ({metric:.6})", node_name(best_node)));
+                        }
+                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                        other => {
+                            note.push_str(&format!("; the best's run {} failed ({}): not kept", layout::attempt::again(&node.name(), k), other.label()));
+                            break (Status::Discard, test);
+                        }
+                    }
+                }
                 Verdict::Confirm => {
                     let k = metrics.len() as u64;
                     let (out, run) = self.attempt(node, wt, &k.to_string(), cfg.seed + k)?;
@@ -307,6 +333,9 @@ impl Shared {
                 }
             }
         };
+        if !best_again.is_empty() {
+            Db::open(&self.db_path)?.set_mean_of_runs(best_node)?;
+        }
         let (mean, _) = keep::mean_std(&metrics);
         let mut summary = summary;
         if let Value::Object(m) = &mut summary {
@@ -326,13 +355,36 @@ impl Shared {
         })
     }
 
+    /// Run `k` (from 1) of the best that `candidate`'s test asked for: the best's commit in a
+    /// worktree of its own (a worker's, detached, removed after the run), recorded under the
+    /// best, with a seed no other run of the best has.
+    fn run_best_again(&self, candidate: &Node, best_node: i64, k: usize) -> Result<Outcome> {
+        let best = Db::open(&self.db_path)?.require_node(best_node)?;
+        let commit = best.commit.as_deref().ok_or_else(|| anyhow::anyhow!("{} has no commit to run again", best.name()))?;
+        let oid = Git::oid(commit)?;
+        let git = Git::discover(&self.root)?;
+        let (tag, name) = (&self.cfg.tag, format!("{}-{}", best.name(), layout::attempt::again(&candidate.name(), k)));
+        // A run still in flight from before a restart runs in the worktree it was started in.
+        let wt = match git.worktree_head(tag, &name)? {
+            Some(head) if head == oid => git.worktree_path(tag, &name),
+            _ => git.add_worktree(tag, &name, oid)?,
+        };
+        let seed = self.cfg.seed + AGAIN_SEEDS + candidate.id as u64 * 100 + k as u64;
+        let ran = self.attempt(&best, &wt, &layout::attempt::again(&candidate.name(), k), seed);
+        git.remove_worktree(tag, &name)?;
+        Ok(ran?.0)
+    }
+
     fn spec(&self, node: &Node, wt: &Path, attempt: &str, seed: u64, scale: f64) -> RunSpec {
         RunSpec {
             commit: node.commit.clone().unwrap_or_default(),
             seed,
             batch_scale: scale,
-            // The baseline's seeds and a kept node's extra run score the held-out split.
-            held_out: self.cfg.held_out && (node.parent.is_none() || attempt.starts_with(layout::attempt::HELD_OUT)),
+            // The baseline's seeds and a kept node's extra run score the held-out split; a run
+            // of the best that a test asked for does not.
+            held_out: self.cfg.held_out
+                && !attempt.starts_with(layout::attempt::AGAIN)
+                && (node.parent.is_none() || attempt.starts_with(layout::attempt::HELD_OUT)),
             ..RunSpec::for_run(self.cfg.clone(), &self.root, wt, &self.profile, &node.name(), attempt)
         }
     }

@@ -107,3 +107,54 @@ fn a_three_sigma_gain_is_kept_in_four_trials_of_five() {
     eprintln!("a 3-sigma gain kept in {kept} of {trials} trials");
     assert!(kept * 5 >= trials * 4, "kept in {kept} of {trials}");
 }
+
+/// Either side runs again. With a two-run baseline and no held-out run, a candidate that gains
+/// 1 sigma and is still open after its second run has more runs than the best, so the best runs
+/// again: its own commit (its worktree, not the candidate's), a seed of its own, recorded under
+/// the best, counted toward the decision's cap; the best's value becomes the mean of its runs.
+#[test]
+fn the_best_runs_again_when_it_has_fewer_runs_than_the_candidate() {
+    // The script also says, in the run's log, how many gains the code it ran has.
+    let noisy = NOISY.replace("0.03 * g", "0.01 * g").replace("printf '{\"val_bpb\"", "echo \"gains $gains\"\nprintf '{\"val_bpb\"");
+    let mut seen = 0;
+    for s in 0..12 {
+        let fx = Fixture::new(
+            "[gpu]\nmatrix_lr = 0.04\n",
+            &format!(
+                "keep_rule = \"significant\"\nbaseline_runs = 2\nheld_out = false\nmax_candidate_runs = 6\nmax_experiments = 1\nproposer = \"command\"\nexperiment_command = \"LOOP_SEED={s}7 sh $TOOLS/noisy.sh {{summary_json}}\"\n[command]\ncommand = \"echo '# gain' >> trainer/hparams.toml\"\n"
+            ),
+        );
+        std::fs::write(fx.tools.join("noisy.sh"), &noisy).unwrap();
+        let o = fx.run(&["run", "--yes"]);
+        assert!(o.status.success(), "{}", stdout(&o));
+        let show = |n: &str| serde_json::from_slice::<serde_json::Value>(&fx.run(&["tree", "show", n, "--json"]).stdout).unwrap();
+        let (best, cand) = (show("n1"), show("n2"));
+        let again: Vec<&serde_json::Value> = best["runs"].as_array().unwrap().iter().filter(|r| r["attempt"].as_str().unwrap().starts_with("again-n2-")).collect();
+        let cand_runs = cand["runs"].as_array().unwrap().len();
+        assert!(cand_runs + again.len() <= 6, "the decision took {} runs: {best:#} {cand:#}", cand_runs + again.len());
+        assert!(!fx.repo.join(".worktrees").exists(), "a worktree was left behind");
+        if again.is_empty() {
+            continue;
+        }
+        seen += 1;
+        assert!(cand_runs >= 3, "the best ran again only once the candidate had more runs: {cand:#}");
+        let seeds: Vec<u64> = best["runs"].as_array().unwrap().iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+        let mut unique = seeds.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seeds.len(), "every run of the best has its own seed: {seeds:?}");
+        for r in &again {
+            assert_eq!(r["outcome"], "ok", "{r:#}");
+            let log = std::fs::read_to_string(r["log"].as_str().unwrap()).unwrap();
+            assert!(log.contains("gains 0"), "the run of the best ran the best's code:\n{log}");
+        }
+        let ok: Vec<f64> = best["runs"].as_array().unwrap().iter().filter(|r| r["outcome"] == "ok").map(|r| r["metric"].as_f64().unwrap()).collect();
+        assert_eq!(ok.len(), 2 + again.len());
+        let mean = ok.iter().sum::<f64>() / ok.len() as f64;
+        assert!((best["node"]["metric"].as_f64().unwrap() - mean).abs() < 1e-9, "the best's value is the mean of its runs: {best:#}");
+        assert_eq!(best["node"]["metrics"]["runs"].as_array().unwrap().len(), ok.len(), "{best:#}");
+        assert!(cand["node"]["insight"].as_str().unwrap().contains("n1 ran again for it"), "{cand:#}");
+    }
+    eprintln!("the best ran again in {seen} of 12 trials");
+    assert!(seen >= 1, "no trial asked for a run of the best: the test shows nothing");
+}

@@ -5,7 +5,8 @@
 //! thread through the executor (see worker.rs) -> keep rule, re-checked against the best when the
 //! result arrives -> db transaction -> branch (keep only) -> results.tsv and JSONL rows ->
 //! worktree removed. Up to `slots` experiments are in flight at once; only this thread touches
-//! git, the branch and the result files, so rows are whole and never interleaved. `--resume`
+//! git, the branch and the result files, so rows are whole and never interleaved (a worker adds
+//! and removes only the detached worktree its test runs the best in). `--resume`
 //! repairs whatever a kill left between those steps, from the database, and follows Slurm jobs
 //! that are still running.
 //!
