@@ -326,7 +326,7 @@ impl Shared {
                         }
                         Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
                         other => {
-                            note = format!("; run {} failed ({}): not kept", k + 1, other.label());
+                            note.push_str(&format!("; run {} failed ({}): not kept", k + 1, other.label()));
                             break (Status::Discard, test);
                         }
                     }
