@@ -5,6 +5,8 @@
 #   git worktree add ../old c69eebd && (cd ../old && CARGO_TARGET_DIR=../target-old cargo build --release --workspace)
 #   OLD=../target-old/release/harness OLD_PROFILE=../old/configs/platforms/cpu.toml \
 #     CACHE=<prepared classics> OUT=/tmp/sealed runner/benches/sealed_vs_inprocess.sh
+# The tokenizer file's format changed since c69eebd, so each side reads a cache prepared by its
+# own `prepare` from the same shards (OLD_CACHE, by default CACHE): the same tokens either way.
 set -e
 : "${OLD:?the c69eebd harness}" "${OLD_PROFILE:?its cpu.toml}" "${CACHE:?a prepared cache}"
 new=${NEW:-target/release/harness}
@@ -14,7 +16,7 @@ out=${OUT:-/tmp/sealed-vs-inprocess}
 mkdir -p "$out"
 i=1
 while [ "$i" -le "$pairs" ]; do
-  "$OLD" --profile "$OLD_PROFILE" --budget "$budget" --cache-dir "$CACHE" --summary-json "$out/old-$i.json" > "$out/old-$i.log" 2>&1
+  "$OLD" --profile "$OLD_PROFILE" --budget "$budget" --cache-dir "${OLD_CACHE:-$CACHE}" --summary-json "$out/old-$i.json" > "$out/old-$i.log" 2>&1
   "$new" --profile configs/platforms/cpu.toml --budget "$budget" --cache-dir "$CACHE" --summary-json "$out/new-$i.json" > "$out/new-$i.log" 2>&1
   i=$((i + 1))
 done
