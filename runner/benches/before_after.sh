@@ -1,8 +1,11 @@
 #!/bin/sh
 # Two builds of bench_step side by side (the trainer before and after a change), with PyTorch
 # in the same rounds: for each round and size, each optimizer through OLD then NEW, then
-# PyTorch eager and compiled (AdamW). Rounds alternate, so a load change hits both sides; the table keeps
-# each side's median and says how far apart the rounds were. Build the old commit in its own
+# PyTorch eager and compiled (AdamW). Rounds alternate, so a load change hits both sides, and
+# the side that goes first alternates from round to round; the table keeps each side's median,
+# says how far apart the rounds were, and gives new / old within each round (the paired
+# ratio, which a slow round does not move). SIZES="small" limits the sizes, TORCH=none leaves
+# PyTorch out. Build the old commit in its own
 # worktree and target directory first, e.g.
 #   git worktree add ../pre 19b9bbd && (cd ../pre && CARGO_TARGET_DIR=../target-pre cargo build --release --workspace)
 #   OLD=../target-pre/release/bench_step OUT=/tmp/before-after runner/benches/before_after.sh
@@ -10,6 +13,7 @@ set -e
 : "${OLD:?the old bench_step}"
 new=${NEW:-target/release/bench_step}
 torch=${TORCH:-../shared/bench/torch_reference.py}
+sizes=${SIZES:-small large}
 rounds=${ROUNDS:-3}
 out=${OUT:-/tmp/before-after}
 mkdir -p "$out"
@@ -26,16 +30,23 @@ burn() { # round size flags side binary optim
 }
 r=1
 while [ "$r" -le "$rounds" ]; do
-  for size in small large; do
+  for size in $sizes; do
     eval flags=\$$size
     for optim in muon adamw; do
-      burn "$r" "$size" "$flags" old "$OLD" "$optim"
-      burn "$r" "$size" "$flags" new "$new" "$optim"
+      if [ $((r % 2)) -eq 1 ]; then
+        burn "$r" "$size" "$flags" old "$OLD" "$optim"
+        burn "$r" "$size" "$flags" new "$new" "$optim"
+      else
+        burn "$r" "$size" "$flags" new "$new" "$optim"
+        burn "$r" "$size" "$flags" old "$OLD" "$optim"
+      fi
     done
-    line=$(python3 "$torch" $flags 2>/dev/null | grep tokens_per_s | tail -n 1)
-    row "$r" "$size" torch adamw "$line"
-    line=$(python3 "$torch" $flags --compile 2>/dev/null | grep tokens_per_s | tail -n 1)
-    row "$r" "$size" torch-compile adamw "$line"
+    if [ "$torch" != none ]; then
+      line=$(python3 "$torch" $flags 2>/dev/null | grep tokens_per_s | tail -n 1)
+      row "$r" "$size" torch adamw "$line"
+      line=$(python3 "$torch" $flags --compile 2>/dev/null | grep tokens_per_s | tail -n 1)
+      row "$r" "$size" torch-compile adamw "$line"
+    fi
   done
   date -u +"round $r done %FT%TZ" >&2
   r=$((r + 1))
@@ -46,14 +57,18 @@ rows = [json.loads(l) for l in open(os.path.join(os.environ["OUT"], "rows.jsonl"
 def tps(size, side, optim):
     return [r["row"]["tokens_per_s"] for r in rows if (r["size"], r["side"], r["optim"]) == (size, side, optim)]
 rng = lambda v: f"{min(v):.0f}-{max(v):.0f}"
-print("| size | optimizer | old tokens/s | new tokens/s | new vs old | old / new vs PyTorch eager | old / new vs torch.compile |")
-print("|---|---|---|---|---|---|---|")
-for size in ["small", "large"]:
+def paired(size, optim):
+    by = {(r["round"], r["side"]): r["row"]["tokens_per_s"] for r in rows if (r["size"], r["optim"]) == (size, optim)}
+    return [by[(k, "new")] / by[(k, "old")] for (k, side) in by if side == "old" and (k, "new") in by]
+print("| size | optimizer | old tokens/s | new tokens/s | new vs old | new / old within a round | old / new vs PyTorch eager | old / new vs torch.compile |")
+print("|---|---|---|---|---|---|---|---|")
+for size in [s for s in ["small", "large"] if tps(s, "old", "muon")]:
     e, c = tps(size, "torch", "adamw"), tps(size, "torch-compile", "adamw")
-    em, cm = statistics.median(e), statistics.median(c)
+    vs = lambda o, n, t: f"{o / statistics.median(t):.2f}x / {n / statistics.median(t):.2f}x" if t else "-"
     for optim in ["muon", "adamw"]:
-        o, n = tps(size, "old", optim), tps(size, "new", optim)
+        o, n, p = tps(size, "old", optim), tps(size, "new", optim), paired(size, optim)
         om, nm = statistics.median(o), statistics.median(n)
-        print(f"| {size} | {optim} | {om:.0f} ({rng(o)}) | {nm:.0f} ({rng(n)}) | {nm / om:.3f}x | {om / em:.2f}x / {nm / em:.2f}x | {om / cm:.2f}x / {nm / cm:.2f}x |")
-    print(f"| {size} | PyTorch AdamW | eager {em:.0f} ({rng(e)}) | compiled {cm:.0f} ({rng(c)}) | | | |")
+        print(f"| {size} | {optim} | {om:.0f} ({rng(o)}) | {nm:.0f} ({rng(n)}) | {nm / om:.3f}x | {statistics.median(p):.3f}x ({min(p):.3f}-{max(p):.3f}) | {vs(om, nm, e)} | {vs(om, nm, c)} |")
+    if e and c:
+        print(f"| {size} | PyTorch AdamW | eager {statistics.median(e):.0f} ({rng(e)}) | compiled {statistics.median(c):.0f} ({rng(c)}) | | | | |")
 PY

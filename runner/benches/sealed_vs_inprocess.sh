@@ -5,8 +5,9 @@
 #   git worktree add ../old c69eebd && (cd ../old && CARGO_TARGET_DIR=../target-old cargo build --release --workspace)
 #   OLD=../target-old/release/harness OLD_PROFILE=../old/configs/platforms/cpu.toml \
 #     CACHE=<prepared classics> OUT=/tmp/sealed runner/benches/sealed_vs_inprocess.sh
-# The tokenizer file's format changed since c69eebd, so each side reads a cache prepared by its
-# own `prepare` from the same shards (OLD_CACHE, by default CACHE): the same tokens either way.
+# The cache's formats changed since c69eebd, so each side can read a cache prepared by its own
+# `prepare` from the same shards (OLD_CACHE, by default CACHE). Compare scores only between runs
+# that read one cache: with two caches they differed (2.4308 and 2.4600, benches/README.md).
 set -e
 : "${OLD:?the c69eebd harness}" "${OLD_PROFILE:?its cpu.toml}" "${CACHE:?a prepared cache}"
 new=${NEW:-target/release/harness}
