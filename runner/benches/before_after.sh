@@ -1,6 +1,6 @@
 #!/bin/sh
 # Two builds of bench_step side by side (the trainer before and after a change), with PyTorch
-# in the same rounds: for each round and size, each optimizer through OLD then NEW, then
+# in the same rounds: for each round and size, each optimizer through OLD and NEW, then
 # PyTorch eager and compiled (AdamW). Rounds alternate, so a load change hits both sides, and
 # the side that goes first alternates from round to round; the table keeps each side's median,
 # says how far apart the rounds were, and gives new / old within each round (the paired
