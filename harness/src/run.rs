@@ -1,5 +1,6 @@
-//! One experiment, start to finish: profile, data, the trainer started in its sandbox, the
-//! training phase on the harness's clock, evaluation with its probes, the summary.
+//! One experiment, start to finish: profile, data, the training process started in its
+//! sandbox, the training phase on the harness's clock, evaluation by a fresh process per group
+//! of rows, the summary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,13 +14,13 @@ use prepare::flops::{choose_peak, mfu_percent, this_cpu_peak};
 use prepare::loader::PackedLoader;
 use prepare::memory::{self, PeakMemory};
 use prepare::profile::PlatformProfile;
-use sealed::wire::{EvalMode, FailureKind, Hello, PROTOCOL_VERSION, ToTrainer};
+use sealed::wire::{FailureKind, Hello, PROTOCOL_VERSION, Task, ToTrainer};
 use serde_json::{Map, Value, json};
 
 use crate::cli::Cli;
-use crate::evaluate::{EvalError, Evaluator, Rows, Tolerance};
+use crate::evaluate::{EvalError, EvalLimits, Evaluator, Launched, Launcher, Rows, Tolerance};
 use crate::exit;
-use crate::sandbox_policy::{Protected, trainer_policy};
+use crate::sandbox_policy::{Protected, TrainerSandbox, trainer_policy};
 use crate::summary::{Summary, format_summary, write_json_atomic};
 use crate::train_phase::{TrainFailure, TrainPhase, steps_csv};
 use crate::trainer_process::{Launch, Scratch, TrainerProcess, become_subreaper, kill_group};
@@ -36,9 +37,6 @@ impl Failure {
         Self { code, message: message.into() }
     }
 }
-
-/// Full logits cross through shared memory when one batch of them fits this.
-const FULL_LOGITS_LIMIT: usize = 1 << 30;
 
 /// The trainer's process group, for the signal handler.
 static TRAINER_GROUP: AtomicI32 = AtomicI32::new(0);
@@ -214,14 +212,18 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     }
     let mut train_loader = PackedLoader::train(&data, 1, profile.seq_len, cli.seed).map_err(|e| Failure::new(exit::DATA_ERROR, format!("{e:#}")))?;
 
-    // The sandbox (2 when one is required and there is none).
+    // The sandbox (2 when one is required and there is none), and what starts every trainer
+    // process of the run: the training process, then one per evaluation group.
     let scratch_parent = std::env::temp_dir();
-    let scratch = Scratch::create(&scratch_parent).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
-    let planned = trainer_policy(&trainer_bin, scratch.path(), &choice, &protected(cli, &cache_dir, &trainer_bin), &cli.allow_read).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let train_scratch = Scratch::create(&scratch_parent).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
+    let model_dir = train_scratch.path().join("model");
+    std::fs::create_dir(&model_dir).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("creating {}: {e}", model_dir.display())))?;
+    let protected = protected(cli, &cache_dir, &trainer_bin);
+    let planned = trainer_policy(&trainer_bin, train_scratch.path(), &choice, &protected, &cli.allow_read).map_err(|e| Failure::new(exit::USAGE, e))?;
     for note in &planned.notes {
         eprintln!("harness: sandbox: {note}");
     }
-    let sandbox = match planned.policy.prepare() {
+    let sandboxed = match planned.policy.prepare() {
         Ok(s) => {
             let text = s.describe();
             println!("harness: sandbox: {text}");
@@ -229,7 +231,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
             if !cli.allow_read.is_empty() {
                 record.insert("sandbox_allow_read".into(), json!(cli.allow_read.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()));
             }
-            Some(Arc::new(s))
+            true
         }
         Err(e) if cli.require_sandbox() => {
             return Err(Failure::new(exit::USAGE, format!("{e}; the trainer would run with the harness's own rights. Pass --no-require-sandbox to run it anyway (its score is then marked `sandbox: none`)")));
@@ -239,24 +241,17 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
             println!("harness: sandbox: {text}");
             eprintln!("harness: WARNING: sandbox: none: the trainer runs unconfined, and can read the validation data and write the summary; its score is not to be trusted");
             record.insert("sandbox".into(), json!(format!("none: {e}")));
-            None
+            false
         }
     };
-
-    // Evaluation transport.
+    if let Some(note) = &profile.eval_transport {
+        println!("harness: the profile's eval_transport = {note:?} is no longer used: evaluation sends one position at a time and every logit crosses in shared memory");
+    }
     let (b, t, v) = (profile.eval_batch_size, profile.seq_len, data.vocab_size());
-    let full_bytes = b.saturating_mul(t).saturating_mul(v).saturating_mul(4);
-    let mode = match profile.eval_transport.as_str() {
-        "full" => EvalMode::Full,
-        "summary" => EvalMode::Summary,
-        _ if full_bytes <= FULL_LOGITS_LIMIT && cfg!(target_os = "linux") => EvalMode::Full,
-        _ => EvalMode::Summary,
-    };
-    let shm_bytes = if mode == EvalMode::Full { full_bytes } else { 0 };
 
     println!("harness: device {} ({source_text}), profile {}, budget {}, seed {}, trainer {}", choice.name, profile.name, cli.budget, cli.seed, trainer_bin.display());
 
-    // The trainer, and the clock from its start.
+    // The training process, and the clock from its start.
     become_subreaper();
     install_signal_handlers();
     let kernels = KernelSettings::of(&profile, &choice);
@@ -266,31 +261,42 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     record.insert("fusion".into(), json!(kernels.fusion));
     record.insert("autotune".into(), json!(kernels.autotune));
     record.insert("dtype".into(), json!(profile.dtype));
-    let launch = Launch { binary: &trainer_bin, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path.clone(), extra_env: kernels.env };
-    let mut trainer = TrainerProcess::start(launch).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
-    TRAINER_GROUP.store(trainer.pid(), Ordering::SeqCst);
+    let spawner = Spawner {
+        binary: &trainer_bin,
+        choice: &choice,
+        protected: &protected,
+        allow_read: &cli.allow_read,
+        sandboxed,
+        extra_env: kernels.env,
+        scratch_parent: &scratch_parent,
+        hello: Hello {
+            protocol: PROTOCOL_VERSION,
+            task: Task::Train,
+            device: choice.name.clone(),
+            seed: cli.seed,
+            class: profile.class.clone(),
+            dtype: profile.dtype.clone(),
+            seq_len: t,
+            vocab_size: v,
+            bos_id: data.bos_id(),
+            device_batch_scale: profile.device_batch_scale,
+            warmup_steps: profile.warmup_steps,
+            budget: cli.budget.to_string(),
+            hparams_override,
+            model_dir: model_dir.display().to_string(),
+            shm_bytes: 0,
+        },
+    };
+    let mut trainer = spawner.start_training(&train_scratch, planned).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
     let allowance = allowance(cli.budget, profile.warmup_allowance_seconds);
     let mut clock = Clock::new(cli.budget, profile.warmup_steps, allowance, trainer.started());
-    let hello = Hello {
-        protocol: PROTOCOL_VERSION,
-        device: choice.name.clone(),
-        seed: cli.seed,
-        class: profile.class.clone(),
-        dtype: profile.dtype.clone(),
-        seq_len: t,
-        vocab_size: v,
-        bos_id: data.bos_id(),
-        device_batch_scale: profile.device_batch_scale,
-        warmup_steps: profile.warmup_steps,
-        budget: cli.budget.to_string(),
-        hparams_override,
-        eval_mode: mode,
-        shm_bytes: shm_bytes as u64,
-    };
-    trainer.send(&ToTrainer::Hello(Box::new(hello))).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("the trainer did not take its Hello: {e}")))?;
 
     // Training.
     let trained = TrainPhase { clock: &mut clock, loader: &mut train_loader, seq_len: t }.run(&mut trainer).map_err(|f| train_failure(f, &mut trainer))?;
+    // Nothing of the training process is left when evaluation starts: it has said it is done,
+    // and its whole process group goes now.
+    let train_exit = trainer.finish(Duration::from_secs(2));
+    record.insert("trainer_exit".into(), json!(train_exit.describe()));
     let training_seconds = clock.training_seconds();
     record.insert("training_seconds".into(), json!(training_seconds));
     record.insert("warmup_seconds".into(), json!(clock.warmup_seconds()));
@@ -305,41 +311,43 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     if let Some(path) = &cli.steps_csv {
         write_text_atomic(path, &steps_csv(&trained.steps)).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
     }
-    println!("harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb ({mode:?} transport, with probe rows)", clock.steps(), clock.tokens(), training_seconds);
+    let model_bytes = saved_model_bytes(train_scratch.path(), &model_dir).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
+    record.insert("saved_model_bytes".into(), json!(model_bytes));
+    if model_bytes == 0 {
+        return Err(Failure::new(
+            exit::OTHER_FAILURE,
+            format!("the trainer saved no model: its model folder {} is empty (the model's LogitsModel::save writes what the trainer's load reads; every evaluation group starts from it)", model_dir.display()),
+        ));
+    }
+    println!(
+        "harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb: {} rows in groups of {b}, one position at a time, each group in a fresh process",
+        clock.steps(),
+        clock.tokens(),
+        training_seconds,
+        profile.eval_steps() * b
+    );
 
-    // Evaluation: the trainer has now seen validation inputs, so nothing it prints is logged.
-    trainer.withhold_output();
+    // Evaluation.
     let counted_rate = if training_seconds > 0.0 { clock.counted_tokens() as f64 / training_seconds } else { 0.0 };
-    let eval_limit = eval_time_limit(profile.eval_tokens, counted_rate, allowance);
-    let first_limit = first_answer_limit(b * t, counted_rate, Duration::from_secs_f64(clock.warmup_seconds()));
-    record.insert("eval_limit_seconds".into(), json!(eval_limit.as_secs_f64()));
-    record.insert("eval_first_answer_limit_seconds".into(), json!(first_limit.as_secs_f64()));
-    let eval_start = Instant::now();
+    let limits = eval_limits(b * t, t, counted_rate, profile.eval_position_seconds, Duration::from_secs_f64(clock.warmup_seconds()));
+    record.insert("eval_limit_seconds".into(), json!(limits.group.as_secs_f64()));
+    record.insert("eval_ready_limit_seconds".into(), json!(limits.ready.as_secs_f64()));
+    let launch = |rows: usize| spawner.start_evaluating(rows, &model_dir);
     let evaluator = Evaluator {
         data: &data,
-        batch_rows: b,
+        group_rows: b,
         seq_len: t,
-        steps: profile.eval_steps(),
+        groups: profile.eval_steps(),
         rows: Rows::Validation,
-        mode,
+        limits,
+        witness_rows: profile.eval_witness_rows,
         tolerance: Tolerance::for_dtype(&profile.dtype),
-        first_deadline: eval_start + first_limit,
-        deadline: eval_start + eval_limit,
     };
-    let evaluation = evaluator.run(&mut trainer);
+    let evaluation = evaluator.run(&launch).map_err(|e| eval_failure(e, record))?;
     // The held-out split, asked for: the same model, rows no validation row shares a document
     // with.
-    let held_out = match (&evaluation, cli.held_out) {
-        (Ok(e), true) => Some(score_held_out(&evaluator, e, &mut trainer, eval_limit)),
-        _ => None,
-    };
-    let _ = trainer.send(&ToTrainer::Quit);
-    let exit_info = trainer.finish(Duration::from_secs(5));
-    record.insert("trainer_exit".into(), json!(exit_info.describe()));
-    record.insert("trainer_output_withheld_bytes".into(), json!(trainer.withheld_bytes()));
-    let evaluation = evaluation.map_err(|e| eval_failure(e, record))?;
-    if let Some(h) = held_out {
-        let h = h.map_err(|e| eval_failure(e, record))?;
+    if cli.held_out {
+        let h = score_held_out(&evaluator, &evaluation, &launch).map_err(|e| eval_failure(e, record))?;
         match &h {
             HeldOut::Scored { bpb, rows, split_documents, split_tokens, .. } => {
                 println!("harness: held-out split: heldout_bpb {bpb:.6} over {rows} rows (of {split_documents} documents, {split_tokens} tokens past the validation rows)")
@@ -351,25 +359,49 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
             record.insert("heldout_bpb".into(), json!(bpb));
         }
     }
+    drop(train_scratch);
+    record.insert("trainer_output_withheld_bytes".into(), json!(evaluation.withheld_bytes));
     let sums = evaluation.sums;
     let val_bpb = sums.bpb();
     if !val_bpb.is_finite() {
         return Err(Failure::new(exit::OTHER_FAILURE, format!("val_bpb is not finite ({val_bpb})")));
     }
-    record.insert("probes".into(), json!(evaluation.probes));
-    record.insert("eval_mode".into(), json!(mode));
+    let ready_max = evaluation.groups.iter().map(|g| g.ready_seconds).fold(0.0, f64::max);
+    let group_max = evaluation.groups.iter().map(|g| g.seconds).fold(0.0, f64::max);
+    record.insert(
+        "eval".into(),
+        json!({
+            "order": "one position of every row of a group at a time, each group in a fresh process",
+            "rows": evaluation.rows,
+            "groups": evaluation.groups.len(),
+            "rows_per_group": b,
+            "seconds": evaluation.seconds,
+            "ready_seconds_max": ready_max,
+            "group_seconds_max": group_max,
+            "ready_limit_seconds": limits.ready.as_secs_f64(),
+            "group_limit_seconds": limits.group.as_secs_f64(),
+            "peak_rss_mb": evaluation.peak_rss_mb,
+            "witnesses": evaluation.witnesses,
+        }),
+    );
     record.insert("eval_seconds".into(), json!(evaluation.seconds));
-    record.insert("eval_batches".into(), json!(evaluation.batches));
-    record.insert("eval_spot_checks".into(), json!(evaluation.spot_checks));
     println!(
-        "harness: probes passed ({} rows, {} canary, max |diff| {:.2e})",
-        evaluation.probes.probes, evaluation.probes.canary_probes, evaluation.probes.max_abs_diff
+        "harness: evaluated {} rows in {} group(s), one position at a time: {:.1} s (model loaded in at most {ready_max:.2} s; a group took at most {group_max:.1} s of {:.1} s allowed); {} witness rows agreed apart from their group (max |diff| {:.2e})",
+        evaluation.rows,
+        evaluation.groups.len(),
+        evaluation.seconds,
+        limits.group.as_secs_f64(),
+        evaluation.witnesses.rows,
+        evaluation.witnesses.max_abs_diff
     );
 
     // Summary.
     let peak_mem = match trained.done.device_memory_mb {
         Some(mb) => PeakMemory { mb, source: "device_pool" },
-        None => memory::choose(None, || exit_info.max_rss_mb),
+        None => memory::choose(None, || match (train_exit.max_rss_mb, evaluation.peak_rss_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }),
     };
     let peak = choose_peak(profile.peak_flops, choice.class, this_cpu_peak);
     let counted = clock.counted_tokens() as f64;
@@ -408,26 +440,93 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
     Ok(())
 }
 
+/// What starts the run's trainer processes: the same binary, device, sandbox rules and run
+/// information for each, with a scratch folder of its own.
+struct Spawner<'a> {
+    binary: &'a Path,
+    choice: &'a prepare::device::DeviceChoice,
+    protected: &'a Protected,
+    allow_read: &'a [PathBuf],
+    /// Whether processes run in the sandbox (false only with `--no-require-sandbox` where
+    /// there is none).
+    sandboxed: bool,
+    extra_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    scratch_parent: &'a Path,
+    /// The training process's Hello; evaluating processes get it with their task.
+    hello: Hello,
+}
+
+impl Spawner<'_> {
+    /// The training process, in `scratch`, under `planned` (already checked).
+    fn start_training(&self, scratch: &Scratch, planned: TrainerSandbox) -> Result<TrainerProcess, String> {
+        let sandbox = if self.sandboxed { Some(Arc::new(planned.policy.prepare().map_err(|e| e.to_string())?)) } else { None };
+        let launch = Launch { binary: self.binary, scratch: scratch.path(), sandbox, shm_bytes: 0, library_path: planned.library_path, extra_env: self.extra_env.clone() };
+        let mut process = TrainerProcess::start(launch).map_err(|e| format!("{e:#}"))?;
+        TRAINER_GROUP.store(process.pid(), Ordering::SeqCst);
+        process.send(&ToTrainer::Hello(Box::new(self.hello.clone()))).map_err(|e| format!("the trainer did not take its Hello: {e}"))?;
+        Ok(process)
+    }
+
+    /// A fresh process for one evaluation group of `rows` rows: a scratch folder of its own,
+    /// the saved model in `model_dir` readable and nothing else of the run.
+    fn start_evaluating(&self, rows: usize, model_dir: &Path) -> Result<Launched, String> {
+        let scratch = Scratch::create(self.scratch_parent).map_err(|e| format!("{e:#}"))?;
+        let mut planned = trainer_policy(self.binary, scratch.path(), self.choice, self.protected, self.allow_read)?;
+        planned.policy.read.push(model_dir.to_path_buf());
+        let sandbox = if self.sandboxed { Some(Arc::new(planned.policy.prepare().map_err(|e| e.to_string())?)) } else { None };
+        let shm_bytes = rows * self.hello.vocab_size * 4;
+        let launch = Launch { binary: self.binary, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path, extra_env: self.extra_env.clone() };
+        let mut process = TrainerProcess::start(launch).map_err(|e| format!("{e:#}"))?;
+        TRAINER_GROUP.store(process.pid(), Ordering::SeqCst);
+        let hello = Hello { task: Task::Evaluate { rows }, shm_bytes: shm_bytes as u64, ..self.hello.clone() };
+        process.send(&ToTrainer::Hello(Box::new(hello))).map_err(|e| format!("an evaluating process did not take its Hello: {e}"))?;
+        Ok(Launched { process, scratch })
+    }
+}
+
+/// The size of the saved model, once the training process is gone: `model_dir` must be the
+/// folder the harness made in the training scratch, not a link the trainer put in its place.
+fn saved_model_bytes(scratch: &Path, model_dir: &Path) -> Result<u64, String> {
+    let meta = std::fs::symlink_metadata(model_dir).map_err(|e| format!("the trainer left no model folder {}: {e}", model_dir.display()))?;
+    let real = std::fs::canonicalize(model_dir).ok();
+    let inside = std::fs::canonicalize(scratch).ok().map(|s| s.join("model"));
+    if !meta.is_dir() || real.is_none() || real != inside {
+        return Err(format!("the trainer replaced its model folder {} with something else than a folder; evaluation reads only a real folder there", model_dir.display()));
+    }
+    fn size(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => size(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    Ok(size(model_dir))
+}
+
 /// The held-out score of a run, or why there is none.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeldOut {
-    Scored { bpb: f64, seconds: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, probes: crate::evaluate::ProbeReport },
+    Scored { bpb: f64, seconds: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, witnesses: crate::evaluate::WitnessReport },
     None(String),
 }
 
 /// Scores the held-out split with the same trainer, after the validation rows.
-fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation, trainer: &mut TrainerProcess, limit: Duration) -> Result<HeldOut, EvalError> {
+fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation, launch: &Launcher<'_>) -> Result<HeldOut, EvalError> {
     let exclude = validation.placed.clone();
-    let Some(split) = prepare::held_out::split(main.data, &exclude, main.batch_rows, main.seq_len, main.steps) else {
+    let Some(split) = prepare::held_out::split(main.data, &exclude, main.group_rows, main.seq_len, main.groups) else {
         return Ok(HeldOut::None(format!(
             "the validation shard holds no document beyond the {} the evaluation uses; prepare more validation text (it is scored only where no validation row reaches)",
             exclude.len()
         )));
     };
-    let now = Instant::now();
-    let evaluator = Evaluator { rows: Rows::HeldOut { exclude: exclude.clone() }, steps: split.steps, first_deadline: now + limit, deadline: now + limit, ..*main };
-    let e = evaluator.run(trainer)?;
+    let evaluator = Evaluator { rows: Rows::HeldOut { exclude: exclude.clone() }, groups: split.steps, ..*main };
+    let e = evaluator.run(launch)?;
     let overlap = e.placed.intersection(&exclude).count();
     Ok(HeldOut::Scored {
         bpb: e.sums.bpb(),
@@ -440,26 +539,22 @@ fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation
         split_tokens: split.tokens,
         overlap_with_validation: overlap,
         source: "the validation shard's documents that the evaluation does not reach",
-        probes: e.probes,
+        witnesses: e.witnesses,
     })
 }
 
-/// How long evaluation may take: the warm-up allowance (for compiling the evaluation's
-/// shapes), plus as long as training on as many tokens took (a forward pass is a third of a
-/// training step). A trainer that keeps training on data it kept while it is evaluated runs
-/// into this limit.
-pub fn eval_time_limit(eval_tokens: usize, counted_tokens_per_second: f64, allowance: Duration) -> Duration {
-    let training_equivalent = if counted_tokens_per_second > 0.0 { eval_tokens as f64 / counted_tokens_per_second } else { 60.0 };
-    allowance + Duration::from_secs_f64(training_equivalent.max(5.0))
-}
-
-/// How long the first evaluation batch may take: the warm-up the trainer used (for compiling
-/// the evaluation's shapes), plus twice as long as training on as many tokens took, plus two
-/// seconds. Training on rows it kept before answering would run into it; training after is a
-/// change of the model that the canary rows, scored first and last, show.
-pub fn first_answer_limit(batch_tokens: usize, counted_tokens_per_second: f64, warmup: Duration) -> Duration {
-    let training_equivalent = if counted_tokens_per_second > 0.0 { batch_tokens as f64 / counted_tokens_per_second } else { 30.0 };
-    warmup + Duration::from_secs_f64(2.0 + 2.0 * training_equivalent)
+/// How long an evaluating process may take, for a group of `group_tokens` tokens in `positions`
+/// positions: to load the model, the warm-up the training process used plus 5 s; to answer every
+/// position, 2 s, plus as long as training on the group's tokens took (a forward pass is a third
+/// of a training step; decoding one position at a time costs more), plus the profile's
+/// `eval_position_seconds` a position (a decode step's latency beyond its arithmetic), at least
+/// 5 s. Each group's process starts from the saved model and dies with its group, so this is
+/// also the most a trainer could compute outside its budget: the README's threat model counts
+/// it.
+pub fn eval_limits(group_tokens: usize, positions: usize, counted_tokens_per_second: f64, position_seconds: f64, warmup: Duration) -> EvalLimits {
+    let training_equivalent = if counted_tokens_per_second > 0.0 { group_tokens as f64 / counted_tokens_per_second } else { 60.0 };
+    let group = 2.0 + training_equivalent + positions as f64 * position_seconds;
+    EvalLimits { ready: warmup + Duration::from_secs(5), group: Duration::from_secs_f64(group.max(5.0)) }
 }
 
 fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
@@ -487,20 +582,25 @@ fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
 
 fn eval_failure(e: EvalError, record: &mut Map<String, Value>) -> Failure {
     match e {
-        EvalError::Probes(report) => {
-            let text = report.refusal();
+        EvalError::Inconsistent(text) => {
+            let text = format!("EVALUATION CHECK FAILED: {text}. The run is refused: its answers are not a distribution that can be scored.");
             println!("{text}");
-            record.insert("probes".into(), json!(report));
             Failure::new(exit::CAUSALITY_VIOLATION, text)
         }
-        EvalError::Inconsistent(text) => {
-            let text = format!("EVALUATION CHECK FAILED: {text}. The run is refused: its answers are not the model's logits.");
+        EvalError::Witness(report) => {
+            let text = report.refusal();
             println!("{text}");
+            record.insert("witnesses".into(), json!(report));
             Failure::new(exit::CAUSALITY_VIOLATION, text)
         }
         EvalError::Data(text) => Failure::new(exit::DATA_ERROR, format!("validation data: {text}")),
         EvalError::Trainer(text) => Failure::new(exit::OTHER_FAILURE, text),
-        // The trainer has seen validation inputs: its own message is not passed on.
+        // It has seen no validation token yet: its own message helps and leaks nothing.
+        EvalError::Load(f) => match f.kind {
+            FailureKind::OutOfMemory => Failure::new(exit::OUT_OF_MEMORY, format!("an evaluating process ran out of memory loading the model: {}", f.message)),
+            _ => Failure::new(exit::OTHER_FAILURE, format!("an evaluating process could not load the saved model: {}", f.message)),
+        },
+        // It has seen validation tokens: its own message is not passed on.
         EvalError::Failed(f) => match f.kind {
             FailureKind::OutOfMemory => Failure::new(exit::OUT_OF_MEMORY, "the trainer ran out of memory during evaluation"),
             _ => Failure::new(exit::OTHER_FAILURE, "the trainer failed during evaluation (its message is withheld: it has seen validation inputs)"),
@@ -531,15 +631,11 @@ mod tests {
     }
 
     #[test]
-    fn the_first_answer_gets_the_warmup_and_two_training_equivalents() {
-        assert_eq!(first_answer_limit(4096, 4096.0, Duration::from_millis(500)), Duration::from_millis(4500));
-    }
-
-    #[test]
-    fn the_evaluation_limit_is_the_allowance_plus_a_training_equivalent() {
-        let l = eval_time_limit(65536, 4096.0, Duration::from_secs(15));
-        assert_eq!(l, Duration::from_secs(31));
-        assert_eq!(eval_time_limit(100, 1e9, Duration::ZERO), Duration::from_secs(5), "at least 5 s");
+    fn a_group_gets_the_warmup_to_load_and_a_training_equivalent_to_answer() {
+        let l = eval_limits(65536, 256, 4096.0, 0.05, Duration::from_millis(1500));
+        assert_eq!(l.ready, Duration::from_millis(6500));
+        assert_eq!(l.group, Duration::from_secs_f64(2.0 + 16.0 + 12.8));
+        assert_eq!(eval_limits(100, 10, 1e9, 0.0, Duration::ZERO).group, Duration::from_secs(5), "at least 5 s");
     }
 
     #[test]

@@ -134,8 +134,8 @@ impl TrainPhase<'_> {
                     return Ok(Trained { model, done, steps });
                 }
                 ToHarness::Failed(f) => return Err(TrainFailure::Reported(f)),
-                ToHarness::Answer(_) | ToHarness::Vectors(_) => {
-                    return Err(TrainFailure::Trainer("the trainer sent an evaluation answer during training".into()));
+                ToHarness::Ready | ToHarness::Logits => {
+                    return Err(TrainFailure::Trainer("the trainer sent an evaluation message during training".into()));
                 }
             }
         }

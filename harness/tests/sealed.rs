@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// 8 evaluation batches of 8 x 64; one warm-up step; a short allowance.
-fn profile(transport: &str) -> String {
-    format!(
-        "name = \"tiny\"\nclass = \"cpu\"\nseq_len = 64\neval_tokens = 4096\neval_batch_size = 8\nwarmup_steps = 1\nwarmup_allowance_seconds = 0.5\neval_transport = \"{transport}\"\ndtype = \"f32\"\n"
-    )
-}
+/// 8 evaluation groups of 8 rows of 64 positions, 8 witness rows; one warm-up step; a short
+/// allowance.
+const PROFILE: &str = "name = \"tiny\"\nclass = \"cpu\"\nseq_len = 64\neval_tokens = 4096\neval_batch_size = 8\neval_witness_rows = 8\nwarmup_steps = 1\nwarmup_allowance_seconds = 0.5\ndtype = \"f32\"\n";
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -28,11 +25,13 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         prepare::fixtures::prepare_tiny_cache(&cache).unwrap();
-        for t in ["full", "summary"] {
-            std::fs::write(dir.path().join(format!("{t}.toml")), profile(t)).unwrap();
-        }
+        std::fs::write(dir.path().join("tiny.toml"), PROFILE).unwrap();
+        // The same rows in 2 groups of 32.
+        std::fs::write(dir.path().join("groups32.toml"), PROFILE.replace("eval_batch_size = 8", "eval_batch_size = 32")).unwrap();
+        // No witness rows.
+        std::fs::write(dir.path().join("no-witness.toml"), PROFILE.replace("eval_witness_rows = 8", "eval_witness_rows = 0")).unwrap();
         // An evaluation that reaches every validation document: no held-out split is left.
-        std::fs::write(dir.path().join("exhaust.toml"), profile("full").replace("eval_tokens = 4096\neval_batch_size = 8", "eval_tokens = 131072\neval_batch_size = 64")).unwrap();
+        std::fs::write(dir.path().join("exhaust.toml"), PROFILE.replace("eval_tokens = 4096\neval_batch_size = 8", "eval_tokens = 131072\neval_batch_size = 64")).unwrap();
         Fixture { dir, cache }
     })
 }
@@ -82,7 +81,7 @@ fn run_dir(name: &str) -> PathBuf {
 }
 
 /// The harness on the fixture trainer with `settings` as its override text.
-fn harness(name: &str, settings: &str, budget: &str, transport: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
+fn harness(name: &str, settings: &str, budget: &str, profile: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let dir = run_dir(name);
     let summary = dir.join("summary.json");
     let hp = dir.join("hparams.toml");
@@ -91,7 +90,7 @@ fn harness(name: &str, settings: &str, budget: &str, transport: &str, extra: &[&
     cmd.arg("--cache-dir")
         .arg(&fixture().cache)
         .arg("--profile")
-        .arg(fixture().dir.path().join(format!("{transport}.toml")))
+        .arg(fixture().dir.path().join(format!("{profile}.toml")))
         .arg("--hparams")
         .arg(&hp)
         .arg("--summary-json")
@@ -118,14 +117,14 @@ fn harness(name: &str, settings: &str, budget: &str, transport: &str, extra: &[&
 }
 
 fn attack(name: &str, settings: &str) -> Run {
-    harness(name, &format!("attack = \"{name}\"\n{settings}"), "tokens:8192", "full", &[], &[])
+    harness(name, &format!("attack = \"{name}\"\n{settings}"), "tokens:8192", "tiny", &[], &[])
 }
 
 /// The honest fixture's score (same seed, same data: every attack that gains nothing equals it).
 fn honest_bpb() -> f64 {
     static B: OnceLock<f64> = OnceLock::new();
     *B.get_or_init(|| {
-        let r = harness("honest", "", "tokens:8192", "full", &[], &[]);
+        let r = harness("honest", "", "tokens:8192", "tiny", &[], &[]);
         assert_eq!(r.code, 0, "{}", r.all());
         r.bpb()
     })
@@ -146,26 +145,28 @@ fn assert_denied(r: &Run, what: &str) {
 }
 
 #[test]
-fn the_honest_fixture_is_scored_in_the_sandbox_with_probes() {
-    let r = harness("honest-check", "", "tokens:8192", "full", &[], &[]);
+fn the_honest_fixture_is_scored_in_the_sandbox_one_position_at_a_time() {
+    let r = harness("honest-check", "", "tokens:8192", "tiny", &[], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.bpb().is_finite() && r.bpb() > 0.0);
     assert!(r.summary["sandbox"].as_str().unwrap().starts_with("landlock ABI"), "{}", r.summary);
-    assert_eq!(r.summary["probes"]["failed"], 0);
-    assert!(r.summary["probes"]["probes"].as_u64().unwrap() >= 4, "{}", r.summary["probes"]);
+    let eval = &r.summary["eval"];
+    assert_eq!((eval["rows"].as_u64(), eval["groups"].as_u64(), eval["rows_per_group"].as_u64()), (Some(64), Some(8), Some(8)), "{eval}");
+    assert_eq!(eval["witnesses"]["rows"], 8, "{eval}");
+    assert!(eval["witnesses"]["first_failure"].is_null() && eval["witnesses"]["max_abs_diff"].as_f64() == Some(0.0), "a row-independent model gives the same log-probabilities in any company: {eval}");
     assert_eq!(r.summary["num_steps"], 16, "8192 tokens in steps of 8 rows x 64");
     assert!(r.stdout.contains("[trainer] step 00000"), "the trainer's progress lines are logged with a prefix, one per step:\n{}", r.stdout);
     assert_eq!(r.summary["trainer_exit"], "exited with status 0");
+    assert!(r.summary["saved_model_bytes"].as_u64().unwrap() > 0, "{}", r.summary);
     assert!(r.summary["profile_sha256"].as_str().unwrap().len() == 64);
 }
 
 #[test]
-fn summary_mode_gives_the_same_score_as_full_logits() {
-    let full = honest_bpb();
-    let r = harness("honest-summary", "", "tokens:8192", "summary", &[], &[]);
+fn the_score_does_not_depend_on_how_rows_are_grouped() {
+    let r = harness("honest-groups32", "", "tokens:8192", "groups32", &[], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!((r.bpb() - full).abs() < 1e-5, "summary {} vs full {full}", r.bpb());
-    assert!(r.summary["eval_spot_checks"].as_u64().unwrap() > 0);
+    assert_eq!(r.summary["eval"]["groups"], 2, "{}", r.summary);
+    assert_eq!(r.bpb(), honest_bpb(), "the same rows, summed in the same order");
 }
 
 #[test]
@@ -211,7 +212,7 @@ fn a_double_forked_child_cannot_leave_the_group_and_dies_with_the_run() {
 
 #[test]
 fn the_environment_names_nothing_of_the_run() {
-    let r = harness("env", "attack = \"env\"", "tokens:8192", "full", &[], &[("AUTORESEARCH_SUMMARY_JSON", "/tmp/forged.json"), ("AUTORESEARCH_COMMIT", "abc")]);
+    let r = harness("env", "attack = \"env\"", "tokens:8192", "tiny", &[], &[("AUTORESEARCH_SUMMARY_JSON", "/tmp/forged.json"), ("AUTORESEARCH_COMMIT", "abc")]);
     assert_honest_score(&r);
     let line = r.attack_lines().into_iter().find(|l| l.contains("variables visible")).unwrap().to_string();
     assert!(line.contains("visible: []"), "{line}");
@@ -236,7 +237,7 @@ fn the_validation_file_cannot_be_read_and_would_have_helped() {
     assert_denied(&r, "read");
     assert_honest_score(&r);
     // The control: the same trainer without the sandbox reads the file and scores far better.
-    let open = harness("read-val-unsandboxed", &format!("attack = \"read-val\"\n{settings}"), "tokens:8192", "full", &["--no-require-sandbox"], &[("AUTORESEARCH_SANDBOX", "off")]);
+    let open = harness("read-val-unsandboxed", &format!("attack = \"read-val\"\n{settings}"), "tokens:8192", "tiny", &["--no-require-sandbox"], &[("AUTORESEARCH_SANDBOX", "off")]);
     assert_eq!(open.code, 0, "{}", open.all());
     assert!(open.stdout.contains("training on them"), "{}", open.all());
     assert!(open.bpb() < honest_bpb() - 0.05, "without the sandbox the attack helps: {} vs {}", open.bpb(), honest_bpb());
@@ -267,7 +268,7 @@ fn the_cache_under_the_home_folder_cannot_be_read() {
     std::fs::write(dir.join("hp.toml"), format!("attack = \"read-val\"\npath = \"{}\"", target.display())).unwrap();
     let out = Command::new(harness_bin())
         .arg("--profile")
-        .arg(fixture().dir.path().join("full.toml"))
+        .arg(fixture().dir.path().join("tiny.toml"))
         .arg("--hparams")
         .arg(dir.join("hp.toml"))
         .arg("--trainer")
@@ -308,7 +309,7 @@ fn nothing_outside_the_scratch_folder_can_be_written() {
         repo.join(".autoresearch/.build/trainer.rs"),
         repo.join("target/release/harness"),
         repo.join(".git/config"),
-        fixture().dir.path().join("full.toml"),
+        fixture().dir.path().join("tiny.toml"),
         val_tokens(),
     ];
     let profile_before = std::fs::read(&targets[5]).unwrap();
@@ -347,46 +348,127 @@ fn the_trainer_cannot_signal_the_harness() {
     assert!(r.attack_lines().iter().any(|l| l.contains("kill parent: -1")), "{}", r.all());
 }
 
+/// The fixture's System V key for a `carry` tag.
+fn carry_key(tag: &str) -> libc::key_t {
+    (tag.bytes().fold(0x5EA1_ED27u32, |h, b| h.rotate_left(5) ^ b as u32) & 0x7FFF_FFFF) as libc::key_t
+}
+
+/// No System V segment with the attack's key exists (it would have outlived its process).
+fn no_shared_segment_left(tag: &str) -> bool {
+    // SAFETY: a lookup only.
+    unsafe { libc::shmget(carry_key(tag), 0, 0) < 0 }
+}
+
+/// The attack: remember what followed every prefix seen, raise it when a prefix comes
+/// back, and carry the memory from one evaluating process to the next, on every position, on
+/// 1 % of them, or from a thread that outlives each answer. No target is ever sent before its
+/// logits are scored, and nothing outlives a process: it gains nothing, to the last bit, and
+/// leaves nothing behind.
 #[test]
-fn reading_the_next_token_is_refused_whatever_the_position() {
-    for a in ["peek", "peek-late"] {
-        let r = attack(a, "");
-        assert_eq!(r.code, 4, "{a}: {}", r.all());
-        assert!(r.stdout.contains("CAUSALITY VIOLATION"), "{a}: {}", r.all());
-        assert!(r.summary["probes"]["failed"].as_u64().unwrap() > 0, "{a}: {}", r.summary);
+fn remembering_what_was_shown_gains_nothing() {
+    for a in ["remember", "remember-1pct", "remember-thread"] {
+        let r = attack(a, &format!("carry = \"{a}\""));
+        assert_honest_score(&r);
+        assert!(r.summary["eval"]["witnesses"]["first_failure"].is_null(), "{a}: {}", r.summary);
+        for left in [format!("/tmp/autoresearch-seen-{a}.bin"), format!("/dev/shm/autoresearch-seen-{a}.bin")] {
+            assert!(!Path::new(&left).exists(), "{left} was written");
+        }
+        assert!(no_shared_segment_left(a), "a System V segment outlived the run");
     }
 }
 
+/// The control: without the sandbox the memory does cross from one process to the next (through
+/// /tmp and System V memory), so the witness rows, evaluated last, are recognised and raised,
+/// and the run is refused. In the sandbox (above) the same code finds nothing.
 #[test]
-fn answers_cached_by_input_do_not_fool_the_probes() {
-    let r = attack("cache", "");
+fn without_the_sandbox_the_memory_would_cross_processes() {
+    let tag = format!("control-{}", std::process::id());
+    let r = harness("remember-unsandboxed", &format!("attack = \"remember\"\ncarry = \"{tag}\""), "tokens:8192", "tiny", &["--no-require-sandbox"], &[("AUTORESEARCH_SANDBOX", "off")]);
+    let _ = std::fs::remove_file(format!("/tmp/autoresearch-seen-{tag}.bin"));
+    let _ = std::fs::remove_file(format!("/dev/shm/autoresearch-seen-{tag}.bin"));
+    // SAFETY: removes the control's own segment.
+    unsafe {
+        let id = libc::shmget(carry_key(&tag), 0, 0);
+        if id >= 0 {
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    }
     assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stdout.contains("depend on the other rows"), "{}", r.all());
 }
 
+/// Writing into the shared region after the next position arrived (whose tokens are the last
+/// answer's targets) changes nothing: the harness copied the answer out before it sent them.
 #[test]
-fn a_model_that_learns_from_evaluation_inputs_is_refused() {
+fn rewriting_an_answer_after_its_targets_arrive_changes_nothing() {
+    assert_honest_score(&attack("rewrite", ""));
+}
+
+/// Waiting for the next position before answering this one: it never comes.
+#[test]
+fn waiting_for_the_next_position_runs_into_the_limit() {
+    let r = attack("wait", "");
+    assert_eq!(r.code, 6, "{}", r.all());
+    assert!(r.summary["error"].as_str().unwrap().contains("longer to evaluate"), "{}", r.summary);
+}
+
+/// A model that learns from its group as it is revealed (the bigrams of every row, test-time
+/// training): the witness rows, evaluated again without that company, give other
+/// log-probabilities, and the run is refused. Without witness rows it would have gained.
+#[test]
+fn a_model_that_learns_from_its_group_is_refused_by_the_witness_rows() {
     let r = attack("ttt", "");
     assert_eq!(r.code, 4, "{}", r.all());
-    assert!(r.stdout.contains("CAUSALITY VIOLATION"), "{}", r.all());
+    assert!(r.stdout.contains("EVALUATION CHECK FAILED") && r.stdout.contains("depend on the other rows"), "{}", r.all());
+    assert!(r.summary["witnesses"]["first_failure"].is_array(), "{}", r.summary);
+    let unchecked = harness("ttt-no-witness", "attack = \"ttt\"", "tokens:8192", "no-witness", &[], &[]);
+    assert_eq!(unchecked.code, 0, "{}", unchecked.all());
+    assert!(unchecked.bpb() < honest_bpb() - 0.01, "the adaptation helps: {} vs {}", unchecked.bpb(), honest_bpb());
 }
 
+/// A NaN where a counted target is scored is refused, not averaged.
 #[test]
-fn summary_answers_are_checked_against_the_trainers_own_logits() {
-    let peek = harness("peek-summary", "attack = \"peek\"", "tokens:8192", "summary", &[], &[]);
-    assert_eq!(peek.code, 4, "{}", peek.all());
-    let lie = harness("lie-summary", "attack = \"lie\"", "tokens:8192", "summary", &[], &[]);
-    assert_eq!(lie.code, 4, "{}", lie.all());
-    assert!(lie.stdout.contains("EVALUATION CHECK FAILED"), "{}", lie.all());
+fn a_non_finite_answer_is_refused() {
+    let r = attack("nan", "");
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stdout.contains("EVALUATION CHECK FAILED"), "{}", r.all());
+}
+
+/// The training process is gone before evaluation starts, whatever it does after TrainingDone.
+#[test]
+fn the_training_process_is_gone_before_evaluation() {
+    let r = attack("linger", "");
+    assert_honest_score(&r);
+    assert!(r.summary["trainer_exit"].as_str().unwrap().contains("killed"), "{}", r.summary);
+    assert!(r.seconds < 20.0, "the harness did not wait for it: {} s", r.seconds);
+}
+
+/// Evaluation loads what training saved, from the folder the harness made: an empty folder is
+/// refused before any evaluating process starts, and a folder replaced by a link is not
+/// followed.
+#[test]
+fn the_saved_model_must_be_there_and_be_a_folder() {
+    let r = attack("no-save", "");
+    assert_eq!(r.code, 6, "{}", r.all());
+    assert!(r.summary["error"].as_str().unwrap().contains("saved no model"), "{}", r.summary);
+    // A model its loader refuses: the loader's own message (no validation token seen yet).
+    let r = attack("bad-save", "");
+    assert_eq!(r.code, 6, "{}", r.all());
+    let error = r.summary["error"].as_str().unwrap();
+    assert!(error.contains("could not load the saved model") && error.contains("holds 3 bytes"), "{}", r.summary);
+    let r = attack("model-link", &format!("path = \"{}\"", fixture().cache.display()));
+    assert_eq!(r.code, 6, "{}", r.all());
+    assert!(r.summary["error"].as_str().unwrap().contains("replaced its model folder"), "{}", r.summary);
 }
 
 #[test]
 fn work_before_the_first_step_is_on_the_clock() {
     // Longer than the budget: over budget before it asks for any data.
-    let r = harness("pretrain-long", "attack = \"pretrain\"\nseconds = \"3\"", "time:2", "full", &[], &[]);
+    let r = harness("pretrain-long", "attack = \"pretrain\"\nseconds = \"3\"", "time:2", "tiny", &[], &[]);
     assert_eq!(r.code, 6, "{}", r.all());
     assert!(r.summary["error"].as_str().unwrap().contains("over budget"), "{}", r.summary);
     // Shorter: the run is no longer for it; warm-up ends at its allowance (5 % of 3 s).
-    let r = harness("pretrain-short", "attack = \"pretrain\"\nseconds = \"1\"", "time:3", "full", &[], &[]);
+    let r = harness("pretrain-short", "attack = \"pretrain\"\nseconds = \"1\"", "time:3", "tiny", &[], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let (warmup, training) = (r.summary["warmup_seconds"].as_f64().unwrap(), r.summary["training_seconds"].as_f64().unwrap());
     assert!((warmup - 0.15).abs() < 1e-6, "warm-up capped at the allowance: {}", r.summary);
@@ -395,18 +477,18 @@ fn work_before_the_first_step_is_on_the_clock() {
 
 #[test]
 fn training_past_the_budget_is_a_crash() {
-    let r = harness("overtrain", "attack = \"overtrain\"\nseconds = \"30\"", "time:2", "full", &[], &[]);
+    let r = harness("overtrain", "attack = \"overtrain\"\nseconds = \"30\"", "time:2", "tiny", &[], &[]);
     assert_eq!(r.code, 6, "{}", r.all());
     assert!(r.summary["error"].as_str().unwrap().contains("over budget"), "{}", r.summary);
     assert!(r.seconds < 15.0, "the harness did not wait for the trainer: {} s", r.seconds);
-    let hang = harness("hang", "attack = \"hang\"", "time:2", "full", &[], &[]);
+    let hang = harness("hang", "attack = \"hang\"", "time:2", "tiny", &[], &[]);
     assert_eq!(hang.code, 6, "{}", hang.all());
     assert!(hang.summary["error"].as_str().unwrap().contains("over budget"), "{}", hang.summary);
 }
 
 #[test]
 fn training_while_being_evaluated_runs_into_the_evaluation_limit() {
-    let r = harness("slow-eval", "attack = \"slow-eval\"\nseconds = \"3\"", "tokens:8192", "full", &[], &[]);
+    let r = harness("slow-eval", "attack = \"slow-eval\"\nseconds = \"6\"", "tokens:8192", "tiny", &[], &[]);
     assert_eq!(r.code, 6, "{}", r.all());
     assert!(r.summary["error"].as_str().unwrap().contains("longer to evaluate"), "{}", r.summary);
 }
@@ -437,7 +519,7 @@ fn the_trainer_dies_with_the_harness() {
         .arg("--cache-dir")
         .arg(&fixture().cache)
         .arg("--profile")
-        .arg(fixture().dir.path().join("full.toml"))
+        .arg(fixture().dir.path().join("tiny.toml"))
         .arg("--hparams")
         .arg(dir.join("hp.toml"))
         .arg("--trainer")
@@ -465,10 +547,10 @@ fn the_trainer_dies_with_the_harness() {
 
 #[test]
 fn without_a_sandbox_the_run_refuses_or_says_so_loudly() {
-    let refused = harness("no-sandbox", "", "tokens:8192", "full", &[], &[("AUTORESEARCH_SANDBOX", "off")]);
+    let refused = harness("no-sandbox", "", "tokens:8192", "tiny", &[], &[("AUTORESEARCH_SANDBOX", "off")]);
     assert_eq!(refused.code, 2, "{}", refused.all());
     assert!(refused.stderr.contains("--no-require-sandbox"), "{}", refused.all());
-    let allowed = harness("no-sandbox-ok", "", "tokens:8192", "full", &["--no-require-sandbox"], &[("AUTORESEARCH_SANDBOX", "off")]);
+    let allowed = harness("no-sandbox-ok", "", "tokens:8192", "tiny", &["--no-require-sandbox"], &[("AUTORESEARCH_SANDBOX", "off")]);
     assert_eq!(allowed.code, 0, "{}", allowed.all());
     assert!(allowed.stdout.contains("harness: sandbox: none"), "{}", allowed.stdout);
     assert!(allowed.stderr.contains("WARNING: sandbox: none"), "{}", allowed.stderr);
@@ -487,7 +569,7 @@ fn the_summary_is_signed_with_the_run_key_and_a_forged_copy_fails() {
     let dir = run_dir("signed");
     let key = dir.join("scorer.key");
     std::fs::write(&key, sealed::signature::new_key_hex()).unwrap();
-    let r = harness("signed", "", "tokens:8192", "full", &["--sign-key", key.to_str().unwrap()], &[]);
+    let r = harness("signed", "", "tokens:8192", "tiny", &["--sign-key", key.to_str().unwrap()], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let k = std::fs::read_to_string(&key).unwrap();
     sealed::signature::verify(k.trim().as_bytes(), &r.summary).unwrap();
@@ -498,14 +580,14 @@ fn the_summary_is_signed_with_the_run_key_and_a_forged_copy_fails() {
 
 #[test]
 fn the_held_out_split_is_scored_when_asked_and_shares_no_document_with_validation() {
-    let r = harness("held-out", "", "tokens:8192", "full", &["--held-out"], &[]);
+    let r = harness("held-out", "", "tokens:8192", "tiny", &["--held-out"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let h = &r.summary["heldout"]["scored"];
     assert!(h["bpb"].as_f64().unwrap().is_finite(), "{}", r.summary);
     assert_eq!(h["overlap_with_validation"], 0);
-    assert!(h["documents"].as_u64().unwrap() > 0 && h["probes"]["failed"] == 0, "{h}");
+    assert!(h["documents"].as_u64().unwrap() > 0 && h["witnesses"]["first_failure"].is_null(), "{h}");
     assert!((r.bpb() - honest_bpb()).abs() < 1e-9, "val_bpb does not change when the held-out split is scored too");
-    let plain = harness("held-out-not-asked", "", "tokens:8192", "full", &[], &[]);
+    let plain = harness("held-out-not-asked", "", "tokens:8192", "tiny", &[], &[]);
     assert!(plain.summary.get("heldout").is_none() && plain.summary.get("heldout_bpb").is_none());
     // Where the evaluation reaches every validation document, the run says so, loudly.
     let none = harness("held-out-none", "", "tokens:8192", "exhaust", &["--held-out"], &[]);

@@ -15,7 +15,9 @@ name = \"tiny\"
 class = \"cpu\"
 seq_len = 64
 eval_tokens = 4096
-eval_batch_size = 8
+eval_batch_size = 32
+eval_witness_rows = 4
+eval_position_seconds = 0.25
 warmup_steps = 1
 dtype = \"f32\"
 fusion = false
@@ -101,6 +103,13 @@ fn assert_learns(device: &str) {
     let bpb = s.summary["val_bpb"].as_f64().unwrap();
     assert!(bpb.is_finite() && bpb > 0.0, "{device}: val_bpb {bpb}");
     assert_eq!(s.summary["num_steps"].as_u64(), Some(40), "{device}: 20480 tokens at 512 per step");
+    // Evaluated one position at a time, in 2 groups of 32 rows, each by a fresh process that
+    // loaded the saved model; 4 witness rows gave the same log-probabilities apart.
+    let eval = &s.summary["eval"];
+    assert_eq!((eval["rows"].as_u64(), eval["groups"].as_u64()), (Some(64), Some(2)), "{device}: {eval}");
+    assert_eq!(eval["witnesses"]["rows"], 4, "{device}: {eval}");
+    assert!(eval["witnesses"]["first_failure"].is_null(), "{device}: {eval}");
+    assert!(s.summary["saved_model_bytes"].as_u64().unwrap() > 100_000, "{device}: {}", s.summary);
     eprintln!("{device}: loss {:.3} -> {:.3}, val_bpb {bpb:.4}", s.first_loss, s.last_loss);
 }
 

@@ -2,32 +2,38 @@
 //!
 //! ```ignore
 //! fn main() {
-//!     prepare::child::main(trainer::train)
+//!     prepare::child::main(trainer::train, trainer::load)
 //! }
 //! ```
 //!
-//! which connects to the harness, builds the device it names, calls `train`, reports how
-//! training ended, and then answers every evaluation batch with the model's logits (see
-//! `sealed::wire` for the conversation). It is read-only code, but it runs inside the
-//! trainer's process and sandbox: the harness trusts none of it and checks every answer.
+//! which connects to the harness, builds the device it names and does the process's task: in
+//! the training process, calls `train`, saves the model it returns into the folder the harness
+//! named and reports how training ended; in an evaluating process, calls `load` on that folder
+//! and answers each position of its group of rows with the model's decoder (see `sealed::wire`
+//! for the conversation). It is read-only code, but it runs inside the trainer's process and
+//! sandbox: the harness trusts none of it and scores every answer itself.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 
 use burn::prelude::*;
-use sealed::child::{Channel, EvalRequest};
-use sealed::wire::{Done, EvalBatch, EvalMode, Failure, FailureKind, Position, WireError};
+use sealed::child::Channel;
+use sealed::wire::{Done, Failure, FailureKind, Task, WireError};
 
 use crate::device::{build_device, parse_device};
 use crate::eval::LogitsModel;
-use crate::experiment::{TrainContext, TrainError, TrainStream, TrainedModel, looks_like_out_of_memory};
+use crate::experiment::{LoadContext, TrainContext, TrainError, TrainStream, TrainedModel, looks_like_out_of_memory};
 
 /// Exit code of a trainer that failed (the harness reads the reason from the channel).
 const FAILED: i32 = 1;
 /// Exit code of a trainer that was not started by a harness, or lost it.
 const NO_HARNESS: i32 = 2;
 
-/// Runs a trainer under the harness and exits.
-pub fn main(train: impl FnOnce(TrainContext) -> Result<TrainedModel, TrainError>) -> ! {
+/// Runs a trainer process under the harness and exits.
+pub fn main(
+    train: impl FnOnce(TrainContext) -> Result<TrainedModel, TrainError>,
+    load: impl FnOnce(LoadContext) -> Result<TrainedModel, TrainError>,
+) -> ! {
     let mut channel = match Channel::from_harness() {
         Ok(c) => c,
         Err(e) => {
@@ -35,7 +41,7 @@ pub fn main(train: impl FnOnce(TrainContext) -> Result<TrainedModel, TrainError>
             std::process::exit(NO_HARNESS);
         }
     };
-    let code = match serve(&mut channel, train) {
+    let code = match serve(&mut channel, train, load) {
         Ok(()) => 0,
         Err(failure) => {
             eprintln!("trainer: {}", failure.message);
@@ -58,12 +64,14 @@ fn from_train_error(e: &TrainError) -> Failure {
     match e {
         TrainError::Diverged { step, loss } => Failure { kind: FailureKind::Diverged, message: e.to_string(), step: Some(*step), loss: Some(*loss) },
         TrainError::OutOfMemory(_) => failure(FailureKind::OutOfMemory, e.to_string()),
-        TrainError::Other(inner) => {
-            let text = format!("{inner:#}");
-            let kind = if looks_like_out_of_memory(&text) { FailureKind::OutOfMemory } else { FailureKind::Error };
-            failure(kind, text)
-        }
+        TrainError::Other(inner) => from_error(inner),
     }
+}
+
+fn from_error(e: &anyhow::Error) -> Failure {
+    let text = format!("{e:#}");
+    let kind = if looks_like_out_of_memory(&text) { FailureKind::OutOfMemory } else { FailureKind::Error };
+    failure(kind, text)
 }
 
 fn from_panic(stage: &str, payload: &(dyn std::any::Any + Send)) -> Failure {
@@ -76,101 +84,74 @@ fn from_panic(stage: &str, payload: &(dyn std::any::Any + Send)) -> Failure {
     failure(kind, format!("{stage} panicked: {text}"))
 }
 
-fn serve(channel: &mut Channel, train: impl FnOnce(TrainContext) -> Result<TrainedModel, TrainError>) -> Result<(), Failure> {
+fn serve(
+    channel: &mut Channel,
+    train: impl FnOnce(TrainContext) -> Result<TrainedModel, TrainError>,
+    load: impl FnOnce(LoadContext) -> Result<TrainedModel, TrainError>,
+) -> Result<(), Failure> {
     let run = channel.hello().clone();
     let choice = parse_device(&run.device).map_err(|e| failure(FailureKind::Error, e.to_string()))?;
     let device = build_device(&choice).map_err(|e| failure(FailureKind::Error, e.to_string()))?;
     device.seed(run.seed);
-    let trained = catch_unwind(AssertUnwindSafe(|| {
-        train(TrainContext { device: device.clone(), run: &run, data: TrainStream::new(channel) })
-    }));
-    let model = match trained {
-        Ok(Ok(model)) => model,
-        Ok(Err(e)) => return Err(from_train_error(&e)),
-        Err(p) => return Err(from_panic("training", p.as_ref())),
-    };
-    channel.training_done(Done { device_memory_mb: crate::memory::device_pool_mb(&device) }).map_err(from_wire)?;
-    catch_unwind(AssertUnwindSafe(|| answer_evaluation(channel, model.as_ref(), run.eval_mode, &device)))
-        .unwrap_or_else(|p| Err(from_panic("evaluation", p.as_ref())))
-}
-
-/// Answers evaluation batches until the harness says `Quit`.
-fn answer_evaluation(channel: &mut Channel, model: &dyn LogitsModel, mode: EvalMode, device: &Device) -> Result<(), Failure> {
-    // The last batch's logits, kept for the harness's `Reveal` (summary mode).
-    let mut last: Option<Tensor<3>> = None;
-    loop {
-        match channel.next_eval().map_err(from_wire)? {
-            EvalRequest::Quit => return Ok(()),
-            EvalRequest::Batch(batch) => {
-                let logits = model.logits(ids_tensor(&batch, device));
-                let [b, t, _] = logits.dims();
-                if [b, t] != [batch.rows, batch.seq_len] {
-                    return Err(failure(FailureKind::Error, format!("the model returned logits for {b}x{t} positions, the batch is {}x{}", batch.rows, batch.seq_len)));
-                }
-                match mode {
-                    EvalMode::Full => answer_full(channel, logits)?,
-                    EvalMode::Summary => {
-                        let (lse, next, final_logits) = summarize(logits.clone(), &batch, device);
-                        channel.answer_summary(host(lse)?, host(next)?, host(final_logits)?).map_err(from_wire)?;
-                        last = Some(logits);
-                    }
-                }
+    let model_dir = Path::new(&run.model_dir);
+    match run.task {
+        Task::Train => {
+            let trained = catch_unwind(AssertUnwindSafe(|| train(TrainContext { device: device.clone(), run: &run, data: TrainStream::new(channel) })));
+            let model = match trained {
+                Ok(Ok(model)) => model,
+                Ok(Err(e)) => return Err(from_train_error(&e)),
+                Err(p) => return Err(from_panic("training", p.as_ref())),
+            };
+            match catch_unwind(AssertUnwindSafe(|| model.save(model_dir))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(from_error(&e.context(format!("saving the model into {}", model_dir.display())))),
+                Err(p) => return Err(from_panic("saving the model", p.as_ref())),
             }
-            EvalRequest::Reveal(positions) => {
-                let logits = last.as_ref().ok_or_else(|| failure(FailureKind::Error, "Reveal before any summary answer"))?;
-                channel.send_vectors(host(reveal(logits.clone(), &positions, device)?)?).map_err(from_wire)?;
-            }
+            channel.training_done(Done { device_memory_mb: crate::memory::device_pool_mb(&device) }).map_err(from_wire)
+        }
+        Task::Evaluate { rows } => {
+            let loaded = catch_unwind(AssertUnwindSafe(|| load(LoadContext { device: device.clone(), run: &run, model_dir })));
+            let model = match loaded {
+                Ok(Ok(model)) => model,
+                Ok(Err(e)) => return Err(from_train_error(&e)),
+                Err(p) => return Err(from_panic("loading the model", p.as_ref())),
+            };
+            channel.ready().map_err(from_wire)?;
+            catch_unwind(AssertUnwindSafe(|| answer_positions(channel, model.as_ref(), rows, &device)))
+                .unwrap_or_else(|p| Err(from_panic("evaluation", p.as_ref())))
         }
     }
 }
 
-/// Writes every logit into the shared region: on flex straight from the tensor's memory (one
-/// copy of 128 MiB a batch at the cpu profile instead of three), elsewhere through the host.
-fn answer_full(channel: &mut Channel, logits: Tensor<3>) -> Result<(), Failure> {
+/// Answers each position of the group with the decoder's logits until the harness says `Quit`.
+fn answer_positions(channel: &mut Channel, model: &dyn LogitsModel, rows: usize, device: &Device) -> Result<(), Failure> {
+    let mut decoder = model.decoder(rows);
+    while let Some(tokens) = channel.next_tokens().map_err(from_wire)? {
+        if tokens.len() != rows {
+            return Err(failure(FailureKind::Error, format!("the harness sent {} tokens for a group of {rows} rows", tokens.len())));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&id| id as i64).collect();
+        let logits = decoder.step(Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), device));
+        let [b, _] = logits.dims();
+        if b != rows {
+            return Err(failure(FailureKind::Error, format!("the decoder returned logits for {b} rows, the group has {rows}")));
+        }
+        answer(channel, logits)?;
+    }
+    Ok(())
+}
+
+/// Writes the logits into the shared region: on flex straight from the tensor's memory,
+/// elsewhere through the host.
+fn answer(channel: &mut Channel, logits: Tensor<2>) -> Result<(), Failure> {
     #[cfg(feature = "flex")]
     if let Ok(p) = logits.clone().try_into_primitive::<burn::backend::Flex>() {
         if p.dtype() == burn::tensor::DType::F32 {
             let p = if p.as_slice::<f32>().is_some() { p } else { p.to_contiguous() };
             let values = p.as_slice::<f32>().expect("contiguous after to_contiguous");
-            return channel.answer_full(values).map_err(from_wire);
+            return channel.answer(values).map_err(from_wire);
         }
     }
-    channel.answer_full(&host(logits)?).map_err(from_wire)
-}
-
-fn ids_tensor(batch: &EvalBatch, device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = batch.inputs.iter().map(|&id| id as i64).collect();
-    Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.rows, batch.seq_len]), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Failure> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| failure(FailureKind::Error, format!("cannot read logits back: {e:?}")))
-}
-
-/// Per-position log-sum-exp `[B, T]`, the logit of the next input token `[B, T - 1]`, and the
-/// last position's logits `[B, V]`, on the device.
-fn summarize(logits: Tensor<3>, batch: &EvalBatch, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
-    let [b, t, v] = logits.dims();
-    let max = logits.clone().max_dim(2);
-    let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log().add(max).reshape([b, t]);
-    let next_ids: Vec<i64> = (0..b).flat_map(|r| (1..t).map(move |p| batch.inputs[r * t + p] as i64)).collect();
-    let next_ids = Tensor::<3, Int>::from_data(TensorData::new(next_ids, [b, t - 1, 1]), device);
-    let next = logits.clone().slice(s![.., 0..t - 1, ..]).gather(2, next_ids).reshape([b, t - 1]);
-    let last = logits.slice(s![.., t - 1..t, ..]).reshape([b, v]);
-    (lse, next, last)
-}
-
-/// The full logits at `positions`, `[n, V]`.
-fn reveal(logits: Tensor<3>, positions: &[Position], device: &Device) -> Result<Tensor<2>, Failure> {
-    let [b, t, v] = logits.dims();
-    let mut rows = Vec::with_capacity(positions.len());
-    for p in positions {
-        let (r, q) = (p.row as usize, p.pos as usize);
-        if r >= b || q >= t {
-            return Err(failure(FailureKind::Error, format!("Reveal of row {r} position {q} outside a {b}x{t} batch")));
-        }
-        rows.push((r * t + q) as i64);
-    }
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [positions.len()]), device);
-    Ok(logits.reshape([b * t, v]).select(0, idx))
+    let values = logits.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| failure(FailureKind::Error, format!("cannot read logits back: {e:?}")))?;
+    channel.answer(&values).map_err(from_wire)
 }

@@ -2,8 +2,12 @@
 //! (special tokens masked), [`BpbSums::bpb`] divides by the bytes.
 //!
 //! The harness scores the trainer's logits with it across the process boundary; the model is
-//! seen only through [`LogitsModel`] (token ids in, logits out). [`evaluate_bpb`] is the same
-//! metric in one process, for code that has the data and the model together (tests).
+//! seen only through [`LogitsModel`]: token ids in, logits out, one position of every row at a
+//! time ([`LogitsModel::decoder`]), so no target reaches the model before its logits are
+//! scored. [`evaluate_bpb`] is the same evaluation in one process, for code that has the data
+//! and the model together (tests).
+
+use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -14,8 +18,59 @@ use crate::profile::PlatformProfile;
 
 /// The narrow view of a trained model that evaluation needs.
 pub trait LogitsModel {
-    /// Next-token logits. `inputs`: `[batch, seq]` token ids. Returns `[batch, seq, vocab]`.
+    /// Next-token logits of whole rows (teacher-forced). `inputs`: `[batch, seq]` token ids.
+    /// Returns `[batch, seq, vocab]`. The default [`LogitsModel::decoder`] is built on it.
     fn logits(&self, inputs: Tensor<2, Int>) -> Tensor<3>;
+
+    /// A decoder for `rows` rows: evaluation feeds it one position of every row at a time and
+    /// scores the logits it returns before it sends the next.
+    ///
+    /// The default recomputes the whole prefix with [`LogitsModel::logits`] at every position:
+    /// correct for any causal model, but it costs about `seq / 2` teacher-forced passes, past
+    /// the evaluation's time limit at the real profiles. A model with state to carry (a KV
+    /// cache) overrides it.
+    fn decoder(&self, rows: usize) -> Box<dyn Decoder + '_> {
+        Box::new(Recompute { model: self, rows, prefix: None })
+    }
+
+    /// Writes into `dir` what the trainer's `load` needs to rebuild this model: each group of
+    /// evaluation rows is answered by a fresh process that starts from it.
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "this model cannot be saved into {}: implement LogitsModel::save and the trainer's load (every evaluation group is answered by a fresh process that loads the saved model)",
+            dir.display()
+        )
+    }
+}
+
+/// Evaluation's side of a model: fed one position of every row at a time.
+pub trait Decoder {
+    /// `tokens` `[rows]`: the next position of every row. Returns `[rows, vocab]`: the logits
+    /// of the position after it, given everything fed so far.
+    fn step(&mut self, tokens: Tensor<1, Int>) -> Tensor<2>;
+}
+
+/// The default [`Decoder`]: the rows fed so far, run through [`LogitsModel::logits`] whole at
+/// every position.
+pub struct Recompute<'a, M: ?Sized> {
+    model: &'a M,
+    rows: usize,
+    /// `[rows, positions fed]`.
+    prefix: Option<Tensor<2, Int>>,
+}
+
+impl<M: LogitsModel + ?Sized> Decoder for Recompute<'_, M> {
+    fn step(&mut self, tokens: Tensor<1, Int>) -> Tensor<2> {
+        let column = tokens.reshape([self.rows, 1]);
+        let prefix = match self.prefix.take() {
+            Some(p) => Tensor::cat(vec![p, column], 1),
+            None => column,
+        };
+        let logits = self.model.logits(prefix.clone());
+        let [b, t, v] = logits.dims();
+        self.prefix = Some(prefix);
+        logits.slice(s![.., t - 1..t, ..]).reshape([b, v])
+    }
 }
 
 /// Sums that make up val_bpb; kept apart so that tests can check each one.
@@ -65,33 +120,21 @@ pub fn log_prob(row: &[f32], target: u32) -> f32 {
     row[target as usize] - crate::fastmath::log_sum_exp(row)
 }
 
-/// Adds one batch to `sums`: per-token cross-entropy from `logits` `[B, T, V]` against
-/// `targets` (row-major `B * T`), counting only targets whose `token_bytes` is non-zero.
-pub fn accumulate_batch(
-    sums: &mut BpbSums,
-    logits: Tensor<3>,
-    targets: &[u32],
-    token_bytes: &[u32],
-) -> anyhow::Result<()> {
-    let [b, t, v] = logits.dims();
-    anyhow::ensure!(
-        b * t == targets.len(),
-        "model returned logits for {b}x{t} positions but the batch has {} targets",
-        targets.len()
-    );
-    anyhow::ensure!(
-        v == token_bytes.len(),
-        "model returned {v} logits per position but the vocabulary has {} tokens",
-        token_bytes.len()
-    );
+/// Adds one evaluation position of every row to `sums`: the cross-entropy of `logits`
+/// `[rows, V]` against `targets` (one per row), counting only targets whose `token_bytes` is
+/// non-zero.
+pub fn accumulate_step(sums: &mut BpbSums, logits: Tensor<2>, targets: &[u32], token_bytes: &[u32]) -> anyhow::Result<()> {
+    let [n, v] = logits.dims();
+    anyhow::ensure!(n == targets.len(), "model returned logits for {n} rows but the step has {} targets", targets.len());
+    anyhow::ensure!(v == token_bytes.len(), "model returned {v} logits per position but the vocabulary has {} tokens", token_bytes.len());
     if let Some(&bad) = targets.iter().find(|&&id| id as usize >= v) {
         anyhow::bail!("target token {bad} lies outside the vocabulary of {v}");
     }
-    let mut batch = BpbSums::default();
-    for (&target, &logp) in targets.iter().zip(&target_log_probs(logits.reshape([b * t, v]), targets)?) {
-        batch.add(target, logp, token_bytes)?;
+    let mut step = BpbSums::default();
+    for (&target, &logp) in targets.iter().zip(&target_log_probs(logits, targets)?) {
+        step.add(target, logp, token_bytes)?;
     }
-    sums.merge(&batch);
+    sums.merge(&step);
     Ok(())
 }
 
@@ -136,27 +179,28 @@ fn host_target_log_probs(rows: &[f32], v: usize, targets: &[u32]) -> Vec<f32> {
         .collect()
 }
 
-/// val_bpb of `model` on the pinned validation shard, with the evaluation size of `profile`.
+/// val_bpb of `model` on the pinned validation shard, with the evaluation size of `profile`,
+/// as the harness evaluates it: each group of `eval_batch_size` rows through a fresh decoder,
+/// one position at a time.
 ///
 /// Every call scores the same tokens: a fresh validation loader is built each time.
-pub fn evaluate_bpb(
-    model: &dyn LogitsModel,
-    data: &PreparedData,
-    profile: &PlatformProfile,
-    device: &Device,
-) -> anyhow::Result<BpbSums> {
-    let batch = profile.eval_batch_size;
+pub fn evaluate_bpb(model: &dyn LogitsModel, data: &PreparedData, profile: &PlatformProfile, device: &Device) -> anyhow::Result<BpbSums> {
+    let rows = profile.eval_batch_size;
     let seq = profile.seq_len;
-    let steps = profile.eval_steps();
-    anyhow::ensure!(steps > 0, "the profile's eval_tokens give zero evaluation batches");
-    let mut loader = PackedLoader::validation(data, batch, seq)?;
+    let groups = profile.eval_steps();
+    anyhow::ensure!(groups > 0, "the profile's eval_tokens give zero evaluation groups");
+    let mut loader = PackedLoader::validation(data, rows, seq)?;
     let token_bytes = data.token_bytes();
     let mut sums = BpbSums::default();
-    for _ in 0..steps {
-        let rows = loader.next_batch()?;
-        let inputs = rows.inputs_tensor(device);
-        let logits = model.logits(inputs);
-        accumulate_batch(&mut sums, logits, &rows.targets, token_bytes)?;
+    for _ in 0..groups {
+        let group = loader.next_batch()?;
+        let mut decoder = model.decoder(rows);
+        for p in 0..seq {
+            let column = |ids: &[u32]| -> Vec<u32> { (0..rows).map(|r| ids[r * seq + p]).collect() };
+            let tokens: Vec<i64> = column(&group.inputs).into_iter().map(i64::from).collect();
+            let logits = decoder.step(Tensor::<1, Int>::from_data(TensorData::new(tokens, [rows]), device));
+            accumulate_step(&mut sums, logits, &column(&group.targets), token_bytes)?;
+        }
     }
     anyhow::ensure!(sums.bytes > 0, "the validation batches held no countable bytes");
     Ok(sums)
@@ -194,10 +238,59 @@ mod tests {
     #[test]
     fn target_outside_the_vocabulary_is_an_error() {
         let device = Device::flex();
-        let logits = Tensor::<3>::zeros([1, 2, 5], &device);
+        let logits = Tensor::<2>::zeros([2, 5], &device);
         let mut sums = BpbSums::default();
-        let err = accumulate_batch(&mut sums, logits, &[1, 5], &[1; 5]).unwrap_err();
+        let err = accumulate_step(&mut sums, logits, &[1, 5], &[1; 5]).unwrap_err();
         assert!(err.to_string().contains("outside the vocabulary"), "{err}");
         assert_eq!(sums, BpbSums::default());
+    }
+
+    /// A causal toy model: the logit of token j at position t is a function of the tokens up
+    /// to t (their sum, weighted by position) and of j.
+    struct Causal {
+        vocab: usize,
+    }
+
+    impl LogitsModel for Causal {
+        fn logits(&self, inputs: Tensor<2, Int>) -> Tensor<3> {
+            let [b, t] = inputs.dims();
+            let ids = inputs.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+            let mut out = Vec::with_capacity(b * t * self.vocab);
+            for r in 0..b {
+                let mut acc = 0f32;
+                for p in 0..t {
+                    acc += (ids[r * t + p] as f32 + 1.0) * (p as f32 + 1.0);
+                    out.extend((0..self.vocab).map(|j| (acc * 0.37 + j as f32 * 1.3).sin() * 3.0));
+                }
+            }
+            Tensor::from_data(TensorData::new(out, [b, t, self.vocab]), &Device::flex())
+        }
+    }
+
+    /// The default decoder gives, one position at a time, the logits the whole rows give at
+    /// once: a model without a cached path still evaluates, to the same numbers.
+    #[test]
+    fn the_default_decoder_recomputes_the_prefix_to_the_same_logits() {
+        let device = Device::flex();
+        let model = Causal { vocab: 11 };
+        let (b, t) = (3, 6);
+        let ids: Vec<i64> = (0..(b * t) as i64).map(|i| (i * 7 + 3) % 11).collect();
+        let whole = model.logits(Tensor::from_data(TensorData::new(ids.clone(), [b, t]), &device));
+        let mut decoder = model.decoder(b);
+        for p in 0..t {
+            let column: Vec<i64> = (0..b).map(|r| ids[r * t + p]).collect();
+            let step = decoder.step(Tensor::from_data(TensorData::new(column, [b]), &device));
+            assert_eq!(step.dims(), [b, 11]);
+            let want = whole.clone().slice(s![.., p..p + 1, ..]).reshape([b, 11]);
+            let diff = (step - want).abs().max().into_scalar::<f32>();
+            assert_eq!(diff, 0.0, "position {p}");
+        }
+    }
+
+    /// A model without `save` says what to implement.
+    #[test]
+    fn a_model_without_save_says_what_to_implement() {
+        let err = Causal { vocab: 3 }.save(Path::new("/nowhere")).unwrap_err().to_string();
+        assert!(err.contains("LogitsModel::save") && err.contains("load"), "{err}");
     }
 }

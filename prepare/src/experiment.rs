@@ -1,11 +1,16 @@
 //! The contract between the trainer and the harness, seen from the trainer.
 //!
-//! The trainer is its own executable, started by the harness in a sandbox. Its `main` is
-//! `prepare::child::main(trainer::train)`: [`crate::child`] connects to the harness, builds
-//! the device, calls `train` with a [`TrainContext`], and then answers the harness's evaluation
-//! with the returned model. The trainer never sees the data files, the validation targets or
-//! the summary: it asks for each step's data through [`TrainStream`], and the harness scores
-//! the model itself.
+//! The trainer is its own executable, started by the harness in a sandbox, once to train and
+//! once for each group of evaluation rows. Its `main` is
+//! `prepare::child::main(trainer::train, trainer::load)`: [`crate::child`] connects to the
+//! harness and builds the device; in the training process it calls `train` with a
+//! [`TrainContext`] and saves the returned model ([`crate::eval::LogitsModel::save`]); in an
+//! evaluating process it calls `load` with a [`LoadContext`] and answers the harness one
+//! position at a time. The trainer never sees the data files, a validation target before its
+//! logits are scored, or the summary: it asks for each step's data through [`TrainStream`],
+//! and the harness scores the model itself.
+
+use std::path::Path;
 
 use burn::prelude::Device;
 use sealed::child::Channel;
@@ -13,6 +18,8 @@ use sealed::wire::{ModelInfo, StepReport, TrainBatch, WireError};
 
 /// What the harness tells the trainer about the run (see its fields).
 pub use sealed::wire::Hello as RunInfo;
+/// What a trainer process is for, and the protocol's version (both in [`RunInfo`]).
+pub use sealed::wire::{PROTOCOL_VERSION, Task};
 
 use crate::eval::LogitsModel;
 use crate::loader::Batch;
@@ -26,6 +33,17 @@ pub struct TrainContext<'a> {
     pub run: &'a RunInfo,
     /// The training data, one optimizer step at a time.
     pub data: TrainStream<'a>,
+}
+
+/// Everything an evaluating process is given to rebuild the trained model.
+pub struct LoadContext<'a> {
+    /// The execution device, without autodiff.
+    pub device: Device,
+    /// The same run information the training process got (its hyperparameter overrides
+    /// included), so `load` rebuilds the model `train` built.
+    pub run: &'a RunInfo,
+    /// The folder the training process saved the model in; read-only here.
+    pub model_dir: &'a Path,
 }
 
 /// The trainer's source of training data: the harness hands out each step's rows and says when
@@ -111,8 +129,8 @@ impl Step {
     }
 }
 
-/// What a training run hands back: the trained model, behind the logits-only view that
-/// evaluation uses.
+/// What a training run hands back, and what `load` rebuilds: the trained model, behind the
+/// view that evaluation uses.
 pub type TrainedModel = Box<dyn LogitsModel>;
 
 /// Why training did not produce a model.

@@ -24,7 +24,8 @@ pub struct PlatformProfile {
     pub seq_len: usize,
     /// Validation tokens scored by `evaluate_bpb`.
     pub eval_tokens: usize,
-    /// Rows per evaluation batch.
+    /// Rows per evaluation group: rows evaluated together, one position of each per step, by
+    /// one fresh trainer process (its memory, a KV cache for these rows, is the bound).
     pub eval_batch_size: usize,
     /// Multiplies the trainer's device batch; the trainer raises accumulation to keep the total.
     pub device_batch_scale: f64,
@@ -33,10 +34,18 @@ pub struct PlatformProfile {
     /// Seconds the warm-up may take at most (capped at 5 % of a time budget); also the grace
     /// for the step in flight when the budget runs out, and part of evaluation's time limit.
     pub warmup_allowance_seconds: f64,
-    /// How the trainer answers evaluation: `full` (every logit, through shared memory),
-    /// `summary` (per-position values, full logits at positions the harness picks), or `auto`
-    /// (full when a batch's logits fit in 1 GiB).
-    pub eval_transport: String,
+    /// Seconds one evaluation position may take on top of the group's share of training time:
+    /// the latency of a decode step where its kernels cost more than their arithmetic (GPUs,
+    /// Mesa's software Vulkan). Part of each group's time limit (see the harness's
+    /// `eval_limits`).
+    pub eval_position_seconds: f64,
+    /// Rows evaluated a second time after the groups, together and apart from the rest, whose
+    /// log-probabilities must not change with their company (a model that learns from its
+    /// group as it is revealed is refused). 0 turns the check off.
+    pub eval_witness_rows: usize,
+    /// No longer used (evaluation reveals one position at a time, and every logit crosses in
+    /// shared memory); accepted so that older profiles still load, with a note.
+    pub eval_transport: Option<String>,
     /// Floating-point type of the weights and activations (`f32`, `bf16`, `f16`).
     pub dtype: String,
     /// Kernel fusion (CubeCL backends only).
@@ -55,11 +64,13 @@ impl Default for PlatformProfile {
             backend: "tch".into(),
             seq_len: MAX_SEQ_LEN,
             eval_tokens: EVAL_TOKENS,
-            eval_batch_size: 128,
+            eval_batch_size: 1024,
             device_batch_scale: 1.0,
             warmup_steps: 10,
             warmup_allowance_seconds: 15.0,
-            eval_transport: "auto".into(),
+            eval_position_seconds: 0.02,
+            eval_witness_rows: 16,
+            eval_transport: None,
             dtype: "bf16".into(),
             fusion: true,
             autotune: true,
@@ -136,8 +147,8 @@ impl PlatformProfile {
         if !(self.warmup_allowance_seconds >= 0.0 && self.warmup_allowance_seconds.is_finite()) {
             return Err(format!("warmup_allowance_seconds must be a number >= 0, got {}", self.warmup_allowance_seconds));
         }
-        if !matches!(self.eval_transport.as_str(), "auto" | "full" | "summary") {
-            return Err(format!("eval_transport must be auto, full or summary, got {:?}", self.eval_transport));
+        if !(self.eval_position_seconds >= 0.0 && self.eval_position_seconds.is_finite()) {
+            return Err(format!("eval_position_seconds must be a number >= 0, got {}", self.eval_position_seconds));
         }
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
             return Err(format!("dtype must be f32, bf16 or f16, got {:?}", self.dtype));
@@ -145,7 +156,8 @@ impl PlatformProfile {
         Ok(())
     }
 
-    /// Evaluation batches: `eval_tokens / (eval_batch_size * seq_len)`, as the reference.
+    /// Evaluation groups: `eval_tokens / (eval_batch_size * seq_len)`, as the reference counts
+    /// its evaluation batches.
     pub fn eval_steps(&self) -> usize {
         self.eval_tokens / (self.eval_batch_size * self.seq_len)
     }
@@ -158,8 +170,8 @@ mod tests {
     #[test]
     fn defaults_are_the_reference_values() {
         let p = PlatformProfile::default();
-        assert_eq!(p.eval_steps(), EVAL_TOKENS / (128 * 2048));
-        assert_eq!(p.eval_steps(), 80);
+        assert_eq!(p.eval_steps(), EVAL_TOKENS / (1024 * 2048));
+        assert_eq!(p.eval_steps() * p.eval_batch_size, 10240, "the reference's 80 batches of 128 rows");
         p.validate().unwrap();
     }
 
@@ -168,6 +180,14 @@ mod tests {
         let p = PlatformProfile::parse("name = \"cpu\"\nclass = \"cpu\"\nseq_len = 256\neval_tokens = 65536\neval_batch_size = 8\n", "t").unwrap();
         assert_eq!(p.seq_len, 256);
         assert_eq!(p.warmup_steps, 10);
+    }
+
+    /// A profile written for the earlier evaluation (with `eval_transport`) still loads.
+    #[test]
+    fn an_earlier_profile_with_eval_transport_still_loads() {
+        let p = PlatformProfile::parse("eval_transport = \"auto\"\n", "old.toml").unwrap();
+        assert_eq!(p.eval_transport.as_deref(), Some("auto"));
+        assert_eq!(p.eval_witness_rows, 16);
     }
 
     #[test]

@@ -88,7 +88,6 @@ eval_batch_size = $6
 device_batch_scale = $7
 warmup_steps = 3
 warmup_allowance_seconds = 10.0
-eval_transport = "auto"
 dtype = "$8"
 fusion = true
 autotune = true

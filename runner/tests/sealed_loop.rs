@@ -21,8 +21,67 @@ const HONEST: &str = r#"fn main() {
         eprintln!("{e}");
         std::process::exit(2)
     });
+    if let sealed::wire::Task::Evaluate { .. } = ch.hello().task {
+        let loaded = sealed::fixture::load(&ch).expect("loading the saved model");
+        sealed::fixture::answer(&mut ch, &loaded).expect("evaluation");
+        return;
+    }
     let model = sealed::fixture::train(&mut ch, 8, |_, _| {}).expect("training");
-    sealed::fixture::answer(&mut ch, &model).expect("evaluation");
+    drop(model);
+}
+"#;
+
+/// The issue's attack, as an agent would write it into the trainer: the model's answers go
+/// through a memory of every prefix seen and the token that followed it, kept in a thread that
+/// outlives each answer and written to the scratch folder and /tmp for the next process to
+/// read back; a remembered prefix gets its next token raised.
+const REMEMBER: &str = r#"
+fn remember_and_answer(ch: &mut sealed::child::Channel, model: &sealed::fixture::Bigram) {
+    use std::collections::HashMap;
+    let places = [format!("{}/memory.bin", std::env::var("HOME").unwrap_or_default()), "/tmp/autoresearch-memory.bin".to_string()];
+    let mut memory: HashMap<u64, u16> = HashMap::new();
+    for p in &places {
+        if let Ok(b) = std::fs::read(p) {
+            for c in b.chunks_exact(10) {
+                memory.insert(u64::from_le_bytes(c[..8].try_into().unwrap()), u16::from_le_bytes([c[8], c[9]]));
+            }
+        }
+    }
+    let memory = std::sync::Arc::new(std::sync::Mutex::new(memory));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let writer = memory.clone();
+    std::thread::spawn(move || {
+        while rx.recv().is_ok() {
+            let bytes: Vec<u8> = writer.lock().unwrap().iter().flat_map(|(h, t)| h.to_le_bytes().into_iter().chain(t.to_le_bytes())).collect();
+            for p in &places {
+                let _ = std::fs::write(p, &bytes);
+            }
+        }
+    });
+    ch.ready().expect("ready");
+    let mut hashes: Vec<u64> = Vec::new();
+    let mut first = true;
+    while let Some(tokens) = ch.next_tokens().expect("tokens") {
+        if hashes.is_empty() {
+            hashes = vec![0; tokens.len()];
+        }
+        let mut logits = model.next_logits(&tokens);
+        {
+            let mut m = memory.lock().unwrap();
+            for (r, &t) in tokens.iter().enumerate() {
+                if !first {
+                    m.insert(hashes[r], t);
+                }
+                hashes[r] = (hashes[r] ^ t as u64).wrapping_mul(0x100_0000_01B3).rotate_left(29);
+                if let Some(&next) = m.get(&hashes[r]) {
+                    logits[r * model.vocab + next as usize] += 8.0;
+                }
+            }
+        }
+        first = false;
+        ch.answer(&logits).expect("answer");
+        let _ = tx.send(());
+    }
 }
 "#;
 
@@ -163,6 +222,58 @@ impl Repo {
 /// A trainer `main.rs` that does `attack` first, then trains honestly.
 fn attacking(attack: &str) -> String {
     HONEST.replace("    let model = ", &format!("    {attack}\n    let model = "))
+}
+
+/// A trainer `main.rs` whose evaluating processes answer with `answer(&mut ch, &loaded)`, a
+/// function `code` defines.
+fn evaluating_with(code: &str, answer: &str) -> String {
+    format!("{}{code}", HONEST.replace("sealed::fixture::answer(&mut ch, &loaded).expect(\"evaluation\");", &format!("{answer}(&mut ch, &loaded);")))
+}
+
+/// The issue's remembering read-ahead through the real loop: before, kept with a large gain; now
+/// no target reaches a trainer before its logits are scored and nothing outlives an evaluating
+/// process, so the change scores exactly what the baseline scores, and is discarded.
+#[test]
+fn the_remembering_read_ahead_gains_nothing_and_is_discarded() {
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    r.tool("main.rs", &evaluating_with(REMEMBER, "remember_and_answer"));
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][3], "discard", "{rows:?}\n{}", r.log("n2-0"));
+    assert_eq!(rows[1][1], rows[0][1], "the same score as the baseline, to the last digit: {rows:?}");
+    assert!(!Path::new("/tmp/autoresearch-memory.bin").exists(), "nothing was left in /tmp");
+}
+
+/// A change that learns from its group as it is revealed (test-time training on the validation
+/// rows) is rejected by the witness rows, through the real loop.
+#[test]
+fn learning_from_the_evaluation_rows_is_rejected() {
+    const LEARN: &str = r#"
+fn learn_and_answer(ch: &mut sealed::child::Channel, model: &sealed::fixture::Bigram) {
+    let mut model = sealed::fixture::Bigram::load(std::path::Path::new(&ch.hello().model_dir), model.vocab).expect("reload");
+    ch.ready().expect("ready");
+    let mut previous: Option<Vec<u16>> = None;
+    while let Some(tokens) = ch.next_tokens().expect("tokens") {
+        if let Some(p) = &previous {
+            for (&a, &b) in p.iter().zip(&tokens) {
+                model.learn(&[a, b]);
+            }
+        }
+        ch.answer(&model.next_logits(&tokens)).expect("answer");
+        previous = Some(tokens);
+    }
+}
+"#;
+    let r = Repo::new("cp $TOOLS/main.rs trainer/src/main.rs", 1);
+    r.tool("main.rs", &evaluating_with(LEARN, "learn_and_answer"));
+    let o = r.run();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let rows = r.rows();
+    assert_eq!(rows[1][3], "rejected", "{rows:?}\n{}", r.log("n2-0"));
+    assert!(rows[1][4].contains("causality violation"), "{rows:?}");
+    assert!(r.log("n2-0").contains("depend on the other rows"), "{}", r.log("n2-0"));
 }
 
 #[test]

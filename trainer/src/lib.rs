@@ -3,8 +3,11 @@
 //!
 //! This is the one crate that experiments edit. It is built as its own executable
 //! (`src/main.rs`), which the harness starts in a sandbox: [`train`] gets each step's data from
-//! the harness through `ctx.data` and hands back the model, and the harness then scores the
-//! model's logits itself. The trainer never reads the data files or writes the score.
+//! the harness through `ctx.data` and hands back the model, which is saved; then, for each group
+//! of evaluation rows, a fresh process rebuilds it with [`load`] and answers one position of
+//! every row at a time through the model's decoder (a KV cache, [`model::KvCache`]), and the
+//! harness scores the logits itself. The trainer never reads the data files, sees a validation
+//! target before its logits are scored, or writes the score.
 //!
 //! A port of the reference train.py (karpathy/autoresearch). Known differences:
 //! - Precision: with the profile's `dtype = "bf16"` (CUDA) matmuls and attention run in bf16
@@ -20,17 +23,18 @@ pub mod model;
 pub mod optim;
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
-use prepare::eval::LogitsModel;
-use prepare::experiment::{TrainContext, TrainError, TrainedModel};
+use prepare::eval::{Decoder, LogitsModel};
+use prepare::experiment::{LoadContext, TrainContext, TrainError, TrainedModel};
 
 use hparams::Hparams;
-use model::{Gpt, GptConfig};
+use model::{Gpt, GptConfig, KvCache};
 use optim::{MuonAdamW, StepSchedule};
 
 /// Trains a model until the harness says the budget is spent, and hands it back without
@@ -43,8 +47,7 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     let accum = hp.grad_accum_steps(device_batch, seq_len)?;
     let rows_per_step = device_batch * accum;
 
-    let mut config = GptConfig::new(&hp, run.vocab_size, seq_len);
-    config.matmul_dtype = matmul_dtype(&run.dtype, &device);
+    let config = model_config(&hp, run.vocab_size, seq_len, &run.dtype, &device);
     kernels::tune_allocator();
     let device = device.autodiff();
     device.seed(run.seed);
@@ -104,6 +107,29 @@ pub fn train(ctx: TrainContext) -> Result<TrainedModel, TrainError> {
     Ok(Box::new(model.valid()))
 }
 
+/// The file [`LogitsModel::save`] writes in the model folder (Burn's burnpack format).
+pub const MODEL_FILE: &str = "model.bpk";
+
+/// Rebuilds the model [`train`] saved, in an evaluating process: the same config from the same
+/// hyperparameters, then the saved parameters.
+pub fn load(ctx: LoadContext) -> Result<TrainedModel, TrainError> {
+    let LoadContext { device, run, model_dir } = ctx;
+    let hp = Hparams::load(&run.class, run.hparams_override.as_deref())?;
+    let config = model_config(&hp, run.vocab_size, run.seq_len, &run.dtype, &device);
+    kernels::tune_allocator();
+    let path = model_dir.join(MODEL_FILE);
+    let model = config.init(&device).try_load_file(&path).map_err(|e| anyhow::anyhow!("loading the saved model {}: {e:?}", path.display()))?;
+    Ok(Box::new(model))
+}
+
+/// The model's shape for a run: the hyperparameters, the run's vocabulary and sequence length,
+/// and the dtype its matmuls run in on `device`.
+pub fn model_config(hp: &Hparams, vocab_size: usize, seq_len: usize, dtype: &str, device: &Device) -> GptConfig {
+    let mut config = GptConfig::new(hp, vocab_size, seq_len);
+    config.matmul_dtype = matmul_dtype(dtype, device);
+    config
+}
+
 /// What matmuls and attention run in for the run's `dtype`: bf16 (autocast) where the device
 /// has it, else f32. f16 would need loss scaling, which this trainer does not do.
 pub fn matmul_dtype(dtype: &str, device: &Device) -> FloatDType {
@@ -157,6 +183,28 @@ pub fn thousands(n: u64) -> String {
 impl LogitsModel for Gpt {
     fn logits(&self, inputs: Tensor<2, Int>) -> Tensor<3> {
         self.forward(inputs)
+    }
+
+    /// Decodes with a KV cache: each position costs one position's work.
+    fn decoder(&self, _rows: usize) -> Box<dyn Decoder + '_> {
+        Box::new(Cached { model: self, cache: KvCache::new(&self.config, &self.wte.val().device()) })
+    }
+
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(MODEL_FILE);
+        self.clone().save_file(&path).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))
+    }
+}
+
+/// The model and the keys and values of the positions fed so far.
+struct Cached<'a> {
+    model: &'a Gpt,
+    cache: KvCache,
+}
+
+impl Decoder for Cached<'_> {
+    fn step(&mut self, tokens: Tensor<1, Int>) -> Tensor<2> {
+        self.model.step(tokens, &mut self.cache)
     }
 }
 
@@ -229,6 +277,83 @@ mod tests {
         eprintln!("tiny model: loss {first:.3} -> {last:.3} in 30 steps");
         assert!((first - (64f64).ln()).abs() < 0.5, "initial loss {first} should be near ln(64)");
         assert!(last < 0.5 * first, "loss did not fall enough: {first} -> {last}");
+    }
+
+    /// A tiny model with non-zero output projections, so every layer reaches the logits.
+    fn tiny_model(hp: &Hparams, vocab: usize, seq_len: usize) -> Gpt {
+        use burn::module::Param;
+        use burn::tensor::Distribution;
+        let device = Device::flex();
+        device.seed(3);
+        let mut model = GptConfig::new(hp, vocab, seq_len).init(&device);
+        let c = model.config.n_embd;
+        for blk in model.blocks.iter_mut() {
+            blk.attn.c_proj = Param::from_tensor(Tensor::random([c, c], Distribution::Normal(0.0, 0.2), &device));
+            blk.mlp.c_proj = Param::from_tensor(Tensor::random([4 * c, c], Distribution::Normal(0.0, 0.2), &device));
+        }
+        model
+    }
+
+    fn tokens(ids: &[i64], rows: usize, cols: usize) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(ids.to_vec(), [rows, cols]), &Device::flex())
+    }
+
+    /// The decoder's logits, one position of every row at a time, are the logits of the whole
+    /// rows: the KV cache changes what evaluation costs, not what it scores (a windowed layer
+    /// and a full one, value embeddings, past the window).
+    #[test]
+    fn the_cached_decoder_gives_the_logits_of_whole_rows() {
+        let hp = tiny_hparams("");
+        let (vocab, t, b) = (64, 12, 3);
+        let model = tiny_model(&hp, vocab, t);
+        assert_eq!(model.config.window_sizes(), vec![6, 12], "the first layer's window is shorter than the rows");
+        let ids: Vec<i64> = (0..(b * t) as i64).map(|i| (i * 29 + 7) % vocab as i64).collect();
+        let whole = model.forward(tokens(&ids, b, t));
+        let mut decoder = model.decoder(b);
+        for p in 0..t {
+            let column: Vec<i64> = (0..b).map(|r| ids[r * t + p]).collect();
+            let step = decoder.step(Tensor::from_data(TensorData::new(column, [b]), &Device::flex()));
+            let want = whole.clone().slice(s![.., p..p + 1, ..]).reshape([b, vocab]);
+            let diff = (step - want.clone()).abs().max().into_scalar::<f32>();
+            let scale = want.abs().max().into_scalar::<f32>();
+            assert!(diff <= 1e-5 * scale.max(1.0), "position {p}: |diff| {diff}");
+        }
+    }
+
+    /// What `save` writes, `load` rebuilds: the same logits, from the same run information.
+    #[test]
+    fn a_saved_model_loads_to_the_same_logits() {
+        let text = "depth = 2\naspect_ratio = 32\nhead_dim = 32\nwindow_pattern = \"SL\"\n";
+        let hp = Hparams::load("cpu", Some(text)).unwrap();
+        let (vocab, t) = (64, 8);
+        let model = tiny_model(&hp, vocab, t);
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let run = prepare::experiment::RunInfo {
+            protocol: prepare::experiment::PROTOCOL_VERSION,
+            task: prepare::experiment::Task::Evaluate { rows: 2 },
+            device: "flex".into(),
+            seed: 1,
+            class: "cpu".into(),
+            dtype: "f32".into(),
+            seq_len: t,
+            vocab_size: vocab,
+            bos_id: 0,
+            device_batch_scale: 1.0,
+            warmup_steps: 1,
+            budget: "tokens:1".into(),
+            hparams_override: Some(text.into()),
+            model_dir: dir.path().display().to_string(),
+            shm_bytes: 0,
+        };
+        let loaded = load(LoadContext { device: Device::flex(), run: &run, model_dir: dir.path() }).unwrap();
+        let ids: Vec<i64> = (0..16).map(|i| (i * 5 + 1) % vocab as i64).collect();
+        let (a, b) = (model.forward(tokens(&ids, 2, t)), loaded.logits(tokens(&ids, 2, t)));
+        assert_eq!((a - b).abs().max().into_scalar::<f32>(), 0.0);
+        // A folder without a saved model is an error that names the file, not a panic.
+        let empty = tempfile::tempdir().unwrap();
+        let err = load(LoadContext { device: Device::flex(), run: &run, model_dir: empty.path() }).err().unwrap().to_string();
+        assert!(err.contains(MODEL_FILE), "{err}");
     }
 
     #[test]

@@ -192,8 +192,7 @@ pub struct Mlp {
 impl Gpt {
     /// Soft-capped logits `[B, T, V]` for token ids `[B, T]`.
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        let z = to_dtype(dense(self.hidden(idx), self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
-        kernels::softcap(z, LOGIT_SOFTCAP) // [B, T, V]
+        self.head(self.hidden(idx))
     }
 
     /// Training loss: mean cross-entropy (nats) of the soft-capped logits against `targets`
@@ -209,12 +208,39 @@ impl Gpt {
     /// The final normed hidden states `[B, T, C]`, the LM head's input.
     pub fn hidden(&self, idx: Tensor<2, Int>) -> Tensor<3> {
         let cfg = &self.config;
-        let [_, t] = idx.dims();
-        let device = idx.device();
-        let (cos, sin) = kernels::rotary_tables(t, cfg.head_dim, ROPE_BASE, &device);
-        let (cos, sin) = (to_dtype(cos, cfg.matmul_dtype), to_dtype(sin, cfg.matmul_dtype));
-        let windows = cfg.window_sizes();
+        let t = idx.dims()[1];
+        let (cos, sin) = kernels::rotary_tables(t, cfg.head_dim, ROPE_BASE, &idx.device());
+        // A sliding window only where it is shorter than the sequence.
+        let windows: Vec<Option<usize>> = cfg.window_sizes().into_iter().map(|w| (w < t).then_some(w)).collect();
+        self.layers(idx, &cos, &sin, &windows, None)
+    }
 
+    /// Next-token logits `[B, V]` after `tokens` `[B]`, fed at the position after those
+    /// `cache` holds, which it extends: evaluation's decoder, one position of every row at a
+    /// time. The same layers as [`Gpt::forward`], attending over the cached keys.
+    pub fn step(&self, tokens: Tensor<1, Int>, cache: &mut KvCache) -> Tensor<2> {
+        let b = tokens.dims()[0];
+        let pos = cache.len;
+        let cos = cache.cos.clone().narrow(2, pos, 1);
+        let sin = cache.sin.clone().narrow(2, pos, 1);
+        let windows: Vec<Option<usize>> = self.config.window_sizes().into_iter().map(Some).collect();
+        let h = self.layers(tokens.reshape([b, 1]), &cos, &sin, &windows, Some(cache));
+        cache.len += 1;
+        self.head(h).reshape([b, self.config.vocab_size])
+    }
+
+    /// The soft-capped logits of hidden states `[B, T, C]`: `[B, T, V]`, f32.
+    fn head(&self, h: Tensor<3>) -> Tensor<3> {
+        let z = to_dtype(dense(h, self.lm_head.val(), self.config.matmul_dtype), FloatDType::F32);
+        kernels::softcap(z, LOGIT_SOFTCAP)
+    }
+
+    /// The embeddings through every block and the final norm. `cos`, `sin`: the rotary rows of
+    /// `idx`'s positions; `windows`: each layer's attention window; `cache`: the keys and values
+    /// of the positions before (decoding), or none (whole rows).
+    fn layers(&self, idx: Tensor<2, Int>, cos: &Tensor<4>, sin: &Tensor<4>, windows: &[Option<usize>], mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let cfg = &self.config;
+        let (cos, sin) = (to_dtype(cos.clone(), cfg.matmul_dtype), to_dtype(sin.clone(), cfg.matmul_dtype));
         let mut x = rms_norm(embedding(self.wte.val(), idx.clone())); // [B, T, C]
         let x0 = x.clone();
         for (i, block) in self.blocks.iter().enumerate() {
@@ -222,17 +248,64 @@ impl Gpt {
             let skip = self.x0_lambdas.val().narrow(0, i, 1).reshape([1, 1, 1]);
             x = x * resid + x0.clone() * skip;
             let ve = self.value_embeds[i].as_ref().map(|w| embedding(w.val(), idx.clone())); // [B, T, H*D]
-            // Causal attention; a sliding window only where it is shorter than the sequence.
-            let window = (windows[i] < t).then_some(windows[i]);
-            x = block.forward(x, ve, &cos, &sin, window, cfg);
+            let past = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, ve, &cos, &sin, windows[i], cfg, past);
         }
         rms_norm(x)
     }
 }
 
+/// The keys and values of every layer for decoding `rows` rows of up to `seq_len` positions,
+/// and the rotary tables of those positions.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// Positions fed so far.
+    len: usize,
+}
+
+/// One layer's keys and values `[B, H, seq_len, D]`, positions `0..len` filled; allocated at the
+/// first position, in the dtype of the keys.
+pub struct LayerCache {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &GptConfig, device: &Device) -> KvCache {
+        let (cos, sin) = kernels::rotary_tables(cfg.seq_len, cfg.head_dim, ROPE_BASE, device);
+        let layers = (0..cfg.n_layer).map(|_| LayerCache { kv: None, len: 0, capacity: cfg.seq_len }).collect();
+        KvCache { layers, cos, sin, len: 0 }
+    }
+}
+
+impl LayerCache {
+    /// Appends `k`, `v` `[B, H, 1, D]` as the next position and attends `q` `[B, H, 1, D]` to
+    /// the keys `pos - window ..= pos` (every key so far without a window). The keys are written
+    /// in place, so a step costs a read of the cache, not a copy of it.
+    fn attend(&mut self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, window: Option<usize>) -> Tensor<4> {
+        let pos = self.len;
+        assert!(pos < self.capacity, "decoding past the {} positions the cache holds", self.capacity);
+        let (keys, values) = self.kv.take().unwrap_or_else(|| {
+            let empty = || k.zeros_like().repeat_dim(2, self.capacity);
+            (empty(), empty())
+        });
+        let keys = keys.slice_assign(s![.., .., pos..pos + 1, ..], k);
+        let values = values.slice_assign(s![.., .., pos..pos + 1, ..], v);
+        let from = window.map_or(0, |w| pos.saturating_sub(w));
+        let seen = |t: &Tensor<4>| t.clone().slice(s![.., .., from..pos + 1, ..]);
+        let y = kernels::attention_step(q, seen(&keys), seen(&values), scale);
+        self.kv = Some((keys, values));
+        self.len += 1;
+        y
+    }
+}
+
 impl Block {
     /// `x` `[B, T, C]` (f32) -> `[B, T, C]` (f32); `ve` `[B, T, H*D]` on value-embedding layers;
-    /// `cos`, `sin` `[1, 1, T, D/2]`.
+    /// `cos`, `sin` `[1, 1, T, D/2]`; `past`: this layer's cache when decoding.
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -241,8 +314,9 @@ impl Block {
         sin: &Tensor<4>,
         window: Option<usize>,
         cfg: &GptConfig,
+        past: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let x = x.clone() + to_dtype(self.attn.forward(rms_norm(x), ve, cos, sin, window, cfg), FloatDType::F32);
+        let x = x.clone() + to_dtype(self.attn.forward(rms_norm(x), ve, cos, sin, window, cfg, past), FloatDType::F32);
         x.clone() + to_dtype(self.mlp.forward(rms_norm(x), cfg), FloatDType::F32)
     }
 }
@@ -258,7 +332,9 @@ impl Mlp {
 
 impl Attention {
     /// `x` `[B, T, C]` -> `[B, T, C]`, in `cfg.matmul_dtype`; query i sees keys
-    /// `i - window ..= i` (all up to i without a window).
+    /// `i - window ..= i` (all up to i without a window). With `past` (decoding, T = 1) the
+    /// keys before come from the cache, which the new key and value join.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -267,6 +343,7 @@ impl Attention {
         sin: &Tensor<4>,
         window: Option<usize>,
         cfg: &GptConfig,
+        past: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (h, d, dt) = (cfg.n_head, cfg.head_dim, cfg.matmul_dtype);
@@ -283,8 +360,12 @@ impl Attention {
         let q = rotary_rms_norm(q.swap_dims(1, 2), cos, sin);
         let k = rotary_rms_norm(k.swap_dims(1, 2), cos, sin);
         let v = v.swap_dims(1, 2);
-        // Causal attention with a window; fused on flex and on LibTorch (trainer/kernels).
-        let y = kernels::causal_attention(q, k, v, 1.0 / (d as f64).sqrt(), window); // [B, H, T, D]
+        let scale = 1.0 / (d as f64).sqrt();
+        let y = match past {
+            // Causal attention with a window; fused on flex and on LibTorch (trainer/kernels).
+            None => kernels::causal_attention(q, k, v, scale, window), // [B, H, T, D]
+            Some(cache) => cache.attend(q, k, v, scale, window),
+        };
         dense(y.swap_dims(1, 2).reshape([b, t, c]), self.c_proj.val(), dt) // in `dt`
     }
 }

@@ -7,20 +7,9 @@ use std::os::unix::net::UnixStream;
 
 use crate::shm::Shm;
 use crate::wire::{
-    Answer, CHANNEL_FD_ENV, Done, EvalBatch, Failure, Hello, ModelInfo, PROTOCOL_VERSION, Position, SHM_FD_ENV,
-    StepReport, ToHarness, ToTrainer, TrainBatch, WireError,
+    CHANNEL_FD_ENV, Done, Failure, Hello, ModelInfo, PROTOCOL_VERSION, SHM_FD_ENV, StepReport, ToHarness, ToTrainer,
+    TrainBatch, WireError,
 };
-
-/// What the harness asks for during evaluation.
-#[derive(Debug)]
-pub enum EvalRequest {
-    /// Answer this batch.
-    Batch(EvalBatch),
-    /// Send full logits at these positions of the batch just answered.
-    Reveal(Vec<Position>),
-    /// Evaluation is over.
-    Quit,
-}
 
 /// The trainer's connection to the harness.
 pub struct Channel {
@@ -103,37 +92,32 @@ impl Channel {
         }
     }
 
-    /// Training is over; the model is ready to be evaluated.
+    /// Training is over and the model is saved in the Hello's `model_dir`.
     pub fn training_done(&mut self, done: Done) -> Result<(), WireError> {
         self.send(&ToHarness::TrainingDone(done))
     }
 
-    /// The harness's next evaluation request.
-    pub fn next_eval(&mut self) -> Result<EvalRequest, WireError> {
+    /// The model is loaded: the harness may send the first position.
+    pub fn ready(&mut self) -> Result<(), WireError> {
+        self.send(&ToHarness::Ready)
+    }
+
+    /// The next position of every evaluation row (one id per row), or `None` when evaluation is
+    /// over.
+    pub fn next_tokens(&mut self) -> Result<Option<Vec<u16>>, WireError> {
         match self.recv()? {
-            ToTrainer::Eval(b) => Ok(EvalRequest::Batch(b)),
-            ToTrainer::Reveal(p) => Ok(EvalRequest::Reveal(p)),
-            ToTrainer::Quit => Ok(EvalRequest::Quit),
-            other => Err(WireError::Protocol(format!("expected an evaluation request, got {}", name(&other)))),
+            ToTrainer::Tokens(ids) => Ok(Some(ids)),
+            ToTrainer::Quit => Ok(None),
+            other => Err(WireError::Protocol(format!("expected evaluation tokens or Quit, got {}", name(&other)))),
         }
     }
 
-    /// Answers a batch with all its logits, `[rows, seq, vocab]` row-major (full mode).
-    pub fn answer_full(&mut self, logits: &[f32]) -> Result<(), WireError> {
-        let shm = self.shm.as_mut().ok_or_else(|| WireError::Protocol("full answers need the shared region (the harness asked for summaries)".into()))?;
+    /// Answers the position just sent with the next-token logits of every row, `[rows, vocab]`
+    /// row-major, through the shared region.
+    pub fn answer(&mut self, logits: &[f32]) -> Result<(), WireError> {
+        let shm = self.shm.as_mut().ok_or_else(|| WireError::Protocol("answers need the shared region, which only an evaluating process has".into()))?;
         shm.write_f32s(logits)?;
-        self.send(&ToHarness::Answer(Answer::Full))
-    }
-
-    /// Answers a batch with per-position values (summary mode): `lse` `[rows, seq]`, `next`
-    /// `[rows, seq - 1]`, `last` `[rows, vocab]`.
-    pub fn answer_summary(&mut self, lse: Vec<f32>, next: Vec<f32>, last: Vec<f32>) -> Result<(), WireError> {
-        self.send(&ToHarness::Answer(Answer::Summary { lse, next, last }))
-    }
-
-    /// Full logits at the positions of a `Reveal`, `[positions, vocab]`.
-    pub fn send_vectors(&mut self, vectors: Vec<f32>) -> Result<(), WireError> {
-        self.send(&ToHarness::Vectors(vectors))
+        self.send(&ToHarness::Logits)
     }
 
     /// Reports why training or evaluation stopped. Best effort: the harness may be gone.
@@ -147,8 +131,7 @@ fn name(m: &ToTrainer) -> &'static str {
         ToTrainer::Hello(_) => "Hello",
         ToTrainer::Batch(_) => "Batch",
         ToTrainer::Stop => "Stop",
-        ToTrainer::Eval(_) => "Eval",
-        ToTrainer::Reveal(_) => "Reveal",
+        ToTrainer::Tokens(_) => "Tokens",
         ToTrainer::Quit => "Quit",
     }
 }

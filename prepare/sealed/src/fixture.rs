@@ -1,9 +1,15 @@
 //! A trainer for tests: a bigram model counted from the training batches, honest and quick (a
-//! run takes about a second), that speaks the protocol with [`crate::child::Channel`]. The
+//! run takes about a second), that speaks the protocol with [`crate::child::Channel`]: it
+//! trains and saves its counts, or loads them and answers one group of evaluation rows. The
 //! harness's red-team fixture and the runner's loop tests build their attacks around it.
 
-use crate::child::{Channel, EvalRequest};
-use crate::wire::{Done, EvalMode, ModelInfo, StepReport, WireError};
+use std::path::Path;
+
+use crate::child::Channel;
+use crate::wire::{Done, ModelInfo, StepReport, Task, WireError};
+
+/// The file the counts are saved in, inside the Hello's `model_dir`.
+pub const MODEL_FILE: &str = "bigram.bin";
 
 /// Next-token log-probabilities from bigram counts (add-one smoothing).
 pub struct Bigram {
@@ -34,14 +40,31 @@ impl Bigram {
         }
     }
 
-    /// Logits of a batch of inputs, `[rows, seq, vocab]` row-major.
-    pub fn batch_logits(&self, inputs: &[u16], rows: usize, seq: usize) -> Vec<f32> {
+    /// Logits after the last token of every row, `[rows, vocab]` row-major: the answer to one
+    /// evaluation position.
+    pub fn next_logits(&self, tokens: &[u16]) -> Vec<f32> {
         let v = self.vocab;
-        let mut out = vec![0f32; rows * seq * v];
-        for (i, &id) in inputs.iter().enumerate().take(rows * seq) {
+        let mut out = vec![0f32; tokens.len() * v];
+        for (i, &id) in tokens.iter().enumerate() {
             self.logits(id, &mut out[i * v..(i + 1) * v]);
         }
         out
+    }
+
+    /// Writes the counts into `dir`.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let bytes: Vec<u8> = self.counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+        std::fs::write(dir.join(MODEL_FILE), bytes)
+    }
+
+    /// Reads the counts [`Bigram::save`] wrote for a vocabulary of `vocab`.
+    pub fn load(dir: &Path, vocab: usize) -> std::io::Result<Bigram> {
+        let path = dir.join(MODEL_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if bytes.len() != vocab * vocab * 4 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} holds {} bytes, not the {} of a {vocab}-token bigram", MODEL_FILE, bytes.len(), vocab * vocab * 4)));
+        }
+        Ok(Bigram { vocab, counts: bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect() })
     }
 }
 
@@ -51,8 +74,20 @@ pub fn log_sum_exp(row: &[f32]) -> f32 {
     m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }
 
+/// The fixture trainer's whole life: trains and saves (the training process), or loads and
+/// answers (an evaluating process), as the harness's Hello says.
+pub fn serve(ch: &mut Channel, rows: usize, each_step: impl FnMut(u64, &mut Bigram)) -> Result<(), WireError> {
+    match ch.hello().task {
+        Task::Train => train(ch, rows, each_step).map(|_| ()),
+        Task::Evaluate { .. } => {
+            let model = load(ch)?;
+            answer(ch, &model)
+        }
+    }
+}
+
 /// Trains on every step the harness hands out (`rows` rows a step), calling `each_step` after
-/// each one; returns the model when the budget is spent.
+/// each one; when the budget is spent, saves the model and says training is done.
 pub fn train(ch: &mut Channel, rows: usize, mut each_step: impl FnMut(u64, &mut Bigram)) -> Result<Bigram, WireError> {
     let vocab = ch.hello().vocab_size;
     let mut model = Bigram::new(vocab);
@@ -67,54 +102,23 @@ pub fn train(ch: &mut Channel, rows: usize, mut each_step: impl FnMut(u64, &mut 
         println!("step {:05} | loss: {loss:.6}", batch.step);
         report = Some(StepReport { loss, lr_multiplier: 1.0 });
     }
+    model.save(Path::new(&ch.hello().model_dir))?;
     ch.training_done(Done::default())?;
     Ok(model)
 }
 
-/// Answers the harness's evaluation honestly, in the mode it asked for.
-pub fn answer(ch: &mut Channel, model: &Bigram) -> Result<(), WireError> {
-    let (v, mode) = (model.vocab, ch.hello().eval_mode);
-    let mut last = Vec::new();
-    let mut seq = 0;
-    loop {
-        match ch.next_eval()? {
-            EvalRequest::Quit => return Ok(()),
-            EvalRequest::Batch(b) => {
-                let logits = model.batch_logits(&b.inputs, b.rows, b.seq_len);
-                match mode {
-                    EvalMode::Full => ch.answer_full(&logits)?,
-                    EvalMode::Summary => {
-                        let (lse, next, fin) = summarize(&logits, &b.inputs, b.rows, b.seq_len, v);
-                        ch.answer_summary(lse, next, fin)?;
-                    }
-                }
-                last = logits;
-                seq = b.seq_len;
-            }
-            EvalRequest::Reveal(ps) => {
-                let out = ps.iter().flat_map(|p| {
-                    let at = (p.row as usize * seq + p.pos as usize) * v;
-                    last[at..at + v].iter().copied()
-                });
-                ch.send_vectors(out.collect())?;
-            }
-        }
-    }
+/// The model the training process saved.
+pub fn load(ch: &Channel) -> Result<Bigram, WireError> {
+    Ok(Bigram::load(Path::new(&ch.hello().model_dir), ch.hello().vocab_size)?)
 }
 
-/// The summary answer of a batch of logits: per-position log-sum-exp, next-input logits, and
-/// the last position's logits.
-pub fn summarize(logits: &[f32], inputs: &[u16], rows: usize, seq: usize, v: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let lse = logits.chunks(v).map(log_sum_exp).collect();
-    let mut next = Vec::with_capacity(rows * (seq - 1));
-    let mut last = Vec::with_capacity(rows * v);
-    for r in 0..rows {
-        for p in 0..seq - 1 {
-            next.push(logits[(r * seq + p) * v + inputs[r * seq + p + 1] as usize]);
-        }
-        last.extend_from_slice(&logits[(r * seq + seq - 1) * v..(r * seq + seq) * v]);
+/// Answers the harness's evaluation honestly: Ready, then each position's next-token logits.
+pub fn answer(ch: &mut Channel, model: &Bigram) -> Result<(), WireError> {
+    ch.ready()?;
+    while let Some(tokens) = ch.next_tokens()? {
+        ch.answer(&model.next_logits(&tokens))?;
     }
-    (lse, next, last)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -129,7 +133,13 @@ mod tests {
         m.logits(0, &mut out);
         assert!((log_sum_exp(&out)).abs() < 1e-6, "log-probabilities sum to 1");
         assert!(out[1] > out[2] && out[2] > out[3]);
-        let (lse, next, last) = summarize(&m.batch_logits(&[0, 1, 0], 1, 3), &[0, 1, 0], 1, 3, 4);
-        assert_eq!((lse.len(), next.len(), last.len()), (3, 2, 4));
+        let next = m.next_logits(&[0, 2]);
+        assert_eq!(next.len(), 8);
+        assert_eq!(&next[..4], &out);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let back = Bigram::load(dir.path(), 4).unwrap();
+        assert_eq!(back.next_logits(&[0, 2]), next, "a saved model answers as the one that was saved");
+        assert!(Bigram::load(dir.path(), 5).is_err(), "a file of another vocabulary is refused");
     }
 }

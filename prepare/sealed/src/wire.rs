@@ -2,60 +2,68 @@
 //! code under research), framed on one Unix stream socket.
 //!
 //! A frame is a little-endian `u32` body length, a one-byte tag, and the body. Control messages
-//! have JSON bodies; bulk messages (tokens, floats) have raw little-endian arrays, so a training
-//! batch or an evaluation answer costs one copy each way.
+//! have JSON bodies; bulk messages (tokens) have raw little-endian arrays, and logits cross in
+//! the shared region (`shm`), so a training batch or an evaluation answer costs one copy.
 //!
-//! The conversation:
+//! Every trainer process has one [`Task`]. The training process:
 //!
 //! ```text
-//! harness                                   trainer
+//! harness                                   trainer (Task::Train)
 //!   Hello ------------------------------------>
 //!         <------------------------------------ Model (parameters, FLOPs per token)
 //!         <------------------------------------ NextStep (rows wanted, last step's loss)
 //!   Batch (rows of T+1 tokens, progress) ------>          ... once per optimizer step
 //!   Stop (the budget is spent) --------------->
-//!         <------------------------------------ TrainingDone
-//!   Eval (inputs only) ------------------------>
-//!         <------------------------------------ Answer (full logits in shared memory, or
-//!   Reveal (positions chosen after the answer) ->          per-position values)
-//!         <------------------------------------ Vectors (full logits at those positions)
-//!   ... every evaluation batch, then Quit ----->
+//!         <------------------------------------ TrainingDone (the model saved in model_dir)
 //! ```
 //!
-//! The trainer never receives a file path, a target it cannot see in its own inputs, or
-//! anything it could write the score with; the harness checks every size it is sent.
+//! and then, for each group of evaluation rows, a fresh process that has seen nothing else:
+//!
+//! ```text
+//! harness                                   trainer (Task::Evaluate { rows })
+//!   Hello ------------------------------------>
+//!         <------------------------------------ Ready (the model loaded from model_dir)
+//!   Tokens (position p of every row) --------->
+//!         <------------------------------------ Logits (for position p + 1, in shared memory)
+//!   ... seq_len times, then Quit ------------->
+//! ```
+//!
+//! The harness copies each answer out of the shared region before it sends the next position,
+//! so a logit is committed before its target exists on the trainer's side: no evaluation
+//! target ever reaches a trainer before its logits are scored. The trainer never receives a
+//! path to the data or anything it could write the score with; the harness checks every size
+//! it is sent.
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to a message; the trainer refuses a harness of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Environment variable naming the trainer's socket descriptor.
 pub const CHANNEL_FD_ENV: &str = "AUTORESEARCH_CHANNEL_FD";
-/// Environment variable naming the shared logits region's descriptor (full mode only).
+/// Environment variable naming the shared logits region's descriptor (evaluating processes).
 pub const SHM_FD_ENV: &str = "AUTORESEARCH_SHM_FD";
 /// The largest frame either side accepts: 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
 
-/// How the trainer answers an evaluation batch.
+/// What a trainer process is started for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EvalMode {
-    /// Every logit of the batch, written into the shared region (`[rows, seq, vocab]` f32):
-    /// the harness computes everything. For batches whose logits fit the region.
-    Full,
-    /// Per position the log-sum-exp of the logits and the logit of the next input token, plus
-    /// the full logits of each row's last position (whose target the trainer does not see);
-    /// the harness asks for full logits at positions it picks after each answer and checks
-    /// them. For batches too big to copy (the cuda profile: 8 GiB of logits a batch).
-    Summary,
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Train on the harness's batches until Stop, save the model into `model_dir`, say
+    /// TrainingDone. This process never sees a validation token.
+    Train,
+    /// Load the model from `model_dir` (read-only here), say Ready, then answer `rows` rows one
+    /// position at a time: after each `Tokens`, the next-token logits of every row.
+    Evaluate { rows: usize },
 }
 
 /// The first message: everything the trainer is told about the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: u32,
+    pub task: Task,
     /// Canonical device name (`flex`, `cuda:0`, ...), as `harness --help` lists them.
     pub device: String,
     /// Seed for initialisation (the harness's data order has its own).
@@ -78,8 +86,10 @@ pub struct Hello {
     pub budget: String,
     /// TOML text of hyperparameter overrides (`harness --hparams`).
     pub hparams_override: Option<String>,
-    pub eval_mode: EvalMode,
-    /// Bytes of the shared logits region (full mode), else 0.
+    /// The folder of the saved model: the training process writes it (it is empty then), an
+    /// evaluating process may only read it.
+    pub model_dir: String,
+    /// Bytes of the shared logits region: `rows x vocab x 4` for an evaluating process, else 0.
     pub shm_bytes: u64,
 }
 
@@ -146,31 +156,6 @@ pub struct Done {
     pub device_memory_mb: Option<f64>,
 }
 
-/// One evaluation batch: inputs only, `rows * seq_len` ids.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalBatch {
-    pub rows: usize,
-    pub seq_len: usize,
-    pub inputs: Vec<u16>,
-}
-
-/// A (row, position) of the last evaluation batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Position {
-    pub row: u32,
-    pub pos: u32,
-}
-
-/// The trainer's answer to an evaluation batch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    /// The logits are in the shared region.
-    Full,
-    /// See [`EvalMode::Summary`]: `lse` `[rows, seq]`, `next` `[rows, seq - 1]` (the logit at
-    /// position t of the input token at t + 1), `last` `[rows, vocab]`.
-    Summary { lse: Vec<f32>, next: Vec<f32>, last: Vec<f32> },
-}
-
 /// Why the trainer stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,9 +185,9 @@ pub enum ToTrainer {
     Batch(TrainBatch),
     /// The budget is spent: no more training data.
     Stop,
-    Eval(EvalBatch),
-    /// Full logits wanted at these positions of the batch just answered.
-    Reveal(Vec<Position>),
+    /// The next position of every evaluation row, one id per row: answer with the logits of the
+    /// position after it.
+    Tokens(Vec<u16>),
     /// Evaluation is over: exit.
     Quit,
 }
@@ -213,10 +198,12 @@ pub enum ToHarness {
     Model(ModelInfo),
     /// The next step's data, `rows` rows; `report` describes the step just finished.
     NextStep { rows: u32, report: Option<StepReport> },
+    /// Training is over and the model is saved.
     TrainingDone(Done),
-    Answer(Answer),
-    /// `[positions, vocab]` f32, in the order asked.
-    Vectors(Vec<f32>),
+    /// The model is loaded: send the first position.
+    Ready,
+    /// The logits of the position just sent are in the shared region, `[rows, vocab]` f32.
+    Logits,
     Failed(Failure),
 }
 
@@ -241,15 +228,13 @@ mod tag {
     pub const HELLO: u8 = b'H';
     pub const BATCH: u8 = b'B';
     pub const STOP: u8 = b'S';
-    pub const EVAL: u8 = b'E';
-    pub const REVEAL: u8 = b'R';
+    pub const TOKENS: u8 = b'T';
     pub const QUIT: u8 = b'Q';
     pub const MODEL: u8 = b'M';
     pub const NEXT_STEP: u8 = b'N';
     pub const DONE: u8 = b'D';
-    pub const ANSWER_FULL: u8 = b'A';
-    pub const ANSWER_SUMMARY: u8 = b'a';
-    pub const VECTORS: u8 = b'V';
+    pub const READY: u8 = b'R';
+    pub const LOGITS: u8 = b'L';
     pub const FAILED: u8 = b'F';
 }
 
@@ -323,20 +308,6 @@ impl Body {
         }
         self
     }
-    fn f32s(mut self, xs: &[f32]) -> Self {
-        self.0.extend_from_slice(&(xs.len() as u64).to_le_bytes());
-        self.0.extend_from_slice(&f32_bytes(xs));
-        self
-    }
-}
-
-fn f32_bytes(xs: &[f32]) -> std::borrow::Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        // SAFETY: f32 has no padding and any byte pattern is a valid u8.
-        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<u8>(), std::mem::size_of_val(xs)) })
-    } else {
-        std::borrow::Cow::Owned(xs.iter().flat_map(|x| x.to_le_bytes()).collect())
-    }
 }
 
 /// Little-endian body reader; every read is bounds-checked.
@@ -369,11 +340,6 @@ impl<'a> Cursor<'a> {
     fn u16s(&mut self, n: usize) -> Result<Vec<u16>, WireError> {
         let bytes = self.take(n.checked_mul(2).ok_or_else(|| violation("array size overflows"))?)?;
         Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
-    }
-    fn f32s(&mut self) -> Result<Vec<f32>, WireError> {
-        let n = usize::try_from(self.u64()?).map_err(|_| violation("array size overflows"))?;
-        let bytes = self.take(n.checked_mul(4).ok_or_else(|| violation("array size overflows"))?)?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
     fn end(self) -> Result<(), WireError> {
         if self.buf.is_empty() { Ok(()) } else { Err(violation(format!("a {} message has {} bytes too many", self.what, self.buf.len()))) }
@@ -409,14 +375,7 @@ impl ToTrainer {
                 write_frame(w, tag::BATCH, &body.0)
             }
             ToTrainer::Stop => write_frame(w, tag::STOP, &[]),
-            ToTrainer::Eval(e) => write_frame(w, tag::EVAL, &Body::default().u32(e.rows as u32).u32(e.seq_len as u32).u16s(&e.inputs).0),
-            ToTrainer::Reveal(ps) => {
-                let mut body = Body::default().u32(ps.len() as u32);
-                for p in ps {
-                    body = body.u32(p.row).u32(p.pos);
-                }
-                write_frame(w, tag::REVEAL, &body.0)
-            }
+            ToTrainer::Tokens(ids) => write_frame(w, tag::TOKENS, &Body::default().u32(ids.len() as u32).u16s(ids).0),
             ToTrainer::Quit => write_frame(w, tag::QUIT, &[]),
         }
     }
@@ -438,22 +397,12 @@ impl ToTrainer {
                 ToTrainer::Batch(TrainBatch { step, epoch, progress, elapsed, rows, seq_len, tokens })
             }
             tag::STOP => ToTrainer::Stop,
-            tag::EVAL => {
-                let mut c = Cursor::new(body, "Eval");
-                let (rows, seq_len) = (c.u32()? as usize, c.u32()? as usize);
-                let inputs = c.u16s(cells(rows, seq_len)?)?;
-                c.end()?;
-                ToTrainer::Eval(EvalBatch { rows, seq_len, inputs })
-            }
-            tag::REVEAL => {
-                let mut c = Cursor::new(body, "Reveal");
+            tag::TOKENS => {
+                let mut c = Cursor::new(body, "Tokens");
                 let n = c.u32()? as usize;
-                let mut ps = Vec::with_capacity(n.min(1 << 20));
-                for _ in 0..n {
-                    ps.push(Position { row: c.u32()?, pos: c.u32()? });
-                }
+                let ids = c.u16s(cells(n, 1)?)?;
                 c.end()?;
-                ToTrainer::Reveal(ps)
+                ToTrainer::Tokens(ids)
             }
             tag::QUIT => ToTrainer::Quit,
             other => return Err(violation(format!("unknown message tag {other:#04x} from the harness"))),
@@ -473,11 +422,8 @@ impl ToHarness {
                 write_frame(w, tag::NEXT_STEP, &body.0)
             }
             ToHarness::TrainingDone(d) => write_frame(w, tag::DONE, &json(d)),
-            ToHarness::Answer(Answer::Full) => write_frame(w, tag::ANSWER_FULL, &[]),
-            ToHarness::Answer(Answer::Summary { lse, next, last }) => {
-                write_frame(w, tag::ANSWER_SUMMARY, &Body::default().f32s(lse).f32s(next).f32s(last).0)
-            }
-            ToHarness::Vectors(v) => write_frame(w, tag::VECTORS, &Body::default().f32s(v).0),
+            ToHarness::Ready => write_frame(w, tag::READY, &[]),
+            ToHarness::Logits => write_frame(w, tag::LOGITS, &[]),
             ToHarness::Failed(f) => write_frame(w, tag::FAILED, &json(f)),
         }
     }
@@ -502,21 +448,13 @@ impl ToHarness {
                 ToHarness::NextStep { rows, report }
             }
             tag::DONE => ToHarness::TrainingDone(from_json(body, "TrainingDone")?),
-            tag::ANSWER_FULL => {
-                Cursor::new(body, "Answer").end()?;
-                ToHarness::Answer(Answer::Full)
+            tag::READY => {
+                Cursor::new(body, "Ready").end()?;
+                ToHarness::Ready
             }
-            tag::ANSWER_SUMMARY => {
-                let mut c = Cursor::new(body, "Answer");
-                let (lse, next, last) = (c.f32s()?, c.f32s()?, c.f32s()?);
-                c.end()?;
-                ToHarness::Answer(Answer::Summary { lse, next, last })
-            }
-            tag::VECTORS => {
-                let mut c = Cursor::new(body, "Vectors");
-                let v = c.f32s()?;
-                c.end()?;
-                ToHarness::Vectors(v)
+            tag::LOGITS => {
+                Cursor::new(body, "Logits").end()?;
+                ToHarness::Logits
             }
             tag::FAILED => ToHarness::Failed(from_json(body, "Failed")?),
             other => return Err(violation(format!("unknown message tag {other:#04x} from the trainer"))),
@@ -540,10 +478,10 @@ mod tests {
         assert_eq!(ToHarness::read(&mut buf.as_slice()).unwrap(), m);
     }
 
-    #[test]
-    fn every_message_survives_a_round_trip() {
-        round_trip_trainer(ToTrainer::Hello(Box::new(Hello {
+    fn hello_train() -> Hello {
+        Hello {
             protocol: PROTOCOL_VERSION,
+            task: Task::Train,
             device: "flex".into(),
             seed: 42,
             class: "cpu".into(),
@@ -555,9 +493,17 @@ mod tests {
             warmup_steps: 1,
             budget: "time:300".into(),
             hparams_override: Some("depth = 2".into()),
-            eval_mode: EvalMode::Summary,
+            model_dir: "/tmp/x/model".into(),
             shm_bytes: 0,
-        })));
+        }
+    }
+
+    #[test]
+    fn every_message_survives_a_round_trip() {
+        round_trip_trainer(ToTrainer::Hello(Box::new(hello_train())));
+        let mut evaluate = Hello { task: Task::Evaluate { rows: 16 }, shm_bytes: 16 * 300 * 4, ..hello_train() };
+        evaluate.hparams_override = None;
+        round_trip_trainer(ToTrainer::Hello(Box::new(evaluate)));
         round_trip_trainer(ToTrainer::Batch(TrainBatch {
             step: 3,
             epoch: 1,
@@ -568,16 +514,15 @@ mod tests {
             tokens: vec![1, 2, 3, 4, 5, 6, 7, 65535],
         }));
         round_trip_trainer(ToTrainer::Stop);
-        round_trip_trainer(ToTrainer::Eval(EvalBatch { rows: 1, seq_len: 2, inputs: vec![9, 8] }));
-        round_trip_trainer(ToTrainer::Reveal(vec![Position { row: 1, pos: 7 }, Position { row: 0, pos: 0 }]));
+        round_trip_trainer(ToTrainer::Tokens(vec![9, 8, 65535]));
+        round_trip_trainer(ToTrainer::Tokens(Vec::new()));
         round_trip_trainer(ToTrainer::Quit);
         round_trip_harness(ToHarness::Model(ModelInfo { num_params: 7, flops_per_token: 1e9, depth: 4 }));
         round_trip_harness(ToHarness::NextStep { rows: 16, report: None });
         round_trip_harness(ToHarness::NextStep { rows: 16, report: Some(StepReport { loss: f64::NAN.min(2.5), lr_multiplier: 1.0 }) });
         round_trip_harness(ToHarness::TrainingDone(Done { device_memory_mb: Some(12.5) }));
-        round_trip_harness(ToHarness::Answer(Answer::Full));
-        round_trip_harness(ToHarness::Answer(Answer::Summary { lse: vec![1.0, 2.0], next: vec![0.5], last: vec![-1.0; 3] }));
-        round_trip_harness(ToHarness::Vectors(vec![0.25; 5]));
+        round_trip_harness(ToHarness::Ready);
+        round_trip_harness(ToHarness::Logits);
         round_trip_harness(ToHarness::Failed(Failure { kind: FailureKind::Diverged, message: "nan".into(), step: Some(3), loss: None }));
     }
 
@@ -601,7 +546,7 @@ mod tests {
         assert!(matches!(ToTrainer::read(&mut buf.as_slice()), Err(WireError::Protocol(m)) if m.contains("short")));
         // Trailing bytes.
         let mut buf = Vec::new();
-        write_frame(&mut buf, tag::ANSWER_FULL, &[0]).unwrap();
+        write_frame(&mut buf, tag::LOGITS, &[0]).unwrap();
         assert!(matches!(ToHarness::read(&mut buf.as_slice()), Err(WireError::Protocol(m)) if m.contains("too many")));
         // Unknown tag, bad JSON, truncated stream, empty stream.
         let mut buf = Vec::new();
@@ -611,13 +556,17 @@ mod tests {
         write_frame(&mut buf, tag::MODEL, b"{").unwrap();
         assert!(matches!(ToHarness::read(&mut buf.as_slice()), Err(WireError::Protocol(_))));
         let mut buf = Vec::new();
-        write_frame(&mut buf, tag::VECTORS, &Body::default().f32s(&[1.0, 2.0]).0).unwrap();
+        write_frame(&mut buf, tag::TOKENS, &Body::default().u32(2).u16s(&[1, 2]).0).unwrap();
         buf.truncate(buf.len() - 1);
-        assert!(matches!(ToHarness::read(&mut buf.as_slice()), Err(WireError::Protocol(m)) if m.contains("ended inside")));
+        assert!(matches!(ToTrainer::read(&mut buf.as_slice()), Err(WireError::Protocol(m)) if m.contains("ended inside")));
         assert!(matches!(ToHarness::read(&mut [].as_slice()), Err(WireError::Closed)));
         // A huge declared array length does not allocate.
         let mut buf = Vec::new();
-        write_frame(&mut buf, tag::VECTORS, &Body::default().u64(u64::MAX / 2).0).unwrap();
-        assert!(matches!(ToHarness::read(&mut buf.as_slice()), Err(WireError::Protocol(_))));
+        write_frame(&mut buf, tag::TOKENS, &Body::default().u32(u32::MAX).0).unwrap();
+        assert!(matches!(ToTrainer::read(&mut buf.as_slice()), Err(WireError::Protocol(_))));
+        // Tokens whose count does not match what follows.
+        let mut buf = Vec::new();
+        write_frame(&mut buf, tag::TOKENS, &Body::default().u32(3).u16s(&[1, 2]).0).unwrap();
+        assert!(matches!(ToTrainer::read(&mut buf.as_slice()), Err(WireError::Protocol(m)) if m.contains("short")));
     }
 }

@@ -41,6 +41,29 @@ pub fn causal_attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scal
     attention(q, k, v, mask, None, options)
 }
 
+/// Attention of queries `q` `[B, H, Tq, D]` over every key of `k`, `v` `[B, H, Tk, D]`, no
+/// mask: `softmax(scale * q k^T) v`. Decoding's step, where the caller passes exactly the keys
+/// the position may see (its cache, cut to its window). On flex one pass per (batch, head)
+/// that reads the cache in place; elsewhere Burn's attention op (PyTorch's on LibTorch).
+pub fn attention_step(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    let (q, k, v) = if crate::enabled() {
+        match crate::flex::try_attention_step(q, k, v, scale) {
+            Ok(y) => return y,
+            Err(qkv) => qkv,
+        }
+    } else {
+        (q, k, v)
+    };
+    attention_step_reference(q, k, v, scale)
+}
+
+/// [`attention_step`] through Burn's attention op.
+pub fn attention_step_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    attention(q, k, v, None, None, options)
+}
+
 /// Sliding-window mask `[B, H, T, T]`, true where key j is more than `window` positions behind
 /// query i (FlashAttention's `window_size = (window, 0)`); causality is handled separately.
 pub fn window_mask(b: usize, h: usize, t: usize, window: usize, device: &Device) -> Tensor<4, Bool> {
@@ -88,6 +111,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One query over the keys up to it gives the last row of causal attention over the whole
+    /// sequence, with and without a window: decoding's step and the training path agree.
+    #[test]
+    fn a_step_over_the_keys_so_far_is_the_last_row_of_causal_attention() {
+        let device = Device::flex();
+        device.seed(9);
+        let (b, h, t, d) = (2, 3, 40, 16);
+        let r = || Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (r(), r(), r());
+        for window in [None, Some(7)] {
+            let whole = causal_attention(q.clone(), k.clone(), v.clone(), 0.25, window);
+            for pos in [0usize, 5, 39] {
+                let from = window.map_or(0, |w: usize| pos.saturating_sub(w));
+                let row = |x: &Tensor<4>, a: usize, z: usize| x.clone().slice(s![.., .., a..z, ..]);
+                let step = attention_step(row(&q, pos, pos + 1), row(&k, from, pos + 1), row(&v, from, pos + 1), 0.25);
+                let diff = (step - row(&whole, pos, pos + 1)).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-5, "window {window:?} position {pos}: {diff}");
+            }
+        }
+    }
+
+    /// The flex step reads a window of a larger cache through its strides and gives Burn's
+    /// attention over the same keys.
+    #[test]
+    fn the_flex_step_reads_a_cache_window_in_place() {
+        let device = Device::flex();
+        device.seed(4);
+        let r = |t| Tensor::<4>::random([3, 2, t, 16], Distribution::Normal(0.0, 1.0), &device);
+        let (q, cache_k, cache_v) = (r(1), r(30), r(30));
+        let (k, v) = (cache_k.slice(s![.., .., 4..21, ..]), cache_v.slice(s![.., .., 4..21, ..]));
+        let fused = crate::flex::try_attention_step(q.clone(), k.clone(), v.clone(), 0.3);
+        assert!(fused.is_ok(), "a strided window of the cache takes the flex path");
+        let diff = (fused.ok().unwrap() - attention_step_reference(q, k, v, 0.3)).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]

@@ -140,6 +140,41 @@ pub fn try_attention(
     Err((q, k, v))
 }
 
+/// Decoding's attention on flex (no autodiff): every query row of `q` `[B, H, Tq, D]` over
+/// every key of `k`, `v` `[B, H, Tk, D]`, read in place through their strides (a window of the
+/// KV cache is a view, not a copy), one (batch, head) pair per task.
+#[allow(clippy::type_complexity)]
+pub fn try_attention_step(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>)> {
+    let (Ok(qp), Ok(kp), Ok(vp)) = (q.clone().try_into_primitive::<Flex>(), k.clone().try_into_primitive::<Flex>(), v.clone().try_into_primitive::<Flex>()) else {
+        return Err((q, k, v));
+    };
+    let rows_in_place = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().strides()[3] == 1 && t.layout().strides().iter().all(|&s| s >= 0);
+    if qp.dtype() != DType::F32 || !rows_in_place(&kp) || !rows_in_place(&vp) || kp.layout().strides() != vp.layout().strides() {
+        return Err((q, k, v));
+    }
+    let qp = contiguous(qp);
+    let shape = qp.layout().shape().clone();
+    let (b, h, tq, d) = (shape[0], shape[1], shape[2], shape[3]);
+    let n = kp.layout().shape()[2];
+    let st: Vec<usize> = kp.layout().strides().iter().map(|&s| s as usize).collect();
+    let (ks, vs) = (&kp.storage::<f32>()[kp.layout().start_offset()..], &vp.storage::<f32>()[vp.layout().start_offset()..]);
+    let qs = qp.as_slice::<f32>().unwrap();
+    let mut out = vec![0f32; b * h * tq * d];
+    out.par_chunks_mut(tq * d).enumerate().for_each_init(
+        || vec![0f32; n],
+        |scores, (bh, out)| {
+            let base = (bh / h) * st[0] + (bh % h) * st[1];
+            let span = (n - 1) * st[2] + d;
+            let (keys, values) = (&ks[base..base + span], &vs[base..base + span]);
+            for (i, out) in out.chunks_exact_mut(d).enumerate() {
+                let q = &qs[(bh * tq + i) * d..(bh * tq + i + 1) * d];
+                simd::attend_row(q, keys, values, st[2], n, d, scale as f32, scores, out);
+            }
+        },
+    );
+    Ok(Tensor::from_primitive::<Flex>(from_vec(out, shape)))
+}
+
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
 }

@@ -1,6 +1,7 @@
 //! The trainer's ops, each fused where a backend allows it, with its plain tensor formulation
 //! beside it: [`matmul`], [`causal_attention`], [`softcap_cross_entropy`], [`rms_norm`],
-//! [`rotary_rms_norm`], [`relu_squared`] and, for inference, [`softcap`].
+//! [`rotary_rms_norm`], [`relu_squared`] and, for inference, [`softcap`] and decoding's
+//! [`attention_step`].
 //!
 //! Why a crate of its own: none of this is a research decision (unsafe `gemm`, SIMD, Burn's
 //! autodiff `Backward` plumbing), so it is kept out of the way of an agent editing the trainer,
@@ -33,7 +34,7 @@ mod simd;
 mod torch;
 
 pub use activation::{relu_squared, relu_squared_reference, softcap, softcap_reference};
-pub use attention::{causal_attention, causal_attention_reference, window_mask};
+pub use attention::{attention_step, attention_step_reference, causal_attention, causal_attention_reference, window_mask};
 pub use cross_entropy::{cross_entropy, softcap_cross_entropy, softcap_cross_entropy_reference};
 pub use matmul::matmul;
 pub use norm::{rms_norm, rms_norm_reference};

@@ -170,6 +170,24 @@ fn softcap_in_place_generic(z: &mut [f32], cap: f32) {
     z.iter_mut().for_each(|z| *z = softcap(*z, cap));
 }
 
+/// One query row over `n` keys: `out = softmax(scale * q . k_j) . v_j`, key and value `j` at
+/// `j * stride` in `keys` and `values` (rows of `d`); `scores` holds `n` values of scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row_generic(q: &[f32], keys: &[f32], values: &[f32], stride: usize, n: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    for (j, s) in scores[..n].iter_mut().enumerate() {
+        *s = scale * sum_of_products(q, &keys[j * stride..j * stride + d]);
+    }
+    softmax_generic(&mut scores[..n]);
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (j, &p) in scores[..n].iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&values[j * stride..j * stride + d]) {
+            *o += p * v;
+        }
+    }
+}
+
+prepare::multiversion!(attend_row, attend_row_generic, (q: &[f32], keys: &[f32], values: &[f32], stride: usize, n: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> ());
 prepare::multiversion!(rms_norm_rows, rms_norm_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], d: usize) -> ());
 prepare::multiversion!(rms_norm_backward_rows, rms_norm_backward_rows_generic, (x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) -> ());
 prepare::multiversion!(softcap_in_place, softcap_in_place_generic, (z: &mut [f32], cap: f32) -> ());

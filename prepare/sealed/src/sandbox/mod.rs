@@ -44,7 +44,7 @@ pub struct Policy {
     /// Device files (or folders of them) it may read, write and `ioctl`.
     pub devices: Vec<PathBuf>,
     /// Install the seccomp filter: no socket but `AF_UNIX`, no `setsid`/`setpgid`, no
-    /// `ptrace`, no io_uring.
+    /// `ptrace`, no io_uring, no System V IPC, message queues, keyrings or `bpf()`.
     pub filter_syscalls: bool,
     /// Let the process read its own `/proc/<pid>`, and write its own threads' files
     /// (`/proc/<pid>/task`, e.g. a thread's `comm`): NVIDIA's CUDA driver fails to initialise
@@ -141,7 +141,7 @@ impl Sandbox {
         }
         let mut s = format!("landlock ABI {} ({})", self.abi, scope.join(", "));
         if !self.filter.is_empty() {
-            s.push_str(", seccomp (no network sockets, no new sessions, no ptrace)");
+            s.push_str(", seccomp (no network sockets, no new sessions, no ptrace, no IPC that outlives a process)");
         }
         s.push_str(", no capabilities");
         s

@@ -6,7 +6,10 @@
 //!   which the harness kills as one at the end;
 //! - `ptrace()`, `process_vm_readv()`, `process_vm_writev()`: belt and braces over landlock's
 //!   own ptrace restriction;
-//! - `io_uring_setup()`: io_uring can open sockets without the `socket()` system call.
+//! - `io_uring_setup()`: io_uring can open sockets without the `socket()` system call;
+//! - System V IPC (`shmget`, `msgget`, `semget` and their operations), POSIX message queues,
+//!   kernel keyrings and `bpf()`: state that outlives a process without a path landlock could
+//!   refuse, so one evaluating process could leave validation tokens for the next.
 //!
 //! Everything else is allowed. A system call of another architecture (or the x32 ABI) kills
 //! the process: its numbers would mean other calls.
@@ -39,7 +42,7 @@ fn errno(e: i32) -> u32 {
 /// The filter program, built before `fork`.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub fn program() -> Vec<sock_filter> {
-    let denied: [(libc::c_long, i32); 7] = [
+    let denied: [(libc::c_long, i32); 29] = [
         (libc::SYS_setsid, libc::EPERM),
         (libc::SYS_setpgid, libc::EPERM),
         (libc::SYS_ptrace, libc::EPERM),
@@ -47,6 +50,28 @@ pub fn program() -> Vec<sock_filter> {
         (libc::SYS_process_vm_writev, libc::EPERM),
         (libc::SYS_io_uring_setup, libc::ENOSYS),
         (libc::SYS_io_uring_register, libc::ENOSYS),
+        (libc::SYS_shmget, libc::EPERM),
+        (libc::SYS_shmat, libc::EPERM),
+        (libc::SYS_shmctl, libc::EPERM),
+        (libc::SYS_shmdt, libc::EPERM),
+        (libc::SYS_msgget, libc::EPERM),
+        (libc::SYS_msgsnd, libc::EPERM),
+        (libc::SYS_msgrcv, libc::EPERM),
+        (libc::SYS_msgctl, libc::EPERM),
+        (libc::SYS_semget, libc::EPERM),
+        (libc::SYS_semop, libc::EPERM),
+        (libc::SYS_semtimedop, libc::EPERM),
+        (libc::SYS_semctl, libc::EPERM),
+        (libc::SYS_mq_open, libc::EPERM),
+        (libc::SYS_mq_unlink, libc::EPERM),
+        (libc::SYS_mq_timedsend, libc::EPERM),
+        (libc::SYS_mq_timedreceive, libc::EPERM),
+        (libc::SYS_mq_notify, libc::EPERM),
+        (libc::SYS_mq_getsetattr, libc::EPERM),
+        (libc::SYS_add_key, libc::EPERM),
+        (libc::SYS_request_key, libc::EPERM),
+        (libc::SYS_keyctl, libc::EPERM),
+        (libc::SYS_bpf, libc::EPERM),
     ];
     let mut p = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, OFFSET_ARCH),
