@@ -13,9 +13,9 @@ Runs one autoresearch experiment and prints the reference's end-of-run summary.
 
 The harness is the scorer, read-only to the agents that edit the trainer, and it treats the \
 trainer as untrusted: the trainer is another program (the `trainer` binary of the trainer crate), \
-started in a kernel sandbox, that asks the harness for its training data and answers its \
-evaluation with logits. Only the harness reads the data, keeps the clock, computes val_bpb and \
-writes the summary.
+started in a kernel sandbox, that asks the harness for its training data and saves its model; \
+fresh trainer processes load it and answer the evaluation with logits, one position at a time. \
+Only the harness reads the data, keeps the clock, computes val_bpb and writes the summary.
 
 Flow:
   1. load the platform profile (--profile, else the reference defaults) and the prepared data
@@ -27,18 +27,19 @@ Flow:
      the reference packing loader; the harness counts the tokens and the time (the profile's
      warm-up steps are not counted, for at most warmup_allowance_seconds) and says Stop when the
      budget is spent; finishing later than the budget plus the allowance is `over budget`;
-  4. evaluation: the harness sends the pinned validation rows' inputs (never a target the
-     trainer cannot see in its inputs), mixed with probe rows that copy a row up to a random cut
-     and continue elsewhere; the trainer answers with logits (shared memory, or per-position
-     values checked at positions drawn after the answer); the harness computes val_bpb and
-     refuses (exit 4) a model whose logits before a cut depend on what follows, or that changed
-     during evaluation (the canary rows scored first and last);
+  4. evaluation: the training process saves its model and is killed; the pinned validation
+     rows are evaluated in groups (the profile's eval_batch_size), each by a fresh trainer
+     process that loads the saved model: the harness sends one position of every row, copies
+     the logits of the next position out of shared memory and scores them, and only then sends
+     that position (no target reaches a trainer before its logits are scored); witness rows are
+     evaluated again by one more process, and a model whose log-probabilities for a row change
+     with the rows it is evaluated with is refused (exit 4);
   5. print a `memory_source:` line, then the `---` summary block (val_bpb, training_seconds,
      total_seconds, peak_vram_mb, mfu_percent, total_tokens_M, num_steps, num_params_M, depth),
      and write --summary-json if asked.
 
-The trainer's output is logged with a `[trainer] ` prefix until evaluation starts, and not at all \
-after it (it has seen validation inputs by then).
+The trainer's output is logged with a `[trainer] ` prefix, and not at all once a process has \
+seen a validation token.
 
 MFU = flops_per_token * counted_tokens / training_seconds / peak_flops * 100, with peak_flops from \
 the profile, or on a CPU device cores * SIMD f32 lanes * FMA units * 2 * clock (from \

@@ -165,11 +165,16 @@ pub enum Rows {
 /// The evaluation of one trained model.
 pub struct Evaluator<'a> {
     pub data: &'a PreparedData,
-    /// Rows per group (the profile's `eval_batch_size`).
+    /// Rows of a batch as the reference counts them (the profile's `eval_batch_size`): with
+    /// `batches`, which rows are scored.
+    pub batch_rows: usize,
+    /// Batches scored (`eval_tokens / (batch_rows * seq_len)`).
+    pub batches: usize,
+    /// Rows evaluated together by one process (the batch, scaled down with the device batch
+    /// after an out-of-memory exit); it does not change the score of a model that predicts each
+    /// row from that row alone.
     pub group_rows: usize,
     pub seq_len: usize,
-    /// Groups scored (`eval_tokens / (group_rows * seq_len)`).
-    pub groups: usize,
     pub rows: Rows,
     pub limits: EvalLimits,
     /// Rows evaluated a second time apart from their group (at most the rows scored).
@@ -290,17 +295,17 @@ impl Evaluator<'_> {
     /// The scored rows (`seq_len + 1` tokens each, in the reference order) and the documents
     /// they hold.
     fn scored_rows(&self) -> Result<(Vec<Vec<u16>>, BTreeSet<(u32, u32)>), EvalError> {
-        let (b, t) = (self.group_rows, self.seq_len);
+        let (b, t) = (self.batch_rows, self.seq_len);
         let data_error = |e: anyhow::Error| EvalError::Data(format!("{e:#}"));
         let mut loader = match &self.rows {
             Rows::Validation => PackedLoader::validation(self.data, b, t).map_err(data_error)?,
             Rows::HeldOut { exclude } => {
-                let split = held_out::split(self.data, exclude, b, t, self.groups).ok_or_else(|| EvalError::Data("no held-out documents are left".into()))?;
+                let split = held_out::split(self.data, exclude, b, t, self.batches).ok_or_else(|| EvalError::Data("no held-out documents are left".into()))?;
                 held_out::loader(self.data, &split, b, t).map_err(data_error)?
             }
         };
-        let mut scored: Vec<Vec<u16>> = Vec::with_capacity(self.groups * b);
-        for _ in 0..self.groups {
+        let mut scored: Vec<Vec<u16>> = Vec::with_capacity(self.batches * b);
+        for _ in 0..self.batches {
             let batch = loader.next_batch().map_err(data_error)?;
             for r in 0..b {
                 let mut row: Vec<u16> = batch.inputs[r * t..(r + 1) * t].iter().map(|&x| x as u16).collect();
@@ -346,10 +351,10 @@ fn lost(process: &mut TrainerProcess, e: WireError) -> EvalError {
 mod tests {
     use super::*;
 
-    /// The scored rows of `group_rows` x `groups` rows of 32 positions of the tiny cache.
-    fn rows_of(data: &PreparedData, group_rows: usize, groups: usize, rows: Rows) -> (Vec<Vec<u16>>, BTreeSet<(u32, u32)>) {
+    /// The scored rows of `batch_rows` x `batches` rows of 32 positions of the tiny cache.
+    fn rows_of(data: &PreparedData, batch_rows: usize, batches: usize, rows: Rows) -> (Vec<Vec<u16>>, BTreeSet<(u32, u32)>) {
         let limits = EvalLimits { ready: Duration::ZERO, group: Duration::ZERO };
-        Evaluator { data, group_rows, seq_len: 32, groups, rows, limits, witness_rows: 0, tolerance: Tolerance::for_dtype("f32") }.scored_rows().unwrap()
+        Evaluator { data, batch_rows, batches, group_rows: 3, seq_len: 32, rows, limits, witness_rows: 0, tolerance: Tolerance::for_dtype("f32") }.scored_rows().unwrap()
     }
 
     fn tiny() -> (tempfile::TempDir, PreparedData) {
@@ -372,9 +377,9 @@ mod tests {
         assert!(ho_rows.iter().all(|r| !val.contains(r)));
     }
 
-    /// The scored rows are the loader's, in its order: a group of 8 rows is two groups of 4.
+    /// The scored rows are the loader's, in its order: a batch of 8 rows is two batches of 4.
     #[test]
-    fn the_rows_do_not_depend_on_the_group_size() {
+    fn the_rows_do_not_depend_on_the_batch_size() {
         let (_dir, data) = tiny();
         assert_eq!(rows_of(&data, 8, 2, Rows::Validation), rows_of(&data, 4, 4, Rows::Validation));
         assert_eq!(rows_of(&data, 16, 1, Rows::Validation).0.len(), 16);

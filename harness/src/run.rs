@@ -248,6 +248,9 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
         println!("harness: the profile's eval_transport = {note:?} is no longer used: evaluation sends one position at a time and every logit crosses in shared memory");
     }
     let (b, t, v) = (profile.eval_batch_size, profile.seq_len, data.vocab_size());
+    // Rows per evaluating process: the profile's, scaled down with the device batch (the runner
+    // halves it after an out-of-memory exit, which the KV cache of a large group can cause too).
+    let group_rows = ((b as f64 * profile.device_batch_scale).ceil() as usize).clamp(1, b);
 
     println!("harness: device {} ({source_text}), profile {}, budget {}, seed {}, trainer {}", choice.name, profile.name, cli.budget, cli.seed, trainer_bin.display());
 
@@ -320,7 +323,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
         ));
     }
     println!(
-        "harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb: {} rows in groups of {b}, one position at a time, each group in a fresh process",
+        "harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb: {} rows in groups of {group_rows}, one position at a time, each group in a fresh process",
         clock.steps(),
         clock.tokens(),
         training_seconds,
@@ -329,15 +332,16 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
 
     // Evaluation.
     let counted_rate = if training_seconds > 0.0 { clock.counted_tokens() as f64 / training_seconds } else { 0.0 };
-    let limits = eval_limits(b * t, t, counted_rate, profile.eval_position_seconds, Duration::from_secs_f64(clock.warmup_seconds()));
+    let limits = eval_limits(group_rows * t, t, counted_rate, profile.eval_position_seconds, Duration::from_secs_f64(clock.warmup_seconds()));
     record.insert("eval_limit_seconds".into(), json!(limits.group.as_secs_f64()));
     record.insert("eval_ready_limit_seconds".into(), json!(limits.ready.as_secs_f64()));
     let launch = |rows: usize| spawner.start_evaluating(rows, &model_dir);
     let evaluator = Evaluator {
         data: &data,
-        group_rows: b,
+        batch_rows: b,
+        batches: profile.eval_steps(),
+        group_rows,
         seq_len: t,
-        groups: profile.eval_steps(),
         rows: Rows::Validation,
         limits,
         witness_rows: profile.eval_witness_rows,
@@ -374,7 +378,7 @@ fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Resu
             "order": "one position of every row of a group at a time, each group in a fresh process",
             "rows": evaluation.rows,
             "groups": evaluation.groups.len(),
-            "rows_per_group": b,
+            "rows_per_group": group_rows,
             "seconds": evaluation.seconds,
             "ready_seconds_max": ready_max,
             "group_seconds_max": group_max,
@@ -519,13 +523,13 @@ pub enum HeldOut {
 /// Scores the held-out split with the same trainer, after the validation rows.
 fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation, launch: &Launcher<'_>) -> Result<HeldOut, EvalError> {
     let exclude = validation.placed.clone();
-    let Some(split) = prepare::held_out::split(main.data, &exclude, main.group_rows, main.seq_len, main.groups) else {
+    let Some(split) = prepare::held_out::split(main.data, &exclude, main.batch_rows, main.seq_len, main.batches) else {
         return Ok(HeldOut::None(format!(
             "the validation shard holds no document beyond the {} the evaluation uses; prepare more validation text (it is scored only where no validation row reaches)",
             exclude.len()
         )));
     };
-    let evaluator = Evaluator { rows: Rows::HeldOut { exclude: exclude.clone() }, groups: split.steps, ..*main };
+    let evaluator = Evaluator { rows: Rows::HeldOut { exclude: exclude.clone() }, batches: split.steps, ..*main };
     let e = evaluator.run(launch)?;
     let overlap = e.placed.intersection(&exclude).count();
     Ok(HeldOut::Scored {

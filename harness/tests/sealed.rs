@@ -161,12 +161,18 @@ fn the_honest_fixture_is_scored_in_the_sandbox_one_position_at_a_time() {
     assert!(r.summary["profile_sha256"].as_str().unwrap().len() == 64);
 }
 
+/// The same rows in 2 groups of 32, or (as after an out-of-memory exit, which halves the device
+/// batch) in 16 groups of 4: the same score to the bit.
 #[test]
 fn the_score_does_not_depend_on_how_rows_are_grouped() {
     let r = harness("honest-groups32", "", "tokens:8192", "groups32", &[], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(r.summary["eval"]["groups"], 2, "{}", r.summary);
     assert_eq!(r.bpb(), honest_bpb(), "the same rows, summed in the same order");
+    let r = harness("honest-halved", "", "tokens:8192", "tiny", &["--device-batch-scale", "0.5"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!((r.summary["eval"]["groups"].as_u64(), r.summary["eval"]["rows_per_group"].as_u64()), (Some(16), Some(4)), "{}", r.summary);
+    assert_eq!(r.bpb(), honest_bpb());
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! trainer), in two parts:
 //!
 //! - [`wire`]: the messages the two processes exchange over one Unix socket, and [`shm`], the
-//!   shared region that carries full logits when they are small enough. The trainer gets
-//!   training batches on request and evaluation inputs to answer; it never gets a path to the
-//!   data, a target it cannot already see in its inputs, or a way to write the score.
+//!   shared region that carries each evaluation position's logits. The trainer gets training
+//!   batches on request and evaluation tokens one position at a time; it never gets a path to
+//!   the data, a target before its logits are scored, or a way to write the score.
 //! - [`sandbox`]: the kernel sandbox the trainer runs in on Linux (landlock for files, network
 //!   and signals; a seccomp filter for sockets and process groups; no capabilities; death with
 //!   the parent). The runner uses the same sandbox for experiment builds.

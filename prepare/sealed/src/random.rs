@@ -1,5 +1,5 @@
-//! Unpredictable choices for the harness: which rows are probed, where they are cut, which
-//! positions are revealed. They come from the kernel's generator (`getrandom`), never from the
+//! Unpredictable choices for the harness: which rows are the witnesses, evaluated a second time
+//! apart from their group. They come from the kernel's generator (`getrandom`), never from the
 //! run's seed, so that a trainer cannot compute them from anything it knows.
 
 /// A source of kernel randomness, read in blocks.
@@ -25,7 +25,7 @@ impl Unpredictable {
             match getrandom(&mut self.buf[filled..]) {
                 Ok(n) => filled += n,
                 // The kernel generator cannot fail once booted; if it does, stopping beats
-                // choosing probes the trainer could predict.
+                // choosing witnesses the trainer could predict.
                 Err(e) => panic!("the kernel random generator failed: {e}"),
             }
         }

@@ -1,9 +1,10 @@
-//! The shared logits region: an anonymous memory file (`memfd`) the harness creates and the
-//! trainer inherits, so a full batch of logits (128 MiB at the cpu profile) crosses the process
-//! boundary without a socket copy.
+//! The shared logits region: an anonymous memory file (`memfd`) the harness creates and an
+//! evaluating trainer process inherits, so each position's logits (`rows x vocab` f32, 8 MiB at
+//! the cpu profile) cross the process boundary without a socket copy.
 //!
-//! The harness maps it read-only and copies each row out before it reads it: the trainer keeps
-//! a writable mapping and could change a value between two reads of the harness.
+//! The harness maps it read-only and copies each row out before it reads it, and before it sends
+//! the next position: the trainer keeps a writable mapping and could change a value at any time,
+//! but what counts is the copy, made before the targets exist on its side.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
