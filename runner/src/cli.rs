@@ -343,7 +343,13 @@ pub struct ConfigArgs {
     /// Shell command of the `command` proposer (run in the worktree).
     #[arg(long, value_name = "CMD")]
     pub proposer_command: Option<String>,
-    /// Command line of the `agent` proposer ({prompt}, {prompt_file}, {worktree}, {scope}).
+    /// The coding agent of the `agent` proposer, by preset: claude, codex, gemini, opencode,
+    /// aider (or a preset of your own, [agents.<name>] in the config); sets --proposer agent.
+    /// `autoresearch detect` says which are installed.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Command line of the `agent` proposer instead of a preset's ({prompt}, {prompt_file},
+    /// {worktree}, {scope}, {scope_rules:FORMAT}, {scope_files}).
     #[arg(long, value_name = "CMD")]
     pub agent_command: Option<String>,
     /// Where experiments run: local (this machine) or slurm (one sbatch job per run; the
@@ -377,6 +383,31 @@ pub struct ConfigArgs {
     /// never shown to a proposer). [default: true]
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub held_out: Option<bool>,
+    /// Shell command run in a candidate's worktree (build sandbox) after it passes the keep
+    /// rule; a failure records `checks_failed` and keeps nothing. [default: none]
+    #[arg(long, value_name = "CMD")]
+    pub checks_command: Option<String>,
+    /// Seconds the checks may take. [default: 600]
+    #[arg(long, value_name = "SECONDS")]
+    pub checks_timeout: Option<u64>,
+    /// Stop after N experiments in a row without a keep (0: never). [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_without_keep: Option<u64>,
+    /// Start no experiment once the run has been going HOURS, over all its `--resume`s (0: no
+    /// limit). [default: 0]
+    #[arg(long, value_name = "HOURS")]
+    pub max_hours: Option<f64>,
+    /// Start no experiment once the run has cost USD: the agent's reported costs plus
+    /// --cost-per-hour for each hour (0: no limit). [default: 0]
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// What an hour of this machine costs, in dollars, for --max-cost. [default: 0]
+    #[arg(long, value_name = "USD")]
+    pub cost_per_hour: Option<f64>,
+    /// At a time budget, flag a decision whose runs differ in tokens/s by more than their
+    /// spread and run the best again beside the candidate. [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub throughput_guard: Option<bool>,
     /// Kill an experiment after SECONDS (build included). [default: 2 x budget + build allowance]
     #[arg(long, value_name = "SECONDS")]
     pub hard_timeout: Option<u64>,
@@ -628,6 +659,15 @@ impl ConfigArgs {
         set!(experiment_command);
         set!(search_space);
         set!(search_patience);
+        set!(checks_command);
+        set!(max_without_keep);
+        set!(max_hours);
+        set!(max_cost);
+        set!(cost_per_hour);
+        set!(throughput_guard);
+        if let Some(t) = self.checks_timeout {
+            c.checks_timeout_seconds = t;
+        }
         if let Some(b) = self.build_allowance {
             c.build_allowance_seconds = b;
         }
@@ -653,6 +693,12 @@ impl ConfigArgs {
         }
         if let Some(cmd) = &self.proposer_command {
             c.command.command = cmd.clone();
+        }
+        if let Some(name) = &self.agent {
+            // A preset named on the command line wins over a command line in the file.
+            c.proposer = ProposerKind::Agent;
+            c.agent.preset = name.clone();
+            c.agent.command.clear();
         }
         if let Some(cmd) = &self.agent_command {
             c.agent.command = cmd.clone();
@@ -699,7 +745,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Err(_) => std::env::current_dir()?,
             };
             let cfg = ResearchConfig::load(&root, None).unwrap_or_default();
-            let d = crate::detect::detect(&root, features.as_deref().unwrap_or(&cfg.features))?;
+            let d = crate::detect::detect(&root, &cfg, features.as_deref().unwrap_or(&cfg.features))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {

@@ -19,6 +19,9 @@ pub enum Status {
     Pruned,
     /// A result recorded by hand that no scorer of the run signed: kept, never compared.
     Unverified,
+    /// Passed the keep rule, then failed the config's `checks_command`: measured, not kept.
+    #[serde(rename = "checks_failed")]
+    ChecksFailed,
 }
 
 impl Status {
@@ -32,6 +35,7 @@ impl Status {
             Status::Rejected => "rejected",
             Status::Pruned => "pruned",
             Status::Unverified => "unverified",
+            Status::ChecksFailed => "checks_failed",
         }
     }
 
@@ -45,6 +49,7 @@ impl Status {
             "rejected" => Status::Rejected,
             "pruned" => Status::Pruned,
             "unverified" => Status::Unverified,
+            "checks_failed" => Status::ChecksFailed,
             _ => return None,
         })
     }
@@ -52,6 +57,11 @@ impl Status {
     /// Crashed or refused: the change taught nothing about the metric.
     pub fn failed(self) -> bool {
         matches!(self, Status::Crash | Status::Rejected)
+    }
+
+    /// Not kept for a reason its results row names: a failure, or checks that failed.
+    pub fn has_reason(self) -> bool {
+        self.failed() || self == Status::ChecksFailed
     }
 
     pub fn finished(self) -> bool {

@@ -1,6 +1,8 @@
 //! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
 
+mod agents;
 mod bench;
+mod checks;
 mod cli;
 mod config;
 mod curve;

@@ -87,7 +87,7 @@ impl Decision {
     /// The bar of a decided experiment (kept or discarded): the gain its rule asked for. A
     /// failure has none, whatever its runs measured.
     pub fn decided_bar(&self) -> Option<f64> {
-        if matches!(self.status, Status::Keep | Status::Discard) { self.bar } else { None }
+        if matches!(self.status, Status::Keep | Status::Discard | Status::ChecksFailed) { self.bar } else { None }
     }
 }
 
@@ -112,6 +112,28 @@ pub fn failure(out: &Outcome) -> (Status, String) {
     }
 }
 
+/// Runs the checks of a candidate that passed the keep rule (`checks_command`); when they fail,
+/// the decision becomes `checks_failed`, their reason and output first in its insight.
+pub fn apply_checks(cfg: &ResearchConfig, root: &Path, worktree: &Path, node: &Node, d: &mut Decision) -> Result<()> {
+    if d.status != Status::Keep || cfg.checks_command.trim().is_empty() {
+        return Ok(());
+    }
+    let state_dir = crate::layout::Paths::new(root, cfg).state_dir;
+    let log = crate::checks::log_path(&state_dir, &node.name());
+    let commit = node.commit.clone().unwrap_or_default();
+    let who = crate::checks::Candidate { node: &node.name(), commit: &commit, metric: d.metric, memory_mb: d.memory_mb };
+    match crate::checks::run(cfg, root, worktree, &who, &log)? {
+        crate::checks::Checked::Passed => d.insight.push_str("; checks passed"),
+        crate::checks::Checked::Interrupted => d.interrupted = true,
+        crate::checks::Checked::Failed { why, tail } => {
+            d.status = Status::ChecksFailed;
+            // The first line says why (the results row takes it, with the output's last line).
+            d.insight = format!("checks failed ({why}): not kept\nthe rule said keep: {}\nchecks output ({}):\n{tail}", d.insight, log.display());
+        }
+    }
+    Ok(())
+}
+
 /// The first seed of the runs of the best that candidates' tests ask for (candidate `n` takes
 /// `n * 100 + k` above it): apart from the baseline's seeds, the candidates' and the held-out runs'.
 const AGAIN_SEEDS: u64 = 1_000_000;
@@ -132,6 +154,7 @@ impl Shared {
                     KeepRule::Significant => self.tested(node, worktree, best, best_node)?,
                     _ => self.experiment(node, worktree, best, bar)?,
                 };
+                apply_checks(&self.cfg, &self.root, worktree, node, &mut d)?;
                 // Only where the baseline scored one: else the split is NONE (or the command
                 // cannot score it) and the extra run would buy nothing.
                 if d.status == Status::Keep && self.cfg.held_out && !Db::open(&self.db_path)?.heldout()?.is_empty() {

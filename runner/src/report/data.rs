@@ -121,7 +121,7 @@ impl Research {
     /// `1 keep, 5 discard, 0 crash, 0 rejected, 0 unverified, 0 pruned`: the experiments by
     /// outcome.
     pub fn tally(&self) -> String {
-        let parts: Vec<String> = [Status::Keep, Status::Discard, Status::Crash, Status::Rejected, Status::Unverified, Status::Pruned]
+        let parts: Vec<String> = [Status::Keep, Status::Discard, Status::ChecksFailed, Status::Crash, Status::Rejected, Status::Unverified, Status::Pruned]
             .iter()
             .map(|s| format!("{} {}", self.count(*s), s.as_str()))
             .collect();

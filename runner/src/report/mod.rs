@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use data::Research;
+#[cfg(test)]
+pub use data::blank_node;
 
 use crate::config::ResearchConfig;
 use crate::db::Node;
