@@ -29,6 +29,8 @@ Typical session:
   autoresearch watch                    # live view of a running loop (another terminal)
   autoresearch stop                     # stop a running loop as Ctrl-C does (from anywhere)
   autoresearch report                   # progress chart, tree picture, summary, report.html
+  autoresearch serve                    # the same as a live page in the browser (loopback)
+  autoresearch finalize                 # the kept changes as branches to review and merge
   autoresearch tree visualize           # the experiment tree";
 
 const AFTER_HELP: &str = "\
@@ -139,6 +141,16 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The kept changes of a run as independent branches to review and merge, with a summary.
+    #[command(long_about = FINALIZE_LONG_ABOUT)]
+    Finalize {
+        /// Run to finalize. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Training-step throughput of the trainer on every backend of the build, beside PyTorch.
     #[command(long_about = BENCH_LONG_ABOUT)]
     Bench(BenchArgs),
@@ -180,6 +192,24 @@ pub enum Command {
         command: Vec<String>,
     },
 }
+
+const FINALIZE_LONG_ABOUT: &str = "\
+The kept changes of a run as independent branches a person can review and merge one by one.
+
+Each kept change on the path from the baseline to the best is applied to the run's base commit \
+alone (a three-way merge of its diff, like `git cherry-pick`) and gets a branch of its own, \
+autoresearch/<tag>-final/NN-n<id>-<slug>. A change that touches lines an earlier kept change \
+touched follows that change on its branch, as a commit of its own. Each commit message holds \
+the change's description, hypothesis, measured gain over its parent with the standard error of \
+the pooled noise, and its held-out figure where the run scored one. The summary \
+(.autoresearch/<tag>/finalize.md) lists the branches, says whether merged together they give \
+the best's code, and holds each branch's diff. Running it again makes the branches again; it \
+is refused while the run's runner is running.
+
+Examples:
+  autoresearch finalize
+  autoresearch finalize --tag dec02
+  git log -p autoresearch/dec02-final/01-n4-matrix-lr-0-04";
 
 const BENCH_LONG_ABOUT: &str = "\
 Training-step throughput of the trainer on every backend of the build, beside PyTorch.
@@ -807,6 +837,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Visualize => t::visualize(&db)?,
                 TreeCommand::Compare { a, b } => t::compare(&db, &git, &state_dir, node_id(&a)?, node_id(&b)?)?,
             }
+            Ok(code::OK)
+        }
+        Command::Finalize { tag, config } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::finalize::run(&git, &cfg)?;
             Ok(code::OK)
         }
         Command::Report { tag, config, out } => {

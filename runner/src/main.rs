@@ -10,6 +10,7 @@ mod db;
 mod detect;
 mod errors;
 mod exec;
+mod finalize;
 mod executor;
 mod git;
 mod guard;

@@ -1,5 +1,5 @@
-//! The workflow around the keep rule: checks before a keep (in the build sandbox) and the stop
-//! rules.
+//! The workflow around the keep rule: checks before a keep (in the build sandbox), the stop
+//! rules, and `finalize` (the kept path as independent branches to review).
 
 mod common;
 use common::*;
@@ -93,4 +93,71 @@ fn stop_rules_end_the_run_and_bad_values_name_their_flag() {
         assert_eq!(o.status.code(), Some(2), "{flag}: {}", stdout(&o));
         assert!(String::from_utf8_lossy(&o.stderr).contains(key), "{flag}: {}", stdout(&o));
     }
+}
+
+/// val_bpb = 1 + |matrix_lr - 0.04| + |embedding_lr - 0.2|; asked for the held-out split,
+/// heldout_bpb = val_bpb + 0.5.
+const TWO_KNOBS: &str = r#"#!/bin/sh
+f=trainer/hparams.toml
+get() { grep "^$1 *=" "$f" | sed 's/^[^=]*= *//'; }
+val=$(awk -v a="$(get matrix_lr)" -v b="$(get embedding_lr)" 'BEGIN { x = a - 0.04; y = b - 0.2; if (x < 0) x = -x; if (y < 0) y = -y; printf "%.6f", 1 + x + y }')
+if [ "$2" = "--held-out" ]; then
+  printf '{"val_bpb": %s, "heldout_bpb": %s}\n' "$val" "$(awk -v v="$val" 'BEGIN { printf "%.6f", v + 0.5 }')" > "$1"
+else
+  printf '{"val_bpb": %s}\n' "$val" > "$1"
+fi
+"#;
+
+#[test]
+fn finalize_makes_a_branch_per_independent_kept_change() {
+    // Three knobs' lines far enough apart that changes to two of them merge apart.
+    let hparams = "[gpu]\nmatrix_lr = 0.5\n#\n#\n#\n#\nembedding_lr = 0.6\n#\n#\n#\n#\nmode = \"ok\"\n";
+    let fx = Fixture::new(
+        hparams,
+        "max_experiments = 4\nbaseline_runs = 2\nexperiment_command = \"sh $TOOLS/two.sh {summary_json}{held_out}\"\nproposer = \"command\"\n[command]\ncommand = \"sh $TOOLS/propose.sh\"\n",
+    );
+    std::fs::write(fx.tools.join("two.sh"), TWO_KNOBS).unwrap();
+    std::fs::write(
+        fx.tools.join("propose.sh"),
+        scripted_proposer(
+            r#"  1) sed -i 's/^matrix_lr = .*/matrix_lr = 0.3/' $f; say "matrix_lr = 0.3" "lower is nearer" ;;
+  2) sed -i 's/^embedding_lr = .*/embedding_lr = 0.2/' $f; say "embedding_lr = 0.2" "the reference" ;;
+  3) sed -i 's/^matrix_lr = .*/matrix_lr = 0.9/' $f; say "matrix_lr = 0.9" "worse" ;;
+  4) sed -i 's/^matrix_lr = .*/matrix_lr = 0.04/' $f; say "matrix_lr = 0.04" "the reference" ;;
+"#,
+        ),
+    )
+    .unwrap();
+    let o = fx.run(&["run", "--yes"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let status: Vec<String> = fx.rows().iter().map(|r| r[3].clone()).collect();
+    assert_eq!(status, ["keep", "keep", "keep", "discard", "keep"], "{}", stdout(&o));
+
+    let o = fx.run(&["finalize"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    let branches = git(&fx.repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/t1-final/"]);
+    let branches: Vec<&str> = branches.lines().collect();
+    // n2 and n5 change the same line: one branch, two commits; n3 its own.
+    assert_eq!(branches, ["autoresearch/t1-final/01-n2-n5-matrix-lr-0-3", "autoresearch/t1-final/02-n3-embedding-lr-0-2"], "{out}");
+    let base = git(&fx.repo, &["rev-parse", "main"]);
+    let file = |b: &str| git(&fx.repo, &["show", &format!("{b}:trainer/hparams.toml")]);
+    assert_eq!(git(&fx.repo, &["rev-list", "--count", &format!("{base}..{}", branches[0])]), "2");
+    assert_eq!(git(&fx.repo, &["rev-list", "--count", &format!("{base}..{}", branches[1])]), "1");
+    assert_eq!(git(&fx.repo, &["merge-base", branches[0], branches[1]]), base, "both start at the run's base");
+    assert!(file(branches[0]).contains("matrix_lr = 0.04") && file(branches[0]).contains("embedding_lr = 0.6"), "{}", file(branches[0]));
+    assert!(file(branches[1]).contains("matrix_lr = 0.5") && file(branches[1]).contains("embedding_lr = 0.2"), "{}", file(branches[1]));
+    // Each commit: description, hypothesis, gain with its error, held-out figure.
+    let msg = git(&fx.repo, &["log", "-1", "--format=%B", branches[1]]);
+    assert!(msg.starts_with("embedding_lr = 0.2\n\nHypothesis: the reference\n"), "{msg}");
+    assert!(msg.contains("Measured: val_bpb 1.260000 (3 run(s)) against 1.660000 of n2 (3 run(s)): gain 0.400000 +- 0.000000 (one standard error, pooled noise)"), "{msg}");
+    assert!(msg.contains("Held-out: 1.760000 against 2.160000 for n2: gain 0.400000"), "{msg}");
+    let summary = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/finalize.md")).unwrap();
+    assert!(summary.contains("Merged together, the branches give exactly the best's code (n5)."), "{summary}");
+    assert!(summary.contains("## Branch `autoresearch/t1-final/02-n3-embedding-lr-0-2`") && summary.contains("-embedding_lr = 0.6\n+embedding_lr = 0.2"), "{summary}");
+    assert!(out.contains("| `autoresearch/t1-final/01-n2-n5-matrix-lr-0-3` | n2: matrix_lr = 0.3; n5: matrix_lr = 0.04 |"), "{out}");
+    // Again: the same branches, made anew.
+    let again = fx.run(&["finalize"]);
+    assert!(again.status.success(), "{}", stdout(&again));
+    assert_eq!(git(&fx.repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/t1-final/"]).lines().count(), 2);
 }
