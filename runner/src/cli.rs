@@ -173,6 +173,27 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 10)]
         last: usize,
     },
+    /// The run as a live page in the browser: what `watch` and `report` show, updated as
+    /// results arrive (read-only; loopback by default).
+    #[command(long_about = SERVE_LONG_ABOUT)]
+    Serve {
+        /// Run to show. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Port to listen on (0: any free one, printed).
+        #[arg(long, default_value_t = 8077)]
+        port: u16,
+        /// Address to listen on: loopback by default; 0.0.0.0 shows the run to every machine
+        /// that can reach this one.
+        #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+        bind: String,
+        /// Seconds between looks at the database for new results.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Runs a build command in the experiment-build sandbox (what a Slurm job builds its trainer
     /// with): it may read the toolchain, the system, TREE and TARGET, write only TREE and TARGET,
     /// and reach no network.
@@ -192,6 +213,22 @@ pub enum Command {
         command: Vec<String>,
     },
 }
+
+const SERVE_LONG_ABOUT: &str = "\
+The run as a live page in the browser: what `watch` shows (what runs now, with countdowns; the \
+best; the last results) and what `report` shows (the progress chart, the summary with its \
+held-out section, the tree; a node's diff one click away), updated as results arrive: the page \
+listens to server-sent events and fetches the new state when the tree changes.
+
+It only reads (the tree database opened read-only, git for diffs), so serving cannot disturb a \
+run; it works during a run and after it. It listens on 127.0.0.1 unless --bind says otherwise, \
+and answers only requests addressed to 127.0.0.1 or localhost there. The page is one HTML file \
+with its script inline: nothing is loaded from anywhere else.
+
+Examples:
+  autoresearch serve                  # http://127.0.0.1:8077/
+  autoresearch serve --tag dec02 --port 0
+  ssh -L 8077:127.0.0.1:8077 gpu-box  # then open http://127.0.0.1:8077/ here";
 
 const FINALIZE_LONG_ABOUT: &str = "\
 The kept changes of a run as independent branches a person can review and merge one by one.
@@ -837,6 +874,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Visualize => t::visualize(&db)?,
                 TreeCommand::Compare { a, b } => t::compare(&db, &git, &state_dir, node_id(&a)?, node_id(&b)?)?,
             }
+            Ok(code::OK)
+        }
+        Command::Serve { tag, config, port, bind, interval } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::serve::run(&git, &cfg, &crate::serve::Options { bind, port, interval })?;
             Ok(code::OK)
         }
         Command::Finalize { tag, config } => {

@@ -280,6 +280,30 @@ impl Db {
         Db::open(&paths.db)
     }
 
+    /// The run's database opened to read only (`serve`): it can write nothing, not even the
+    /// schema. WAL readers never block the runner's writes.
+    pub fn open_read_only(path: &Path) -> Result<Db> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("opening database {} to read", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Db { conn })
+    }
+
+    /// A short text that changes whenever the tree does: a node starts or finishes, a run
+    /// starts or ends, the noise or the held-out scores move. A live view redraws when it does.
+    pub fn fingerprint(&self) -> Result<String> {
+        let nodes: (i64, i64, i64, f64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(finish_seq), 0), COALESCE(SUM(LENGTH(status) * id), 0), COALESCE(MAX(started_at), 0) FROM nodes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let runs: i64 = self.conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?;
+        let jobs: (i64, f64) = self.conn.query_row("SELECT COUNT(*), COALESCE(MAX(started_at), 0) FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let heldout: i64 = self.conn.query_row("SELECT COUNT(*) FROM heldout", [], |r| r.get(0))?;
+        Ok(format!("{}.{}.{}.{}-{runs}-{}.{}-{heldout}", nodes.0, nodes.1, nodes.2, nodes.3, jobs.0, jobs.1))
+    }
+
     pub fn open(path: &Path) -> Result<Db> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -23,6 +23,7 @@ mod proposer;
 mod report;
 mod results;
 mod runloop;
+mod serve;
 mod train;
 mod tree;
 mod tree_cmd;
