@@ -23,6 +23,7 @@ mod proposer;
 mod report;
 mod results;
 mod runloop;
+mod throughput;
 mod serve;
 mod train;
 mod tree;

@@ -161,3 +161,49 @@ fn finalize_makes_a_branch_per_independent_kept_change() {
     assert!(again.status.success(), "{}", stdout(&again));
     assert_eq!(git(&fx.repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/t1-final/"]).lines().count(), 2);
 }
+
+/// val_bpb = 1 + |matrix_lr - 0.04|, worse by 0.05 while the machine is slow ($TOOLS/slow
+/// exists): a slow machine means fewer steps in the budget; tokens_per_sec says which.
+const MACHINE: &str = r#"#!/bin/sh
+lr=$(grep '^matrix_lr' trainer/hparams.toml | sed 's/^[^=]*= *//')
+if [ -e "$TOOLS/slow" ]; then extra=0.05; tps=800; else extra=0; tps=1000; fi
+val=$(awk -v lr="$lr" -v x="$extra" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d + x }')
+printf '{"val_bpb": %s, "tokens_per_sec": %s, "num_steps": 40}\n' "$val" "$tps" > "$1"
+"#;
+
+/// A null change measured after the machine got faster than it was for the baseline: without
+/// the guard the `significant` rule keeps it (the runs repeat exactly, so any gain is
+/// significant); with it, the decision is flagged, the best runs again beside the candidate,
+/// and nothing is kept.
+#[test]
+fn the_throughput_guard_reruns_the_best_beside_a_candidate_measured_on_another_machine_speed() {
+    let setup = |extra: &str| {
+        let fx = Fixture::new(
+            "[gpu]\nmatrix_lr = 0.5\nmode = \"ok\"\n",
+            &format!(
+                "max_experiments = 1\nbaseline_runs = 2\nexperiment_command = \"sh $TOOLS/machine.sh {{summary_json}}\"\n{extra}proposer = \"command\"\n[command]\ncommand = \"rm -f $TOOLS/slow; echo '# a comment' >> trainer/hparams.toml; echo 'a comment' > $AUTORESEARCH_PROPOSAL_FILE\"\n"
+            ),
+        );
+        std::fs::write(fx.tools.join("machine.sh"), MACHINE).unwrap();
+        std::fs::write(fx.tools.join("slow"), "").unwrap();
+        let o = fx.run(&["run", "--yes"]);
+        assert!(o.status.success(), "{}", stdout(&o));
+        (stdout(&o), fx)
+    };
+    let (log, fx) = setup("throughput_guard = false\n");
+    assert_eq!(fx.rows()[1][3], "keep", "without the guard the machine's speed-up is kept:\n{log}");
+
+    let (log, fx) = setup("");
+    let rows = fx.rows();
+    assert_eq!(rows[1][3], "discard", "{rows:?}\n{log}");
+    assert!(log.contains("n2: throughput 1.0k tok/s against the best's 800 (spread 0, tolerance 16): flagged; n1 runs again beside it"), "{log}");
+    assert!(log.contains("throughput flagged") && log.contains("n1 ran again beside it at 1000 tok/s: the machine had moved, not the change"), "{log}");
+    let jsonl = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/experiments.jsonl")).unwrap();
+    let n2: serde_json::Value = serde_json::from_str(jsonl.lines().nth(1).unwrap()).unwrap();
+    assert_eq!((n2["throughput"]["flagged"].clone(), n2["throughput"]["best_beside"].clone(), n2["throughput"]["machine_moved"].clone()), (true.into(), 1000.0.into(), true.into()), "{n2:#}");
+    // The best's run beside it counts among the best's runs.
+    let show: serde_json::Value = serde_json::from_slice(&fx.run(&["tree", "show", "n1", "--json"]).stdout).unwrap();
+    assert!(show["runs"].as_array().unwrap().iter().any(|r| r["attempt"] == "again-n2-1"), "{show:#}");
+    let summary = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/autoresearch-summary.md")).unwrap();
+    assert!(summary.contains("- 1 decision(s) looked at, 1 flagged") && summary.contains("beside it the best ran at 1000 tok/s: the machine had moved"), "{summary}");
+}

@@ -104,6 +104,30 @@ pub fn markdown(r: &Research) -> String {
         let _ = writeln!(s, "- ideas not run yet: {}", planned.len());
     }
 
+    // Like with like: decisions whose runs ran at other speeds than the best's.
+    s.push_str("\n## Like with like (throughput)\n\n");
+    let looked: Vec<(&Node, serde_json::Value)> = exps.iter().filter_map(|n| Some((*n, r.throughput(n)?))).collect();
+    let flagged: Vec<&(&Node, serde_json::Value)> = looked.iter().filter(|(_, t)| t["flagged"] == true).collect();
+    if looked.is_empty() {
+        s.push_str("The throughput guard looked at no decision (a token or FLOP budget, summaries without tokens_per_sec, or throughput_guard = false).\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "- {} decision(s) looked at, {} flagged: their tokens/s differed from the best's by more than the runs' spread, and the best ran again beside them",
+            looked.len(),
+            flagged.len()
+        );
+        let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+        for (n, t) in flagged {
+            let beside = match t.get("machine_moved").and_then(serde_json::Value::as_bool) {
+                Some(true) => format!("; beside it the best ran at {} tok/s: the machine had moved", f(&t["best_beside"])),
+                Some(false) => format!("; beside it the best ran at {} tok/s: the candidate's own speed", f(&t["best_beside"])),
+                None => "; the best's run beside it did not finish".into(),
+            };
+            let _ = writeln!(s, "- {} ({}, {}): {} tok/s against the best's {} (tolerance {}){beside}", n.name(), n.status.as_str(), cell(&n.description), f(&t["candidate"]), f(&t["best"]), f(&t["tolerance"]));
+        }
+    }
+
     // Top improvements: kept changes by their gain over their parent.
     let mut keeps: Vec<(&Node, f64)> = exps.iter().filter(|n| n.status == Status::Keep).filter_map(|n| Some((*n, r.step_gain(n)?))).collect();
     keeps.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -197,6 +197,9 @@ impl Loop<'_> {
             "seconds": d.runs.iter().map(|r| r.seconds).sum::<f64>(),
             "runs": d.runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
             "heldout": self.db.heldout()?.get(&node.id),
+            // The throughput guard's look: the candidate's and the best's tokens/s, the spread,
+            // whether it flagged the decision and what the best's run beside it showed.
+            "throughput": d.throughput,
         });
         let line = record.to_string();
         let has_commit = node.commit.is_some();
