@@ -54,7 +54,7 @@ fn checks_run_after_the_keep_rule_and_a_failure_keeps_nothing() {
     assert!(n2["insight"].as_str().unwrap().contains("the rule said keep"), "{n2}");
     // The summary counts them apart.
     let summary = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/autoresearch-summary.md")).unwrap();
-    assert!(summary.contains("1 checks_failed"), "{summary}");
+    assert!(summary.contains("1 checks_failed") && summary.contains("| matrix_lr | 2 | 1 | 1 | 0 | 0 |"), "{summary}");
     fx.assert_worktrees_clean();
 }
 
@@ -156,6 +156,13 @@ fn finalize_makes_a_branch_per_independent_kept_change() {
     assert!(summary.contains("Merged together, the branches give exactly the best's code (n5)."), "{summary}");
     assert!(summary.contains("## Branch `autoresearch/t1-final/02-n3-embedding-lr-0-2`") && summary.contains("-embedding_lr = 0.6\n+embedding_lr = 0.2"), "{summary}");
     assert!(out.contains("| `autoresearch/t1-final/01-n2-n5-matrix-lr-0-3` | n2: matrix_lr = 0.3; n5: matrix_lr = 0.04 |"), "{out}");
+    // Not while a runner holds the tag (this test's own process stands in for it).
+    let pid_file = fx.repo.join(".autoresearch/t1/runner.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let o = fx.run(&["finalize"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is running tag t1: its kept path can still change"), "{}", stdout(&o));
+    std::fs::remove_file(&pid_file).unwrap();
     // Again: the same branches, made anew.
     let again = fx.run(&["finalize"]);
     assert!(again.status.success(), "{}", stdout(&again));

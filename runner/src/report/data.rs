@@ -125,9 +125,11 @@ impl Research {
 
     /// `1 keep, 5 discard, 0 crash, 0 rejected, 0 unverified, 0 pruned`: the experiments by
     /// outcome.
+    /// (`checks_failed` only in a run that has some: most runs have no checks.)
     pub fn tally(&self) -> String {
         let parts: Vec<String> = [Status::Keep, Status::Discard, Status::ChecksFailed, Status::Crash, Status::Rejected, Status::Unverified, Status::Pruned]
             .iter()
+            .filter(|s| **s != Status::ChecksFailed || self.count(**s) > 0)
             .map(|s| format!("{} {}", self.count(*s), s.as_str()))
             .collect();
         parts.join(", ")

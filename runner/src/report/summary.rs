@@ -147,7 +147,13 @@ pub fn markdown(r: &Research) -> String {
     if failed.is_empty() {
         s.push_str("Nothing was discarded or crashed.\n");
     } else {
-        s.push_str("| category | tried | discard | checks failed | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|---|\n");
+        // The checks' column only in a run that has failed some.
+        let checks = r.count(Status::ChecksFailed) > 0;
+        s.push_str(if checks {
+            "| category | tried | discard | checks failed | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|---|\n"
+        } else {
+            "| category | tried | discard | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|\n"
+        });
         let mut rows: Vec<(&String, &Vec<&Node>)> = failed.iter().collect();
         rows.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
         for (cat, ns) in rows {
@@ -155,7 +161,8 @@ pub fn markdown(r: &Research) -> String {
             let closest = ns.iter().filter_map(|n| r.step_gain(n).map(|g| (g, *n))).max_by(|a, b| a.0.total_cmp(&b.0));
             let closest = closest.map(|(g, n)| format!("{g:+.6} ({})", n.name())).unwrap_or_else(|| "-".into());
             let examples: Vec<String> = ns.iter().take(3).map(|n| format!("{}: {}", n.name(), cell(&n.description))).collect();
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {closest} | {} |", cell(cat), ns.len(), c(Status::Discard), c(Status::ChecksFailed), c(Status::Crash), c(Status::Rejected), examples.join("; "));
+            let checked = if checks { format!(" {} |", c(Status::ChecksFailed)) } else { String::new() };
+            let _ = writeln!(s, "| {} | {} | {} |{checked} {} | {} | {closest} | {} |", cell(cat), ns.len(), c(Status::Discard), c(Status::Crash), c(Status::Rejected), examples.join("; "));
         }
     }
 

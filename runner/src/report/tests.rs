@@ -181,11 +181,10 @@ fn summary_numbers_match_the_data() {
     let count = |s: Status| exps.iter().filter(|n| n.status == s).count();
     assert!(count(Status::Keep) >= 2 && count(Status::Crash) >= 1 && count(Status::Pruned) == 1, "the sample covers the cases");
     let line = format!(
-        "- experiments: {} ({} keep, {} discard, {} checks_failed, {} crash, {} rejected, {} unverified, {} pruned)",
+        "- experiments: {} ({} keep, {} discard, {} crash, {} rejected, {} unverified, {} pruned)",
         exps.len(),
         count(Status::Keep),
         count(Status::Discard),
-        count(Status::ChecksFailed),
         count(Status::Crash),
         count(Status::Rejected),
         count(Status::Unverified),
