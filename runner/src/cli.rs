@@ -50,7 +50,8 @@ Files:
   .autoresearch/<tag>/         results.tsv (one row per experiment, reference format), tree.db
                                (SQLite), experiments.jsonl, logs/, runs/ (summaries and per-step
                                CSVs), runner.pid while the loop runs, autoresearch-summary.md;
-                               `report` adds progress.png/.svg, tree.svg/.png, report.html
+                               `report` adds progress.png/.svg, tree.svg/.png, report.html;
+                               `finalize` adds finalize.md (and branches autoresearch/<tag>-final/*)
   .worktrees/<tag>-n<id>       an experiment's checkout while it runs";
 
 #[derive(Debug, Parser)]
@@ -300,13 +301,26 @@ match their hashes (else `rejected`), builds the trainer in a sandbox and scores
 scorer under a hard timeout (the whole process group is killed), retries once at half the device \
 batch after an out-of-memory exit, applies the keep rule (significant: a one-sided test on the \
 noise pooled over every repeated run, with up to --max-candidate-runs runs while the answer is \
-open), scores the held-out split on one more run of a kept node, moves the branch on a keep, \
+open; at a time budget, a candidate whose tokens/s differ from the best's beyond their spread has \
+the best run again beside it), runs --checks-command on a candidate the rule keeps (a failure is \
+`checks_failed`), scores the held-out split on one more run of a kept node, moves the branch on a keep, \
 appends a results.tsv row and a JSONL record, and removes the worktree. All worktrees share one \
 cargo target directory (<repo>/target); each experiment's commit is synced into one build tree \
 (<repo>/.autoresearch/.build), so only what an experiment changed recompiles.
 
+It stops after --max-experiments, or earlier at --max-without-keep experiments in a row without a \
+keep, --max-hours, or --max-cost dollars (the agent's reported costs plus --cost-per-hour).
+
+Proposers: the built-in search; a coding agent by name (--agent claude, codex, gemini, opencode, \
+aider: presets in configs/research.toml; `autoresearch detect` says which are installed) or by \
+command line (--agent-command); any script (--proposer-command); a person (--proposer manual).
+
 Every flag overrides the key of the same name in the research config (configs/research.toml). \
-The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";
+The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).
+
+Examples:
+  autoresearch run --agent claude --max-hours 8 --checks-command 'sh checks.sh'
+  autoresearch run --max-experiments 50 --max-without-keep 15";
 
 const HUMAN_LOOP: &str = "\
 A person's experiment, step by step:
