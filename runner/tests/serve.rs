@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 
 const HPARAMS: &str = "[gpu]\nmatrix_lr = 0.5\nmode = \"ok\"\n";
 
-/// val_bpb = 1 + |matrix_lr - 0.04|; the experiment n2 waits for $TOOLS/go before it ends.
+/// val_bpb = 1 + |matrix_lr - 0.04|; the experiment n2 waits for $TOOLS/go before it ends (two
+/// minutes at most, so that a failed test leaves no process behind).
 const WAITING: &str = r#"#!/bin/sh
 lr=$(grep '^matrix_lr' trainer/hparams.toml | sed 's/^[^=]*= *//')
 if [ "$AUTORESEARCH_NODE" = "n2" ]; then
   touch "$TOOLS/n2-started"
-  while [ ! -e "$TOOLS/go" ]; do sleep 0.1; done
+  i=0
+  while [ ! -e "$TOOLS/go" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
 fi
 val=$(awk -v lr="$lr" 'BEGIN { d = lr - 0.04; if (d < 0) d = -d; printf "%.6f", 1 + d }')
 printf '{"val_bpb": %s, "peak_vram_mb": 1024.0}\n' "$val" > "$1"
@@ -226,6 +228,14 @@ fn the_live_page_shows_a_result_that_arrives_while_it_is_open() {
         "keep_rule = \"strict\"\nmax_experiments = 1\nexperiment_command = \"sh $TOOLS/waiting.sh {summary_json}\"\nproposer = \"command\"\n[command]\ncommand = \"sed -i 's/^matrix_lr = .*/matrix_lr = 0.05/' trainer/hparams.toml; echo 'matrix_lr 0.05' > $AUTORESEARCH_PROPOSAL_FILE\"\n",
     );
     std::fs::write(fx.tools.join("waiting.sh"), WAITING).unwrap();
+    // Whatever happens to the test, n2's experiment is let go.
+    struct LetGo(PathBuf);
+    impl Drop for LetGo {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _let_go = LetGo(fx.tools.join("go"));
     let runner = fx.cmd(&["run", "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut runner = Background(runner);
     wait_for("n2 to start", Duration::from_secs(60), || fx.tools.join("n2-started").exists());
