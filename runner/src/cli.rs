@@ -29,6 +29,8 @@ Typical session:
   autoresearch watch                    # live view of a running loop (another terminal)
   autoresearch stop                     # stop a running loop as Ctrl-C does (from anywhere)
   autoresearch report                   # progress chart, tree picture, summary, report.html
+  autoresearch serve                    # the same as a live page in the browser (loopback)
+  autoresearch finalize                 # the kept changes as branches to review and merge
   autoresearch tree visualize           # the experiment tree";
 
 const AFTER_HELP: &str = "\
@@ -48,7 +50,8 @@ Files:
   .autoresearch/<tag>/         results.tsv (one row per experiment, reference format), tree.db
                                (SQLite), experiments.jsonl, logs/, runs/ (summaries and per-step
                                CSVs), runner.pid while the loop runs, autoresearch-summary.md;
-                               `report` adds progress.png/.svg, tree.svg/.png, report.html
+                               `report` adds progress.png/.svg, tree.svg/.png, report.html;
+                               `finalize` adds finalize.md (and branches autoresearch/<tag>-final/*)
   .worktrees/<tag>-n<id>       an experiment's checkout while it runs";
 
 #[derive(Debug, Parser)]
@@ -139,6 +142,16 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The kept changes of a run as independent branches to review and merge, with a summary.
+    #[command(long_about = FINALIZE_LONG_ABOUT)]
+    Finalize {
+        /// Run to finalize. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Training-step throughput of the trainer on every backend of the build, beside PyTorch.
     #[command(long_about = BENCH_LONG_ABOUT)]
     Bench(BenchArgs),
@@ -161,6 +174,27 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 10)]
         last: usize,
     },
+    /// The run as a live page in the browser: what `watch` and `report` show, updated as
+    /// results arrive (read-only; loopback by default).
+    #[command(long_about = SERVE_LONG_ABOUT)]
+    Serve {
+        /// Run to show. [default: the config's tag, else today's date]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Research config. [default: configs/research.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Port to listen on (0: any free one, printed).
+        #[arg(long, default_value_t = 8077)]
+        port: u16,
+        /// Address to listen on: loopback by default; 0.0.0.0 shows the run to every machine
+        /// that can reach this one.
+        #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+        bind: String,
+        /// Seconds between looks at the database for new results.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Runs a build command in the experiment-build sandbox (what a Slurm job builds its trainer
     /// with): it may read the toolchain, the system, TREE and TARGET, write only TREE and TARGET,
     /// and reach no network.
@@ -180,6 +214,40 @@ pub enum Command {
         command: Vec<String>,
     },
 }
+
+const SERVE_LONG_ABOUT: &str = "\
+The run as a live page in the browser: what `watch` shows (what runs now, with countdowns; the \
+best; the last results) and what `report` shows (the progress chart, the summary with its \
+held-out section, the tree; a node's diff one click away), updated as results arrive: the page \
+listens to server-sent events and fetches the new state when the tree changes.
+
+It only reads (the tree database opened read-only, git for diffs), so serving cannot disturb a \
+run; it works during a run and after it. It listens on 127.0.0.1 unless --bind says otherwise, \
+and answers only requests addressed to 127.0.0.1 or localhost there. The page is one HTML file \
+with its script inline: nothing is loaded from anywhere else.
+
+Examples:
+  autoresearch serve                  # http://127.0.0.1:8077/
+  autoresearch serve --tag dec02 --port 0
+  ssh -L 8077:127.0.0.1:8077 gpu-box  # then open http://127.0.0.1:8077/ here";
+
+const FINALIZE_LONG_ABOUT: &str = "\
+The kept changes of a run as independent branches a person can review and merge one by one.
+
+Each kept change on the path from the baseline to the best is applied to the run's base commit \
+alone (a three-way merge of its diff, like `git cherry-pick`) and gets a branch of its own, \
+autoresearch/<tag>-final/NN-n<id>-<slug>. A change that touches lines an earlier kept change \
+touched follows that change on its branch, as a commit of its own. Each commit message holds \
+the change's description, hypothesis, measured gain over its parent with the standard error of \
+the pooled noise, and its held-out figure where the run scored one. The summary \
+(.autoresearch/<tag>/finalize.md) lists the branches, says whether merged together they give \
+the best's code, and holds each branch's diff. Running it again makes the branches again; it \
+is refused while the run's runner is running.
+
+Examples:
+  autoresearch finalize
+  autoresearch finalize --tag dec02
+  git log -p autoresearch/dec02-final/01-n4-matrix-lr-0-04";
 
 const BENCH_LONG_ABOUT: &str = "\
 Training-step throughput of the trainer on every backend of the build, beside PyTorch.
@@ -233,13 +301,26 @@ match their hashes (else `rejected`), builds the trainer in a sandbox and scores
 scorer under a hard timeout (the whole process group is killed), retries once at half the device \
 batch after an out-of-memory exit, applies the keep rule (significant: a one-sided test on the \
 noise pooled over every repeated run, with up to --max-candidate-runs runs while the answer is \
-open), scores the held-out split on one more run of a kept node, moves the branch on a keep, \
+open; at a time budget, a candidate whose tokens/s differ from the best's beyond their spread has \
+the best run again beside it), runs --checks-command on a candidate the rule keeps (a failure is \
+`checks_failed`), scores the held-out split on one more run of a kept node, moves the branch on a keep, \
 appends a results.tsv row and a JSONL record, and removes the worktree. All worktrees share one \
 cargo target directory (<repo>/target); each experiment's commit is synced into one build tree \
 (<repo>/.autoresearch/.build), so only what an experiment changed recompiles.
 
+It stops after --max-experiments, or earlier at --max-without-keep experiments in a row without a \
+keep, --max-hours, or --max-cost dollars (the agent's reported costs plus --cost-per-hour).
+
+Proposers: the built-in search; a coding agent by name (--agent claude, codex, gemini, opencode, \
+aider: presets in configs/research.toml; `autoresearch detect` says which are installed) or by \
+command line (--agent-command); any script (--proposer-command); a person (--proposer manual).
+
 Every flag overrides the key of the same name in the research config (configs/research.toml). \
-The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).";
+The resolved config is printed, and confirmed when stdin is a terminal (--yes skips).
+
+Examples:
+  autoresearch run --agent claude --max-hours 8 --checks-command 'sh checks.sh'
+  autoresearch run --max-experiments 50 --max-without-keep 15";
 
 const HUMAN_LOOP: &str = "\
 A person's experiment, step by step:
@@ -343,7 +424,13 @@ pub struct ConfigArgs {
     /// Shell command of the `command` proposer (run in the worktree).
     #[arg(long, value_name = "CMD")]
     pub proposer_command: Option<String>,
-    /// Command line of the `agent` proposer ({prompt}, {prompt_file}, {worktree}, {scope}).
+    /// The coding agent of the `agent` proposer, by preset: claude, codex, gemini, opencode,
+    /// aider (or a preset of your own, [agents.<name>] in the config); sets --proposer agent.
+    /// `autoresearch detect` says which are installed.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Command line of the `agent` proposer instead of a preset's ({prompt}, {prompt_file},
+    /// {worktree}, {scope}, {scope_rules:FORMAT}, {scope_files}).
     #[arg(long, value_name = "CMD")]
     pub agent_command: Option<String>,
     /// Where experiments run: local (this machine) or slurm (one sbatch job per run; the
@@ -377,6 +464,31 @@ pub struct ConfigArgs {
     /// never shown to a proposer). [default: true]
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub held_out: Option<bool>,
+    /// Shell command run in a candidate's worktree (build sandbox) after it passes the keep
+    /// rule; a failure records `checks_failed` and keeps nothing. [default: none]
+    #[arg(long, value_name = "CMD")]
+    pub checks_command: Option<String>,
+    /// Seconds the checks may take. [default: 600]
+    #[arg(long, value_name = "SECONDS")]
+    pub checks_timeout: Option<u64>,
+    /// Stop after N experiments in a row without a keep (0: never). [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_without_keep: Option<u64>,
+    /// Start no experiment once the run has been going HOURS, over all its `--resume`s (0: no
+    /// limit). [default: 0]
+    #[arg(long, value_name = "HOURS")]
+    pub max_hours: Option<f64>,
+    /// Start no experiment once the run has cost USD: the agent's reported costs plus
+    /// --cost-per-hour for each hour (0: no limit). [default: 0]
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// What an hour of this machine costs, in dollars, for --max-cost. [default: 0]
+    #[arg(long, value_name = "USD")]
+    pub cost_per_hour: Option<f64>,
+    /// At a time budget, flag a decision whose runs differ in tokens/s by more than their
+    /// spread and run the best again beside the candidate. [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub throughput_guard: Option<bool>,
     /// Kill an experiment after SECONDS (build included). [default: 2 x budget + build allowance]
     #[arg(long, value_name = "SECONDS")]
     pub hard_timeout: Option<u64>,
@@ -628,6 +740,15 @@ impl ConfigArgs {
         set!(experiment_command);
         set!(search_space);
         set!(search_patience);
+        set!(checks_command);
+        set!(max_without_keep);
+        set!(max_hours);
+        set!(max_cost);
+        set!(cost_per_hour);
+        set!(throughput_guard);
+        if let Some(t) = self.checks_timeout {
+            c.checks_timeout_seconds = t;
+        }
         if let Some(b) = self.build_allowance {
             c.build_allowance_seconds = b;
         }
@@ -653,6 +774,12 @@ impl ConfigArgs {
         }
         if let Some(cmd) = &self.proposer_command {
             c.command.command = cmd.clone();
+        }
+        if let Some(name) = &self.agent {
+            // A preset named on the command line wins over a command line in the file.
+            c.proposer = ProposerKind::Agent;
+            c.agent.preset = name.clone();
+            c.agent.command.clear();
         }
         if let Some(cmd) = &self.agent_command {
             c.agent.command = cmd.clone();
@@ -699,7 +826,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Err(_) => std::env::current_dir()?,
             };
             let cfg = ResearchConfig::load(&root, None).unwrap_or_default();
-            let d = crate::detect::detect(&root, features.as_deref().unwrap_or(&cfg.features))?;
+            let d = crate::detect::detect(&root, &cfg, features.as_deref().unwrap_or(&cfg.features))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -761,6 +888,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Visualize => t::visualize(&db)?,
                 TreeCommand::Compare { a, b } => t::compare(&db, &git, &state_dir, node_id(&a)?, node_id(&b)?)?,
             }
+            Ok(code::OK)
+        }
+        Command::Serve { tag, config, port, bind, interval } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::serve::run(&git, &cfg, &crate::serve::Options { bind, port, interval })?;
+            Ok(code::OK)
+        }
+        Command::Finalize { tag, config } => {
+            let git = repo(&cli.repo)?;
+            let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
+            crate::finalize::run(&git, &cfg)?;
             Ok(code::OK)
         }
         Command::Report { tag, config, out } => {

@@ -1,5 +1,6 @@
 //! The research configuration: `configs/research.toml` plus command-line overrides.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -70,8 +71,12 @@ display_via_serde!(Direction, ProposerKind, ExecutorKind, KeepRule);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// Shell command line of a headless coding agent. Placeholders: {prompt} (shell-quoted
-    /// prompt text), {prompt_file}, {worktree}, {scope}.
+    /// The preset of `[agents.<name>]` to run (`--agent NAME`): its command, install hint and
+    /// exit codes. Used when `command` is empty.
+    pub preset: String,
+    /// Shell command line of a headless coding agent, instead of a preset's. Placeholders:
+    /// {prompt} (shell-quoted prompt text), {prompt_file}, {worktree}, {scope},
+    /// {scope_rules:FORMAT}, {scope_files}.
     pub command: String,
     pub timeout_seconds: u64,
     /// The agent's standing instructions, prepended to every prompt.
@@ -82,13 +87,89 @@ pub struct AgentConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig {
-            command: "claude -p {prompt} --output-format json --max-turns 30 --permission-mode dontAsk --allowedTools Read 'Edit(trainer/**)'".into(),
-            timeout_seconds: 1200,
-            program: "configs/program.md".into(),
-            recent_results: 20,
-        }
+        AgentConfig { preset: "claude".into(), command: String::new(), timeout_seconds: 1200, program: "configs/program.md".into(), recent_results: 20 }
     }
+}
+
+/// One coding agent the `agent` proposer can run by name (`[agents.<name>]`, `--agent NAME`):
+/// how it is started headless, how it is kept to the scope, and what its exit codes mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPreset {
+    /// What the agent is called (`Claude Code`).
+    pub name: String,
+    /// The executable that must be on PATH.
+    pub binary: String,
+    /// How to install it, said when it is missing.
+    pub install: String,
+    /// The command line, with the placeholders of `[agent] command`.
+    pub command: String,
+    /// Exit codes after which the agent did not do its work: the change is dropped, with the
+    /// meaning in the log (`"42" = "input error"`).
+    #[serde(default)]
+    pub failure_codes: BTreeMap<String, String>,
+    /// Exit codes of an agent stopped at one of its limits: what it edited so far counts.
+    #[serde(default)]
+    pub stop_codes: BTreeMap<String, String>,
+    /// Files the agent leaves in the worktree for itself (`.aider*`): removed before the
+    /// change is committed, so they are not taken for part of it.
+    #[serde(default)]
+    pub leftovers: Vec<String>,
+    /// A key of the agent's JSON output holding what the call cost in US dollars
+    /// (`total_cost_usd`), summed for `max_cost`; empty when it reports none.
+    #[serde(default)]
+    pub cost_key: String,
+}
+
+/// The `[agents.*]` of the shipped configs/research.toml: the presets every config has, a
+/// config's own `[agents.<name>]` tables going over them key by key.
+pub fn builtin_agents() -> BTreeMap<String, AgentPreset> {
+    let shipped: toml::Table = toml::from_str(include_str!("../../configs/research.toml")).unwrap_or_default();
+    shipped.get("agents").cloned().and_then(|a| a.try_into().ok()).unwrap_or_default()
+}
+
+/// A config file's `[agents.<name>]` table: every key optional, over the preset of that name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentPatch {
+    name: Option<String>,
+    binary: Option<String>,
+    install: Option<String>,
+    command: Option<String>,
+    failure_codes: Option<BTreeMap<String, String>>,
+    stop_codes: Option<BTreeMap<String, String>>,
+    leftovers: Option<Vec<String>>,
+    cost_key: Option<String>,
+}
+
+fn merge_agents<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, AgentPreset>, D::Error> {
+    use serde::de::Error;
+    let patches: BTreeMap<String, AgentPatch> = BTreeMap::deserialize(d)?;
+    let mut out = builtin_agents();
+    for (key, p) in patches {
+        let base = out.get(&key).cloned();
+        let need = |v: Option<String>, field: &str| {
+            v.or_else(|| base.as_ref().map(|b| match field {
+                "name" => b.name.clone(),
+                "binary" => b.binary.clone(),
+                "install" => b.install.clone(),
+                _ => b.command.clone(),
+            }))
+            .ok_or_else(|| D::Error::custom(format!("[agents.{key}]: a new preset needs `{field}`")))
+        };
+        let preset = AgentPreset {
+            name: need(p.name, "name")?,
+            binary: need(p.binary, "binary")?,
+            install: need(p.install, "install")?,
+            command: need(p.command, "command")?,
+            failure_codes: p.failure_codes.or_else(|| base.as_ref().map(|b| b.failure_codes.clone())).unwrap_or_default(),
+            stop_codes: p.stop_codes.or_else(|| base.as_ref().map(|b| b.stop_codes.clone())).unwrap_or_default(),
+            leftovers: p.leftovers.or_else(|| base.as_ref().map(|b| b.leftovers.clone())).unwrap_or_default(),
+            cost_key: p.cost_key.or_else(|| base.as_ref().map(|b| b.cost_key.clone())).unwrap_or_default(),
+        };
+        out.insert(key, preset);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,7 +307,29 @@ pub struct ResearchConfig {
     pub search_space: String,
     /// Search: children tried under the best node before backtracking.
     pub search_patience: u32,
+    /// Run in the worktree after a candidate passes the keep rule, in the build sandbox; a
+    /// failure (or the timeout) records `checks_failed` with its output and keeps nothing.
+    /// Empty: no checks.
+    pub checks_command: String,
+    pub checks_timeout_seconds: u64,
+    /// Stop after this many experiments in a row without a keep; 0: never.
+    pub max_without_keep: u64,
+    /// Stop starting experiments once the run has been going this many hours (summed over
+    /// `--resume`s); 0: no limit.
+    pub max_hours: f64,
+    /// Stop starting experiments once the run has cost this many dollars: the agents' reported
+    /// costs plus `cost_per_hour` for every hour of the run; 0: no limit.
+    pub max_cost: f64,
+    /// What an hour of this machine costs (dollars), for `max_cost`.
+    pub cost_per_hour: f64,
+    /// At a time budget, flag a decision whose candidate and best ran at tokens/s further apart
+    /// than the runs' spread, and run the best again beside the candidate.
+    pub throughput_guard: bool,
     pub agent: AgentConfig,
+    /// The coding agents `--agent NAME` picks from: the shipped presets, this file's
+    /// `[agents.<name>]` tables over them.
+    #[serde(deserialize_with = "merge_agents")]
+    pub agents: BTreeMap<String, AgentPreset>,
     pub command: CommandConfig,
     pub manual: ManualConfig,
     pub slurm: SlurmConfig,
@@ -276,7 +379,15 @@ impl Default for ResearchConfig {
             experiment_command: String::new(),
             search_space: "configs/search_space.toml".into(),
             search_patience: 8,
+            checks_command: String::new(),
+            checks_timeout_seconds: 600,
+            max_without_keep: 0,
+            max_hours: 0.0,
+            max_cost: 0.0,
+            cost_per_hour: 0.0,
+            throughput_guard: true,
             agent: AgentConfig::default(),
+            agents: builtin_agents(),
             command: CommandConfig::default(),
             manual: ManualConfig::default(),
             slurm: SlurmConfig::default(),
@@ -338,9 +449,42 @@ impl ResearchConfig {
             return Err(usage("proposer `command` needs [command] command = \"...\" in the config or --proposer-command"));
         }
         if self.proposer == ProposerKind::Agent && self.agent.command.trim().is_empty() {
-            return Err(usage("proposer `agent` needs [agent] command = \"...\" (see configs/research.toml)"));
+            self.agent_preset()?;
+        }
+        for (key, v) in [("max_hours", self.max_hours), ("max_cost", self.max_cost), ("cost_per_hour", self.cost_per_hour)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(usage(format!("{key} (--{}): must be a number >= 0 (0: no limit)", key.replace('_', "-"))));
+            }
+        }
+        for (name, p) in &self.agents {
+            for (code, _) in p.failure_codes.iter().chain(&p.stop_codes) {
+                if code.parse::<i32>().is_err() {
+                    return Err(usage(format!("[agents.{name}]: exit code `{code}` is not a number (write \"42\" = \"what it means\")")));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The agent preset `[agent] preset` (or `--agent`) names, with its name; a usage error
+    /// listing the presets when there is no such one.
+    pub fn agent_preset(&self) -> Result<(&str, &AgentPreset)> {
+        let name = self.agent.preset.trim();
+        match self.agents.get_key_value(name) {
+            Some((k, p)) => Ok((k.as_str(), p)),
+            None => Err(usage(format!(
+                "--agent / [agent] preset: no agent preset `{name}`; the presets are {} ([agents.<name>] in configs/research.toml), or give your own command with --agent-command",
+                self.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The agent proposer's command line: `[agent] command`, else its preset's.
+    pub fn agent_command(&self) -> String {
+        if !self.agent.command.trim().is_empty() {
+            return self.agent.command.clone();
+        }
+        self.agent_preset().map(|(_, p)| p.command.clone()).unwrap_or_default()
     }
 
     /// The kill deadline for one experiment (build included).
@@ -424,5 +568,26 @@ mod tests {
         // The shipped file documents the defaults: the keep rule and the held-out split too.
         let d = ResearchConfig::default();
         assert_eq!((c.keep_rule, c.significance, c.max_candidate_runs, c.baseline_runs, c.held_out), (d.keep_rule, d.significance, d.max_candidate_runs, d.baseline_runs, d.held_out));
+    }
+
+    #[test]
+    fn the_shipped_agent_presets_are_every_configs_and_a_table_goes_over_one_key_by_key() {
+        let shipped = builtin_agents();
+        assert_eq!(shipped.keys().map(String::as_str).collect::<Vec<_>>(), ["aider", "claude", "codex", "gemini", "opencode"]);
+        assert!(shipped.contains_key(&ResearchConfig::default().agent.preset));
+        let c: ResearchConfig = toml::from_str(
+            "[agents.codex]\ncommand = \"codex exec --full-auto {prompt}\"\n[agents.mine]\nname = \"Mine\"\nbinary = \"mine\"\ninstall = \"make install\"\ncommand = \"mine {prompt}\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agents["codex"].command, "codex exec --full-auto {prompt}");
+        assert_eq!(c.agents["codex"].install, shipped["codex"].install, "the keys not given stay the preset's");
+        assert_eq!((c.agents.len(), c.agents["mine"].binary.as_str()), (6, "mine"));
+        let err = toml::from_str::<ResearchConfig>("[agents.new]\ncommand = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("[agents.new]: a new preset needs `name`"), "{err}");
+        let mut c: ResearchConfig = toml::from_str("[agents.gemini]\nfailure_codes = { x = \"y\" }\n").unwrap();
+        assert!(c.finalize().unwrap_err().to_string().contains("[agents.gemini]: exit code `x` is not a number"));
+        // The config a run stores (JSON) reads back with the same presets.
+        let back: ResearchConfig = serde_json::from_str(&serde_json::to_string(&ResearchConfig::default()).unwrap()).unwrap();
+        assert_eq!(back.agents, shipped);
     }
 }

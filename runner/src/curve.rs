@@ -82,7 +82,8 @@ impl Curve {
     }
 }
 
-fn kilo(x: f64) -> String {
+/// A rate as the views print it: `5.1k`, `496`.
+pub fn kilo(x: f64) -> String {
     if x.abs() >= 1000.0 { format!("{:.1}k", x / 1000.0) } else { format!("{x:.0}") }
 }
 

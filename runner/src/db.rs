@@ -19,6 +19,9 @@ pub enum Status {
     Pruned,
     /// A result recorded by hand that no scorer of the run signed: kept, never compared.
     Unverified,
+    /// Passed the keep rule, then failed the config's `checks_command`: measured, not kept.
+    #[serde(rename = "checks_failed")]
+    ChecksFailed,
 }
 
 impl Status {
@@ -32,6 +35,7 @@ impl Status {
             Status::Rejected => "rejected",
             Status::Pruned => "pruned",
             Status::Unverified => "unverified",
+            Status::ChecksFailed => "checks_failed",
         }
     }
 
@@ -45,6 +49,7 @@ impl Status {
             "rejected" => Status::Rejected,
             "pruned" => Status::Pruned,
             "unverified" => Status::Unverified,
+            "checks_failed" => Status::ChecksFailed,
             _ => return None,
         })
     }
@@ -52,6 +57,11 @@ impl Status {
     /// Crashed or refused: the change taught nothing about the metric.
     pub fn failed(self) -> bool {
         matches!(self, Status::Crash | Status::Rejected)
+    }
+
+    /// Not kept for a reason its results row names: a failure, or checks that failed.
+    pub fn has_reason(self) -> bool {
+        self.failed() || self == Status::ChecksFailed
     }
 
     pub fn finished(self) -> bool {
@@ -268,6 +278,32 @@ impl Db {
             )));
         }
         Db::open(&paths.db)
+    }
+
+    /// The run's database opened to read only (`serve`): it can write nothing, not even the
+    /// schema. WAL readers never block the runner's writes.
+    pub fn open_read_only(path: &Path) -> Result<Db> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("opening database {} to read", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Db { conn })
+    }
+
+    /// A short text that changes whenever the tree does: a node starts or finishes, a run
+    /// starts or ends, the noise or the held-out scores move. A live view redraws when it does.
+    pub fn fingerprint(&self) -> Result<String> {
+        // Status and insight by their lengths (a running node ends kept, discarded, ...; a lesson
+        // is added), values by their sum (the best's mean moves when it runs again).
+        let nodes: (i64, i64, i64, f64, f64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(finish_seq), 0), COALESCE(SUM((LENGTH(status) + 31 * LENGTH(insight)) * id), 0), COALESCE(MAX(started_at), 0), COALESCE(SUM(metric), 0) FROM nodes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let runs: i64 = self.conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?;
+        let jobs: (i64, f64) = self.conn.query_row("SELECT COUNT(*), COALESCE(MAX(started_at), 0) FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let heldout: i64 = self.conn.query_row("SELECT COUNT(*) FROM heldout", [], |r| r.get(0))?;
+        Ok(format!("{}.{}.{}.{}.{}-{runs}-{}.{}-{heldout}", nodes.0, nodes.1, nodes.2, nodes.3, nodes.4, jobs.0, jobs.1))
     }
 
     pub fn open(path: &Path) -> Result<Db> {
@@ -677,6 +713,37 @@ mod tests {
         db.forget_interrupted_runs(b).unwrap();
         let left: Vec<String> = db.runs(a).unwrap().into_iter().map(|r| r.attempt).collect();
         assert_eq!(left, ["1".to_string(), format!("again-{}-1", node_name(b))], "only b's interrupted run of the best is forgotten");
+    }
+
+    /// What a live view redraws on: each change of the tree moves the fingerprint, and a
+    /// read-only connection sees the runner's commits.
+    #[test]
+    fn the_fingerprint_moves_with_every_change_a_view_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut db = Db::open(&path).unwrap();
+        let reader = Db::open_read_only(&path).unwrap();
+        let mut seen = vec![reader.fingerprint().unwrap()];
+        let mut moved = |what: &str| {
+            let f = reader.fingerprint().unwrap();
+            assert!(!seen.contains(&f), "{what}: {f} seen before");
+            seen.push(f);
+        };
+        let a = db.insert_node(None, "", "baseline", None, "baseline", "cpu").unwrap();
+        moved("a node");
+        db.set_running(a).unwrap();
+        moved("running");
+        db.set_job(&Job { node: a, attempt: "0".into(), seed: 1, batch_scale: 1.0, handle: "local:1".into(), started_at: 1.0 }).unwrap();
+        moved("a run started");
+        db.insert_run(&Run { node: a, attempt: "0".into(), seed: 1, batch_scale: Some(1.0), exit_code: Some(0), outcome: "ok".into(), metric: Some(2.0), seconds: 1.0, log: String::new() }).unwrap();
+        moved("a run ended");
+        db.finish(a, &Finish { status: Status::Keep, metric: Some(2.0), metrics: None, memory_mb: None, insight: "", result_row: None, jsonl: None }).unwrap();
+        moved("finished");
+        db.set_insight(a, "a lesson").unwrap();
+        moved("an insight");
+        db.set_heldout(a, &[2.5]).unwrap();
+        moved("held-out scores");
+        assert!(reader.set_meta("x", "y").is_err(), "the reader writes nothing");
     }
 
     #[test]

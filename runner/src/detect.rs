@@ -231,9 +231,13 @@ pub struct Detection {
     pub adjustments: Option<Adjustments>,
     /// How to rebuild when the hardware has a GPU the build cannot use.
     pub rebuild_hint: Option<String>,
+    /// The coding agents of the config's presets (`--agent NAME`), found on PATH or not.
+    pub agents: Vec<crate::agents::Installed>,
 }
 
-pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
+/// What this machine has, for the config `cfg` (its agent presets) and the build features
+/// `features`.
+pub fn detect(repo: &Path, cfg: &ResearchConfig, features: &str) -> Result<Detection> {
     let cpu = cpu();
     let nvidia = nvidia();
     let vulkan = vulkan();
@@ -329,6 +333,7 @@ pub fn detect(repo: &Path, features: &str) -> Result<Detection> {
         build_backends,
         adjustments,
         rebuild_hint,
+        agents: crate::agents::installed(cfg),
     })
 }
 
@@ -341,7 +346,7 @@ pub fn read_profile(path: &Path) -> Result<toml::Table> {
 /// The platform profile a run uses: the config's, else the detected one. Returns its path, its
 /// class (the trainer table it selects, `cpu` or `gpu`) and its name.
 pub fn resolve_profile(root: &Path, cfg: &ResearchConfig) -> Result<(PathBuf, String, String)> {
-    let path = if cfg.profile.is_empty() { detect(root, &cfg.features)?.profile_path } else { crate::config::resolve(root, Path::new(&cfg.profile)) };
+    let path = if cfg.profile.is_empty() { detect(root, cfg, &cfg.features)?.profile_path } else { crate::config::resolve(root, Path::new(&cfg.profile)) };
     let p = read_profile(&path).map_err(|e| crate::errors::usage(format!("profile: {e:#}")))?;
     let class = p.get("class").and_then(|v| v.as_str()).unwrap_or("gpu").to_string();
     let name = p.get("name").and_then(|v| v.as_str()).unwrap_or("custom").to_string();
@@ -641,6 +646,13 @@ pub fn render(d: &Detection) -> String {
     }
     if let Some(h) = &d.rebuild_hint {
         s.push_str(&format!("\nRebuild  {h}\n"));
+    }
+    s.push_str("\nAgents   (the agent proposer's presets: `autoresearch run --agent NAME`)\n");
+    for a in &d.agents {
+        match &a.path {
+            Some(p) => s.push_str(&format!("         {:<9} {}: {p}\n", a.preset, a.name)),
+            None => s.push_str(&format!("         {:<9} {}: not installed (`{}` is not on PATH); install: {}\n", a.preset, a.name, a.binary, a.install)),
+        }
     }
     s
 }

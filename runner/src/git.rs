@@ -235,7 +235,6 @@ impl Git {
         Ok(out)
     }
 
-    /// `git diff --stat`-like text between two commits, and the patch.
     /// The entries a commit adds or changes relative to `from`: path and git file mode
     /// (0o100644 file, 0o100755 executable, 0o120000 link, 0o160000 submodule); deletions
     /// are left out.
@@ -257,24 +256,9 @@ impl Git {
         Ok(out)
     }
 
+    /// `git diff --stat`-like text between two commits, and the patch.
     pub fn diff_text(&self, from: Oid, to: Oid, patch: bool) -> Result<String> {
-        let a = self.repo.find_commit(from)?.tree()?;
-        let b = self.repo.find_commit(to)?.tree()?;
-        let diff = self.repo.diff_tree_to_tree(Some(&a), Some(&b), None)?;
-        let mut text = String::new();
-        let stats = diff.stats()?;
-        let buf = stats.to_buf(git2::DiffStatsFormat::FULL, 80)?;
-        text.push_str(buf.as_str().unwrap_or(""));
-        if patch {
-            diff.print(git2::DiffFormat::Patch, |_, _, line| {
-                if matches!(line.origin(), '+' | '-' | ' ') {
-                    text.push(line.origin());
-                }
-                text.push_str(&String::from_utf8_lossy(line.content()));
-                true
-            })?;
-        }
-        Ok(text)
+        self.diff_trees_text(self.tree_of(from)?, self.tree_of(to)?, patch)
     }
 
     /// sha256 of every file of commit `at` under the given path prefixes.
@@ -316,6 +300,74 @@ impl Git {
             }
             Err(_) => Ok(None),
         }
+    }
+
+    /// The change from commit `from` to commit `to`, applied to `onto` (a three-way merge of
+    /// trees, as `git cherry-pick` does): the tree it gives, or None when it conflicts (the
+    /// change touches lines `onto` has otherwise).
+    pub fn apply_change(&self, from: Oid, to: Oid, onto_tree: Oid) -> Result<Option<Oid>> {
+        let (a, b) = (self.repo.find_commit(from)?.tree()?, self.repo.find_commit(to)?.tree()?);
+        let mut index = self.repo.merge_trees(&a, &self.repo.find_tree(onto_tree)?, &b, None)?;
+        if index.has_conflicts() {
+            return Ok(None);
+        }
+        Ok(Some(index.write_tree_to(&self.repo)?))
+    }
+
+    /// The tree of a commit.
+    pub fn tree_of(&self, commit: Oid) -> Result<Oid> {
+        Ok(self.repo.find_commit(commit)?.tree_id())
+    }
+
+    /// A commit of `tree` on top of `parent`, made without moving any ref.
+    pub fn commit_tree(&self, tree: Oid, parent: Oid, message: &str) -> Result<Oid> {
+        let sig = self.signature();
+        let tree = self.repo.find_tree(tree)?;
+        let parent = self.repo.find_commit(parent)?;
+        Ok(self.repo.commit(None, &sig, &sig, message, &tree, &[&parent])?)
+    }
+
+    /// Points branch `name` (`refs/heads/<name>`) at `to`, making it if needed.
+    pub fn set_named_branch(&self, name: &str, to: Oid, msg: &str) -> Result<()> {
+        self.repo.reference(&format!("refs/heads/{name}"), to, true, msg).with_context(|| format!("setting branch {name}"))?;
+        Ok(())
+    }
+
+    /// The local branches whose names start with `prefix`.
+    pub fn branches_under(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for r in self.repo.references_glob(&format!("refs/heads/{prefix}*"))? {
+            if let Some(name) = r?.name().and_then(|n| n.strip_prefix("refs/heads/")) {
+                out.push(name.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn delete_named_branch(&self, name: &str) -> Result<()> {
+        if let Ok(mut r) = self.repo.find_reference(&format!("refs/heads/{name}")) {
+            r.delete()?;
+        }
+        Ok(())
+    }
+
+    /// The stat from one tree to another, and with `patch` the patch.
+    pub fn diff_trees_text(&self, from: Oid, to: Oid, patch: bool) -> Result<String> {
+        let diff = self.repo.diff_tree_to_tree(Some(&self.repo.find_tree(from)?), Some(&self.repo.find_tree(to)?), None)?;
+        let mut text = String::new();
+        let stats = diff.stats()?;
+        text.push_str(stats.to_buf(git2::DiffStatsFormat::FULL, 80)?.as_str().unwrap_or(""));
+        if patch {
+            diff.print(git2::DiffFormat::Patch, |_, _, line| {
+                if matches!(line.origin(), '+' | '-' | ' ') {
+                    text.push(line.origin());
+                }
+                text.push_str(&String::from_utf8_lossy(line.content()));
+                true
+            })?;
+        }
+        Ok(text)
     }
 
     pub fn oid(s: &str) -> Result<Oid> {

@@ -1,6 +1,8 @@
 //! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
 
+mod agents;
 mod bench;
+mod checks;
 mod cli;
 mod config;
 mod curve;
@@ -8,6 +10,7 @@ mod db;
 mod detect;
 mod errors;
 mod exec;
+mod finalize;
 mod executor;
 mod git;
 mod guard;
@@ -20,6 +23,8 @@ mod proposer;
 mod report;
 mod results;
 mod runloop;
+mod throughput;
+mod serve;
 mod train;
 mod tree;
 mod tree_cmd;

@@ -20,6 +20,7 @@ use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::git::Git;
 use crate::keep::{self, Verdict};
 use crate::layout;
+use crate::throughput;
 use crate::progress::Progress;
 
 /// What every worker shares.
@@ -60,6 +61,9 @@ pub struct Decision {
     pub heldout: Vec<f64>,
     /// The gain the decision asked for (the keep bar), where a gain was measured.
     pub bar: Option<f64>,
+    /// The throughput guard's look at the decision (`throughput::Check`, and the best's run
+    /// beside the candidate when it was flagged); None where it did not look.
+    pub throughput: Option<Value>,
 }
 
 impl Decision {
@@ -76,6 +80,7 @@ impl Decision {
             sigma: None,
             heldout: Vec::new(),
             bar: None,
+            throughput: None,
         }
     }
 
@@ -87,7 +92,7 @@ impl Decision {
     /// The bar of a decided experiment (kept or discarded): the gain its rule asked for. A
     /// failure has none, whatever its runs measured.
     pub fn decided_bar(&self) -> Option<f64> {
-        if matches!(self.status, Status::Keep | Status::Discard) { self.bar } else { None }
+        if matches!(self.status, Status::Keep | Status::Discard | Status::ChecksFailed) { self.bar } else { None }
     }
 }
 
@@ -112,6 +117,40 @@ pub fn failure(out: &Outcome) -> (Status, String) {
     }
 }
 
+/// Runs the checks of a candidate that passed the keep rule (`checks_command`); when they fail,
+/// the decision becomes `checks_failed`, their reason and output first in its insight.
+pub fn apply_checks(cfg: &ResearchConfig, root: &Path, worktree: &Path, node: &Node, d: &mut Decision) -> Result<()> {
+    if d.status != Status::Keep || cfg.checks_command.trim().is_empty() {
+        return Ok(());
+    }
+    let state_dir = crate::layout::Paths::new(root, cfg).state_dir;
+    let log = crate::checks::log_path(&state_dir, &node.name());
+    let commit = node.commit.clone().unwrap_or_default();
+    let who = crate::checks::Candidate { node: &node.name(), commit: &commit, metric: d.metric, memory_mb: d.memory_mb };
+    match crate::checks::run(cfg, root, worktree, &who, &log)? {
+        crate::checks::Checked::Passed => d.insight.push_str("; checks passed"),
+        crate::checks::Checked::Interrupted => d.interrupted = true,
+        crate::checks::Checked::Failed { why, tail } => {
+            d.status = Status::ChecksFailed;
+            // The first line says why (the results row takes it, with the output's last line).
+            d.insight = format!("checks failed ({why}): not kept\nthe rule said keep: {}\nchecks output ({}):\n{tail}", d.insight, log.display());
+        }
+    }
+    Ok(())
+}
+
+/// What the throughput guard did for a decision.
+#[derive(Default)]
+struct Guarded {
+    /// The best's value in its run beside the candidate, when it ran again.
+    again: Option<f64>,
+    /// For the insight (and so the log line and the report).
+    note: String,
+    /// For the experiment log and the report.
+    record: Option<Value>,
+    interrupted: bool,
+}
+
 /// The first seed of the runs of the best that candidates' tests ask for (candidate `n` takes
 /// `n * 100 + k` above it): apart from the baseline's seeds, the candidates' and the held-out runs'.
 const AGAIN_SEEDS: u64 = 1_000_000;
@@ -130,8 +169,9 @@ impl Shared {
             Task::Experiment { best, bar, best_node } => {
                 let mut d = match self.cfg.keep_rule {
                     KeepRule::Significant => self.tested(node, worktree, best, best_node)?,
-                    _ => self.experiment(node, worktree, best, bar)?,
+                    _ => self.experiment(node, worktree, best, bar, best_node)?,
                 };
+                apply_checks(&self.cfg, &self.root, worktree, node, &mut d)?;
                 // Only where the baseline scored one: else the split is NONE (or the command
                 // cannot score it) and the extra run would buy nothing.
                 if d.status == Status::Keep && self.cfg.held_out && !Db::open(&self.db_path)?.heldout()?.is_empty() {
@@ -193,10 +233,11 @@ impl Shared {
             sigma: Some(sd),
             heldout,
             bar: None,
+            throughput: None,
         })
     }
 
-    fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64) -> Result<Decision> {
+    fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
         let dir = cfg.direction;
         let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
@@ -205,17 +246,27 @@ impl Shared {
             Outcome::Ok { metric, memory_mb, summary } => (metric, memory_mb, summary),
             other => return Ok(Decision::failed(&other, runs)),
         };
-        let decided = |status, metric, summary, memory_mb, insight, runs| Decision {
+        let guard = self.throughput_guard(node, best_node, 1)?;
+        if guard.interrupted {
+            return Ok(Decision::failed(&Outcome::Interrupted, runs));
+        }
+        // The best ran again beside the candidate: its value is the mean of its runs now.
+        let best = match guard.again {
+            Some(_) => Db::open(&self.db_path)?.set_mean_of_runs(best_node)?.unwrap_or(best),
+            None => best,
+        };
+        let decided = |status, metric, summary, memory_mb, insight: String, runs| Decision {
             status,
             metric: Some(metric),
             summary: Some(summary),
             memory_mb,
-            insight,
+            insight: format!("{insight}{}", guard.note),
             runs,
             interrupted: false,
             sigma: None,
             heldout: Vec::new(),
             bar: Some(bar),
+            throughput: guard.record.clone(),
         };
         match keep::first(cfg.keep_rule, dir, best, m1, bar) {
             Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
@@ -285,9 +336,14 @@ impl Shared {
         };
         let mut metrics = vec![m1];
         // The best's runs this decision asked for, in order: the test counts them as they come,
-        // so that a decision taken up again by `--resume` makes the same looks.
-        let mut best_again: Vec<f64> = Vec::new();
-        let mut note = String::new();
+        // so that a decision taken up again by `--resume` makes the same looks. The first may
+        // be the throughput guard's, beside the candidate's first run.
+        let guard = self.throughput_guard(node, best_node, 1)?;
+        if guard.interrupted {
+            return Ok(Decision::failed(&Outcome::Interrupted, runs));
+        }
+        let mut best_again: Vec<f64> = guard.again.into_iter().collect();
+        let mut note = guard.note.clone();
         let (status, test) = loop {
             let db = Db::open(&self.db_path)?;
             let mine = layout::attempt::asked_by(&node.name());
@@ -352,7 +408,47 @@ impl Shared {
             sigma: None,
             heldout: Vec::new(),
             bar: Some(test.bar(cfg.noise_floor)),
+            throughput: guard.record,
         })
+    }
+
+    /// The throughput guard (see `throughput`), after a candidate's first run, at a time
+    /// budget: its tokens/s against the best's runs'; when they differ beyond the spread, the
+    /// best runs again beside it (run `k` of the best this decision asks for).
+    fn throughput_guard(&self, node: &Node, best_node: i64, k: usize) -> Result<Guarded> {
+        let mut g = Guarded::default();
+        if !self.cfg.throughput_guard || !matches!(self.cfg.budget, sealed::budget::Budget::Time(_)) {
+            return Ok(g);
+        }
+        let db = Db::open(&self.db_path)?;
+        let state_dir = layout::Paths::new(&self.root, &self.cfg).state_dir;
+        let best = db.require_node(best_node)?;
+        let tps_of = |n: &Node| -> Result<Vec<f64>> { Ok(db.runs(n.id)?.iter().filter_map(|r| throughput::of_run(&state_dir, &n.name(), r)).collect()) };
+        let Some(c) = throughput::check(&tps_of(&best)?, &tps_of(node)?, throughput::spread(&db, &state_dir)?) else { return Ok(g) };
+        let mut record = json!(c);
+        if c.flagged {
+            self.progress.line(&format!("{}: throughput {}: flagged; {} runs again beside it", node.name(), c.describe(), best.name()));
+            g.note = format!("; throughput flagged: {}", c.describe());
+            match self.run_best_again(node, best_node, k)? {
+                Outcome::Ok { metric, summary, .. } => {
+                    g.again = Some(metric);
+                    if let Some(beside) = throughput::of_summary(&summary) {
+                        let moved = (c.candidate - beside).abs() <= c.tolerance;
+                        record["best_beside"] = json!(beside);
+                        record["machine_moved"] = json!(moved);
+                        g.note.push_str(&format!(
+                            "; {} ran again beside it at {beside:.0} tok/s: {}",
+                            best.name(),
+                            if moved { "the machine had moved, not the change" } else { "the candidate's own speed" }
+                        ));
+                    }
+                }
+                Outcome::Interrupted => g.interrupted = true,
+                other => g.note.push_str(&format!("; {}'s run beside it failed ({})", best.name(), other.label())),
+            }
+        }
+        g.record = Some(record);
+        Ok(g)
     }
 
     /// Run `k` (from 1) of the best that `candidate`'s test asked for: the best's commit in a

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::{Applied, Ctx, Plan, Proposer, proposer_env, read_proposal_file, tree_digest};
 use crate::config::ProposerKind;
 use crate::db::Node;
-use crate::process::{self, Output, shell_quote};
+use crate::process::{self, Output};
 
 pub struct Agent;
 
@@ -111,14 +111,10 @@ impl Proposer for Agent {
         std::fs::write(&prompt_file, &prompt)?;
         let proposal = crate::layout::proposal_file(ctx.state_dir, &node.name());
         let _ = std::fs::remove_file(&proposal);
-        let command = ctx
-            .cfg
-            .agent
-            .command
-            .replace("{prompt_file}", &shell_quote(&prompt_file.display().to_string()))
-            .replace("{worktree}", &shell_quote(&worktree.display().to_string()))
-            .replace("{scope}", &shell_quote(&ctx.cfg.scope.join(" ")))
-            .replace("{prompt}", &shell_quote(&prompt));
+        // A preset's exit codes, leftovers and cost apply when its command is the one run.
+        let preset = if ctx.cfg.agent.command.trim().is_empty() { ctx.cfg.agent_preset().ok().map(|(_, p)| p.clone()) } else { None };
+        let fill = crate::agents::Fill { prompt: &prompt, prompt_file: &prompt_file, worktree, scope: &ctx.cfg.scope };
+        let command = crate::agents::command_line(&ctx.cfg.agent_command(), &fill)?;
         let out = logs.join(format!("{}-agent.out", node.name()));
         let err = logs.join(format!("{}-agent.log", node.name()));
         let fin = process::run_shell(
@@ -133,8 +129,32 @@ impl Proposer for Agent {
         if fin.interrupted {
             return Err(crate::errors::CliError::Interrupted.into());
         }
-        // Edits made before a time or turn limit stay on disk: the diff decides, not the exit code.
         let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(cost) = preset.as_ref().and_then(|p| crate::agents::reported_cost(&stdout, &p.cost_key)) {
+            add_cost(ctx.db, cost)?;
+        }
+        if let Some(p) = &preset {
+            let removed = crate::agents::remove_leftovers(worktree, &p.leftovers)?;
+            if !removed.is_empty() {
+                eprintln!("{}: removed what {} left for itself in the worktree: {}", node.name(), p.name, removed.join(", "));
+            }
+        }
+        let who = preset.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| "agent".into());
+        match crate::agents::exit(preset.as_ref(), fin.code) {
+            _ if fin.timed_out => eprintln!("{who} timed out after {} s; checking what it changed", ctx.cfg.agent.timeout_seconds),
+            crate::agents::Exit::Done => {}
+            crate::agents::Exit::Failed(why) => {
+                return Ok(Applied::Failed(format!(
+                    "{who} exited with {}: {why} (log: {}){}",
+                    fin.code.unwrap_or(-1),
+                    err.display(),
+                    process::tail(&err, 3).lines().map(|l| format!(" | {l}")).collect::<String>()
+                )));
+            }
+            crate::agents::Exit::Stopped(why) => eprintln!("{who} stopped ({why}); checking what it changed"),
+            crate::agents::Exit::Unknown => eprintln!("{who} exited with {:?} (log: {}); checking what it changed", fin.code, err.display()),
+        }
+        // Edits made before a time or turn limit stay on disk: the diff decides, not the exit code.
         let (mut description, mut hypothesis) = read_proposal_file(&proposal);
         if description.is_none() {
             description = parse_tagged(&stdout, "DESCRIPTION:");
@@ -142,13 +162,16 @@ impl Proposer for Agent {
         if hypothesis.is_none() {
             hypothesis = parse_tagged(&stdout, "HYPOTHESIS:");
         }
-        if fin.timed_out {
-            eprintln!("agent timed out after {} s; checking what it changed", ctx.cfg.agent.timeout_seconds);
-        } else if fin.code != Some(0) {
-            eprintln!("agent exited with {:?} (log: {}); checking what it changed", fin.code, err.display());
-        }
         Ok(Applied::Done { description, hypothesis })
     }
+}
+
+/// The meta key of what the agents of a run reported they cost, in dollars (for `max_cost`).
+pub const COST_KEY: &str = "agent_cost_usd";
+
+fn add_cost(db: &crate::db::Db, cost: f64) -> Result<()> {
+    let so_far: f64 = db.meta(COST_KEY)?.and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    db.set_meta(COST_KEY, &(so_far + cost).to_string())
 }
 
 #[cfg(test)]

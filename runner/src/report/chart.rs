@@ -25,6 +25,8 @@ pub const BEST: Color = Color::rgb(218, 165, 32);
 pub const BASELINE: Color = Color::rgb(31, 119, 180);
 /// Results recorded by hand that no scorer signed: drawn apart, never on the best line.
 pub const UNVERIFIED: Color = Color::rgb(148, 103, 189);
+/// A candidate that passed the keep rule and failed the checks.
+pub const CHECKS_FAILED: Color = Color::rgb(214, 150, 20);
 
 /// 1, 2 or 5 times a power of ten, giving about `n` steps over `span`.
 fn nice_step(span: f64, n: f64) -> f64 {
@@ -225,7 +227,11 @@ pub fn draw(r: &Research, c: &mut dyn Canvas) {
             (_, Some(m)) if m.is_finite() => {
                 let y = f.y(m);
                 let clipped = m > hi || m < lo;
-                let color = if n.status == Status::Pruned { DISCARD.alpha(0.45) } else { DISCARD };
+                let color = match n.status {
+                    Status::Pruned => DISCARD.alpha(0.45),
+                    Status::ChecksFailed => CHECKS_FAILED,
+                    _ => DISCARD,
+                };
                 if clipped {
                     let s = if dir == Direction::Lower { -1.0 } else { 1.0 };
                     c.path(&[(x - 6.0, y - s * 3.0), (x + 6.0, y - s * 3.0), (x, y + s * 6.0)], true, Paint::fill(color));

@@ -97,6 +97,11 @@ impl Research {
         rec.get("runs").and_then(Value::as_array).map(|runs| runs.iter().filter_map(|r| r.get("metric").and_then(Value::as_f64)).collect()).unwrap_or_default()
     }
 
+    /// The throughput guard's look at a decided experiment (see `throughput`), from its record.
+    pub fn throughput(&self, n: &Node) -> Option<Value> {
+        record(n)?.get("throughput").filter(|t| t.is_object()).cloned()
+    }
+
     /// The value a decided experiment had to reach to be kept: the best when it was decided,
     /// moved by the bar its keep rule set. None for the baseline, failures, and older runs that
     /// recorded no bar.
@@ -120,9 +125,11 @@ impl Research {
 
     /// `1 keep, 5 discard, 0 crash, 0 rejected, 0 unverified, 0 pruned`: the experiments by
     /// outcome.
+    /// (`checks_failed` only in a run that has some: most runs have no checks.)
     pub fn tally(&self) -> String {
-        let parts: Vec<String> = [Status::Keep, Status::Discard, Status::Crash, Status::Rejected, Status::Unverified, Status::Pruned]
+        let parts: Vec<String> = [Status::Keep, Status::Discard, Status::ChecksFailed, Status::Crash, Status::Rejected, Status::Unverified, Status::Pruned]
             .iter()
+            .filter(|s| **s != Status::ChecksFailed || self.count(**s) > 0)
             .map(|s| format!("{} {}", self.count(*s), s.as_str()))
             .collect();
         parts.join(", ")

@@ -9,7 +9,7 @@ use super::data::Research;
 use super::svg::escape;
 use crate::tree::fmt_metric;
 
-const STYLE: &str = "body{font-family:'DejaVu Sans',Verdana,Arial,sans-serif;margin:24px auto;max-width:1640px;color:#282828;padding:0 16px}
+pub const STYLE: &str = "body{font-family:'DejaVu Sans',Verdana,Arial,sans-serif;margin:24px auto;max-width:1640px;color:#282828;padding:0 16px}
 h1{font-size:26px}h2{font-size:20px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}code{background:#f4f4f4;padding:0 3px}svg{max-width:100%;height:auto}
@@ -84,6 +84,13 @@ pub fn markdown_to_html(md: &str) -> String {
     out
 }
 
+/// The summary's Markdown as HTML without its first heading: a page has its own title, which
+/// the heading would repeat.
+pub fn summary_body(summary_md: &str) -> String {
+    let body = summary_md.strip_prefix('#').map_or(summary_md, |rest| rest.split_once('\n').map_or("", |(_, b)| b));
+    markdown_to_html(body)
+}
+
 /// The anchor of a node's diff.
 pub fn diff_anchor(id: i64) -> String {
     format!("diff-n{id}")
@@ -102,9 +109,7 @@ pub fn page(r: &Research, summary_md: &str, chart_svg: &str, tree_svg: &str, dif
     let _ = writeln!(s, "<h1>{}</h1>", escape(&title));
     s.push_str("<nav><a href=\"#progress\">progress</a><a href=\"#summary\">summary</a><a href=\"#tree\">tree</a><a href=\"#diffs\">diffs</a></nav>\n");
     let _ = writeln!(s, "<h2 id=\"progress\">Progress</h2>\n{chart_svg}");
-    // The page has its own title: the summary's first heading would repeat it.
-    let body = summary_md.strip_prefix('#').map_or(summary_md, |rest| rest.split_once('\n').map_or("", |(_, b)| b));
-    let _ = writeln!(s, "<section id=\"summary\">\n{}</section>", markdown_to_html(body));
+    let _ = writeln!(s, "<section id=\"summary\">\n{}</section>", summary_body(summary_md));
     let _ = writeln!(s, "<h2 id=\"tree\">Experiment tree</h2>\n<p class=\"meta\">Click a node for its diff; hover for its hypothesis and insight.</p>\n<div class=\"tree\">\n{tree_svg}</div>");
     s.push_str("<h2 id=\"diffs\">Diffs</h2>\n");
     for n in &r.nodes {

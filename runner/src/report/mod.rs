@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use data::Research;
+pub use svg::escape as svg_escape;
+#[cfg(test)]
+pub use data::blank_node;
 
 use crate::config::ResearchConfig;
 use crate::db::Node;
@@ -66,26 +69,35 @@ pub fn tree_png(r: &Research) -> Result<(Vec<u8>, (u32, u32))> {
     Ok((c.png(), c.size()))
 }
 
-/// Each node's change as text: the diff from the nearest ancestor with a commit.
-fn diffs(git: &Git, nodes: &[Node]) -> HashMap<i64, String> {
-    let mut out = HashMap::new();
-    for n in nodes {
-        let text = match (&n.commit, n.parent) {
-            (None, _) => "(no commit: not run yet)".to_string(),
-            (Some(_), None) => "(the baseline: the code as the run found it)".to_string(),
-            (Some(c), Some(p)) => match crate::tree::checkout_commit(nodes, p) {
-                Err(_) => "(no ancestor with a commit to compare with)".to_string(),
-                Ok((base, _)) if base == *c => "(no change: the same commit as its parent)".to_string(),
-                Ok((base, _)) => Git::oid(&base)
-                    .and_then(|b| Ok((b, Git::oid(c)?)))
-                    .and_then(|(b, c)| git.diff_text(b, c, true))
-                    .unwrap_or_else(|e| format!("(diff unavailable: {e:#})")),
-            },
-        };
-        out.insert(n.id, text);
+/// A node's change as text: the diff from the nearest ancestor with a commit, or why there is
+/// none.
+pub fn node_diff(git: &Git, nodes: &[Node], n: &Node) -> String {
+    match (&n.commit, n.parent) {
+        (None, _) => "(no commit: not run yet)".to_string(),
+        (Some(_), None) => "(the baseline: the code as the run found it)".to_string(),
+        (Some(c), Some(p)) => match crate::tree::checkout_commit(nodes, p) {
+            Err(_) => "(no ancestor with a commit to compare with)".to_string(),
+            Ok((base, _)) if base == *c => "(no change: the same commit as its parent)".to_string(),
+            Ok((base, _)) => Git::oid(&base)
+                .and_then(|b| Ok((b, Git::oid(c)?)))
+                .and_then(|(b, c)| git.diff_text(b, c, true))
+                .unwrap_or_else(|e| format!("(diff unavailable: {e:#})")),
+        },
     }
-    out
 }
+
+/// Each node's change as text (see [`node_diff`]).
+fn diffs(git: &Git, nodes: &[Node]) -> HashMap<i64, String> {
+    nodes.iter().map(|n| (n.id, node_diff(git, nodes, n))).collect()
+}
+
+/// The summary as HTML, without its title (a page has its own): what report.html shows.
+pub fn summary_html(r: &Research) -> String {
+    html::summary_body(&summary::markdown(r))
+}
+
+/// The style sheet of report.html, for other pages that look the same.
+pub const PAGE_STYLE: &str = html::STYLE;
 
 /// Writes every report file into `out` (default: the run's directory); returns their paths.
 pub fn write(git: &Git, cfg: &ResearchConfig, out: Option<&Path>) -> Result<Vec<PathBuf>> {

@@ -104,6 +104,30 @@ pub fn markdown(r: &Research) -> String {
         let _ = writeln!(s, "- ideas not run yet: {}", planned.len());
     }
 
+    // Like with like: decisions whose runs ran at other speeds than the best's.
+    s.push_str("\n## Like with like (throughput)\n\n");
+    let looked: Vec<(&Node, serde_json::Value)> = exps.iter().filter_map(|n| Some((*n, r.throughput(n)?))).collect();
+    let flagged: Vec<&(&Node, serde_json::Value)> = looked.iter().filter(|(_, t)| t["flagged"] == true).collect();
+    if looked.is_empty() {
+        s.push_str("The throughput guard looked at no decision (a token or FLOP budget, summaries without tokens_per_sec, or throughput_guard = false).\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "- {} decision(s) looked at, {} flagged: their tokens/s differed from the best's by more than the runs' spread, and the best ran again beside them",
+            looked.len(),
+            flagged.len()
+        );
+        let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+        for (n, t) in flagged {
+            let beside = match t.get("machine_moved").and_then(serde_json::Value::as_bool) {
+                Some(true) => format!("; beside it the best ran at {} tok/s: the machine had moved", f(&t["best_beside"])),
+                Some(false) => format!("; beside it the best ran at {} tok/s: the candidate's own speed", f(&t["best_beside"])),
+                None => "; the best's run beside it did not finish".into(),
+            };
+            let _ = writeln!(s, "- {} ({}, {}): {} tok/s against the best's {} (tolerance {}){beside}", n.name(), n.status.as_str(), cell(&n.description), f(&t["candidate"]), f(&t["best"]), f(&t["tolerance"]));
+        }
+    }
+
     // Top improvements: kept changes by their gain over their parent.
     let mut keeps: Vec<(&Node, f64)> = exps.iter().filter(|n| n.status == Status::Keep).filter_map(|n| Some((*n, r.step_gain(n)?))).collect();
     keeps.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -118,12 +142,18 @@ pub fn markdown(r: &Research) -> String {
     }
 
     // What did not work, by category.
-    let failed = r.by_category(|n| matches!(n.status, Status::Discard | Status::Crash | Status::Rejected));
+    let failed = r.by_category(|n| matches!(n.status, Status::Discard | Status::ChecksFailed | Status::Crash | Status::Rejected));
     s.push_str("\n## What didn't work\n\n");
     if failed.is_empty() {
         s.push_str("Nothing was discarded or crashed.\n");
     } else {
-        s.push_str("| category | tried | discard | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|\n");
+        // The checks' column only in a run that has failed some.
+        let checks = r.count(Status::ChecksFailed) > 0;
+        s.push_str(if checks {
+            "| category | tried | discard | checks failed | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|---|\n"
+        } else {
+            "| category | tried | discard | crash | rejected | closest gain | examples |\n|---|---|---|---|---|---|---|\n"
+        });
         let mut rows: Vec<(&String, &Vec<&Node>)> = failed.iter().collect();
         rows.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
         for (cat, ns) in rows {
@@ -131,7 +161,8 @@ pub fn markdown(r: &Research) -> String {
             let closest = ns.iter().filter_map(|n| r.step_gain(n).map(|g| (g, *n))).max_by(|a, b| a.0.total_cmp(&b.0));
             let closest = closest.map(|(g, n)| format!("{g:+.6} ({})", n.name())).unwrap_or_else(|| "-".into());
             let examples: Vec<String> = ns.iter().take(3).map(|n| format!("{}: {}", n.name(), cell(&n.description))).collect();
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} | {closest} | {} |", cell(cat), ns.len(), c(Status::Discard), c(Status::Crash), c(Status::Rejected), examples.join("; "));
+            let checked = if checks { format!(" {} |", c(Status::ChecksFailed)) } else { String::new() };
+            let _ = writeln!(s, "| {} | {} | {} |{checked} {} | {} | {closest} | {} |", cell(cat), ns.len(), c(Status::Discard), c(Status::Crash), c(Status::Rejected), examples.join("; "));
         }
     }
 

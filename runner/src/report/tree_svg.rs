@@ -29,6 +29,7 @@ pub fn status_colors(s: Status) -> (Color, Color) {
         Status::Pending => (WHITE, Color::rgb(120, 120, 160)),
         Status::Pruned => (Color::rgb(245, 245, 245), Color::rgb(200, 200, 200)),
         Status::Unverified => (Color::rgb(236, 228, 245), super::chart::UNVERIFIED),
+        Status::ChecksFailed => (Color::rgb(255, 244, 214), super::chart::CHECKS_FAILED),
     }
 }
 
@@ -180,7 +181,7 @@ pub fn draw(r: &Research, c: &mut dyn Canvas, link: &dyn Fn(&Node) -> Option<Str
 }
 
 fn legend(c: &mut dyn Canvas, mut x: f32, y: f32) {
-    for s in [Status::Keep, Status::Discard, Status::Crash, Status::Rejected, Status::Unverified, Status::Running, Status::Pending, Status::Pruned] {
+    for s in [Status::Keep, Status::Discard, Status::ChecksFailed, Status::Crash, Status::Rejected, Status::Unverified, Status::Running, Status::Pending, Status::Pruned] {
         let (fill, border) = status_colors(s);
         c.rect(x, y - 11.0, 16.0, 14.0, 3.0, Paint::both(fill, border, 1.2));
         c.text(Text::new(s.as_str(), x + 22.0, y, 12.0));

@@ -93,7 +93,8 @@ impl Loop<'_> {
         if prop.executes() || tree::ran_by_tree_exec(&node) {
             self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         } else {
-            let d = self.recorded_and_decide(&node, best_value, self.bar())?;
+            let mut d = self.recorded_and_decide(&node, best_value, self.bar())?;
+            crate::worker::apply_checks(self.cfg, &self.git.root, &wt, &node, &mut d)?;
             self.conclude(id, Ok(d))?;
         }
         Ok(true)

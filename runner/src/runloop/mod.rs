@@ -16,6 +16,7 @@
 
 mod experiment;
 mod ideas;
+mod limits;
 mod record;
 mod resume;
 
@@ -60,7 +61,10 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     };
     let proposer = match cfg.proposer {
         crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
-        crate::config::ProposerKind::Agent => format!("agent: {}", cfg.agent.command),
+        crate::config::ProposerKind::Agent => match cfg.agent_preset() {
+            Ok((key, p)) if cfg.agent.command.trim().is_empty() => format!("agent {key} ({}): {}", p.name, p.command),
+            _ => format!("agent: {}", cfg.agent.command),
+        },
         crate::config::ProposerKind::Search => format!("search over {}", cfg.search_space),
         crate::config::ProposerKind::Manual => "manual (waits for `tree exec` or `tree record`)".into(),
     };
@@ -91,8 +95,25 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
             format!("slurm, {slots} jobs at a time ({part}, {} GPU, {} CPUs per job)", s.gpus, s.cpus_per_task)
         }
     };
+    let checks = if cfg.checks_command.trim().is_empty() { "none".to_string() } else { format!("{} (in the build sandbox, {} s at most)", cfg.checks_command, cfg.checks_timeout_seconds) };
+    let mut stops: Vec<String> = Vec::new();
+    if cfg.max_without_keep > 0 {
+        stops.push(format!("{} experiments in a row without a keep", cfg.max_without_keep));
+    }
+    if cfg.max_hours > 0.0 {
+        stops.push(format!("{} h", cfg.max_hours));
+    }
+    if cfg.max_cost > 0.0 {
+        stops.push(format!("${} (agent costs + ${}/h)", cfg.max_cost, cfg.cost_per_hour));
+    }
+    let max = if stops.is_empty() { max } else { format!("{max}, or stop at {}", stops.join(", ")) };
+    let guard = match (cfg.throughput_guard, cfg.budget) {
+        (true, sealed::budget::Budget::Time(_)) => "on: a decision whose runs differ in tokens/s beyond their spread is flagged and the best runs again beside it",
+        (true, _) => "off: the budget is not a time (the steps do not follow the speed)",
+        (false, _) => "off",
+    };
     format!(
-        "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nsandbox:        {sandbox}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
+        "tag:            {tag}\nbranch:         {branch}\nbudget:         {budget}\nmetric:         {metric} ({dir} is better)\nexperiments:    {max}\nchecks:         {checks}\nthroughput:     {guard}\nscope:          {scope}\nread-only:      {ro}\nproposer:       {proposer}\nexecutor:       {exec}: {exp}\nsandbox:        {sandbox}\nprofile:        {profile}\nkeep rule:      {keep}\nhard timeout:   {timeout} s\nseed:           {seed}\nresults:        {results}\nstate:          {state}\n",
         tag = cfg.tag,
         branch = branch_name(&cfg.tag),
         budget = cfg.budget,
@@ -146,6 +167,10 @@ struct Loop<'a> {
     ro_hashes: BTreeMap<String, String>,
     progress: Progress,
     started: f64,
+    /// Seconds runners spent on the run before this one started (`limits::ACTIVE_SECONDS`).
+    active_before: f64,
+    /// When this runner started.
+    invocation_start: f64,
     shared: Arc<Shared>,
     /// Nodes whose worker is running.
     in_flight: BTreeSet<i64>,
@@ -179,6 +204,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         }
         _ => {}
     }
+    crate::agents::require_installed(cfg)?;
     let executor = crate::executor::build(cfg);
     println!("{}", describe(cfg, &paths, &profile, executor.slots()));
     if !opts.yes && std::io::stdin().is_terminal() {
@@ -208,6 +234,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let profile = snapshot_profile(&profile, &paths, &db)?;
     executor::ensure_sign_key(&paths.sign_key())?;
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
+    let active_before = db.meta(limits::ACTIVE_SECONDS)?.and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let progress = Progress::new(cfg.max_experiments);
     let shared = Arc::new(Shared {
         cfg: Arc::new(cfg.clone()),
@@ -228,6 +255,8 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         ro_hashes,
         progress,
         started,
+        active_before,
+        invocation_start: now(),
         shared,
         in_flight: BTreeSet::new(),
         tx,
@@ -245,6 +274,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
             lp.progress.line(&format!("error while stopping the runs in flight: {e:#}"));
         }
     }
+    lp.save_active_time();
     lp.progress.finish();
     // The members' units in the target directory are the last experiment's: make the next
     // build of the main checkout compile its own.
@@ -368,10 +398,13 @@ impl Loop<'_> {
             let exhausted = exhausted_at == Some(nodes.iter().filter(|n| n.finish_seq.is_some()).count());
             self.progress.set_done(done, &format!("{} ({})", fmt_metric(best.metric), best.name()), self.in_flight.len());
             let reached = self.cfg.max_experiments > 0 && done + running >= self.cfg.max_experiments;
-            let stop_proposing = reached || exhausted || idle >= 3;
+            let limit = limits::reached(self.cfg, &nodes, self.active_seconds(), self.agent_cost());
+            let stop_proposing = reached || limit.is_some() || exhausted || idle >= 3;
             if stop_proposing && self.in_flight.is_empty() {
                 if reached {
                     self.progress.line(&format!("done: {done} experiments"));
+                } else if let Some(why) = limit {
+                    self.progress.line(&format!("stopping: {why}; {done} experiments"));
                 } else if exhausted {
                     self.progress.line("stopping: the search space is exhausted");
                 } else {
@@ -401,8 +434,26 @@ impl Loop<'_> {
         }
     }
 
+    /// Seconds runners have spent on the run, this one included.
+    fn active_seconds(&self) -> f64 {
+        self.active_before + (now() - self.invocation_start).max(0.0)
+    }
+
+    /// What the run's agents reported they cost so far (dollars).
+    fn agent_cost(&self) -> f64 {
+        self.db.meta(crate::proposer::agent::COST_KEY).ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
+    }
+
+    /// Stores the run's active time so far, for the next `--resume`'s `max_hours`.
+    fn save_active_time(&self) {
+        if let Err(e) = self.db.set_meta(limits::ACTIVE_SECONDS, &self.active_seconds().to_string()) {
+            self.progress.line(&format!("warning: the run's time so far was not stored ({e:#}); max_hours counts from this start after a --resume"));
+        }
+    }
+
     /// Every 10 finished experiments, the reference's progress line.
     fn after_result(&self) -> Result<()> {
+        self.save_active_time();
         let nodes = self.db.nodes()?;
         let finished = nodes.iter().filter(|n| n.parent.is_some() && n.finish_seq.is_some()).count() as u64;
         if finished > 0 && finished % 10 == 0 {

@@ -73,7 +73,7 @@ impl Loop<'_> {
         if !tree::is_idea(&node) {
             self.git.remove_worktree(self.tag(), &node.name())?;
         }
-        let margin = if matches!(d.status, Status::Keep | Status::Discard) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
+        let margin = if matches!(d.status, Status::Keep | Status::Discard | Status::ChecksFailed) { format!(" [{}]", d.insight.lines().next().unwrap_or("")) } else { String::new() };
         self.log_result(&node.name(), d.status.as_str(), d.metric, best.as_ref(), d.decided_bar(), &format!("{}{margin}", node.description));
         self.after_result()
     }
@@ -156,7 +156,7 @@ impl Loop<'_> {
         let (status, metric, memory_mb, insight, bar) = (d.status, d.metric, d.memory_mb, d.insight.as_str(), d.decided_bar());
         let commit = node.commit.clone().unwrap_or_default();
         let mut desc = node.description.clone();
-        if status.failed() {
+        if status.has_reason() {
             // The reason (first insight line) and the last line of the log tail.
             let reason = insight.lines().next().unwrap_or(status.as_str()).trim();
             let tail: Vec<&str> = insight.lines().skip(1).collect();
@@ -197,6 +197,9 @@ impl Loop<'_> {
             "seconds": d.runs.iter().map(|r| r.seconds).sum::<f64>(),
             "runs": d.runs.iter().map(|r| json!({"attempt": r.attempt, "seed": r.seed, "outcome": r.outcome, "metric": r.metric, "exit_code": r.exit_code, "batch_scale": r.batch_scale, "seconds": r.seconds, "log": r.log})).collect::<Vec<_>>(),
             "heldout": self.db.heldout()?.get(&node.id),
+            // The throughput guard's look: the candidate's and the best's tokens/s, the spread,
+            // whether it flagged the decision and what the best's run beside it showed.
+            "throughput": d.throughput,
         });
         let line = record.to_string();
         let has_commit = node.commit.is_some();
