@@ -194,13 +194,13 @@ fn a_person_submits_a_queued_idea_and_records_it() {
     fx.assert_worktrees_clean();
 }
 
-/// The README's "Running on a cluster" section: its config block and its `autoresearch`
-/// commands, verbatim, against the loopback cluster (only the fixture's experiment command and
-/// proposer are added).
+/// docs/cluster.md, "Running on a cluster": its config block and its `autoresearch` commands,
+/// verbatim, against the loopback cluster (only the fixture's experiment command and proposer
+/// are added).
 #[test]
-fn readme_cluster_section_runs_as_written() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = &readme[readme.find("## Running on a cluster").expect("the README has the section")..];
+fn cluster_doc_runs_as_written() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cluster.md")).unwrap();
+    let section = &doc[doc.find("# Running on a cluster").expect("docs/cluster.md has the section")..];
     let block = |lang: &str| -> String {
         let start = section.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no ```{lang} block")) + lang.len() + 4;
         section[start..start + section[start..].find("```").unwrap()].to_string()
