@@ -20,8 +20,8 @@
 //! groups, rows drawn at random from the kernel's generator are evaluated again, together
 //! and apart from the rest, by one more fresh process: a row's log-probabilities must not depend
 //! on the rows it was evaluated with, so they must agree with the first time, position by
-//! position, within the dtype's tolerance. What this leaves is written down in the README's
-//! threat model.
+//! position, within the dtype's tolerance. What this leaves is written down in
+//! docs/threat-model.md.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -553,7 +553,7 @@ fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation
 /// of a training step; decoding one position at a time costs more), plus the profile's
 /// `eval_position_seconds` a position (a decode step's latency beyond its arithmetic), at least
 /// 5 s. Each group's process starts from the saved model and dies with its group, so this is
-/// also the most a trainer could compute outside its budget: the README's threat model counts
+/// also the most a trainer could compute outside its budget: docs/threat-model.md counts
 /// it.
 pub fn eval_limits(group_tokens: usize, positions: usize, counted_tokens_per_second: f64, position_seconds: f64, warmup: Duration) -> EvalLimits {
     let training_equivalent = if counted_tokens_per_second > 0.0 { group_tokens as f64 / counted_tokens_per_second } else { 60.0 };

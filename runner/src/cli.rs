@@ -444,7 +444,7 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "NAME")]
     pub slurm_partition: Option<String>,
     /// significant (a one-sided test on the pooled noise, the default), strict (the
-    /// reference's) or noise-aware (see the README, "Keep rules").
+    /// reference's) or noise-aware (see docs/loop.md, "Keep rules").
     #[arg(long, value_enum)]
     pub keep_rule: Option<KeepRule>,
     /// Baseline repetitions (seeds seed, seed+1, ...) for the noise estimate. [default: 4]

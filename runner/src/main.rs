@@ -1,4 +1,4 @@
-//! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
+//! `autoresearch`: the research CLI. See `autoresearch --help` and docs/loop.md.
 
 mod agents;
 mod bench;
