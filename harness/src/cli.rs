@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn help_teaches_exit_codes_and_devices() {
         let help = Cli::command().render_long_help().to_string();
-        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "causality", "MFU", "sandbox", "--no-require-sandbox"] {
+        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "failed evaluation check", "MFU", "sandbox", "--no-require-sandbox"] {
             assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
         }
     }

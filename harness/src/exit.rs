@@ -72,6 +72,6 @@ mod tests {
         }
         assert_eq!(status_name(OUT_OF_MEMORY), "oom");
         assert_eq!(status_name(42), "unknown");
-        assert!(help_text().contains("  4  causality violation"));
+        assert!(help_text().contains("  4  failed evaluation check"));
     }
 }
