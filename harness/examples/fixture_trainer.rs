@@ -1,4 +1,4 @@
-//! A small trainer for the harness's tests: the bigram model of `sealed::fixture`, so a run
+//! A small trainer for the harness's tests: the bigram model of `contract::fixture`, so a run
 //! takes a second, and the attacks of the red-team suite (`tests/sealed.rs`), each a
 //! few lines that a dishonest trainer could add, chosen by the `attack = "..."` line of the
 //! hyperparameter overrides (`harness --hparams`). Other `key = "value"` lines give an attack
@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use sealed::child::Channel;
-use sealed::fixture::Bigram;
-use sealed::wire::{Done, Failure, FailureKind, Hello, Task};
+use contract::child::Channel;
+use contract::fixture::Bigram;
+use contract::wire::{Done, Failure, FailureKind, Hello, Task};
 
 /// `key = "value"` pairs of the override text.
 fn settings(hello: &Hello) -> HashMap<String, String> {
@@ -45,7 +45,7 @@ fn main() {
     match hello.task {
         Task::Train => train(&mut ch, &hello, &attack, &get),
         Task::Evaluate { .. } => {
-            let model = match sealed::fixture::load(&ch) {
+            let model = match contract::fixture::load(&ch) {
                 Ok(m) => m,
                 Err(e) => {
                     ch.fail(Failure { kind: FailureKind::Error, message: format!("cannot load the bigram: {e}"), step: None, loss: None });
@@ -60,7 +60,7 @@ fn main() {
 fn train(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) -> String) {
     before_training(attack, get, hello);
     let mut model = Bigram::new(hello.vocab_size);
-    if let Err(e) = ch.send_model(sealed::wire::ModelInfo { num_params: (hello.vocab_size * hello.vocab_size) as u64, flops_per_token: 2.0, depth: 1 }) {
+    if let Err(e) = ch.send_model(contract::wire::ModelInfo { num_params: (hello.vocab_size * hello.vocab_size) as u64, flops_per_token: 2.0, depth: 1 }) {
         eprintln!("fixture: {e}");
         std::process::exit(2);
     }
@@ -83,7 +83,7 @@ fn train(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) -> St
         }
         during_training(attack, get, step, &mut model);
         let loss = if attack == "diverge" && step == 3 { f64::NAN } else { 3.0 / (1.0 + step as f64) };
-        report_loss = Some(sealed::wire::StepReport { loss, lr_multiplier: 1.0 });
+        report_loss = Some(contract::wire::StepReport { loss, lr_multiplier: 1.0 });
         print!("\rstep {step:05} | loss: {loss:.6} | tok/sec: 1    ");
         let _ = std::io::stdout().flush();
         step += 1;
@@ -94,7 +94,7 @@ fn train(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) -> St
     if attack == "no-save" {
         report(attack, "saved nothing");
     } else if attack == "bad-save" {
-        let _ = std::fs::write(dir.join(sealed::fixture::MODEL_FILE), [1u8, 2, 3]);
+        let _ = std::fs::write(dir.join(contract::fixture::MODEL_FILE), [1u8, 2, 3]);
     } else if attack == "model-link" {
         // The model folder replaced by a link to somewhere the trainer wants evaluation to read.
         let r = std::fs::remove_dir_all(dir).and_then(|_| std::os::unix::fs::symlink(get("path"), dir));
@@ -416,9 +416,9 @@ fn evaluate(ch: &mut Channel, hello: &Hello, attack: &str, get: &dyn Fn(&str) ->
                     prev[r * v + t as usize] += 20.0;
                 }
                 // A mapping of its own of the shared region, written behind the channel's back.
-                let fd: i32 = std::env::var(sealed::wire::SHM_FD_ENV).ok().and_then(|f| f.parse().ok()).unwrap_or(-1);
+                let fd: i32 = std::env::var(contract::wire::SHM_FD_ENV).ok().and_then(|f| f.parse().ok()).unwrap_or(-1);
                 // SAFETY: a duplicate of the region's descriptor, mapped for as long as it lives.
-                if let Ok(mut region) = unsafe { sealed::shm::Shm::from_inherited(libc::dup(fd), hello.shm_bytes as usize) } {
+                if let Ok(mut region) = unsafe { contract::shm::Shm::from_inherited(libc::dup(fd), hello.shm_bytes as usize) } {
                     let _ = region.write_f32s(&prev);
                 }
             }

@@ -153,7 +153,7 @@ fn after_help() -> String {
     format!(
         "{}\n{}\nEnvironment:\n  AUTORESEARCH_CACHE   default --cache-dir\n  BURN_DEVICE          default --device when --device is not given\n  AUTORESEARCH_COMMIT  commit recorded in --summary-json\n  (the trainer gets none of these: only device and thread settings, such as CUDA_*, VK_*,\n  RAYON_NUM_THREADS and LD_LIBRARY_PATH, pass through)\n",
         crate::exit::help_text(),
-        prepare::device::help_text()
+        experiment::device::help_text()
     )
 }
 
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn help_teaches_exit_codes_and_devices() {
         let help = Cli::command().render_long_help().to_string();
-        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "causality", "MFU", "sandbox", "--no-require-sandbox"] {
+        for needle in ["Exit codes", "  3  out of memory", "cuda[:N]", "wgpu-cpu", "failed evaluation check", "MFU", "sandbox", "--no-require-sandbox"] {
             assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
         }
     }

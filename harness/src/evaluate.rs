@@ -31,8 +31,9 @@ use prepare::eval::{BpbSums, log_prob};
 use prepare::held_out;
 use prepare::loader::PackedLoader;
 use rayon::prelude::*;
-use sealed::random::Unpredictable;
-use sealed::wire::{Failure, ToHarness, ToTrainer, WireError};
+use contract::random::Unpredictable;
+use contract::summary::{Tolerance, WitnessReport};
+use contract::wire::{Failure, ToHarness, ToTrainer, WireError};
 
 use crate::trainer_process::{Scratch, TrainerProcess};
 
@@ -45,57 +46,13 @@ pub struct EvalLimits {
     pub group: Duration,
 }
 
-/// How far a log-probability computed twice for the same row may differ: `abs + rel * |x|`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Tolerance {
-    pub abs: f32,
-    pub rel: f32,
-}
-
-impl Tolerance {
-    /// By the profile's dtype: tight in f32 (the same row gives the same bits on the CPU
-    /// backends, whatever the group), looser in half precision.
-    pub fn for_dtype(dtype: &str) -> Tolerance {
-        match dtype {
-            "f32" => Tolerance { abs: 1e-4, rel: 1e-4 },
-            _ => Tolerance { abs: 2e-2, rel: 1e-2 },
-        }
-    }
-
-    fn allows(&self, a: f32, b: f32) -> bool {
-        if a.is_finite() && b.is_finite() {
-            (a - b).abs() <= self.abs + self.rel * a.abs().max(b.abs())
-        } else {
-            a == b
-        }
-    }
-}
-
-/// What the witness rows found.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WitnessReport {
-    pub rows: usize,
-    pub positions_compared: usize,
-    /// Largest |difference| of a log-probability between the two evaluations.
-    pub max_abs_diff: f64,
-    pub tolerance: Tolerance,
-    /// The first difference beyond the tolerance: (row, position, first, second).
-    pub first_failure: Option<(usize, usize, f32, f32)>,
-}
-
-impl WitnessReport {
-    pub fn passed(&self) -> bool {
-        self.first_failure.is_none()
-    }
-
-    /// The message of a refused run.
-    pub fn refusal(&self) -> String {
-        let (row, pos, a, b) = self.first_failure.unwrap_or((0, 0, 0.0, 0.0));
-        format!(
-            "EVALUATION CHECK FAILED: a row's predictions depend on the other rows it was evaluated with (the model learns from its group as it is revealed): witness row {row}, position {pos}: log-probability {a} with its group, {b} apart (tolerance {:e} + {:e}*|x|). The run is refused: its val_bpb is not the saved model's.",
-            self.tolerance.abs, self.tolerance.rel
-        )
-    }
+/// The message of a run refused for its witness rows.
+pub fn refusal(report: &WitnessReport) -> String {
+    let (row, pos, a, b) = report.first_failure.unwrap_or((0, 0, 0.0, 0.0));
+    format!(
+        "EVALUATION CHECK FAILED: a row's predictions depend on the other rows it was evaluated with (the model learns from its group as it is revealed): witness row {row}, position {pos}: log-probability {a} with its group, {b} apart (tolerance {:e} + {:e}*|x|). The run is refused: its val_bpb is not the saved model's.",
+        report.tolerance.abs, report.tolerance.rel
+    )
 }
 
 /// A started evaluating process, with the scratch folder that is its only writable place.
@@ -383,15 +340,5 @@ mod tests {
         let (_dir, data) = tiny();
         assert_eq!(rows_of(&data, 8, 2, Rows::Validation), rows_of(&data, 4, 4, Rows::Validation));
         assert_eq!(rows_of(&data, 16, 1, Rows::Validation).0.len(), 16);
-    }
-
-    #[test]
-    fn tolerance_is_tight_in_f32() {
-        let t = Tolerance::for_dtype("f32");
-        assert!(t.allows(-3.0, -3.0003));
-        assert!(!t.allows(-3.0, -3.01));
-        assert!(t.allows(f32::NEG_INFINITY, f32::NEG_INFINITY));
-        assert!(!t.allows(f32::NAN, f32::NAN), "a NaN is never an answer");
-        assert!(Tolerance::for_dtype("bf16").allows(-3.0, -3.04));
     }
 }

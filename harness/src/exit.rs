@@ -8,13 +8,27 @@ pub const DIVERGED: i32 = 1;
 pub const USAGE: i32 = 2;
 /// The device ran out of memory; the runner retries with `--device-batch-scale` halved.
 pub const OUT_OF_MEMORY: i32 = 3;
-/// The model failed an evaluation check: its logits before a position depended on later
-/// tokens, it changed during evaluation, or its answers were not its own logits.
+/// The model failed an evaluation check: a witness row's log-probabilities changed with the
+/// rows it was evaluated with (it learns from its group), or a counted target's log-probability
+/// was not finite.
 pub const CAUSALITY_VIOLATION: i32 = 4;
 /// Prepared data missing or corrupt: run `prepare` first.
 pub const DATA_ERROR: i32 = 5;
 /// Any other failure: the trainer crashed, hung, broke the protocol or went over budget.
 pub const OTHER_FAILURE: i32 = 6;
+
+/// Why a run stopped early: the exit code and the message for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
 
 /// Every exit code with its short name (as written in `--summary-json` `status`) and meaning.
 pub const EXIT_CODES: &[(i32, &str, &str)] = &[
@@ -22,7 +36,7 @@ pub const EXIT_CODES: &[(i32, &str, &str)] = &[
     (DIVERGED, "diverged", "FAIL: the training loss went NaN or above 100"),
     (USAGE, "usage", "usage or configuration error (arguments, profile, hparams file, device)"),
     (OUT_OF_MEMORY, "oom", "out of memory (retry with a smaller --device-batch-scale)"),
-    (CAUSALITY_VIOLATION, "causality", "causality violation or failed evaluation check: earlier logits depend on later tokens, the model changed while scored, or answers that are not its logits"),
+    (CAUSALITY_VIOLATION, "causality", "failed evaluation check: a row's predictions depend on the rows it was evaluated with, or a log-probability is not finite"),
     (DATA_ERROR, "data", "prepared data missing or corrupt (run prepare)"),
     (OTHER_FAILURE, "error", "any other failure (the trainer crashed, hung, broke the protocol, or went over budget)"),
 ];
@@ -58,6 +72,6 @@ mod tests {
         }
         assert_eq!(status_name(OUT_OF_MEMORY), "oom");
         assert_eq!(status_name(42), "unknown");
-        assert!(help_text().contains("  4  causality violation"));
+        assert!(help_text().contains("  4  failed evaluation check"));
     }
 }

@@ -57,7 +57,7 @@ fn short_name(debug: &str) -> String {
 }
 
 pub fn inventory() -> Inventory {
-    let mut inv = Inventory { compiled: prepare::device::compiled_devices().iter().map(|s| s.trim_end_matches("[:N]").to_string()).collect(), ..Default::default() };
+    let mut inv = Inventory { compiled: experiment::device::compiled_devices().iter().map(|s| s.trim_end_matches("[:N]").to_string()).collect(), ..Default::default() };
     // Backends that find nothing may panic; their messages go into `notes`, not stderr.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));

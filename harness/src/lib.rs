@@ -8,8 +8,11 @@
 //! target reaches a trainer before its logits are scored; val_bpb). The harness does not link
 //! the trainer crate.
 //!
-//! Modules: [`cli`] (arguments and help), [`elf`] (what the sandbox reads of the trainer's binary and libraries), [`run`] (the flow), [`inventory`]
-//! (`--list-devices`), [`summary`] (the reference block and the JSON), [`exit`] (exit codes).
+//! Modules: [`cli`] (arguments and help), [`setup`] (the run's configuration), [`run`] (the
+//! flow, phase by phase), [`spawn`] (starting trainer processes), [`sandbox_policy`] and
+//! [`elf`] (what a trainer process may reach), [`trainer_process`] and [`output`] (one trainer
+//! process), [`train_phase`], [`evaluate`], [`inventory`] (`--list-devices`), [`summary`]
+//! (writing the summary JSON, `contract::summary::RunSummary`), [`exit`] (exit codes).
 
 pub mod cli;
 pub mod elf;
@@ -19,6 +22,8 @@ pub mod inventory;
 pub mod output;
 pub mod run;
 pub mod sandbox_policy;
+pub mod setup;
+pub mod spawn;
 pub mod summary;
 pub mod train_phase;
 pub mod trainer_process;

@@ -1,77 +1,36 @@
-//! One experiment, start to finish: profile, data, the training process started in its
-//! sandbox, the training phase on the harness's clock, evaluation by a fresh process per group
-//! of rows, the summary.
+//! One experiment, start to finish, in four phases: configure (profile, device, data,
+//! [`crate::setup`]), train (the training process in its sandbox, on the harness's clock),
+//! evaluate (a fresh process per group of rows, then the witness rows), summarise (the figures
+//! and the reference's block). The run's [`RunSummary`] is filled in as it goes, and written
+//! (and signed) whatever happens.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use contract::summary::{EvalSummary, HeldOut, RunSummary};
+use contract::wire::{FailureKind, Hello, PROTOCOL_VERSION, Task};
+use experiment::device::DeviceClass;
+use experiment::flops::{choose_peak, mfu_percent, this_cpu_peak};
+use experiment::memory::{self, PeakMemory};
 use prepare::clock::{Clock, allowance};
-use prepare::data::PreparedData;
-use prepare::device::{DeviceClass, DeviceSource, choose_device};
-use prepare::flops::{choose_peak, mfu_percent, this_cpu_peak};
 use prepare::loader::PackedLoader;
-use prepare::memory::{self, PeakMemory};
-use prepare::profile::PlatformProfile;
-use sealed::wire::{FailureKind, Hello, PROTOCOL_VERSION, Task, ToTrainer};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::cli::Cli;
-use crate::evaluate::{EvalError, EvalLimits, Evaluator, Launched, Launcher, Rows, Tolerance};
-use crate::exit;
-use crate::sandbox_policy::{Protected, TrainerSandbox, trainer_policy};
-use crate::summary::{Summary, format_summary, write_json_atomic};
+use crate::evaluate::{EvalError, EvalLimits, Evaluation, Evaluator, Launcher, Rows};
+use crate::exit::{self, Failure};
+use crate::sandbox_policy::trainer_policy;
+use crate::setup::{Setup, configure};
+use crate::spawn::{Spawner, install_signal_handlers, sandbox_available, saved_model_bytes};
+use crate::summary::write_json_atomic;
 use crate::train_phase::{TrainFailure, TrainPhase, steps_csv};
-use crate::trainer_process::{Launch, Scratch, TrainerProcess, become_subreaper, kill_group};
-
-/// Why a run stopped early: the exit code and the message for the log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-}
-
-/// The trainer's process group, for the signal handler.
-static TRAINER_GROUP: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_terminate(signal: libc::c_int) {
-    let pgid = TRAINER_GROUP.load(Ordering::SeqCst);
-    kill_group(pgid);
-    // SAFETY: async-signal-safe exit.
-    unsafe { libc::_exit(128 + signal) };
-}
-
-/// A harness stopped by SIGTERM, SIGINT or SIGHUP (the runner's timeout, Ctrl-C) takes its
-/// trainer's whole process group with it.
-fn install_signal_handlers() {
-    for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only calls kill and _exit.
-        unsafe { libc::signal(s, on_terminate as *const () as libc::sighandler_t) };
-    }
-}
-
-fn backend_of(spec: &str) -> &'static str {
-    match spec {
-        "flex" => "flex",
-        "ndarray" => "ndarray",
-        "wgpu" | "wgpu-cpu" | "vulkan" | "metal" => "wgpu",
-        _ => "tch",
-    }
-}
+use crate::trainer_process::{Exit, Scratch, TrainerProcess, become_subreaper};
 
 /// Runs the experiment described by `cli`; returns the process exit code. `started` is the
 /// process start, for `total_seconds`.
 pub fn run(cli: &Cli, started: Instant) -> i32 {
-    let mut record = Map::new();
-    let outcome = execute(cli, started, &mut record);
-    let code = match &outcome {
+    let mut summary = RunSummary::default();
+    let code = match execute(cli, started, &mut summary) {
         Ok(()) => exit::SUCCESS,
         Err(failure) => {
             if failure.code == exit::DIVERGED {
@@ -80,15 +39,16 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
             }
             eprintln!("harness: {}", failure.message);
             eprintln!("harness: exit {} ({})", failure.code, exit::status_name(failure.code));
-            record.insert("error".into(), json!(failure.message));
+            summary.error = Some(failure.message);
             failure.code
         }
     };
-    record.insert("status".into(), json!(exit::status_name(code)));
-    record.insert("exit_code".into(), json!(code));
+    summary.status = exit::status_name(code).into();
+    summary.exit_code = code;
+    let mut record = summary.to_record();
     if let Some(key) = &cli.sign_key {
         match std::fs::read_to_string(key) {
-            Ok(k) => sealed::signature::sign(k.trim().as_bytes(), &mut record),
+            Ok(k) => contract::signature::sign(k.trim().as_bytes(), &mut record),
             Err(e) => eprintln!("harness: cannot read the signing key {}: {e}; the summary is not signed", key.display()),
         }
     }
@@ -103,425 +63,215 @@ pub fn run(cli: &Cli, started: Instant) -> i32 {
     code
 }
 
-/// The trainer binary: `--trainer`, else `trainer` next to the harness.
-fn trainer_binary(cli: &Cli) -> Result<PathBuf, Failure> {
-    let path = match &cli.trainer {
-        Some(p) => p.clone(),
-        None => {
-            let me = std::env::current_exe().map_err(|e| Failure::new(exit::USAGE, format!("cannot locate the harness binary: {e}")))?;
-            me.with_file_name(format!("trainer{}", std::env::consts::EXE_SUFFIX))
-        }
-    };
-    let path = std::fs::canonicalize(&path).map_err(|e| {
-        Failure::new(exit::USAGE, format!("trainer binary {}: {e}; build it with `cargo build --release --workspace`, or pass --trainer PATH", path.display()))
-    })?;
-    if !path.is_file() {
-        return Err(Failure::new(exit::USAGE, format!("trainer binary {} is not a file", path.display())));
-    }
-    Ok(path)
-}
-
-/// The git checkout `dir` lies in, if any.
-fn git_root(dir: &Path) -> Option<PathBuf> {
-    dir.ancestors().find(|d| d.join(".git").exists()).map(Path::to_path_buf)
-}
-
-/// Folders the trainer's sandbox must keep out of reach, whatever its library paths say.
-fn protected(cli: &Cli, cache_dir: &Path, trainer: &Path) -> Protected {
-    let mut trees = vec![cache_dir.to_path_buf()];
-    trees.extend(cli.protect.iter().cloned());
-    if let Ok(cwd) = std::env::current_dir() {
-        trees.extend(git_root(&cwd));
-    }
-    trees.extend(trainer.parent().and_then(git_root));
-    for file in [&cli.profile, &cli.summary_json, &cli.steps_csv, &cli.sign_key].into_iter().flatten() {
-        if let Some(dir) = std::fs::canonicalize(file).ok().or_else(|| Some(file.clone())).and_then(|f| f.parent().map(Path::to_path_buf)) {
-            if !dir.as_os_str().is_empty() {
-                trees.push(dir);
-            }
-        }
-    }
-    let homes = std::env::var_os("HOME").map(PathBuf::from).into_iter().collect();
-    Protected { trees, homes }
-}
-
-fn execute(cli: &Cli, started: Instant, record: &mut Map<String, Value>) -> Result<(), Failure> {
-    // Configuration: every problem here is a usage error (2).
-    let (mut profile, profile_sha256) = match &cli.profile {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| Failure::new(exit::USAGE, format!("cannot read platform profile {}: {e}", path.display())))?;
-            let text = String::from_utf8(bytes.clone()).map_err(|_| Failure::new(exit::USAGE, format!("platform profile {} is not UTF-8", path.display())))?;
-            let p = PlatformProfile::parse(&text, &path.display().to_string()).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
-            (p, Some(sha256_hex(&bytes)))
-        }
-        None => (PlatformProfile::default(), None),
-    };
-    if let Some(scale) = cli.device_batch_scale {
-        profile.device_batch_scale = scale;
-    }
-    profile.validate().map_err(|e| Failure::new(exit::USAGE, format!("platform profile {:?}: {e}", profile.name)))?;
-    let hparams_override = match &cli.hparams {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Failure::new(exit::USAGE, format!("cannot read hyperparameter file {}: {e}", path.display())))?),
-        None => None,
-    };
-    let env_device = std::env::var("BURN_DEVICE").ok();
-    let (choice, source, notes) = choose_device(cli.device.as_deref(), env_device.as_deref(), &profile.backend).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
-    for note in notes {
-        eprintln!("harness: {note}");
-    }
-    if choice.spec == "vulkan" && !prepare::device::vulkan_loader_present() {
-        let e = prepare::device::DeviceError::NoVulkanLoader { name: choice.name.clone() };
-        return Err(Failure::new(exit::USAGE, e.to_string()));
-    }
-    if choice.spec == "cuda" {
-        let found = prepare::device::libtorch_cuda_devices();
-        if choice.index >= found {
-            let e = prepare::device::DeviceError::NoCudaDevice { name: choice.name.clone(), found };
-            return Err(Failure::new(exit::USAGE, e.to_string()));
-        }
-    }
-    let source_text = match source {
-        DeviceSource::Flag => "--device",
-        DeviceSource::Env => "BURN_DEVICE",
-        DeviceSource::Profile => "profile backend",
-        DeviceSource::Fallback => "fallback",
-    };
-    let trainer_bin = trainer_binary(cli)?;
-    let cache_dir = cli.cache_dir.clone().unwrap_or_else(prepare::constants::default_cache_dir);
-    let cache_dir = std::fs::canonicalize(&cache_dir).unwrap_or(cache_dir);
-    record.insert("device".into(), json!(choice.name));
-    record.insert("backend".into(), json!(backend_of(choice.spec)));
-    record.insert("device_class".into(), json!(choice.class));
-    record.insert("device_source".into(), json!(source_text));
-    record.insert("profile".into(), json!(profile.name));
-    record.insert("profile_file".into(), json!(cli.profile.as_ref().map(|p| p.display().to_string())));
-    record.insert("profile_sha256".into(), json!(profile_sha256));
-    record.insert("device_batch_scale".into(), json!(profile.device_batch_scale));
-    record.insert("seq_len".into(), json!(profile.seq_len));
-    record.insert("budget".into(), json!(cli.budget.to_string()));
-    record.insert("seed".into(), json!(cli.seed));
-    record.insert("hparams_file".into(), json!(cli.hparams.as_ref().map(|p| p.display().to_string())));
-    record.insert("cache_dir".into(), json!(cache_dir.display().to_string()));
-    record.insert("trainer".into(), json!(trainer_bin.display().to_string()));
-    record.insert("commit".into(), json!(std::env::var("AUTORESEARCH_COMMIT").ok().filter(|c| !c.is_empty())));
-
-    // Data (5).
-    let data = PreparedData::open(&cache_dir).map_err(|e| Failure::new(exit::DATA_ERROR, format!("prepared data in {}: {e:#}", cache_dir.display())))?;
-    if data.vocab_size() > u16::MAX as usize + 1 {
-        return Err(Failure::new(exit::DATA_ERROR, format!("a vocabulary of {} ids does not fit the 16-bit wire format", data.vocab_size())));
-    }
-    let mut train_loader = PackedLoader::train(&data, 1, profile.seq_len, cli.seed).map_err(|e| Failure::new(exit::DATA_ERROR, format!("{e:#}")))?;
-
-    // The sandbox (2 when one is required and there is none), and what starts every trainer
-    // process of the run: the training process, then one per evaluation group.
+fn execute(cli: &Cli, started: Instant, summary: &mut RunSummary) -> Result<(), Failure> {
+    let setup = configure(cli, summary)?;
     let scratch_parent = std::env::temp_dir();
     let train_scratch = Scratch::create(&scratch_parent).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("{e:#}")))?;
     let model_dir = train_scratch.path().join("model");
     std::fs::create_dir(&model_dir).map_err(|e| Failure::new(exit::OTHER_FAILURE, format!("creating {}: {e}", model_dir.display())))?;
-    let protected = protected(cli, &cache_dir, &trainer_bin);
-    let planned = trainer_policy(&trainer_bin, train_scratch.path(), &choice, &protected, &cli.allow_read).map_err(|e| Failure::new(exit::USAGE, e))?;
-    for note in &planned.notes {
-        eprintln!("harness: sandbox: {note}");
-    }
-    let sandboxed = match planned.policy.prepare() {
-        Ok(s) => {
-            let text = s.describe();
-            println!("harness: sandbox: {text}");
-            record.insert("sandbox".into(), json!(text));
-            if !cli.allow_read.is_empty() {
-                record.insert("sandbox_allow_read".into(), json!(cli.allow_read.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()));
-            }
-            true
-        }
-        Err(e) if cli.require_sandbox() => {
-            return Err(Failure::new(exit::USAGE, format!("{e}; the trainer would run with the harness's own rights. Pass --no-require-sandbox to run it anyway (its score is then marked `sandbox: none`)")));
-        }
-        Err(e) => {
-            let text = format!("none ({e})");
-            println!("harness: sandbox: {text}");
-            eprintln!("harness: WARNING: sandbox: none: the trainer runs unconfined, and can read the validation data and write the summary; its score is not to be trusted");
-            record.insert("sandbox".into(), json!(format!("none: {e}")));
-            false
-        }
-    };
-    if let Some(note) = &profile.eval_transport {
-        println!("harness: the profile's eval_transport = {note:?} is no longer used: evaluation sends one position at a time and every logit crosses in shared memory");
-    }
-    let (b, t, v) = (profile.eval_batch_size, profile.seq_len, data.vocab_size());
-    // Rows per evaluating process: the profile's, scaled down with the device batch (the runner
-    // halves it after an out-of-memory exit, which the KV cache of a large group can cause too).
-    let group_rows = ((b as f64 * profile.device_batch_scale).ceil() as usize).clamp(1, b);
-
-    println!("harness: device {} ({source_text}), profile {}, budget {}, seed {}, trainer {}", choice.name, profile.name, cli.budget, cli.seed, trainer_bin.display());
-
-    // The training process, and the clock from its start.
-    become_subreaper();
-    install_signal_handlers();
-    let kernels = KernelSettings::of(&profile, &choice);
-    for note in &kernels.notes {
-        println!("harness: {note}");
-    }
-    record.insert("fusion".into(), json!(kernels.fusion));
-    record.insert("autotune".into(), json!(kernels.autotune));
-    record.insert("dtype".into(), json!(profile.dtype));
+    let planned = trainer_policy(&setup.trainer_bin, train_scratch.path(), &setup.choice, &setup.protected, &cli.allow_read).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let sandboxed = sandbox_available(cli, &planned, summary)?;
     let spawner = Spawner {
-        binary: &trainer_bin,
-        choice: &choice,
-        protected: &protected,
+        binary: &setup.trainer_bin,
+        choice: &setup.choice,
+        protected: &setup.protected,
         allow_read: &cli.allow_read,
         sandboxed,
-        extra_env: kernels.env,
+        extra_env: setup.kernels.env.clone(),
         scratch_parent: &scratch_parent,
-        hello: Hello {
-            protocol: PROTOCOL_VERSION,
-            task: Task::Train,
-            device: choice.name.clone(),
-            seed: cli.seed,
-            class: profile.class.clone(),
-            dtype: profile.dtype.clone(),
-            seq_len: t,
-            vocab_size: v,
-            bos_id: data.bos_id(),
-            device_batch_scale: profile.device_batch_scale,
-            warmup_steps: profile.warmup_steps,
-            budget: cli.budget.to_string(),
-            hparams_override,
-            model_dir: model_dir.display().to_string(),
-            shm_bytes: 0,
-        },
+        hello: hello(cli, &setup, &model_dir),
     };
-    let mut trainer = spawner.start_training(&train_scratch, planned).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
-    let allowance = allowance(cli.budget, profile.warmup_allowance_seconds);
-    let mut clock = Clock::new(cli.budget, profile.warmup_steps, allowance, trainer.started());
-
-    // Training.
-    let trained = TrainPhase { clock: &mut clock, loader: &mut train_loader, seq_len: t }.run(&mut trainer).map_err(|f| train_failure(f, &mut trainer))?;
-    // Nothing of the training process is left when evaluation starts: it has said it is done,
-    // and its whole process group goes now.
-    let train_exit = trainer.finish(Duration::from_secs(2));
-    record.insert("trainer_exit".into(), json!(train_exit.describe()));
-    let training_seconds = clock.training_seconds();
-    record.insert("training_seconds".into(), json!(training_seconds));
-    record.insert("warmup_seconds".into(), json!(clock.warmup_seconds()));
-    record.insert("warmup_allowance_seconds".into(), json!(allowance.as_secs_f64()));
-    record.insert("num_steps".into(), json!(clock.steps()));
-    record.insert("total_tokens".into(), json!(clock.tokens()));
-    record.insert("warmup_steps".into(), json!(clock.warmup_steps_taken()));
-    record.insert("num_params".into(), json!(trained.model.num_params));
-    record.insert("flops_per_token".into(), json!(trained.model.flops_per_token));
-    record.insert("depth".into(), json!(trained.model.depth));
-    record.insert("reported_by_trainer".into(), json!(["num_params", "flops_per_token", "depth", "loss", "device_memory_mb"]));
-    if let Some(path) = &cli.steps_csv {
-        write_text_atomic(path, &steps_csv(&trained.steps)).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
-    }
-    let model_bytes = saved_model_bytes(train_scratch.path(), &model_dir).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
-    record.insert("saved_model_bytes".into(), json!(model_bytes));
-    if model_bytes == 0 {
-        return Err(Failure::new(
-            exit::OTHER_FAILURE,
-            format!("the trainer saved no model: its model folder {} is empty (the model's LogitsModel::save writes what the trainer's load reads; every evaluation group starts from it)", model_dir.display()),
-        ));
-    }
     println!(
-        "harness: trained {} steps, {} tokens, {:.1} s counted; evaluating val_bpb: {} rows in groups of {group_rows}, one position at a time, each group in a fresh process",
-        clock.steps(),
-        clock.tokens(),
-        training_seconds,
-        profile.eval_steps() * b
+        "harness: device {} ({}), profile {}, budget {}, seed {}, trainer {}",
+        setup.choice.name,
+        setup.source,
+        setup.profile.name,
+        cli.budget,
+        cli.seed,
+        setup.trainer_bin.display()
     );
+    become_subreaper();
+    install_signal_handlers();
+    let loader = PackedLoader::train(&setup.data, 1, setup.profile.seq_len, cli.seed).map_err(|e| Failure::new(exit::DATA_ERROR, format!("{e:#}")))?;
+    let mut trainer = spawner.start_training(&train_scratch, planned).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
+    let trained = train(cli, &setup, &mut trainer, loader, &train_scratch, summary)?;
+    let evaluation = evaluate(cli, &setup, &trained, &|rows| spawner.start_evaluating(rows, &model_dir), summary)?;
+    drop(train_scratch);
+    summarise(&setup, &trained, &evaluation, started, summary);
+    Ok(())
+}
 
-    // Evaluation.
-    let counted_rate = if training_seconds > 0.0 { clock.counted_tokens() as f64 / training_seconds } else { 0.0 };
-    let limits = eval_limits(group_rows * t, t, counted_rate, profile.eval_position_seconds, Duration::from_secs_f64(clock.warmup_seconds()));
-    record.insert("eval_limit_seconds".into(), json!(limits.group.as_secs_f64()));
-    record.insert("eval_ready_limit_seconds".into(), json!(limits.ready.as_secs_f64()));
-    let launch = |rows: usize| spawner.start_evaluating(rows, &model_dir);
+/// The training process's Hello: everything it is told about the run.
+fn hello(cli: &Cli, setup: &Setup, model_dir: &Path) -> Hello {
+    let p = &setup.profile;
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        task: Task::Train,
+        device: setup.choice.name.clone(),
+        seed: cli.seed,
+        class: p.class.clone(),
+        dtype: p.dtype.clone(),
+        seq_len: p.seq_len,
+        vocab_size: setup.data.vocab_size(),
+        bos_id: setup.data.bos_id(),
+        device_batch_scale: p.device_batch_scale,
+        warmup_steps: p.warmup_steps,
+        budget: cli.budget.to_string(),
+        hparams_override: setup.hparams_override.clone(),
+        model_dir: model_dir.display().to_string(),
+        shm_bytes: 0,
+    }
+}
+
+/// How training went, for the phases after it.
+struct Trained {
+    phase: crate::train_phase::Trained,
+    clock: Clock,
+    exit: Exit,
+}
+
+/// The training process on the harness's clock, to its end; then it is gone (its whole process
+/// group) and its saved model is checked.
+fn train(cli: &Cli, setup: &Setup, trainer: &mut TrainerProcess, mut loader: PackedLoader, scratch: &Scratch, summary: &mut RunSummary) -> Result<Trained, Failure> {
+    let t = setup.profile.seq_len;
+    let allowance = allowance(cli.budget, setup.profile.warmup_allowance_seconds);
+    let mut clock = Clock::new(cli.budget, setup.profile.warmup_steps, allowance, trainer.started());
+    let phase = TrainPhase { clock: &mut clock, loader: &mut loader, seq_len: t }.run(trainer).map_err(|f| train_failure(f, trainer))?;
+    let exit = trainer.finish(Duration::from_secs(2));
+    summary.trainer_exit = Some(exit.describe());
+    summary.training_seconds = Some(clock.training_seconds());
+    summary.warmup_seconds = Some(clock.warmup_seconds());
+    summary.warmup_allowance_seconds = Some(allowance.as_secs_f64());
+    summary.num_steps = Some(clock.steps());
+    summary.total_tokens = Some(clock.tokens());
+    summary.warmup_steps = Some(clock.warmup_steps_taken());
+    summary.num_params = Some(phase.model.num_params);
+    summary.flops_per_token = Some(phase.model.flops_per_token);
+    summary.depth = Some(phase.model.depth);
+    summary.reported_by_trainer = Some(["num_params", "flops_per_token", "depth", "loss", "device_memory_mb"].map(String::from).to_vec());
+    if let Some(path) = &cli.steps_csv {
+        write_text_atomic(path, &steps_csv(&phase.steps)).map_err(|e| Failure::new(exit::OTHER_FAILURE, e))?;
+    }
+    summary.saved_model_bytes = Some(saved_model_bytes(scratch.path(), &scratch.path().join("model"))?);
+    println!("harness: trained {} steps, {} tokens, {:.1} s counted", clock.steps(), clock.tokens(), clock.training_seconds());
+    Ok(Trained { phase, clock, exit })
+}
+
+/// val_bpb (and the held-out split, asked for), each group by a process `launch` starts.
+fn evaluate(cli: &Cli, setup: &Setup, trained: &Trained, launch: &Launcher<'_>, summary: &mut RunSummary) -> Result<Evaluation, Failure> {
+    let p = &setup.profile;
+    let (b, t) = (p.eval_batch_size, p.seq_len);
+    // Rows per evaluating process: the profile's, scaled down with the device batch (the runner
+    // halves it after an out-of-memory exit, which the KV cache of a large group can cause too).
+    let group_rows = ((b as f64 * p.device_batch_scale).ceil() as usize).clamp(1, b);
+    let limits = eval_limits(group_rows * t, t, counted_rate(&trained.clock), p.eval_position_seconds, Duration::from_secs_f64(trained.clock.warmup_seconds()));
+    summary.eval_limit_seconds = Some(limits.group.as_secs_f64());
+    summary.eval_ready_limit_seconds = Some(limits.ready.as_secs_f64());
+    println!("harness: evaluating val_bpb: {} rows in groups of {group_rows}, one position at a time, each group in a fresh process", p.eval_steps() * b);
     let evaluator = Evaluator {
-        data: &data,
+        data: &setup.data,
         batch_rows: b,
-        batches: profile.eval_steps(),
+        batches: p.eval_steps(),
         group_rows,
         seq_len: t,
         rows: Rows::Validation,
         limits,
-        witness_rows: profile.eval_witness_rows,
-        tolerance: Tolerance::for_dtype(&profile.dtype),
+        witness_rows: p.eval_witness_rows,
+        tolerance: contract::summary::Tolerance::for_dtype(&p.dtype),
     };
-    let evaluation = evaluator.run(&launch).map_err(|e| eval_failure(e, record))?;
-    // The held-out split, asked for: the same model, rows no validation row shares a document
-    // with.
+    let evaluation = evaluator.run(launch).map_err(|e| eval_failure(e, summary))?;
     if cli.held_out {
-        let h = score_held_out(&evaluator, &evaluation, &launch).map_err(|e| eval_failure(e, record))?;
+        let h = score_held_out(&evaluator, &evaluation, launch).map_err(|e| eval_failure(e, summary))?;
         match &h {
             HeldOut::Scored { bpb, rows, split_documents, split_tokens, .. } => {
-                println!("harness: held-out split: heldout_bpb {bpb:.6} over {rows} rows (of {split_documents} documents, {split_tokens} tokens past the validation rows)")
+                println!("harness: held-out split: heldout_bpb {bpb:.6} over {rows} rows (of {split_documents} documents, {split_tokens} tokens past the validation rows)");
+                summary.heldout_bpb = Some(*bpb);
             }
             HeldOut::None(why) => println!("harness: HELD-OUT SPLIT: NONE: {why}"),
         }
-        record.insert("heldout".into(), json!(h));
-        if let HeldOut::Scored { bpb, .. } = h {
-            record.insert("heldout_bpb".into(), json!(bpb));
-        }
+        summary.heldout = Some(h);
     }
-    drop(train_scratch);
-    record.insert("trainer_output_withheld_bytes".into(), json!(evaluation.withheld_bytes));
-    let sums = evaluation.sums;
-    let val_bpb = sums.bpb();
-    if !val_bpb.is_finite() {
-        return Err(Failure::new(exit::OTHER_FAILURE, format!("val_bpb is not finite ({val_bpb})")));
-    }
-    let ready_max = evaluation.groups.iter().map(|g| g.ready_seconds).fold(0.0, f64::max);
-    let group_max = evaluation.groups.iter().map(|g| g.seconds).fold(0.0, f64::max);
-    record.insert(
-        "eval".into(),
-        json!({
-            "order": "one position of every row of a group at a time, each group in a fresh process",
-            "rows": evaluation.rows,
-            "groups": evaluation.groups.len(),
-            "rows_per_group": group_rows,
-            "seconds": evaluation.seconds,
-            "ready_seconds_max": ready_max,
-            "group_seconds_max": group_max,
-            "ready_limit_seconds": limits.ready.as_secs_f64(),
-            "group_limit_seconds": limits.group.as_secs_f64(),
-            "peak_rss_mb": evaluation.peak_rss_mb,
-            "witnesses": evaluation.witnesses,
-        }),
-    );
-    record.insert("eval_seconds".into(), json!(evaluation.seconds));
+    let report = eval_summary(&evaluation, group_rows, limits);
     println!(
-        "harness: evaluated {} rows in {} group(s), one position at a time: {:.1} s (model loaded in at most {ready_max:.2} s; a group took at most {group_max:.1} s of {:.1} s allowed); {} witness rows agreed apart from their group (max |diff| {:.2e})",
-        evaluation.rows,
-        evaluation.groups.len(),
-        evaluation.seconds,
-        limits.group.as_secs_f64(),
-        evaluation.witnesses.rows,
-        evaluation.witnesses.max_abs_diff
+        "harness: evaluated {} rows in {} group(s), one position at a time: {:.1} s (model loaded in at most {:.2} s; a group took at most {:.1} s of {:.1} s allowed); {} witness rows agreed apart from their group (max |diff| {:.2e})",
+        report.rows,
+        report.groups,
+        report.seconds,
+        report.ready_seconds_max,
+        report.group_seconds_max,
+        report.group_limit_seconds,
+        report.witnesses.rows,
+        report.witnesses.max_abs_diff
     );
+    summary.eval = Some(report);
+    summary.eval_seconds = Some(evaluation.seconds);
+    summary.trainer_output_withheld_bytes = Some(evaluation.withheld_bytes);
+    Ok(evaluation)
+}
 
-    // Summary.
-    let peak_mem = match trained.done.device_memory_mb {
+fn eval_summary(e: &Evaluation, group_rows: usize, limits: EvalLimits) -> EvalSummary {
+    EvalSummary {
+        order: "one position of every row of a group at a time, each group in a fresh process".into(),
+        rows: e.rows,
+        groups: e.groups.len(),
+        rows_per_group: group_rows,
+        seconds: e.seconds,
+        ready_seconds_max: e.groups.iter().map(|g| g.ready_seconds).fold(0.0, f64::max),
+        group_seconds_max: e.groups.iter().map(|g| g.seconds).fold(0.0, f64::max),
+        ready_limit_seconds: limits.ready.as_secs_f64(),
+        group_limit_seconds: limits.group.as_secs_f64(),
+        peak_rss_mb: e.peak_rss_mb,
+        witnesses: e.witnesses.clone(),
+    }
+}
+
+/// Tokens per second over the counted time.
+fn counted_rate(clock: &Clock) -> f64 {
+    let seconds = clock.training_seconds();
+    if seconds > 0.0 { clock.counted_tokens() as f64 / seconds } else { 0.0 }
+}
+
+/// The figures: val_bpb, memory, MFU, and the reference's block, printed.
+fn summarise(setup: &Setup, trained: &Trained, evaluation: &Evaluation, started: Instant, summary: &mut RunSummary) {
+    let sums = &evaluation.sums;
+    let peak_mem = match trained.phase.done.device_memory_mb {
         Some(mb) => PeakMemory { mb, source: "device_pool" },
-        None => memory::choose(None, || match (train_exit.max_rss_mb, evaluation.peak_rss_mb) {
+        None => memory::choose(None, || match (trained.exit.max_rss_mb, evaluation.peak_rss_mb) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }),
     };
-    let peak = choose_peak(profile.peak_flops, choice.class, this_cpu_peak);
+    let class = setup.choice.class;
+    let peak = choose_peak(setup.profile.peak_flops, class, this_cpu_peak);
+    let (clock, model) = (&trained.clock, &trained.phase.model);
     let counted = clock.counted_tokens() as f64;
-    let mfu = mfu_percent(trained.model.flops_per_token, counted, training_seconds, peak.flops);
-    let summary = Summary {
-        val_bpb,
-        training_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        peak_vram_mb: peak_mem.mb,
-        mfu_percent: if choice.class == DeviceClass::Gpu && peak.flops <= 0.0 { 0.0 } else { mfu },
-        total_tokens_m: clock.tokens() as f64 / 1e6,
-        num_steps: clock.steps(),
-        num_params_m: trained.model.num_params as f64 / 1e6,
-        depth: trained.model.depth as usize,
-    };
-    if let Value::Object(fields) = json!(summary) {
-        record.extend(fields);
-    }
-    record.insert("memory_source".into(), json!(peak_mem.source));
-    record.insert("peak_flops".into(), json!(peak.flops));
-    record.insert("peak_flops_source".into(), json!(peak.source));
-    record.insert("cpu_peak".into(), json!(peak.cpu));
-    record.insert("counted_tokens".into(), json!(counted));
-    record.insert("tokens_per_sec".into(), json!(counted_rate));
-    record.insert("eval_tokens".into(), json!(sums.tokens));
-    record.insert("eval_bytes".into(), json!(sums.bytes));
-    record.insert("eval_nats".into(), json!(sums.nats));
-
+    let mfu = mfu_percent(model.flops_per_token, counted, clock.training_seconds(), peak.flops);
+    summary.val_bpb = Some(sums.bpb());
+    summary.total_seconds = Some(started.elapsed().as_secs_f64());
+    summary.peak_vram_mb = Some(peak_mem.mb);
+    summary.mfu_percent = Some(if class == DeviceClass::Gpu && peak.flops <= 0.0 { 0.0 } else { mfu });
+    summary.total_tokens_m = Some(clock.tokens() as f64 / 1e6);
+    summary.num_params_m = Some(model.num_params as f64 / 1e6);
+    summary.memory_source = Some(peak_mem.source.into());
+    summary.peak_flops = Some(peak.flops);
+    summary.peak_flops_source = Some(peak.source.into());
+    summary.cpu_peak = peak.cpu.as_ref().and_then(|c| serde_json::to_value(c).ok());
+    summary.counted_tokens = Some(counted);
+    summary.tokens_per_sec = Some(counted_rate(clock));
+    summary.eval_tokens = Some(sums.tokens);
+    summary.eval_bytes = Some(sums.bytes);
+    summary.eval_nats = Some(sums.nats);
     println!("{}", memory::describe(&peak_mem));
     if peak.source == "unknown" {
         println!("mfu_note: no peak FLOP/s for this GPU (set peak_flops in the profile); mfu_percent is 0");
     } else {
         println!("mfu_note: peak {:.3e} FLOP/s from {}", peak.flops, peak.source);
     }
-    print!("{}", format_summary(&summary));
-    Ok(())
+    print!("{}", summary.block());
 }
 
-/// What starts the run's trainer processes: the same binary, device, sandbox rules and run
-/// information for each, with a scratch folder of its own.
-struct Spawner<'a> {
-    binary: &'a Path,
-    choice: &'a prepare::device::DeviceChoice,
-    protected: &'a Protected,
-    allow_read: &'a [PathBuf],
-    /// Whether processes run in the sandbox (false only with `--no-require-sandbox` where
-    /// there is none).
-    sandboxed: bool,
-    extra_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    scratch_parent: &'a Path,
-    /// The training process's Hello; evaluating processes get it with their task.
-    hello: Hello,
-}
-
-impl Spawner<'_> {
-    /// The training process, in `scratch`, under `planned` (already checked).
-    fn start_training(&self, scratch: &Scratch, planned: TrainerSandbox) -> Result<TrainerProcess, String> {
-        let sandbox = if self.sandboxed { Some(Arc::new(planned.policy.prepare().map_err(|e| e.to_string())?)) } else { None };
-        let launch = Launch { binary: self.binary, scratch: scratch.path(), sandbox, shm_bytes: 0, library_path: planned.library_path, extra_env: self.extra_env.clone() };
-        let mut process = TrainerProcess::start(launch).map_err(|e| format!("{e:#}"))?;
-        TRAINER_GROUP.store(process.pid(), Ordering::SeqCst);
-        process.send(&ToTrainer::Hello(Box::new(self.hello.clone()))).map_err(|e| format!("the trainer did not take its Hello: {e}"))?;
-        Ok(process)
-    }
-
-    /// A fresh process for one evaluation group of `rows` rows: a scratch folder of its own,
-    /// the saved model in `model_dir` readable and nothing else of the run.
-    fn start_evaluating(&self, rows: usize, model_dir: &Path) -> Result<Launched, String> {
-        let scratch = Scratch::create(self.scratch_parent).map_err(|e| format!("{e:#}"))?;
-        let mut planned = trainer_policy(self.binary, scratch.path(), self.choice, self.protected, self.allow_read)?;
-        planned.policy.read.push(model_dir.to_path_buf());
-        let sandbox = if self.sandboxed { Some(Arc::new(planned.policy.prepare().map_err(|e| e.to_string())?)) } else { None };
-        let shm_bytes = rows * self.hello.vocab_size * 4;
-        let launch = Launch { binary: self.binary, scratch: scratch.path(), sandbox, shm_bytes, library_path: planned.library_path, extra_env: self.extra_env.clone() };
-        let mut process = TrainerProcess::start(launch).map_err(|e| format!("{e:#}"))?;
-        TRAINER_GROUP.store(process.pid(), Ordering::SeqCst);
-        let hello = Hello { task: Task::Evaluate { rows }, shm_bytes: shm_bytes as u64, ..self.hello.clone() };
-        process.send(&ToTrainer::Hello(Box::new(hello))).map_err(|e| format!("an evaluating process did not take its Hello: {e}"))?;
-        Ok(Launched { process, scratch })
-    }
-}
-
-/// The size of the saved model, once the training process is gone: `model_dir` must be the
-/// folder the harness made in the training scratch, not a link the trainer put in its place.
-fn saved_model_bytes(scratch: &Path, model_dir: &Path) -> Result<u64, String> {
-    let meta = std::fs::symlink_metadata(model_dir).map_err(|e| format!("the trainer left no model folder {}: {e}", model_dir.display()))?;
-    let real = std::fs::canonicalize(model_dir).ok();
-    let inside = std::fs::canonicalize(scratch).ok().map(|s| s.join("model"));
-    if !meta.is_dir() || real.is_none() || real != inside {
-        return Err(format!("the trainer replaced its model folder {} with something else than a folder; evaluation reads only a real folder there", model_dir.display()));
-    }
-    fn size(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| match e.file_type() {
-                Ok(t) if t.is_dir() => size(&e.path()),
-                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => 0,
-            })
-            .sum()
-    }
-    Ok(size(model_dir))
-}
-
-/// The held-out score of a run, or why there is none.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeldOut {
-    Scored { bpb: f64, seconds: f64, tokens: u64, bytes: u64, rows: usize, documents: usize, split_documents: usize, split_tokens: u64, overlap_with_validation: usize, source: &'static str, witnesses: crate::evaluate::WitnessReport },
-    None(String),
-}
-
-/// Scores the held-out split with the same trainer, after the validation rows.
-fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation, launch: &Launcher<'_>) -> Result<HeldOut, EvalError> {
+/// Scores the held-out split with the same saved model, after the validation rows.
+fn score_held_out(main: &Evaluator<'_>, validation: &Evaluation, launch: &Launcher<'_>) -> Result<HeldOut, EvalError> {
     let exclude = validation.placed.clone();
     let Some(split) = prepare::held_out::split(main.data, &exclude, main.batch_rows, main.seq_len, main.batches) else {
         return Ok(HeldOut::None(format!(
@@ -542,7 +292,7 @@ fn score_held_out(main: &Evaluator<'_>, validation: &crate::evaluate::Evaluation
         split_documents: split.docs.len(),
         split_tokens: split.tokens,
         overlap_with_validation: overlap,
-        source: "the validation shard's documents that the evaluation does not reach",
+        source: "the validation shard's documents that the evaluation does not reach".into(),
         witnesses: e.witnesses,
     })
 }
@@ -584,7 +334,7 @@ fn train_failure(f: TrainFailure, trainer: &mut TrainerProcess) -> Failure {
     }
 }
 
-fn eval_failure(e: EvalError, record: &mut Map<String, Value>) -> Failure {
+fn eval_failure(e: EvalError, summary: &mut RunSummary) -> Failure {
     match e {
         EvalError::Inconsistent(text) => {
             let text = format!("EVALUATION CHECK FAILED: {text}. The run is refused: its answers are not a distribution that can be scored.");
@@ -592,9 +342,9 @@ fn eval_failure(e: EvalError, record: &mut Map<String, Value>) -> Failure {
             Failure::new(exit::CAUSALITY_VIOLATION, text)
         }
         EvalError::Witness(report) => {
-            let text = report.refusal();
+            let text = crate::evaluate::refusal(&report);
             println!("{text}");
-            record.insert("witnesses".into(), json!(report));
+            summary.witnesses = Some(report);
             Failure::new(exit::CAUSALITY_VIOLATION, text)
         }
         EvalError::Data(text) => Failure::new(exit::DATA_ERROR, format!("validation data: {text}")),
@@ -612,12 +362,7 @@ fn eval_failure(e: EvalError, record: &mut Map<String, Value>) -> Failure {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_text_atomic(path: &Path, text: &str) -> Result<(), String> {
+fn write_text_atomic(path: &PathBuf, text: &str) -> Result<(), String> {
     let tmp = path.with_file_name(format!(".{}.tmp.{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
     std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -650,59 +395,25 @@ mod tests {
         let fake_trainer = dir.path().join("trainer");
         std::fs::write(&fake_trainer, "").unwrap();
         let trainer = fake_trainer.to_str().unwrap();
+        let summary = || RunSummary::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
 
         let code = run(&cli(&["--device", "tpu", "--summary-json", json_s, "--trainer", trainer]), Instant::now());
         assert_eq!(code, exit::USAGE);
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("usage"), Some(2)));
-        assert!(v["error"].as_str().unwrap().contains("tpu"));
+        let s = summary();
+        assert_eq!((s.status.as_str(), s.exit_code), ("usage", 2));
+        assert!(s.error.unwrap().contains("tpu"));
 
         assert_eq!(run(&cli(&["--profile", "/no/such/profile.toml", "--trainer", trainer]), Instant::now()), exit::USAGE);
         assert_eq!(run(&cli(&["--device-batch-scale", "2", "--trainer", trainer]), Instant::now()), exit::USAGE);
         let missing = run(&cli(&["--device", "flex", "--trainer", "/no/such/trainer", "--summary-json", json_s]), Instant::now());
         assert_eq!(missing, exit::USAGE);
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert!(v["error"].as_str().unwrap().contains("/no/such/trainer"), "{v}");
+        assert!(summary().error.unwrap().contains("/no/such/trainer"));
 
         let empty = dir.path().join("empty-cache");
         std::fs::create_dir_all(&empty).unwrap();
         let code = run(&cli(&["--device", "flex", "--cache-dir", empty.to_str().unwrap(), "--summary-json", json_s, "--trainer", trainer]), Instant::now());
         assert_eq!(code, exit::DATA_ERROR);
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!(v["status"], "data");
-        assert_eq!(v["device"], "flex");
-    }
-}
-
-/// What the profile's `fusion` and `autotune` come to on this build and device. Fusion is
-/// Burn's compile-time choice (the `fusion` feature wraps every CubeCL device); autotune's level
-/// is CubeCL's run-time setting, which the trainer gets as `CUBECL_AUTOTUNE_LEVEL` unless the
-/// harness's own environment sets it.
-struct KernelSettings {
-    fusion: bool,
-    autotune: bool,
-    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    notes: Vec<String>,
-}
-
-impl KernelSettings {
-    fn of(profile: &PlatformProfile, device: &prepare::device::DeviceChoice) -> KernelSettings {
-        let cubecl = device.spec.starts_with("wgpu") || matches!(device.spec, "vulkan" | "metal");
-        let built = cfg!(feature = "fusion");
-        let mut notes = Vec::new();
-        if !cubecl {
-            // LibTorch, flex and ndarray run eagerly: neither setting applies.
-            return KernelSettings { fusion: false, autotune: false, env: Vec::new(), notes };
-        }
-        if profile.fusion && !built {
-            notes.push(format!("the profile asks for kernel fusion, which this build lacks: rebuild with `--features harness/fusion,trainer/fusion` (or `gpu`) for {}", device.name));
-        } else if !profile.fusion && built {
-            notes.push("the profile turns kernel fusion off, but this build fuses every CubeCL device (the `fusion` feature): fusion stays on".to_string());
-        }
-        let mut env = Vec::new();
-        if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
-            env.push(("CUBECL_AUTOTUNE_LEVEL".into(), if profile.autotune { "balanced" } else { "minimal" }.into()));
-        }
-        KernelSettings { fusion: built, autotune: profile.autotune, env, notes }
+        let s = summary();
+        assert_eq!((s.status.as_str(), s.device.as_deref()), ("data", Some("flex")));
     }
 }

@@ -8,8 +8,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use prepare::device::DeviceChoice;
-use sealed::sandbox::{Policy, is_within};
+use experiment::device::DeviceChoice;
+use contract::sandbox::{Policy, is_within};
 
 use crate::elf;
 
@@ -86,7 +86,7 @@ pub fn trainer_policy(binary: &Path, scratch: &Path, device: &DeviceChoice, prot
 fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protected: &Protected, env: &dyn Fn(&str) -> Option<OsString>) -> Result<TrainerSandbox, String> {
     let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
     let mut devices: Vec<PathBuf> = COMMON_DEVICES.iter().map(PathBuf::from).collect();
-    let gpu = device.class == prepare::device::DeviceClass::Gpu || device.spec.starts_with("wgpu");
+    let gpu = device.class == experiment::device::DeviceClass::Gpu || device.spec.starts_with("wgpu");
     if gpu {
         read.extend(GPU_READ.iter().map(PathBuf::from));
         devices.extend(GPU_DEVICES.iter().map(PathBuf::from));
@@ -285,7 +285,7 @@ mod tests {
 
     /// The policy for a trainer `binary`, on flex, with `LD_LIBRARY_PATH` set to `library_path`.
     fn policy(binary: &Path, scratch: &Path, protected: &Protected, library_path: &Path) -> TrainerSandbox {
-        let device = prepare::device::parse_device("flex").unwrap();
+        let device = experiment::device::parse_device("flex").unwrap();
         let path = library_path.as_os_str().to_os_string();
         policy_with_env(binary, scratch, &device, protected, &|name| (name == "LD_LIBRARY_PATH").then(|| path.clone())).unwrap()
     }
@@ -335,7 +335,7 @@ mod tests {
         }
         let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
         let binary = std::env::current_exe().unwrap();
-        let device = prepare::device::parse_device("flex").unwrap();
+        let device = experiment::device::parse_device("flex").unwrap();
         let sandbox = trainer_policy(&binary, &scratch, &device, &protected, std::slice::from_ref(&driver)).unwrap();
         assert!(sandbox.policy.read.contains(&driver), "{:?}", sandbox.policy.read);
         for bad in [cache.join("tokens"), root.clone()] {
@@ -360,7 +360,7 @@ mod tests {
         cc(&root.join("bin"), "trainer", false, &format!("/nothing,--dynamic-linker,{}", loader.display()));
         assert_eq!(elf::interpreter(&root.join("bin/trainer")), Some(loader.clone()), "the test binary names the loader");
         let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
-        let device = prepare::device::parse_device("flex").unwrap();
+        let device = experiment::device::parse_device("flex").unwrap();
         let err = trainer_policy(&root.join("bin/trainer"), &scratch, &device, &protected, &[]).err().expect("refused");
         assert!(err.contains("names its loader") && err.contains(&loader.display().to_string()), "{err}");
         let system = trainer_policy(&std::env::current_exe().unwrap(), &scratch, &device, &protected, &[]).unwrap();

@@ -1,59 +1,10 @@
-//! The end-of-run summary: the reference's exact text block, and the JSON record.
+//! Writing the end-of-run summary JSON (the record is `contract::summary::RunSummary`, which
+//! also prints the reference's block).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-
-/// The figures of the reference's summary block.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    /// Bits per byte on the validation tokens (`prepare::eval::evaluate_bpb`).
-    pub val_bpb: f64,
-    /// Counted training seconds, from the harness's clock (warm-up steps excluded).
-    pub training_seconds: f64,
-    /// Wall-clock seconds from process start to the summary.
-    pub total_seconds: f64,
-    /// Peak memory in MiB (see `memory_source` in the JSON).
-    pub peak_vram_mb: f64,
-    /// Model FLOPs utilisation, percent.
-    pub mfu_percent: f64,
-    /// Tokens trained on (warm-up included), millions, from the clock.
-    #[serde(rename = "total_tokens_M")]
-    pub total_tokens_m: f64,
-    /// Optimizer steps (warm-up included), from the clock.
-    pub num_steps: u64,
-    /// Model parameters, millions.
-    #[serde(rename = "num_params_M")]
-    pub num_params_m: f64,
-    /// Transformer layers.
-    pub depth: usize,
-}
-
-/// The summary block exactly as the reference prints it, ending with a newline.
-pub fn format_summary(s: &Summary) -> String {
-    format!(
-        "---\n\
-         val_bpb:          {:.6}\n\
-         training_seconds: {:.1}\n\
-         total_seconds:    {:.1}\n\
-         peak_vram_mb:     {:.1}\n\
-         mfu_percent:      {:.2}\n\
-         total_tokens_M:   {:.1}\n\
-         num_steps:        {}\n\
-         num_params_M:     {:.1}\n\
-         depth:            {}\n",
-        s.val_bpb,
-        s.training_seconds,
-        s.total_seconds,
-        s.peak_vram_mb,
-        s.mfu_percent,
-        s.total_tokens_m,
-        s.num_steps,
-        s.num_params_m,
-        s.depth,
-    )
-}
 
 /// Writes `value` as pretty JSON to `path` atomically: a temporary file in the same folder,
 /// flushed to disk, then renamed over `path`. On any error the temporary file is removed and
@@ -88,6 +39,8 @@ fn temp_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    use contract::summary::RunSummary;
+
     /// The block of REFERENCE.md §1 "End-of-run summary (exact format)".
     const REFERENCE_BLOCK: &str = "---
 val_bpb:          0.997900
@@ -101,23 +54,25 @@ num_params_M:     50.3
 depth:            8
 ";
 
-    fn reference() -> Summary {
-        Summary {
-            val_bpb: 0.9979,
-            training_seconds: 300.1234,
-            total_seconds: 325.93,
-            peak_vram_mb: 45060.2,
-            mfu_percent: 39.8,
-            total_tokens_m: 953.0 * 524288.0 / 1e6,
-            num_steps: 953,
-            num_params_m: 50_331_648.0 / 1e6,
-            depth: 8,
+    fn reference() -> RunSummary {
+        RunSummary {
+            status: "ok".into(),
+            val_bpb: Some(0.9979),
+            training_seconds: Some(300.1234),
+            total_seconds: Some(325.93),
+            peak_vram_mb: Some(45060.2),
+            mfu_percent: Some(39.8),
+            total_tokens_m: Some(953.0 * 524288.0 / 1e6),
+            num_steps: Some(953),
+            num_params_m: Some(50_331_648.0 / 1e6),
+            depth: Some(8),
+            ..Default::default()
         }
     }
 
     #[test]
     fn summary_matches_the_reference_block_byte_for_byte() {
-        assert_eq!(format_summary(&reference()), REFERENCE_BLOCK);
+        assert_eq!(reference().block(), REFERENCE_BLOCK);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use prepare::clock::{Clock, Decision, OverBudget};
 use prepare::loader::PackedLoader;
-use sealed::wire::{Done, Failure, MAX_FRAME, ModelInfo, ToHarness, ToTrainer, TrainBatch, WireError};
+use contract::wire::{Done, Failure, MAX_FRAME, ModelInfo, ToHarness, ToTrainer, TrainBatch, WireError};
 
 use crate::trainer_process::TrainerProcess;
 

@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sealed::sandbox::Sandbox;
-use sealed::shm::Shm;
-use sealed::wire::{CHANNEL_FD_ENV, SHM_FD_ENV, ToHarness, ToTrainer, WireError};
+use contract::sandbox::Sandbox;
+use contract::shm::Shm;
+use contract::wire::{CHANNEL_FD_ENV, SHM_FD_ENV, ToHarness, ToTrainer, WireError};
 
 use crate::output::Relay;
 
@@ -318,7 +318,7 @@ impl Scratch {
     pub fn create(parent: &Path) -> anyhow::Result<Scratch> {
         use anyhow::Context;
         use std::os::unix::fs::DirBuilderExt;
-        let mut rng = sealed::random::Unpredictable::new();
+        let mut rng = contract::random::Unpredictable::new();
         let path = parent.join(format!("autoresearch-trainer-{}-{:016x}", std::process::id(), rng.next_u64()));
         std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating the trainer's scratch folder {}", path.display()))?;
         for sub in ["tmp", "cache", "run", "config"] {

@@ -574,14 +574,14 @@ fn a_trainer_started_by_hand_says_what_it_is() {
 fn the_summary_is_signed_with_the_run_key_and_a_forged_copy_fails() {
     let dir = run_dir("signed");
     let key = dir.join("scorer.key");
-    std::fs::write(&key, sealed::signature::new_key_hex()).unwrap();
+    std::fs::write(&key, contract::signature::new_key_hex()).unwrap();
     let r = harness("signed", "", "tokens:8192", "tiny", &["--sign-key", key.to_str().unwrap()], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let k = std::fs::read_to_string(&key).unwrap();
-    sealed::signature::verify(k.trim().as_bytes(), &r.summary).unwrap();
+    contract::signature::verify(k.trim().as_bytes(), &r.summary).unwrap();
     let mut forged = r.summary.clone();
     forged["val_bpb"] = serde_json::json!(0.5);
-    assert!(sealed::signature::verify(k.trim().as_bytes(), &forged).is_err());
+    assert!(contract::signature::verify(k.trim().as_bytes(), &forged).is_err());
 }
 
 #[test]

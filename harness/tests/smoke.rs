@@ -204,7 +204,7 @@ fn cuda_where_there_is_none_is_a_usage_error_saying_what_to_do() {
     let (dir, profile, hparams) = fixture();
     let out = harness(dir.path(), profile, hparams, "cuda:0").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if cfg!(feature = "tch") && prepare::device::libtorch_cuda_devices() > 0 {
+    if cfg!(feature = "tch") && experiment::device::libtorch_cuda_devices() > 0 {
         return; // a machine with a GPU: nothing to refuse
     }
     assert_eq!(out.status.code(), Some(2), "{stderr}");

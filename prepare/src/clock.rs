@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// The budget is the runner's type too (it asks for one on every run's command line): it lives in
 /// `sealed`, which both link without Burn.
-pub use sealed::budget::{Budget, BudgetError};
+pub use contract::budget::{Budget, BudgetError};
 
 /// The largest share of a time budget the warm-up allowance may be.
 pub const MAX_ALLOWANCE_FRACTION: f64 = 0.05;

@@ -2,76 +2,20 @@
 //! (special tokens masked), [`BpbSums::bpb`] divides by the bytes.
 //!
 //! The harness scores the trainer's logits with it across the process boundary; the model is
-//! seen only through [`LogitsModel`]: token ids in, logits out, one position of every row at a
-//! time ([`LogitsModel::decoder`]), so no target reaches the model before its logits are
-//! scored. [`evaluate_bpb`] is the same evaluation in one process, for code that has the data
-//! and the model together (tests).
-
-use std::path::Path;
+//! seen only through `experiment::LogitsModel`: token ids in, logits out, one position of every
+//! row at a time, so no target reaches the model before its logits are scored. [`evaluate_bpb`]
+//! is the same evaluation in one process, for code that has the data and the model together
+//! (tests).
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use experiment::LogitsModel;
+#[cfg(test)]
+use std::path::Path;
 
 use crate::data::PreparedData;
 use crate::loader::PackedLoader;
 use crate::profile::PlatformProfile;
-
-/// The narrow view of a trained model that evaluation needs.
-pub trait LogitsModel {
-    /// Next-token logits of whole rows (teacher-forced). `inputs`: `[batch, seq]` token ids.
-    /// Returns `[batch, seq, vocab]`. The default [`LogitsModel::decoder`] is built on it.
-    fn logits(&self, inputs: Tensor<2, Int>) -> Tensor<3>;
-
-    /// A decoder for `rows` rows: evaluation feeds it one position of every row at a time and
-    /// scores the logits it returns before it sends the next.
-    ///
-    /// The default recomputes the whole prefix with [`LogitsModel::logits`] at every position:
-    /// correct for any causal model, but it costs about `seq / 2` teacher-forced passes, past
-    /// the evaluation's time limit at the real profiles. A model with state to carry (a KV
-    /// cache) overrides it.
-    fn decoder(&self, rows: usize) -> Box<dyn Decoder + '_> {
-        Box::new(Recompute { model: self, rows, prefix: None })
-    }
-
-    /// Writes into `dir` what the trainer's `load` needs to rebuild this model: each group of
-    /// evaluation rows is answered by a fresh process that starts from it.
-    fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "this model cannot be saved into {}: implement LogitsModel::save and the trainer's load (every evaluation group is answered by a fresh process that loads the saved model)",
-            dir.display()
-        )
-    }
-}
-
-/// Evaluation's side of a model: fed one position of every row at a time.
-pub trait Decoder {
-    /// `tokens` `[rows]`: the next position of every row. Returns `[rows, vocab]`: the logits
-    /// of the position after it, given everything fed so far.
-    fn step(&mut self, tokens: Tensor<1, Int>) -> Tensor<2>;
-}
-
-/// The default [`Decoder`]: the rows fed so far, run through [`LogitsModel::logits`] whole at
-/// every position.
-pub struct Recompute<'a, M: ?Sized> {
-    model: &'a M,
-    rows: usize,
-    /// `[rows, positions fed]`.
-    prefix: Option<Tensor<2, Int>>,
-}
-
-impl<M: LogitsModel + ?Sized> Decoder for Recompute<'_, M> {
-    fn step(&mut self, tokens: Tensor<1, Int>) -> Tensor<2> {
-        let column = tokens.reshape([self.rows, 1]);
-        let prefix = match self.prefix.take() {
-            Some(p) => Tensor::cat(vec![p, column], 1),
-            None => column,
-        };
-        let logits = self.model.logits(prefix.clone());
-        let [b, t, v] = logits.dims();
-        self.prefix = Some(prefix);
-        logits.slice(s![.., t - 1..t, ..]).reshape([b, v])
-    }
-}
 
 /// Sums that make up val_bpb; kept apart so that tests can check each one.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -117,7 +61,7 @@ impl BpbSums {
 
 /// `log softmax(row)[target]` for one row of logits on the host.
 pub fn log_prob(row: &[f32], target: u32) -> f32 {
-    row[target as usize] - crate::fastmath::log_sum_exp(row)
+    row[target as usize] - experiment::fastmath::log_sum_exp(row)
 }
 
 /// Adds one evaluation position of every row to `sums`: the cross-entropy of `logits`
@@ -141,7 +85,7 @@ pub fn accumulate_step(sums: &mut BpbSums, logits: Tensor<2>, targets: &[u32], t
 /// `log softmax(logits[i])[targets[i]]` for each row of `logits` `[N, V]`.
 ///
 /// On flex the rows are read in place and reduced on every core with a vectorised `exp`
-/// ([`crate::fastmath`]); Burn's `log_softmax` there is ~6 passes over `[N, V]` with a scalar
+/// (`experiment::fastmath`); Burn's `log_softmax` there is ~6 passes over `[N, V]` with a scalar
 /// `exp` on one core. Other backends keep the tensor formulation on their device. Both compute
 /// `z_t - (m + ln sum_j e^(z_j - m))`, `m` the row maximum, in f32 (tested to agree).
 fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> anyhow::Result<Vec<f32>> {

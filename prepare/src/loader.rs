@@ -16,8 +16,6 @@
 
 use std::sync::Arc;
 
-use burn::prelude::*;
-
 use crate::constants::PACKING_BUFFER_DOCS;
 use crate::data::PreparedData;
 use crate::token_file::TokenFile;
@@ -25,37 +23,9 @@ use crate::token_file::TokenFile;
 /// Documents added to the buffer per refill (the reference's tokenizer batch).
 pub const REFILL_DOCS: usize = 128;
 
-/// One batch of packed rows, on the host.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// Rows in the batch.
-    pub batch_size: usize,
-    /// Positions per row.
-    pub seq_len: usize,
-    /// `row[..seq_len]` for every row, row-major, `batch_size * seq_len` ids.
-    pub inputs: Vec<u32>,
-    /// `row[1..]` for every row, row-major, `batch_size * seq_len` ids.
-    pub targets: Vec<u32>,
-    /// Completed passes over the train shards when this batch was cut (0 in the first pass).
-    pub epoch: u64,
-}
-
-impl Batch {
-    /// Inputs as a `[batch_size, seq_len]` int tensor on `device`.
-    pub fn inputs_tensor(&self, device: &Device) -> Tensor<2, Int> {
-        ids_tensor(&self.inputs, self.batch_size, self.seq_len, device)
-    }
-
-    /// Targets as a `[batch_size, seq_len]` int tensor on `device`.
-    pub fn targets_tensor(&self, device: &Device) -> Tensor<2, Int> {
-        ids_tensor(&self.targets, self.batch_size, self.seq_len, device)
-    }
-}
-
-fn ids_tensor(ids: &[u32], rows: usize, cols: usize, device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-    Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, cols]), device)
-}
+/// One batch of packed rows, on the host (the type lives on the trainer's side of the contract,
+/// which cuts training steps into the same shape).
+pub use experiment::Batch;
 
 /// A document waiting in the packing buffer; `len` counts its BOS.
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use sealed::budget::Budget;
+use contract::budget::Budget;
 
 use crate::config::{Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
 use crate::errors::{code, usage};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sealed::budget::Budget;
+use contract::budget::Budget;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::usage;
@@ -119,6 +119,13 @@ pub struct AgentPreset {
     /// (`total_cost_usd`), summed for `max_cost`; empty when it reports none.
     #[serde(default)]
     pub cost_key: String,
+}
+
+/// The shipped configs/research.toml's `read_only`: the one place the read-only paths are
+/// written (a config without the key gets them).
+pub fn builtin_read_only() -> Vec<String> {
+    let shipped: toml::Table = toml::from_str(include_str!("../../configs/research.toml")).unwrap_or_default();
+    shipped.get("read_only").cloned().and_then(|r| r.try_into().ok()).unwrap_or_default()
 }
 
 /// The `[agents.*]` of the shipped configs/research.toml: the presets every config has, a
@@ -341,17 +348,7 @@ impl Default for ResearchConfig {
             tag: String::new(),
             trainer: "trainer".into(),
             scope: Vec::new(),
-            read_only: vec![
-                "prepare".into(),
-                "harness".into(),
-                "trainer/Cargo.toml".into(),
-                "trainer/src/main.rs".into(),
-                "trainer/src/bin".into(),
-                "trainer/kernels".into(),
-                "configs/platforms".into(),
-                "Cargo.toml".into(),
-                "Cargo.lock".into(),
-            ],
+            read_only: builtin_read_only(),
             budget: Budget::Time(300.0),
             metric: "val_bpb".into(),
             direction: Direction::Lower,
@@ -568,6 +565,12 @@ mod tests {
         // The shipped file documents the defaults: the keep rule and the held-out split too.
         let d = ResearchConfig::default();
         assert_eq!((c.keep_rule, c.significance, c.max_candidate_runs, c.baseline_runs, c.held_out), (d.keep_rule, d.significance, d.max_candidate_runs, d.baseline_runs, d.held_out));
+        // The read-only paths are written once, there, and every crate the trainer does not
+        // own is among them.
+        assert_eq!(c.read_only, d.read_only);
+        for path in ["contract", "experiment", "prepare", "harness", "trainer/kernels", "trainer/src/main.rs"] {
+            assert!(d.read_only.iter().any(|p| p == path), "{path}: {:?}", d.read_only);
+        }
     }
 
     #[test]

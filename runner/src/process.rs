@@ -71,7 +71,7 @@ pub fn run_shell(
 /// [`run_shell`], inside `sandbox` when there is one (it leads its own process group too).
 #[allow(clippy::too_many_arguments)]
 pub fn run_shell_in(
-    sandbox: Option<&std::sync::Arc<sealed::sandbox::Sandbox>>,
+    sandbox: Option<&std::sync::Arc<contract::sandbox::Sandbox>>,
     command: &str,
     cwd: &Path,
     env: &[(String, String)],

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use serde::Serialize;
+use contract::summary::RunSummary;
 use serde_json::Value;
 
 use crate::curve::kilo;
@@ -22,7 +23,7 @@ pub const RELATIVE_FLOOR: f64 = 0.02;
 
 /// The tokens per second a run's summary reports.
 pub fn of_summary(summary: &Value) -> Option<f64> {
-    summary.get("tokens_per_sec").and_then(Value::as_f64).filter(|t| t.is_finite() && *t > 0.0)
+    RunSummary::from_value(summary)?.tokens_per_sec.filter(|t| t.is_finite() && *t > 0.0)
 }
 
 /// The tokens per second of a finished run, from its summary in the run's state directory.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use contract::summary::RunSummary;
 use serde_json::{Value, json};
 
 use crate::config::ResearchConfig;
@@ -130,7 +131,7 @@ pub struct RecordArgs<'a> {
 }
 
 /// `tree record`: a result run outside the loop. A summary JSON counts as scored (`verified`)
-/// only when it carries the signature of this run's scorer (see `sealed::signature`); a bare
+/// only when it carries the signature of this run's scorer (see `contract::signature`); a bare
 /// `--metric`, or any other summary, is kept as `unverified` and never compared with scored
 /// results.
 pub fn record(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, a: &RecordArgs<'_>) -> Result<()> {
@@ -149,14 +150,12 @@ pub fn record_with(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, 
     if let Some(p) = a.summary_json {
         let text = std::fs::read_to_string(p).with_context(|| format!("--summary-json {}", p.display()))?;
         let s: Value = serde_json::from_str(&text).map_err(|e| usage(format!("--summary-json {}: {e}", p.display())))?;
-        let m = s
-            .get(&cfg.metric)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
+        let typed = RunSummary::from_value(&s).ok_or_else(|| usage(format!("--summary-json {}: not a run summary the harness writes", p.display())))?;
+        let m = typed.number(&cfg.metric).ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
         rec["metric"] = json!(m);
-        rec["memory_mb"] = s.get("peak_vram_mb").cloned().unwrap_or(Value::Null);
+        rec["memory_mb"] = json!(typed.peak_vram_mb);
         let verified = match std::fs::read_to_string(sign_key) {
-            Ok(key) => sealed::signature::verify(key.trim().as_bytes(), &s),
+            Ok(key) => contract::signature::verify(key.trim().as_bytes(), &s),
             Err(_) => Err(format!("this run has no signing key ({}): nothing it did not score can be verified", sign_key.display())),
         };
         rec["verified"] = json!(verified.is_ok());

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
+use contract::summary::RunSummary;
 use serde_json::{Value, json};
 
 use crate::config::{KeepRule, ResearchConfig};
@@ -308,7 +309,7 @@ impl Shared {
         d.runs.push(run);
         match out {
             Outcome::Ok { summary, metric, .. } => {
-                d.heldout.extend(summary.get("heldout_bpb").and_then(Value::as_f64));
+                d.heldout.extend(RunSummary::from_value(&summary).and_then(|s| s.heldout_bpb));
                 let mut runs: Vec<f64> = match d.summary.as_ref().and_then(|s| s.get("runs")).and_then(Value::as_array) {
                     Some(r) => r.iter().filter_map(Value::as_f64).collect(),
                     None => d.metric.into_iter().collect(),
@@ -417,7 +418,7 @@ impl Shared {
     /// best runs again beside it (run `k` of the best this decision asks for).
     fn throughput_guard(&self, node: &Node, best_node: i64, k: usize) -> Result<Guarded> {
         let mut g = Guarded::default();
-        if !self.cfg.throughput_guard || !matches!(self.cfg.budget, sealed::budget::Budget::Time(_)) {
+        if !self.cfg.throughput_guard || !matches!(self.cfg.budget, contract::budget::Budget::Time(_)) {
             return Ok(g);
         }
         let db = Db::open(&self.db_path)?;

@@ -186,7 +186,7 @@ fn queued_ideas_are_taken_up_by_the_loop() {
     edit(&n7, "0.07");
     let key = std::fs::read_to_string(fx.repo.join(".autoresearch/t1/scorer.key")).expect("the run made its signing key");
     let mut summary: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"val_bpb": 1.03, "peak_vram_mb": 100.0, "status": "ok"}"#).unwrap();
-    sealed::signature::sign(key.trim().as_bytes(), &mut summary);
+    contract::signature::sign(key.trim().as_bytes(), &mut summary);
     let signed = fx.tools.join("n7.json");
     std::fs::write(&signed, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
     let o = fx.run(&["tree", "record", &n7, "--summary-json", signed.to_str().unwrap()]);

@@ -1,6 +1,6 @@
 //! The red-team suite through the real loop: `autoresearch run` with the command proposer, the
 //! real scorer (this workspace's harness binary) and the real build sandbox, on a small
-//! workspace whose trainer is `sealed::fixture`'s bigram model. Each attack is a change the
+//! workspace whose trainer is `contract::fixture`'s bigram model. Each attack is a change the
 //! proposer makes; each must be rejected, crash, or gain nothing, and leave the run's files as
 //! they were. And Mode 2 of configs/program.md (`run --proposer manual` with `tree exec`), whose
 //! runs must be the loop's own.
@@ -12,21 +12,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The workspace's own `sealed` crate, copied into each test repository (the build sandbox
+/// The workspace's own `contract` crate, copied into each test repository (the build sandbox
 /// reads nothing outside it).
-const SEALED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../prepare/sealed");
+const CONTRACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../contract");
 
 const HONEST: &str = r#"fn main() {
-    let mut ch = sealed::child::Channel::from_harness().unwrap_or_else(|e| {
+    let mut ch = contract::child::Channel::from_harness().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    if let sealed::wire::Task::Evaluate { .. } = ch.hello().task {
-        let loaded = sealed::fixture::load(&ch).expect("loading the saved model");
-        sealed::fixture::answer(&mut ch, &loaded).expect("evaluation");
+    if let contract::wire::Task::Evaluate { .. } = ch.hello().task {
+        let loaded = contract::fixture::load(&ch).expect("loading the saved model");
+        contract::fixture::answer(&mut ch, &loaded).expect("evaluation");
         return;
     }
-    let model = sealed::fixture::train(&mut ch, 8, |_, _| {}).expect("training");
+    let model = contract::fixture::train(&mut ch, 8, |_, _| {}).expect("training");
     drop(model);
 }
 "#;
@@ -36,7 +36,7 @@ const HONEST: &str = r#"fn main() {
 /// outlives each answer and written to the scratch folder and /tmp for the next process to
 /// read back; a remembered prefix gets its next token raised.
 const REMEMBER: &str = r#"
-fn remember_and_answer(ch: &mut sealed::child::Channel, model: &sealed::fixture::Bigram) {
+fn remember_and_answer(ch: &mut contract::child::Channel, model: &contract::fixture::Bigram) {
     use std::collections::HashMap;
     let places = [format!("{}/memory.bin", std::env::var("HOME").unwrap_or_default()), "/tmp/autoresearch-memory.bin".to_string()];
     let mut memory: HashMap<u64, u16> = HashMap::new();
@@ -153,8 +153,8 @@ impl Repo {
         let repo = std::fs::canonicalize(dir.path()).unwrap().join("repo");
         let tools = std::fs::canonicalize(dir.path()).unwrap().join("tools");
         std::fs::create_dir_all(&tools).unwrap();
-        copy_dir(&Path::new(SEALED).join("src"), &repo.join("prepare/sealed/src"));
-        std::fs::copy(Path::new(SEALED).join("Cargo.toml"), repo.join("prepare/sealed/Cargo.toml")).unwrap();
+        copy_dir(&Path::new(CONTRACT).join("src"), &repo.join("contract/src"));
+        std::fs::copy(Path::new(CONTRACT).join("Cargo.toml"), repo.join("contract/Cargo.toml")).unwrap();
         let write = |rel: &str, text: &str| {
             let p = repo.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -162,9 +162,9 @@ impl Repo {
         };
         write(
             "Cargo.toml",
-            "[workspace]\nresolver = \"3\"\nmembers = [\"prepare/sealed\", \"trainer\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nlicense = \"MIT\"\n\n[workspace.dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\nthiserror = \"2\"\ntempfile = \"3\"\n\n[profile.release]\nincremental = true\n",
+            "[workspace]\nresolver = \"3\"\nmembers = [\"contract\", \"trainer\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nlicense = \"MIT\"\n\n[workspace.dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\nthiserror = \"2\"\ntempfile = \"3\"\n\n[profile.release]\nincremental = true\n",
         );
-        write("trainer/Cargo.toml", "[package]\nname = \"trainer\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nsealed = { path = \"../prepare/sealed\" }\nlibc = \"0.2\"\n");
+        write("trainer/Cargo.toml", "[package]\nname = \"trainer\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\ncontract = { path = \"../contract\" }\nlibc = \"0.2\"\n");
         write("trainer/src/main.rs", HONEST);
         write("trainer/hparams.toml", "rows = 8\n");
         write(".gitignore", "/target\n/.worktrees\n/.autoresearch\nresults.tsv\n*.bin\n");
@@ -175,7 +175,7 @@ impl Repo {
         write(
             "configs/research.toml",
             &format!(
-                "tag = \"{TAG}\"\nread_only = [\"prepare\", \"trainer/Cargo.toml\", \"configs/platforms\", \"Cargo.toml\", \"Cargo.lock\"]\nprofile = \"configs/platforms/tiny.toml\"\nbudget = \"tokens:2048\"\nharness = \"{harness}\"\ncache_dir = \"{cache}\"\ndevice = \"flex\"\nkeep_rule = \"strict\"\nmax_experiments = {experiments}\nproposer = \"command\"\nbuild_allowance_seconds = 600\n[command]\ncommand = {change:?}\n",
+                "tag = \"{TAG}\"\nread_only = [\"contract\", \"trainer/Cargo.toml\", \"configs/platforms\", \"Cargo.toml\", \"Cargo.lock\"]\nprofile = \"configs/platforms/tiny.toml\"\nbudget = \"tokens:2048\"\nharness = \"{harness}\"\ncache_dir = \"{cache}\"\ndevice = \"flex\"\nkeep_rule = \"strict\"\nmax_experiments = {experiments}\nproposer = \"command\"\nbuild_allowance_seconds = 600\n[command]\ncommand = {change:?}\n",
                 harness = bin("harness").display(),
                 cache = cache().display(),
             ),
@@ -227,7 +227,7 @@ fn attacking(attack: &str) -> String {
 /// A trainer `main.rs` whose evaluating processes answer with `answer(&mut ch, &loaded)`, a
 /// function `code` defines.
 fn evaluating_with(code: &str, answer: &str) -> String {
-    format!("{}{code}", HONEST.replace("sealed::fixture::answer(&mut ch, &loaded).expect(\"evaluation\");", &format!("{answer}(&mut ch, &loaded);")))
+    format!("{}{code}", HONEST.replace("contract::fixture::answer(&mut ch, &loaded).expect(\"evaluation\");", &format!("{answer}(&mut ch, &loaded);")))
 }
 
 /// The issue's remembering read-ahead through the real loop: before, kept with a large gain; now
@@ -251,8 +251,8 @@ fn the_remembering_read_ahead_gains_nothing_and_is_discarded() {
 #[test]
 fn learning_from_the_evaluation_rows_is_rejected() {
     const LEARN: &str = r#"
-fn learn_and_answer(ch: &mut sealed::child::Channel, model: &sealed::fixture::Bigram) {
-    let mut model = sealed::fixture::Bigram::load(std::path::Path::new(&ch.hello().model_dir), model.vocab).expect("reload");
+fn learn_and_answer(ch: &mut contract::child::Channel, model: &contract::fixture::Bigram) {
+    let mut model = contract::fixture::Bigram::load(std::path::Path::new(&ch.hello().model_dir), model.vocab).expect("reload");
     ch.ready().expect("ready");
     let mut previous: Option<Vec<u16>> = None;
     while let Some(tokens) = ch.next_tokens().expect("tokens") {

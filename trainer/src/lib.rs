@@ -30,8 +30,8 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
-use prepare::eval::{Decoder, LogitsModel};
-use prepare::experiment::{LoadContext, TrainContext, TrainError, TrainedModel};
+use experiment::{Decoder, LogitsModel};
+use experiment::{LoadContext, TrainContext, TrainError, TrainedModel};
 
 use hparams::Hparams;
 use model::{Gpt, GptConfig, KvCache};
@@ -329,9 +329,9 @@ mod tests {
         let model = tiny_model(&hp, vocab, t);
         let dir = tempfile::tempdir().unwrap();
         model.save(dir.path()).unwrap();
-        let run = prepare::experiment::RunInfo {
-            protocol: prepare::experiment::PROTOCOL_VERSION,
-            task: prepare::experiment::Task::Evaluate { rows: 2 },
+        let run = experiment::RunInfo {
+            protocol: experiment::PROTOCOL_VERSION,
+            task: experiment::Task::Evaluate { rows: 2 },
             device: "flex".into(),
             seed: 1,
             class: "cpu".into(),

@@ -1,9 +1,9 @@
 //! The trainer executable. The harness starts it in a sandbox and talks to it over the
-//! descriptors it leaves open; `prepare::child::main` connects, builds the device, and either
+//! descriptors it leaves open; `experiment::child::main` connects, builds the device, and either
 //! calls [`trainer::train`] and saves the model it returns (the training process), or rebuilds
 //! that model with [`trainer::load`] and answers the harness's evaluation with it (a process per
 //! group of evaluation rows).
 
 fn main() {
-    prepare::child::main(trainer::train, trainer::load)
+    experiment::child::main(trainer::train, trainer::load)
 }

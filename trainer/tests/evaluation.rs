@@ -7,7 +7,8 @@ use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use prepare::data::PreparedData;
-use prepare::eval::{BpbSums, LogitsModel, evaluate_bpb};
+use experiment::LogitsModel;
+use prepare::eval::{BpbSums, evaluate_bpb};
 use prepare::loader::PackedLoader;
 use prepare::profile::PlatformProfile;
 use trainer::hparams::Hparams;
@@ -55,7 +56,7 @@ fn teacher_forced(model: &Gpt, data: &PreparedData, profile: &PlatformProfile, d
 }
 
 fn same_score(device_name: &str) {
-    let device = prepare::device::build_device(&prepare::device::parse_device(device_name).unwrap()).unwrap();
+    let device = experiment::device::build_device(&experiment::device::parse_device(device_name).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     prepare::fixtures::prepare_tiny_cache(dir.path()).unwrap();
     let data = PreparedData::open(dir.path()).unwrap();

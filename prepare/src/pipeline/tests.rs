@@ -6,7 +6,8 @@ use std::path::Path;
 use burn::prelude::*;
 
 use super::*;
-use crate::eval::{LogitsModel, evaluate_bpb};
+use crate::eval::evaluate_bpb;
+use experiment::LogitsModel;
 use crate::loader::PackedLoader;
 use crate::profile::PlatformProfile;
 use crate::source::write_parquet_shard;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sealed::sandbox::Policy;
+use contract::sandbox::Policy;
 
 /// The toolchain's folders: cargo's home (registry, binaries) and rustup's (toolchains).
 pub fn toolchain_dirs() -> Vec<PathBuf> {
@@ -58,7 +58,7 @@ pub fn policy(tree: &Path, target: &Path) -> Policy {
 
 /// The sandbox of an experiment build, or None with `require_sandbox` off where there is none;
 /// Err says why the build cannot run.
-pub fn prepare(tree: &Path, target: &Path, require_sandbox: bool) -> Result<Option<std::sync::Arc<sealed::sandbox::Sandbox>>, String> {
+pub fn prepare(tree: &Path, target: &Path, require_sandbox: bool) -> Result<Option<std::sync::Arc<contract::sandbox::Sandbox>>, String> {
     // The rules name folders that must exist when the sandbox is built.
     for dir in [target.to_path_buf(), target.join("tmp")] {
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
-use sealed::sandbox::Sandbox;
+use contract::sandbox::Sandbox;
 
 use super::{Executor, Finished, Outcome, RunSpec, build_command, build_sandbox, build_tree, classify, custom_command, env_for, harness_command, render, scorer_build_command};
 use crate::config::ResearchConfig;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use contract::summary::RunSummary;
 use serde_json::Value;
 
 use crate::config::{ExecutorKind, ResearchConfig};
@@ -168,7 +169,7 @@ pub fn ensure_sign_key(path: &Path) -> Result<()> {
     }
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
-    f.write_all(sealed::signature::new_key_hex().as_bytes())?;
+    f.write_all(contract::signature::new_key_hex().as_bytes())?;
     f.sync_all()?;
     // A concurrent creator may have won: keep the first key.
     if std::fs::hard_link(&tmp, path).is_err() && !path.exists() {
@@ -317,8 +318,8 @@ pub fn libtorch_hint(log: &str) -> Option<String> {
 /// the trainer died, broke the protocol...).
 fn harness_error(spec: &RunSpec) -> Option<String> {
     let text = std::fs::read_to_string(&spec.summary_json).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("error").and_then(Value::as_str).map(|e| e.chars().take(300).collect())
+    let summary = RunSummary::from_json(&text).ok()?;
+    summary.error.map(|e| e.chars().take(300).collect())
 }
 
 fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome {
@@ -326,15 +327,13 @@ fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome
         Ok(t) => t,
         Err(_) => return Outcome::Crash { reason: format!("exit 0 but no summary JSON at {}", path.display()), tail: tail() },
     };
-    let summary: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => return Outcome::Crash { reason: format!("unreadable summary JSON: {e}"), tail: tail() },
+    // The record as written (kept, and what the signature covers), and its fields by type.
+    let (record, typed) = match (serde_json::from_str::<Value>(&text), RunSummary::from_json(&text)) {
+        (Ok(v), Ok(s)) => (v, s),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Crash { reason: format!("unreadable summary JSON: {e}"), tail: tail() },
     };
-    match summary.get(metric).and_then(Value::as_f64) {
-        Some(m) if m.is_finite() => {
-            let memory_mb = summary.get("peak_vram_mb").and_then(Value::as_f64);
-            Outcome::Ok { metric: m, memory_mb, summary }
-        }
+    match typed.number(metric) {
+        Some(m) if m.is_finite() => Outcome::Ok { metric: m, memory_mb: typed.peak_vram_mb, summary: record },
         _ => Outcome::Crash { reason: format!("the summary JSON has no finite `{metric}`"), tail: tail() },
     }
 }

@@ -108,7 +108,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     }
     let max = if stops.is_empty() { max } else { format!("{max}, or stop at {}", stops.join(", ")) };
     let guard = match (cfg.throughput_guard, cfg.budget) {
-        (true, sealed::budget::Budget::Time(_)) => "on: a decision whose runs differ in tokens/s beyond their spread is flagged and the best runs again beside it",
+        (true, contract::budget::Budget::Time(_)) => "on: a decision whose runs differ in tokens/s beyond their spread is flagged and the best runs again beside it",
         (true, _) => "off: the budget is not a time (the steps do not follow the speed)",
         (false, _) => "off",
     };

@@ -2,7 +2,7 @@
 //! x86-64 v1, where the compiler would only use SSE2). Lanes are accumulated separately so the
 //! loops vectorise without fast-math.
 
-use prepare::fastmath::{LANES, exp};
+use experiment::fastmath::{LANES, exp};
 
 /// `cap * tanh(z / cap)`.
 #[inline(always)]
@@ -187,17 +187,17 @@ fn attend_row_generic(q: &[f32], keys: &[f32], values: &[f32], stride: usize, n:
     }
 }
 
-prepare::multiversion!(attend_row, attend_row_generic, (q: &[f32], keys: &[f32], values: &[f32], stride: usize, n: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> ());
-prepare::multiversion!(rms_norm_rows, rms_norm_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], d: usize) -> ());
-prepare::multiversion!(rms_norm_backward_rows, rms_norm_backward_rows_generic, (x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) -> ());
-prepare::multiversion!(softcap_in_place, softcap_in_place_generic, (z: &mut [f32], cap: f32) -> ());
-prepare::multiversion!(relu_squared, relu_squared_generic, (x: &[f32], y: &mut [f32]) -> ());
-prepare::multiversion!(rotary_rms_rows, rotary_rms_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], cos: &[f32], sin: &[f32], d: usize, t: usize, row0: usize) -> ());
-prepare::multiversion!(rotary_rms_backward_rows, rotary_rms_backward_rows_generic, (x: &[f32], dout: &[f32], r: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32], d: usize, t: usize, row0: usize) -> ());
-prepare::multiversion!(relu_squared_backward, relu_squared_backward_generic, (x: &[f32], dy: &[f32], dx: &mut [f32]) -> ());
-prepare::multiversion!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
-prepare::multiversion!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
-prepare::multiversion!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
+experiment::multiversion!(attend_row, attend_row_generic, (q: &[f32], keys: &[f32], values: &[f32], stride: usize, n: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> ());
+experiment::multiversion!(rms_norm_rows, rms_norm_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], d: usize) -> ());
+experiment::multiversion!(rms_norm_backward_rows, rms_norm_backward_rows_generic, (x: &[f32], dy: &[f32], r: &[f32], dx: &mut [f32], d: usize) -> ());
+experiment::multiversion!(softcap_in_place, softcap_in_place_generic, (z: &mut [f32], cap: f32) -> ());
+experiment::multiversion!(relu_squared, relu_squared_generic, (x: &[f32], y: &mut [f32]) -> ());
+experiment::multiversion!(rotary_rms_rows, rotary_rms_rows_generic, (x: &[f32], y: &mut [f32], r: &mut [f32], cos: &[f32], sin: &[f32], d: usize, t: usize, row0: usize) -> ());
+experiment::multiversion!(rotary_rms_backward_rows, rotary_rms_backward_rows_generic, (x: &[f32], dout: &[f32], r: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32], d: usize, t: usize, row0: usize) -> ());
+experiment::multiversion!(relu_squared_backward, relu_squared_backward_generic, (x: &[f32], dy: &[f32], dx: &mut [f32]) -> ());
+experiment::multiversion!(softmax_in_place, softmax_generic, (row: &mut [f32]) -> ());
+experiment::multiversion!(softcap_lse_row, lse_row_generic, (row: &mut [f32], cap: f32) -> f32);
+experiment::multiversion!(softcap_ce_backward_row, backward_row_generic, (row: &mut [f32], lse: f32, target: usize, cap: f32, scale: f32) -> ());
 
 #[cfg(test)]
 mod tests {

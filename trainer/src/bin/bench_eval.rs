@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use clap::Parser;
-use prepare::device::{build_device, parse_device};
-use prepare::eval::LogitsModel;
+use experiment::device::{build_device, parse_device};
+use experiment::LogitsModel;
 use trainer::hparams::Hparams;
 use trainer::model::GptConfig;
 

@@ -29,9 +29,9 @@ use anyhow::{Context, Result, bail};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use clap::{Parser, ValueEnum};
-use prepare::device::{DeviceClass, build_device, parse_device};
-use prepare::flops::{choose_peak, mfu_percent, this_cpu_peak};
-use prepare::memory::MemoryTracker;
+use experiment::device::{DeviceClass, build_device, parse_device};
+use experiment::flops::{choose_peak, mfu_percent, this_cpu_peak};
+use experiment::memory::MemoryTracker;
 use trainer::hparams::Hparams;
 use trainer::model::GptConfig;
 use trainer::optim::{MuonAdamW, StepSchedule};
@@ -273,7 +273,7 @@ fn main() -> Result<()> {
     let process_start = Instant::now();
     let args = Args::parse();
     if args.list_devices {
-        for d in prepare::device::ALL_DEVICES.iter().filter(|d| prepare::device::feature_enabled(d.feature)) {
+        for d in experiment::device::ALL_DEVICES.iter().filter(|d| experiment::device::feature_enabled(d.feature)) {
             println!("{}", serde_json::json!({"name": d.name, "class": d.class, "description": d.description}));
         }
         return Ok(());

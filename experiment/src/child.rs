@@ -2,14 +2,14 @@
 //!
 //! ```ignore
 //! fn main() {
-//!     prepare::child::main(trainer::train, trainer::load)
+//!     experiment::child::main(trainer::train, trainer::load)
 //! }
 //! ```
 //!
 //! which connects to the harness, builds the device it names and does the process's task: in
 //! the training process, calls `train`, saves the model it returns into the folder the harness
 //! named and reports how training ended; in an evaluating process, calls `load` on that folder
-//! and answers each position of its group of rows with the model's decoder (see `sealed::wire`
+//! and answers each position of its group of rows with the model's decoder (see `contract::wire`
 //! for the conversation). It is read-only code, but it runs inside the trainer's process and
 //! sandbox: the harness trusts none of it and scores every answer itself.
 
@@ -17,12 +17,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use burn::prelude::*;
-use sealed::child::Channel;
-use sealed::wire::{Done, Failure, FailureKind, Task, WireError};
+use contract::child::Channel;
+use contract::wire::{Done, Failure, FailureKind, Task, WireError};
 
+use crate::context::{LoadContext, TrainContext, TrainError, TrainStream, TrainedModel, looks_like_out_of_memory};
 use crate::device::{build_device, parse_device};
-use crate::eval::LogitsModel;
-use crate::experiment::{LoadContext, TrainContext, TrainError, TrainStream, TrainedModel, looks_like_out_of_memory};
+use crate::logits::LogitsModel;
 
 /// Exit code of a trainer that failed (the harness reads the reason from the channel).
 const FAILED: i32 = 1;

@@ -2,7 +2,7 @@
 //!
 //! The trainer is its own executable, started by the harness in a sandbox, once to train and
 //! once for each group of evaluation rows. Its `main` is
-//! `prepare::child::main(trainer::train, trainer::load)`: [`crate::child`] connects to the
+//! `experiment::child::main(trainer::train, trainer::load)`: [`crate::child`] connects to the
 //! harness and builds the device; in the training process it calls `train` with a
 //! [`TrainContext`] and saves the returned model ([`crate::eval::LogitsModel::save`]); in an
 //! evaluating process it calls `load` with a [`LoadContext`] and answers the harness one
@@ -12,17 +12,16 @@
 
 use std::path::Path;
 
-use burn::prelude::Device;
-use sealed::child::Channel;
-use sealed::wire::{ModelInfo, StepReport, TrainBatch, WireError};
+use burn::prelude::*;
+use contract::child::Channel;
+use contract::wire::{ModelInfo, StepReport, TrainBatch, WireError};
 
 /// What the harness tells the trainer about the run (see its fields).
-pub use sealed::wire::Hello as RunInfo;
+pub use contract::wire::Hello as RunInfo;
 /// What a trainer process is for, and the protocol's version (both in [`RunInfo`]).
-pub use sealed::wire::{PROTOCOL_VERSION, Task};
+pub use contract::wire::{PROTOCOL_VERSION, Task};
 
-use crate::eval::LogitsModel;
-use crate::loader::Batch;
+use crate::logits::LogitsModel;
 
 /// Everything a training run is given.
 pub struct TrainContext<'a> {
@@ -86,6 +85,38 @@ impl<'a> TrainStream<'a> {
 
 fn wire(e: WireError) -> TrainError {
     TrainError::Other(anyhow::anyhow!("the harness channel failed: {e}"))
+}
+
+/// One batch of packed rows, on the host.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Rows in the batch.
+    pub batch_size: usize,
+    /// Positions per row.
+    pub seq_len: usize,
+    /// `row[..seq_len]` for every row, row-major, `batch_size * seq_len` ids.
+    pub inputs: Vec<u32>,
+    /// `row[1..]` for every row, row-major, `batch_size * seq_len` ids.
+    pub targets: Vec<u32>,
+    /// Completed passes over the train shards when this batch was cut (0 in the first pass).
+    pub epoch: u64,
+}
+
+impl Batch {
+    /// Inputs as a `[batch_size, seq_len]` int tensor on `device`.
+    pub fn inputs_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        ids_tensor(&self.inputs, self.batch_size, self.seq_len, device)
+    }
+
+    /// Targets as a `[batch_size, seq_len]` int tensor on `device`.
+    pub fn targets_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        ids_tensor(&self.targets, self.batch_size, self.seq_len, device)
+    }
+}
+
+fn ids_tensor(ids: &[u32], rows: usize, cols: usize, device: &Device) -> Tensor<2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+    Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, cols]), device)
 }
 
 /// One optimizer step's rows.

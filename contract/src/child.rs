@@ -1,5 +1,5 @@
 //! The trainer's end of the channel: what a trainer binary calls to get its data and to answer
-//! evaluation. `prepare::child` wraps it for Burn models; a test fixture can use it directly.
+//! evaluation. `experiment::child` wraps it for Burn models; a test fixture can use it directly.
 
 use std::io::{BufWriter, Write};
 use std::os::fd::{FromRawFd, RawFd};

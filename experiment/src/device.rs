@@ -31,7 +31,7 @@ pub enum DeviceClass {
 pub struct DeviceSpec {
     /// Name as given to `--device` (`cuda` also takes `:N`).
     pub name: &'static str,
-    /// Cargo feature of the harness (and prepare) that compiles it in.
+    /// Cargo feature of the harness (and the trainer) that compiles it in.
     pub feature: &'static str,
     /// What it runs on.
     pub description: &'static str,
