@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use prepare::clock::{Clock, Decision, OverBudget};
 use prepare::loader::PackedLoader;
-use contract::wire::{Done, Failure, MAX_FRAME, ModelInfo, ToHarness, ToTrainer, TrainBatch, WireError};
+use contract::wire::{Done, Failure, MAX_FRAME, ModelInfo, StepReport, ToHarness, ToTrainer, TrainBatch, WireError};
 
 use crate::trainer_process::TrainerProcess;
 
@@ -95,28 +95,11 @@ impl TrainPhase<'_> {
                         return Err(TrainFailure::Trainer(format!("the trainer asked for {rows} rows in one step (1 to {max_rows})")));
                     }
                     let elapsed = (now - trainer.started()).as_secs_f64();
-                    let before = steps_before(&steps);
-                    if let Some(last) = steps.last_mut() {
-                        let dt = elapsed - last.elapsed;
-                        if dt > 0.0 {
-                            last.tokens_per_second = Some((last.tokens - before) as f64 / dt);
-                        }
-                        if let Some(r) = report {
-                            last.loss = Some(r.loss);
-                            last.lr_multiplier = Some(r.lr_multiplier);
-                            if r.loss.is_nan() || r.loss > 100.0 {
-                                return Err(TrainFailure::Diverged { step: last.step, loss: r.loss });
-                            }
-                        }
-                    }
+                    close_last_step(&mut steps, elapsed, report)?;
                     match self.clock.request(now) {
                         Decision::Spent => send(trainer, &ToTrainer::Stop)?,
                         Decision::Serve { step, progress } => {
-                            while ahead.len() < rows * width {
-                                ahead.extend(self.loader.next_rows(rows));
-                            }
-                            let rest = ahead.split_off(rows * width);
-                            let tokens = std::mem::replace(&mut ahead, rest);
+                            let tokens = self.cut_rows(&mut ahead, rows);
                             let batch = TrainBatch { step, epoch: self.loader.epoch(), progress, elapsed, rows, seq_len: self.seq_len, tokens };
                             send(trainer, &ToTrainer::Batch(batch))?;
                             self.clock.served((rows * self.seq_len) as u64);
@@ -140,6 +123,37 @@ impl TrainPhase<'_> {
             }
         }
     }
+}
+
+impl TrainPhase<'_> {
+    /// The next `rows` rows of the stream, from those cut ahead first.
+    fn cut_rows(&mut self, ahead: &mut Vec<u16>, rows: usize) -> Vec<u16> {
+        let width = self.seq_len + 1;
+        while ahead.len() < rows * width {
+            ahead.extend(self.loader.next_rows(rows));
+        }
+        let rest = ahead.split_off(rows * width);
+        std::mem::replace(ahead, rest)
+    }
+}
+
+/// The last step's throughput, now that the next request timed it, and the loss the trainer
+/// reported for it; a loss that went NaN or above 100 ends the run.
+fn close_last_step(steps: &mut [StepRecord], elapsed: f64, report: Option<StepReport>) -> Result<(), TrainFailure> {
+    let before = steps_before(steps);
+    let Some(last) = steps.last_mut() else { return Ok(()) };
+    let dt = elapsed - last.elapsed;
+    if dt > 0.0 {
+        last.tokens_per_second = Some((last.tokens - before) as f64 / dt);
+    }
+    if let Some(r) = report {
+        last.loss = Some(r.loss);
+        last.lr_multiplier = Some(r.lr_multiplier);
+        if r.loss.is_nan() || r.loss > 100.0 {
+            return Err(TrainFailure::Diverged { step: last.step, loss: r.loss });
+        }
+    }
+    Ok(())
 }
 
 /// Tokens handed out before the last step.
