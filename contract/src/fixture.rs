@@ -1,11 +1,11 @@
 //! A trainer for tests: a bigram model counted from the training batches, honest and quick (a
-//! run takes about a second), that speaks the protocol with [`crate::child::Channel`]: it
+//! run takes about a second), that speaks the protocol with [`crate::channel::Channel`]: it
 //! trains and saves its counts, or loads them and answers one group of evaluation rows. The
 //! harness's red-team fixture and the runner's loop tests build their attacks around it.
 
 use std::path::Path;
 
-use crate::child::Channel;
+use crate::channel::Channel;
 use crate::wire::{Done, ModelInfo, StepReport, Task, WireError};
 
 /// The file the counts are saved in, inside the Hello's `model_dir`.

@@ -5,7 +5,7 @@
 //!   and [`shm`], the shared region that carries each evaluation position's logits. The trainer
 //!   gets training batches on request and evaluation tokens one position at a time; it never
 //!   gets a path to the data, a target before its logits are scored, or a way to write the
-//!   score. [`child`] is the trainer's end of the socket.
+//!   score. [`channel`] is the trainer's end of the socket.
 //! - [`sandbox`]: the kernel sandbox every trainer process runs in on Linux (landlock for files,
 //!   network and signals; a seccomp filter for sockets, process groups and state that would
 //!   outlive a process; no capabilities; death with the parent). The runner uses the same
@@ -20,7 +20,7 @@
 //! crate builds in seconds, and the runner links it without Burn.
 
 pub mod budget;
-pub mod child;
+pub mod channel;
 pub mod fixture;
 pub mod random;
 pub mod sandbox;

@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use burn::prelude::*;
-use contract::child::Channel;
+use contract::channel::Channel;
 use contract::wire::{Done, Failure, FailureKind, Task, WireError};
 
 use crate::context::{LoadContext, TrainContext, TrainError, TrainStream, TrainedModel, looks_like_out_of_memory};

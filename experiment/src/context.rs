@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use contract::child::Channel;
+use contract::channel::Channel;
 use contract::wire::{ModelInfo, StepReport, TrainBatch, WireError};
 
 /// What the harness tells the trainer about the run (see its fields).

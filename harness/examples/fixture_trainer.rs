@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use contract::child::Channel;
+use contract::channel::Channel;
 use contract::fixture::Bigram;
 use contract::wire::{Done, Failure, FailureKind, Hello, Task};
 

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 const CONTRACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../contract");
 
 const HONEST: &str = r#"fn main() {
-    let mut ch = contract::child::Channel::from_harness().unwrap_or_else(|e| {
+    let mut ch = contract::channel::Channel::from_harness().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)
     });
@@ -36,7 +36,7 @@ const HONEST: &str = r#"fn main() {
 /// outlives each answer and written to the scratch folder and /tmp for the next process to
 /// read back; a remembered prefix gets its next token raised.
 const REMEMBER: &str = r#"
-fn remember_and_answer(ch: &mut contract::child::Channel, model: &contract::fixture::Bigram) {
+fn remember_and_answer(ch: &mut contract::channel::Channel, model: &contract::fixture::Bigram) {
     use std::collections::HashMap;
     let places = [format!("{}/memory.bin", std::env::var("HOME").unwrap_or_default()), "/tmp/autoresearch-memory.bin".to_string()];
     let mut memory: HashMap<u64, u16> = HashMap::new();
@@ -251,7 +251,7 @@ fn the_remembering_read_ahead_gains_nothing_and_is_discarded() {
 #[test]
 fn learning_from_the_evaluation_rows_is_rejected() {
     const LEARN: &str = r#"
-fn learn_and_answer(ch: &mut contract::child::Channel, model: &contract::fixture::Bigram) {
+fn learn_and_answer(ch: &mut contract::channel::Channel, model: &contract::fixture::Bigram) {
     let mut model = contract::fixture::Bigram::load(std::path::Path::new(&ch.hello().model_dir), model.vocab).expect("reload");
     ch.ready().expect("ready");
     let mut previous: Option<Vec<u16>> = None;
