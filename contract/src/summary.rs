@@ -250,15 +250,36 @@ impl RunSummary {
         }
     }
 
-    /// A summary JSON as the harness wrote it. Fields a reader does not know are ignored, so
-    /// a newer harness's summary still reads.
+    /// A summary JSON as the harness wrote it, or as an experiment command of the user's wrote
+    /// it (see [`RunSummary::from_value`]); an error only when the text is not a JSON object.
     pub fn from_json(text: &str) -> Result<RunSummary, serde_json::Error> {
-        serde_json::from_str(text)
+        let value: Value = serde_json::from_str(text)?;
+        match Self::from_value(&value) {
+            Some(summary) => Ok(summary),
+            None => Err(serde::de::Error::custom("a run summary is a JSON object")),
+        }
     }
 
-    /// A summary record already parsed as JSON (one the runner stored); None when it is not one.
+    /// A summary record already parsed as JSON (one the runner stored, or one an experiment
+    /// command wrote); None when it is not an object. Fields a reader does not know are
+    /// ignored, so a newer harness's summary still reads; a known field whose value is not of
+    /// its type reads as absent rather than losing the whole summary, since an experiment
+    /// command of the user's may write anything under a key the harness also writes (say a
+    /// `heldout` of its own shape beside the `heldout_bpb` the runner reads).
     pub fn from_value(record: &Value) -> Option<RunSummary> {
-        serde_json::from_value(record.clone()).ok()
+        let Value::Object(fields) = record else { return None };
+        if let Ok(summary) = serde_json::from_value(record.clone()) {
+            return Some(summary);
+        }
+        let well_typed = fields
+            .iter()
+            .filter(|(key, value)| {
+                let alone = Value::Object([((*key).clone(), (*value).clone())].into_iter().collect());
+                serde_json::from_value::<RunSummary>(alone).is_ok()
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        serde_json::from_value(Value::Object(well_typed)).ok()
     }
 
     /// A numeric field by its JSON name: the runner's configured `metric` (`val_bpb` by
@@ -335,5 +356,17 @@ mod tests {
         assert!(t.allows(f32::NEG_INFINITY, f32::NEG_INFINITY));
         assert!(!t.allows(f32::NAN, f32::NAN), "a NaN is never an answer");
         assert!(Tolerance::for_dtype("bf16").allows(-3.0, -3.04));
+    }
+
+    #[test]
+    fn a_field_of_another_shape_reads_as_absent_and_keeps_the_rest() {
+        let text = r#"{"val_bpb": 1.25, "heldout_bpb": 2.0, "heldout": {"scored": {"bpb": 2.0}}, "num_steps": "many"}"#;
+        let s = RunSummary::from_json(text).unwrap();
+        assert_eq!(s.val_bpb, Some(1.25));
+        assert_eq!(s.heldout_bpb, Some(2.0));
+        assert_eq!(s.heldout, None);
+        assert_eq!(s.num_steps, None);
+        assert!(RunSummary::from_json("[1, 2]").is_err());
+        assert!(RunSummary::from_value(&serde_json::json!("text")).is_none());
     }
 }
