@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check: on a GPU machine with no compiler and no network, from prebuilt binaries and a
 # prepared cache (runner/benches/gpu-pack.sh makes the bundle), in one command:
+#   0. the fused ops on CUDA (trainer/tests/torch_ops.rs, TORCH_OPS_DEVICE=cuda): each LibTorch
+#      fused op against its plain tensor formulation, values and gradients; a failure is printed
+#      loudly, leads the table and makes the script exit 1 (the other steps still run);
 #   1. a smoke training per GPU backend (cuda through LibTorch, vulkan through wgpu), each through
 #      the real harness and its sandbox: the loss falls, val_bpb is printed, exit 0;
 #   2. bench_step per backend at the reference size (d512, 8 layers, T 2048), and the PyTorch
 #      side (torch_reference.py, eager and compiled, bf16 autocast) on the same GPU;
+#      bench-cuda (fused ops on) and bench-cuda-unfused (--no-fused: every op its plain tensor
+#      formulation, attention included) back to back;
 #   3. one table: tokens/s, MFU, peak memory, ratio to compiled PyTorch.
 #
 #   runner/benches/gpu-check.sh [BUNDLE [OUT]]     (defaults: .gpu and $OUT or /tmp/gpu-check)
@@ -13,15 +18,15 @@
 # each step, so a run cut short still leaves what it did) and table.md; the log goes to stdout.
 # The steps run most important first, each under its own time limit.
 #
-# The bundle: bin/{harness,trainer,bench_step}.xz, cache.tar.xz, torch_reference.py and,
+# The bundle: bin/{harness,trainer,bench_step,torch_ops}.xz, cache.tar.xz, torch_reference.py and,
 # optionally, debs/*.deb (Debian's libvulkan1, for machines without a Vulkan loader). LibTorch
 # is the machine's own PyTorch (python3 -c 'import torch'), which the binaries were linked
 # against (same version; see runner/benches/README.md, "GPU").
 #
 # Environment: BATCH (bench rows, default 32; vulkan 8), STEPS (timed bench steps, default 10),
 # SMOKE_SECONDS (default 30), PEAK_FLOPS (MFU peak, default 989.5e12: H100/H200 dense bf16),
-# SKIP (space-separated step names to skip: smoke-cuda smoke-vulkan bench-cuda bench-cuda-unfused
-# bench-vulkan torch-eager torch-compiled).
+# SKIP (space-separated step names to skip: ops-cuda smoke-cuda smoke-vulkan bench-cuda
+# bench-cuda-unfused bench-vulkan torch-eager torch-compiled).
 set -u
 BUNDLE=$(cd "${1:-.gpu}" && pwd)
 FINAL=${2:-${OUT:-/tmp/gpu-check}}
@@ -44,7 +49,8 @@ skip() { [[ "$SKIP" == *" $1 "* ]]; }
 
 say "unpacking $BUNDLE into $WORK"
 mkdir -p "$WORK/bin" "$WORK/cache"
-for b in harness trainer bench_step; do
+for b in harness trainer bench_step torch_ops; do
+  [ "$b" = torch_ops ] && [ ! -f "$BUNDLE/bin/$b.xz" ] && { say "no bin/torch_ops.xz in the bundle: the ops check will fail"; continue; }
   python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$BUNDLE/bin/$b.xz" "$WORK/bin/$b" && chmod +x "$WORK/bin/$b"
 done
 python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BUNDLE/cache.tar.xz" "$WORK/cache"
@@ -125,13 +131,29 @@ bench() { # name timeout batch args...
   save
 }
 
+OPS_FAILED=""
+ops_check() { # the fused ops against their formulations on CUDA, values and gradients
+  skip ops-cuda && return
+  say "ops-cuda: torch_ops (TORCH_OPS_DEVICE=cuda)"
+  TORCH_OPS_DEVICE=cuda timeout 180 "$WORK/bin/torch_ops" --test-threads=1 > "$OUT/ops-cuda.txt" 2>&1
+  local status=$?
+  echo "exit $status" >> "$OUT/ops-cuda.txt"
+  grep -a "^test \|test result\|panicked\|exit" "$OUT/ops-cuda.txt" | cut -c1-400
+  if [ "$status" -ne 0 ]; then
+    OPS_FAILED=1
+    echo "!!!!!! FUSED OPS CHECK FAILED on CUDA (exit $status): the fused rows below are not to be trusted; see ops-cuda.txt"
+  fi
+  save
+}
+
+ops_check
 smoke smoke-cuda cuda
 bench bench-cuda 90 "$BATCH" --devices cuda --dtype bf16
+bench bench-cuda-unfused 90 "$BATCH" --devices cuda --dtype bf16 --no-fused
 bench torch-compiled 150 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch_reference.py" --torch-device cuda --torch-compile
 bench torch-eager 60 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch_reference.py" --torch-device cuda
 bench bench-vulkan 90 "${VULKAN_BATCH:-8}" --devices vulkan --dtype f32
 smoke smoke-vulkan vulkan
-bench bench-cuda-unfused 90 "$BATCH" --devices cuda --dtype bf16 --no-fused
 
 say "table"
 python3 - "$OUT" <<'EOF' | tee "$OUT/table.md"
@@ -143,6 +165,14 @@ def peak_mem(name):
         return max(xs) - xs[0] if xs else None
     except OSError:
         return None
+try:
+    ops = open(f"{out}/ops-cuda.txt").read().splitlines()
+    result = next((l for l in ops if l.startswith("test result")), "no test result")
+    status = ops[-1] if ops and ops[-1].startswith("exit") else "exit ?"
+    verdict = "passed" if status == "exit 0" else "FAILED"
+    print(f"fused ops on CUDA vs their formulations (torch_ops): {verdict}: {result}, {status}\n")
+except OSError:
+    print("fused ops on CUDA vs their formulations (torch_ops): not run\n")
 rows = []
 for name in ["torch-compiled", "torch-eager", "bench-cuda", "bench-cuda-unfused", "bench-vulkan"]:
     try:
@@ -173,4 +203,8 @@ for s in ["smoke-cuda", "smoke-vulkan"]:
 EOF
 cp "$OUT/table.md" "$FINAL/table.md"
 save
+if [ -n "$OPS_FAILED" ]; then
+  say "done, but the fused ops check FAILED on CUDA"
+  exit 1
+fi
 say "done"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Packs the GPU check's bundle (runner/benches/gpu-check.sh) on a build machine: the stripped
 # harness, trainer and bench_step compressed with xz, a prepared cache of the classics, the
-# PyTorch reference script and Debian's Vulkan loader. It must fit in 64 MiB.
+# PyTorch reference script and Debian's Vulkan loader; and the fused ops' test binary
+# (trainer/tests/torch_ops.rs), which the check runs on CUDA. It must fit in 64 MiB.
 #
 # Build the binaries first, against the PyTorch version the GPU machine has (torch 2.11.0 with
 # CUDA 13 here; runner/benches/README.md, "GPU"):
 #   python3 -m venv /tmp/t211 && /tmp/t211/bin/pip install torch==2.11.0
 #   VIRTUAL_ENV=/tmp/t211 PATH=/tmp/t211/bin:$PATH LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1 \
 #     cargo build --release --workspace --features harness/gpu,trainer/gpu
+#   (the same environment) cargo test --release --workspace --features harness/gpu,trainer/gpu \
+#     --test torch_ops --no-run      # the same features: nothing of Burn is rebuilt
 #
 #   runner/benches/gpu-pack.sh [BUNDLE]     (default .gpu; add it to .git/info/exclude)
 set -euo pipefail
@@ -21,6 +24,11 @@ for b in harness trainer bench_step; do
   strip -o "$BUNDLE/bin/$b" "$TARGET/$b"
   xz -9 -T0 "$BUNDLE/bin/$b"
 done
+# The newest torch_ops test binary (cargo names it torch_ops-<hash> in deps/).
+ops=$(ls -t "$TARGET"/deps/torch_ops-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+[ -n "$ops" ] && [ -x "$ops" ] || { echo "no $TARGET/deps/torch_ops-*: build it first (see the top of this script)" >&2; exit 1; }
+strip -o "$BUNDLE/bin/torch_ops" "$ops"
+xz -9 -T0 "$BUNDLE/bin/torch_ops"
 cache=$(mktemp -d)
 "$TARGET/prepare" --source-dir "$SHARED/data/classics" --cache-dir "$cache" > "$BUNDLE/prepare.log"
 tar -C "$cache" -cJf "$BUNDLE/cache.tar.xz" .

@@ -5,6 +5,8 @@
 #![cfg(feature = "tch")]
 #![allow(deprecated)]
 
+mod common;
+
 use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
@@ -13,17 +15,7 @@ use kernels::{causal_attention, causal_attention_reference};
 use trainer::model::GptConfig;
 use trainer::optim::{MuonAdamW, StepSchedule};
 
-fn flat<const N: usize>(t: Tensor<N>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
-fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} vs {y} (scale {scale})");
-    }
-}
+use common::{assert_close, flat};
 
 #[test]
 fn pytorch_attention_matches_the_unfused_formulation_with_gradients() {

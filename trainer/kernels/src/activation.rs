@@ -5,14 +5,22 @@
 use burn::prelude::*;
 
 /// `relu(x)^2`, the MLP's activation. On flex one pass forward and one backward (`dx = 2
-/// relu(x) dy`) instead of two ops and their backwards, each a fresh `[B, T, 4C]` tensor.
+/// relu(x) dy`) instead of two ops and their backwards, each a fresh `[B, T, 4C]` tensor; on
+/// LibTorch one op, libtorch's kernels and backward.
 pub fn relu_squared<const N: usize>(x: Tensor<N>) -> Tensor<N> {
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "tch"))]
     if crate::enabled() {
-        return match crate::flex::try_relu_squared(x) {
-            Ok(y) => y,
-            Err(x) => relu_squared_reference(x),
+        #[cfg(feature = "tch")]
+        let x = match crate::torch::try_relu_squared(x) {
+            Ok(y) => return y,
+            Err(x) => x,
         };
+        #[cfg(feature = "flex")]
+        let x = match crate::flex::try_relu_squared(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        return relu_squared_reference(x);
     }
     relu_squared_reference(x)
 }
@@ -25,14 +33,23 @@ pub fn relu_squared_reference<const N: usize>(x: Tensor<N>) -> Tensor<N> {
 /// The logit soft-cap `cap * tanh(z / cap)`, for inference (evaluation, the causality probe).
 ///
 /// On flex without autodiff it runs in place, row-parallel and vectorised; Burn's `tanh` there
-/// is scalar libm on one core, which made evaluation most of a short CPU run's overhead.
+/// is scalar libm on one core, which made evaluation most of a short CPU run's overhead. On
+/// LibTorch in place where Burn owns the buffer alone (one op with libtorch's backward under
+/// autodiff).
 pub fn softcap<const N: usize>(z: Tensor<N>, cap: f64) -> Tensor<N> {
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "tch"))]
     if crate::enabled() {
-        return match crate::flex::try_softcap(z, cap) {
-            Ok(y) => y,
-            Err(z) => softcap_reference(z, cap),
+        #[cfg(feature = "tch")]
+        let z = match crate::torch::try_softcap(z, cap) {
+            Ok(y) => return y,
+            Err(z) => z,
         };
+        #[cfg(feature = "flex")]
+        let z = match crate::flex::try_softcap(z, cap) {
+            Ok(y) => return y,
+            Err(z) => z,
+        };
+        return softcap_reference(z, cap);
     }
     softcap_reference(z, cap)
 }

@@ -10,9 +10,19 @@ use burn::prelude::*;
 
 /// Mean cross-entropy (nats) of the soft-capped logits `cap * tanh(z / cap)`, where `z` is
 /// `[N, V]` (raw LM-head outputs) and `targets` `[N]`. Returns `[1]`.
+///
+/// On flex two row-parallel SIMD passes over the logits' own buffer; on LibTorch chunks of rows
+/// through libtorch's `cross_entropy_loss`, the gradient computed chunk by chunk in the
+/// forward, so no f32 `[N, V]` intermediate exists beyond one chunk.
 pub fn softcap_cross_entropy(z: Tensor<2>, targets: Tensor<1, Int>, cap: f64) -> Tensor<1> {
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "tch"))]
     if crate::enabled() {
+        #[cfg(feature = "tch")]
+        let z = match crate::torch::try_softcap_cross_entropy(z, &targets, cap) {
+            Ok(loss) => return loss,
+            Err(z) => z,
+        };
+        #[cfg(feature = "flex")]
         let z = match crate::flex::try_fused(z, &targets, cap) {
             Ok(loss) => return loss,
             Err(z) => z,

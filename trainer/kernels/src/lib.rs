@@ -13,8 +13,15 @@
 //! Where each op runs fused:
 //! - on `flex` (`flex.rs`, `simd.rs`): every op, under autodiff (and the matmul, RMSNorm,
 //!   rotary and soft-cap without it too), f32 only;
-//! - on LibTorch (`torch.rs`, feature `tch`): the attention, through PyTorch's
-//!   `scaled_dot_product_attention` (FlashAttention on CUDA);
+//! - on LibTorch (`torch.rs`, feature `tch`), with and without autodiff, each op one Burn op
+//!   computed by libtorch's kernels with libtorch's own backward (its autograd of the op):
+//!   the attention through PyTorch's `scaled_dot_product_attention` (FlashAttention on CUDA);
+//!   [`rms_norm`] through `torch.rms_norm` (`_fused_rms_norm` on CUDA); [`rotary_rms_norm`] as
+//!   three kernels for the rotation then `torch.rms_norm`; [`relu_squared`]; [`softcap`] (in
+//!   place without autodiff); [`softcap_cross_entropy`] over chunks of rows through
+//!   `cross_entropy_loss`, its gradient computed in the forward a chunk at a time, so the f32
+//!   logits never exist whole beyond the caller's. f32, bf16 and f16; RMSNorm computes in f32
+//!   for bf16 and f16 (as `F.rms_norm`), where the reference rounds after each op;
 //! - everywhere else, and for tensors of another dtype: the `_reference` formulation.
 //!
 //! [`set_enabled`] switches every fused path off at once (benchmarks compare the two).
@@ -32,6 +39,22 @@ mod flex;
 mod simd;
 #[cfg(feature = "tch")]
 mod torch;
+
+/// LibTorch routes' diagnostics and knobs, for tests and benchmarks.
+#[cfg(feature = "tch")]
+pub mod libtorch {
+    /// How many ops this thread has run through a LibTorch route (the tests check that an op
+    /// took its route rather than the reference).
+    pub fn calls() -> usize {
+        crate::torch::calls()
+    }
+
+    /// Logit elements per chunk of [`crate::softcap_cross_entropy`] on LibTorch, on this thread
+    /// (default 2^25); `None` restores the default. Tests make it small to cover several chunks.
+    pub fn set_loss_chunk(elements: Option<usize>) {
+        crate::torch::set_loss_chunk(elements)
+    }
+}
 
 pub use activation::{relu_squared, relu_squared_reference, softcap, softcap_reference};
 pub use attention::{attention_step, attention_step_reference, causal_attention, causal_attention_reference, window_mask};

@@ -7,14 +7,22 @@ use burn::prelude::*;
 /// with eps = f32 machine epsilon (PyTorch's `F.rms_norm` default).
 ///
 /// On flex one row-parallel pass forward and one backward, instead of the ~5 tensor ops (and
-/// their backwards) of [`crate::rms_norm_reference`].
+/// their backwards) of [`crate::rms_norm_reference`]; on LibTorch `torch.rms_norm` (f32 math
+/// for bf16 inputs, rounded once).
 pub fn rms_norm<const N: usize>(x: Tensor<N>) -> Tensor<N> {
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "tch"))]
     if crate::enabled() {
-        return match crate::flex::try_rms_norm(x) {
-            Ok(y) => y,
-            Err(x) => crate::rms_norm_reference(x),
+        #[cfg(feature = "tch")]
+        let x = match crate::torch::try_rms_norm(x) {
+            Ok(y) => return y,
+            Err(x) => x,
         };
+        #[cfg(feature = "flex")]
+        let x = match crate::flex::try_rms_norm(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        return crate::rms_norm_reference(x);
     }
     crate::rms_norm_reference(x)
 }

@@ -9,14 +9,23 @@ use crate::rms_norm;
 /// `rms_norm(rotary(x, cos, sin))`, the attention's rotary embedding then QK-norm, for `x`
 /// `[B, H, T, D]` and the tables `[1, 1, T, D/2]` of [`rotary_tables`]. On flex
 /// one row-parallel pass each way instead of ~10 tensor ops (halves, products, concatenation,
-/// the norm) and their backwards.
+/// the norm) and their backwards; on LibTorch one op of three libtorch kernels for the rotation
+/// and `torch.rms_norm`, with libtorch's backward.
 pub fn rotary_rms_norm(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "tch"))]
     if crate::enabled() {
-        return match crate::flex::try_rotary_rms_norm(x, cos, sin) {
-            Ok(y) => y,
-            Err(x) => rms_norm(crate::rotary(x, cos, sin)),
+        // LibTorch first: flex's check reads the tables back to the host.
+        #[cfg(feature = "tch")]
+        let x = match crate::torch::try_rotary_rms_norm(x, cos, sin) {
+            Ok(y) => return y,
+            Err(x) => x,
         };
+        #[cfg(feature = "flex")]
+        let x = match crate::flex::try_rotary_rms_norm(x, cos, sin) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        return rms_norm(crate::rotary(x, cos, sin));
     }
     rms_norm(crate::rotary(x, cos, sin))
 }
