@@ -836,12 +836,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Prepare { args } => {
             let git = repo(&cli.repo)?;
-            crate::train::prepare(&git, &args)
+            crate::cmd::train::prepare(&git, &args)
         }
         Command::Train(args) => {
             let git = repo(&cli.repo)?;
             let cfg = args.config.resolve(&git.root)?;
-            crate::train::train(&cfg, &git, args.summary_json.as_deref())
+            crate::cmd::train::train(&cfg, &git, args.summary_json.as_deref())
         }
         Command::Run(args) => {
             let git = repo(&cli.repo)?;
@@ -855,7 +855,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = args.resolve(&git.root)?;
             let mut db = crate::db::Db::open_run(&git.root, &cfg)?;
             let state_dir = Paths::new(&git.root, &cfg).state_dir;
-            use crate::tree_cmd::{self as t, node_id};
+            use crate::cmd::tree::{self as t, node_id};
             match command {
                 TreeCommand::List { json } => t::list(&db, json)?,
                 TreeCommand::Show { node, json, diff } => t::show(&db, &git, &state_dir, node_id(&node)?, json, diff)?,
@@ -879,8 +879,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 TreeCommand::Worktree { node, remove, force } => t::worktree(&db, &git, &cfg, node_id(&node)?, remove, force)?,
                 TreeCommand::Sync { node } => t::sync(&db, &git, &cfg, node_id(&node)?)?,
                 TreeCommand::Exec { node, notes } => {
-                    let notes = crate::exec::Notes { description: notes.description.as_deref(), hypothesis: notes.hypothesis.as_deref(), insight: notes.insight.as_deref() };
-                    return crate::exec::exec(&mut db, &git, &cfg, node_id(&node)?, &notes);
+                    let notes = crate::cmd::tree::exec::Notes { description: notes.description.as_deref(), hypothesis: notes.hypothesis.as_deref(), insight: notes.insight.as_deref() };
+                    return crate::cmd::tree::exec::exec(&mut db, &git, &cfg, node_id(&node)?, &notes);
                 }
                 TreeCommand::BestPath { json } => t::best_path_cmd(&db, json)?,
                 TreeCommand::Prune { node } => t::prune(&db, node_id(&node)?)?,
@@ -893,13 +893,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Serve { tag, config, port, bind, interval } => {
             let git = repo(&cli.repo)?;
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
-            crate::serve::run(&git, &cfg, &crate::serve::Options { bind, port, interval })?;
+            crate::cmd::serve::run(&git, &cfg, &crate::cmd::serve::Options { bind, port, interval })?;
             Ok(code::OK)
         }
         Command::Finalize { tag, config } => {
             let git = repo(&cli.repo)?;
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
-            crate::finalize::run(&git, &cfg)?;
+            crate::cmd::finalize::run(&git, &cfg)?;
             Ok(code::OK)
         }
         Command::Report { tag, config, out } => {
@@ -911,9 +911,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(args) => {
             let git = repo(&cli.repo)?;
             let cfg = ResearchConfig::load(&git.root, None).unwrap_or_default();
-            let sizes = args.size.split(',').map(str::trim).filter(|s| !s.is_empty()).map(crate::bench::parse_size).collect::<Result<Vec<_>>>()?;
+            let sizes = args.size.split(',').map(str::trim).filter(|s| !s.is_empty()).map(crate::cmd::bench::parse_size).collect::<Result<Vec<_>>>()?;
             let devices = args.devices.map(|d| d.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect());
-            let opts = crate::bench::Options {
+            let opts = crate::cmd::bench::Options {
                 sizes,
                 vocab: args.vocab,
                 devices,
@@ -927,7 +927,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 build: !args.no_build,
                 features: args.features.unwrap_or(cfg.features),
             };
-            crate::bench::run(&git, &opts)
+            crate::cmd::bench::run(&git, &opts)
         }
         Command::SandboxBuild { tree, target, no_require_sandbox, command } => {
             crate::executor::build_sandbox::run_sandboxed(&tree, &target, !no_require_sandbox, &command)
@@ -935,7 +935,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Watch { tag, config, interval, once, last } => {
             let git = repo(&cli.repo)?;
             let cfg = ConfigArgs { tag, config, ..Default::default() }.resolve(&git.root)?;
-            crate::watch::run(&git, &cfg, &crate::watch::Options { interval, once, last })?;
+            crate::cmd::watch::run(&git, &cfg, &crate::cmd::watch::Options { interval, once, last })?;
             Ok(code::OK)
         }
         Command::Stop { tag, config, wait } => {

@@ -1,35 +1,28 @@
 //! `autoresearch`: the research CLI. See `autoresearch --help` and runner/README.md.
 
 mod agents;
-mod bench;
 mod checks;
 mod cli;
+mod cmd;
 mod config;
 mod curve;
 mod db;
 mod detect;
 mod errors;
-mod exec;
-mod finalize;
 mod executor;
 mod git;
 mod guard;
 mod keep;
 mod layout;
-mod process;
 mod pidfile;
+mod process;
 mod progress;
 mod proposer;
 mod report;
 mod results;
 mod runloop;
 mod throughput;
-mod serve;
-mod train;
 mod tree;
-mod tree_cmd;
-mod watch;
-mod worker;
 
 fn main() {
     std::process::exit(cli::main());

@@ -2,7 +2,7 @@
 //!
 //! Per experiment: plan (proposer) -> node in the db -> worktree at the parent's commit -> change
 //! (proposer) -> commit, kept under refs/autoresearch/<tag>/<node> -> guard -> runs on a worker
-//! thread through the executor (see worker.rs) -> keep rule, re-checked against the best when the
+//! thread through the executor (see `worker`) -> keep rule, re-checked against the best when the
 //! result arrives -> db transaction -> branch (keep only) -> results.tsv and JSONL rows ->
 //! worktree removed. Up to `slots` experiments are in flight at once; only this thread touches
 //! git, the branch and the result files, so rows are whole and never interleaved (a worker adds
@@ -19,6 +19,7 @@ mod ideas;
 mod limits;
 mod record;
 mod resume;
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -39,7 +40,7 @@ use crate::progress::Progress;
 use crate::proposer::{self, Ctx};
 use crate::results;
 use crate::tree::{self, fmt_metric};
-use crate::worker::{Decision, Shared, Task};
+use worker::{Decision, Shared, Task};
 
 pub struct Options {
     pub resume: bool,

@@ -16,7 +16,7 @@ use crate::git::Git;
 use crate::keep::{self, Measured};
 use crate::results;
 use crate::tree::{self, fmt_metric};
-use crate::worker::Decision;
+use crate::runloop::worker::Decision;
 
 impl Loop<'_> {
     /// Records a worker's result: the keep decision re-checked against the best as it is now
@@ -131,7 +131,7 @@ impl Loop<'_> {
         };
         let measured = |status, insight: String| Decision {
             metric: Some(m),
-            summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
+            summary: rec.get("summary").cloned().map(crate::runloop::worker::without_heldout),
             memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
             ..Decision::unmeasured(status, insight)
         };

@@ -38,7 +38,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     let cfg = &db.run_config(cfg)?;
     let n = db.require_node(id)?;
     let tag = &cfg.tag;
-    crate::tree_cmd::not_finished(&n, tag)?;
+    super::not_finished(&n, tag)?;
     if let Some(rec) = &n.recorded {
         return Err(usage(format!(
             "{} already has a recorded result ({}); the loop decides it. Try another change with `autoresearch tree add --tag {tag} --parent {} ...`",
@@ -139,10 +139,10 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     };
     let crash = match &finished.outcome {
         Outcome::Ok { .. } => None,
-        other => Some(crate::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
+        other => Some(crate::runloop::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
     };
     let sign_key = paths.sign_key();
-    let args = crate::tree_cmd::RecordArgs {
+    let args = super::RecordArgs {
         summary_json: crash.is_none().then_some(spec.summary_json.as_path()),
         metric: None,
         memory_mb: None,
@@ -159,7 +159,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // The run first: a loop polling for the record finds its run with it.
     db.insert_run(&run)?;
-    crate::tree_cmd::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
+    super::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
     let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
     match &crash {
         None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, fmt_metric(run.metric), run.seconds),

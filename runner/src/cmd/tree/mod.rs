@@ -1,6 +1,8 @@
 //! `autoresearch tree ...`: read and edit the experiment tree of a run (the queries they share
 //! with the loop and the report are in `tree`).
 
+pub mod exec;
+
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -26,7 +28,7 @@ fn short(c: &Option<String>) -> String {
 /// proposer may not see (they are in the report and `results --json`).
 fn shown(mut n: Node) -> Node {
     if let Some(v) = n.jsonl.as_deref().and_then(|l| serde_json::from_str(l).ok()) {
-        n.jsonl = Some(crate::worker::without_heldout(v).to_string());
+        n.jsonl = Some(crate::runloop::worker::without_heldout(v).to_string());
     }
     n
 }
