@@ -826,13 +826,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Err(_) => std::env::current_dir()?,
             };
             let cfg = ResearchConfig::load(&root, None).unwrap_or_default();
-            let d = crate::detect::detect(&root, &cfg, features.as_deref().unwrap_or(&cfg.features))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
-            } else {
-                print!("{}", crate::detect::render(&d));
-            }
-            Ok(code::OK)
+            crate::cmd::detect::run(&root, &cfg, features.as_deref().unwrap_or(&cfg.features), json)
         }
         Command::Prepare { args } => {
             let git = repo(&cli.repo)?;

@@ -2,6 +2,7 @@
 //! calls to the loop and the domain below, and prints the answer. Nothing below imports them.
 
 pub mod bench;
+pub mod detect;
 pub mod finalize;
 pub mod serve;
 pub mod train;

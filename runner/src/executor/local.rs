@@ -33,7 +33,7 @@ pub struct Local {
 
 impl Local {
     pub fn new(cfg: &ResearchConfig) -> Local {
-        Local::with_gpus(cfg, crate::detect::gpu_ids())
+        Local::with_gpus(cfg, crate::platform::gpu_ids())
     }
 
     pub fn with_gpus(cfg: &ResearchConfig, gpus: Vec<String>) -> Local {

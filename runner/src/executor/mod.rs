@@ -93,7 +93,7 @@ impl RunSpec {
             label: node.to_string(),
             commit: String::new(),
             seed: cfg.seed,
-            batch_scale: crate::detect::batch_scale(&cfg, profile),
+            batch_scale: crate::platform::batch_scale(&cfg, profile),
             summary_json: files.summary_json,
             log: files.log,
             scorer: crate::layout::scorer(&cfg, repo_root),

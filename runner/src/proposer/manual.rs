@@ -22,7 +22,7 @@ pub struct Manual;
 /// profile, seed, budget, cache, device batch scale and signing key) and writes its summary
 /// where `tree record` expects it. Returns the script and the summary path.
 pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let profile = crate::detect::run_profile(repo_root, cfg)?;
+    let profile = crate::platform::run_profile(repo_root, cfg)?;
     let spec = RunSpec::for_run(Arc::new(cfg.clone()), repo_root, worktree, &profile, node, attempt::BY_HAND);
     let paths = Paths::new(repo_root, cfg);
     let script = paths.job_script(node);

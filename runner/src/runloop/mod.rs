@@ -73,7 +73,7 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     // paths relative to the repository and the node and run left open.
     let here = Path::new(".");
     let first_run = executor::RunSpec {
-        batch_scale: crate::detect::batch_scale(cfg, profile),
+        batch_scale: crate::platform::batch_scale(cfg, profile),
         ..executor::RunSpec::for_run(Arc::new(cfg.clone()), here, here, &Paths::new(here, cfg).profile_snapshot(), "n<id>", "<run>")
     };
     let exp = match executor::custom_command(cfg) {
@@ -184,7 +184,7 @@ struct Loop<'a> {
 pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let root = git.root.clone();
     let paths = Paths::new(&root, cfg);
-    let (profile, class, platform) = crate::detect::resolve_profile(&root, cfg)?;
+    let (profile, class, platform) = crate::platform::resolve_profile(&root, cfg)?;
     let tip = git.branch_tip(&cfg.tag)?;
     match (tip, opts.resume) {
         (Some(_), false) => {

@@ -487,7 +487,7 @@ impl Shared {
     }
 
     fn initial_scale(&self) -> f64 {
-        crate::detect::batch_scale(&self.cfg, &self.profile)
+        crate::platform::batch_scale(&self.cfg, &self.profile)
     }
 
     /// One run of the node (`attempt` names it), with one retry at half the device batch after

@@ -102,7 +102,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     paths.create_run_dirs()?;
     // The loop's first run of an experiment, with its seed and its files: the waiting loop
     // reuses it as its own run 0 and goes on from there (confirmation runs, held-out run).
-    let profile = crate::detect::run_profile(&git.root, cfg)?;
+    let profile = crate::platform::run_profile(&git.root, cfg)?;
     let spec = RunSpec { commit: commit.to_string(), ..RunSpec::for_run(Arc::new(cfg.clone()), &git.root, &path, &profile, &n.name(), attempt::FIRST) };
     crate::executor::ensure_sign_key(&paths.sign_key())?;
     println!(
