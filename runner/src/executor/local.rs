@@ -62,6 +62,14 @@ impl Executor for Local {
         self.slots
     }
 
+    fn describe(&self) -> String {
+        format!("local, {} at a time", self.slots)
+    }
+
+    fn before_build(&self) -> &'static str {
+        "commit synced into .autoresearch/.build, then "
+    }
+
     fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished> {
         let gpu = self.take_gpu();
         let result = self.run_on(spec, gpu.as_deref(), started, tick);

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::config::{ExecutorKind, KeepRule, ResearchConfig};
+use crate::config::{KeepRule, ResearchConfig};
 use crate::db::{Db, Node, Status, now};
 use crate::errors::{CliError, repo_state};
 use crate::executor;
@@ -47,7 +47,7 @@ pub struct Options {
     pub yes: bool,
 }
 
-pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usize) -> String {
+pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, runs_on: &dyn executor::Executor) -> String {
     let max = if cfg.max_experiments == 0 { "unlimited".to_string() } else { cfg.max_experiments.to_string() };
     let keep = match cfg.keep_rule {
         KeepRule::Strict => "strict (keep only a strictly better metric)".to_string(),
@@ -80,22 +80,12 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
         Some(c) => c.to_string(),
         None => format!(
             "{}{} in the build sandbox (one build at a time), then the run's scorer on a private copy of the trainer: {}",
-            match cfg.executor {
-                ExecutorKind::Local => "commit synced into .autoresearch/.build, then ",
-                ExecutorKind::Slurm => "",
-            },
+            runs_on.before_build(),
             executor::build_command(cfg),
             executor::harness_command(&first_run)
         ),
     };
-    let exec = match cfg.executor {
-        ExecutorKind::Local => format!("local, {slots} at a time"),
-        ExecutorKind::Slurm => {
-            let s = &cfg.slurm;
-            let part = if s.partition.is_empty() { "default partition".to_string() } else { format!("partition {}", s.partition) };
-            format!("slurm, {slots} jobs at a time ({part}, {} GPU, {} CPUs per job)", s.gpus, s.cpus_per_task)
-        }
-    };
+    let exec = runs_on.describe();
     let checks = if cfg.checks_command.trim().is_empty() { "none".to_string() } else { format!("{} (in the build sandbox, {} s at most)", cfg.checks_command, cfg.checks_timeout_seconds) };
     let mut stops: Vec<String> = Vec::new();
     if cfg.max_without_keep > 0 {
@@ -207,7 +197,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     }
     crate::agents::require_installed(cfg)?;
     let executor = crate::executor::build(cfg);
-    println!("{}", describe(cfg, &paths, &profile, executor.slots()));
+    println!("{}", describe(cfg, &paths, &profile, executor.as_ref()));
     if !opts.yes && std::io::stdin().is_terminal() {
         confirm(if opts.resume { "Resume this run?" } else { "Start this run?" })?;
     }

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::config::{ExecutorKind, ResearchConfig};
+use crate::config::ResearchConfig;
 use crate::db::{Db, Run, now};
 use crate::errors::{repo_state, usage};
-use crate::executor::{Executor, Outcome, RunSpec};
+use crate::executor::{Outcome, RunSpec};
 use crate::git::Git;
 use crate::layout::{Paths, attempt};
 use crate::tree::{self, fmt_metric};
@@ -47,11 +47,9 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
             n.parent.map(crate::db::node_name).unwrap_or_default()
         )));
     }
-    if cfg.executor == ExecutorKind::Slurm {
-        return Err(usage(format!(
-            "`tree exec` runs on this machine; with the slurm executor submit the node's job script (`autoresearch tree worktree {}` prints it)",
-            n.name()
-        )));
+    let executor = crate::executor::build(cfg);
+    if let Some(why) = executor.tree_exec_refusal(&n.name()) {
+        return Err(usage(why));
     }
     let Some(parent) = n.parent else {
         return Err(usage(format!("{} is the baseline: the loop runs it (`autoresearch run`)", n.name())));
@@ -117,7 +115,6 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     );
     crate::process::install_interrupt_handler();
     let started = now();
-    let executor = crate::executor::local::Local::new(cfg);
     let finished = executor.run(&spec, &mut |_| Ok(()), &mut |_| {});
     // Whatever happened, the main checkout's next build compiles its own code.
     crate::executor::build_tree::hand_back_locked(&git.root);
