@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use contract::budget::Budget;
 
-use crate::config::{Direction, ExecutorKind, KeepRule, ProposerKind, ResearchConfig};
+use crate::config::{Direction, ExecutorKind, KeepRuleKind, ProposerKind, ResearchConfig};
 use crate::errors::{code, usage};
 use crate::git::Git;
 use crate::layout::Paths;
@@ -446,7 +446,7 @@ pub struct ConfigArgs {
     /// significant (a one-sided test on the pooled noise, the default), strict (the
     /// reference's) or noise-aware (see the README, "Keep rules").
     #[arg(long, value_enum)]
-    pub keep_rule: Option<KeepRule>,
+    pub keep_rule: Option<KeepRuleKind>,
     /// Baseline repetitions (seeds seed, seed+1, ...) for the noise estimate. [default: 4]
     #[arg(long, value_name = "K")]
     pub baseline_runs: Option<u32>,

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::config::{KeepRule, ResearchConfig};
+use crate::config::ResearchConfig;
 use crate::db::{Db, Node, Status, now};
 use crate::errors::{CliError, repo_state};
 use crate::executor;
@@ -49,17 +49,7 @@ pub struct Options {
 
 pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, runs_on: &dyn executor::Executor) -> String {
     let max = if cfg.max_experiments == 0 { "unlimited".to_string() } else { cfg.max_experiments.to_string() };
-    let keep = match cfg.keep_rule {
-        KeepRule::Strict => "strict (keep only a strictly better metric)".to_string(),
-        KeepRule::NoiseAware => format!(
-            "noise-aware ({} baseline runs, bar = max(2 sigma, {}), confirmation run)",
-            cfg.baseline_runs, cfg.noise_floor
-        ),
-        KeepRule::Significant => format!(
-            "significant (one-sided t-test at {}, sigma pooled over every repeated run, {} baseline runs, up to {} runs a candidate, gain > {})",
-            cfg.significance, cfg.baseline_runs, cfg.max_candidate_runs, cfg.noise_floor
-        ),
-    };
+    let keep = keep::rule(cfg).describe();
     let proposer = match cfg.proposer {
         crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
         crate::config::ProposerKind::Agent => match cfg.agent_preset() {
@@ -313,12 +303,12 @@ impl Loop<'_> {
         self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
     }
 
-    fn rule(&self) -> keep::Rule {
-        keep::Rule::of(self.cfg)
+    fn rule(&self) -> Box<dyn keep::Rule> {
+        keep::rule(self.cfg)
     }
 
     fn bar(&self) -> f64 {
-        keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor)
+        self.rule().bar(self.sigma())
     }
 
     fn slots(&self) -> usize {

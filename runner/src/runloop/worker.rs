@@ -15,11 +15,11 @@ use anyhow::Result;
 use contract::summary::RunSummary;
 use serde_json::{Value, json};
 
-use crate::config::{KeepRule, ResearchConfig};
+use crate::config::ResearchConfig;
 use crate::db::{Db, Job, Node, Run, Status, node_name, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::git::Git;
-use crate::keep::{self, Verdict};
+use crate::keep::{self, Look, Noise, Runs, Verdict};
 use crate::layout;
 use crate::throughput;
 use crate::progress::Progress;
@@ -152,6 +152,20 @@ struct Guarded {
     interrupted: bool,
 }
 
+/// How a run a test asked for went.
+enum Again {
+    Ran,
+    /// It failed: the candidate is not kept.
+    Failed,
+    Interrupted,
+}
+
+/// A look's verdict as the node's status: kept, or not (a look that still asks for runs is
+/// not a keep).
+fn status_of(verdict: Verdict) -> Status {
+    if verdict == Verdict::Keep { Status::Keep } else { Status::Discard }
+}
+
 /// The first seed of the runs of the best that candidates' tests ask for (candidate `n` takes
 /// `n * 100 + k` above it): apart from the baseline's seeds, the candidates' and the held-out runs'.
 const AGAIN_SEEDS: u64 = 1_000_000;
@@ -168,9 +182,9 @@ impl Shared {
         match task {
             Task::Baseline => self.baseline(node, worktree),
             Task::Experiment { best, bar, best_node } => {
-                let mut d = match self.cfg.keep_rule {
-                    KeepRule::Significant => self.tested(node, worktree, best, best_node)?,
-                    _ => self.experiment(node, worktree, best, bar, best_node)?,
+                let mut d = match keep::rule(&self.cfg).runs() {
+                    Runs::Tested => self.tested(node, worktree, best, bar, best_node)?,
+                    Runs::AgainstTheBest => self.experiment(node, worktree, best, bar, best_node)?,
                 };
                 apply_checks(&self.cfg, &self.root, worktree, node, &mut d)?;
                 // Only where the baseline scored one: else the split is NONE (or the command
@@ -185,7 +199,8 @@ impl Shared {
 
     fn baseline(&self, node: &Node, wt: &Path) -> Result<Decision> {
         let cfg = &self.cfg;
-        let k = if cfg.keep_rule == KeepRule::Strict { 1 } else { cfg.baseline_runs.max(2) } as u64;
+        let rule = keep::rule(cfg);
+        let k = rule.baseline_runs();
         let width = self.executor.slots().max(1) as u64;
         let mut results: Vec<(Outcome, Run)> = Vec::new();
         // Seeds in waves of `slots`: nothing else runs while the baseline does.
@@ -218,7 +233,7 @@ impl Shared {
             }
         }
         let (mean, sd) = keep::mean_std(&metrics);
-        let bar = keep::bar(cfg.keep_rule, sd, cfg.noise_floor);
+        let bar = rule.bar(sd);
         if let Value::Object(m) = &mut summary {
             m.insert("runs".into(), json!(metrics));
             m.insert("sigma".into(), json!(sd));
@@ -238,9 +253,10 @@ impl Shared {
         })
     }
 
+    /// A rule that compares the candidate with the best's value (see `keep::Runs`): its first
+    /// run, and the confirmation run the rule may ask for.
     fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
-        let dir = cfg.direction;
         let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mem1, summary) = match out {
@@ -269,35 +285,27 @@ impl Shared {
             bar: Some(bar),
             throughput: guard.record.clone(),
         };
-        match keep::first(cfg.keep_rule, dir, best, m1, bar) {
-            Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
-            Verdict::Discard => Ok(decided(
-                Status::Discard,
-                m1,
-                summary,
-                mem1,
-                format!("gain {:.6} does not clear the bar {:.6}", dir.gain(best, m1), bar),
-                runs,
-            )),
-            Verdict::Confirm => {
-                let (out, run) = self.attempt(node, wt, "1", cfg.seed + 1)?;
-                runs.push(run);
-                match out {
-                    Outcome::Ok { metric: m2, memory_mb, .. } => {
-                        let vals = [m1, m2];
-                        let (mean, _) = keep::mean_std(&vals);
-                        let mut summary = summary;
-                        if let Value::Object(m) = &mut summary {
-                            m.insert("runs".into(), json!(vals));
-                        }
-                        let insight = format!("runs {vals:?}, mean gain {:.6} vs bar {:.6}", dir.gain(best, mean), bar);
-                        let status = if keep::confirmed(dir, best, &vals, bar) == Verdict::Keep { Status::Keep } else { Status::Discard };
-                        Ok(decided(status, mean, summary, max_opt(mem1, memory_mb), insight, runs))
-                    }
-                    Outcome::Interrupted => Ok(Decision::failed(&Outcome::Interrupted, runs)),
-                    other => Ok(decided(Status::Discard, m1, summary, mem1, format!("the confirmation run failed ({}): not kept", other.label()), runs)),
+        let rule = keep::rule(cfg);
+        let look = |candidate: &[f64]| rule.look(&Look { best, best_runs: &[], candidate, runs: candidate.len(), bar, noise: Noise::default() });
+        let first = look(&[m1]);
+        if !matches!(first.verdict, Verdict::Confirm | Verdict::ConfirmBest) {
+            return Ok(decided(status_of(first.verdict), m1, summary, mem1, first.why, runs));
+        }
+        let (out, run) = self.attempt(node, wt, "1", cfg.seed + 1)?;
+        runs.push(run);
+        match out {
+            Outcome::Ok { metric: m2, memory_mb, .. } => {
+                let vals = [m1, m2];
+                let (mean, _) = keep::mean_std(&vals);
+                let mut summary = summary;
+                if let Value::Object(m) = &mut summary {
+                    m.insert("runs".into(), json!(vals));
                 }
+                let confirmed = look(&vals);
+                Ok(decided(status_of(confirmed.verdict), mean, summary, max_opt(mem1, memory_mb), confirmed.why, runs))
             }
+            Outcome::Interrupted => Ok(Decision::failed(&Outcome::Interrupted, runs)),
+            other => Ok(decided(Status::Discard, m1, summary, mem1, format!("the confirmation run failed ({}): not kept", other.label()), runs)),
         }
     }
 
@@ -326,9 +334,11 @@ impl Shared {
         Ok(())
     }
 
-    /// The `significant` rule: runs until the test says keep or discard (see `keep`).
-    fn tested(&self, node: &Node, wt: &Path, best: f64, best_node: i64) -> Result<Decision> {
+    /// A rule that runs a sequential test (see `keep::Runs`): runs of the candidate or of the
+    /// best, as the test asks, until it says keep or discard.
+    fn tested(&self, node: &Node, wt: &Path, best: f64, bar: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
+        let rule = keep::rule(cfg);
         let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mut memory, summary) = match out {
@@ -345,33 +355,14 @@ impl Shared {
         }
         let mut best_again: Vec<f64> = guard.again.into_iter().collect();
         let mut note = guard.note.clone();
-        let (status, test) = loop {
+        let (status, judged) = loop {
             let db = Db::open(&self.db_path)?;
-            let mine = layout::attempt::asked_by(&node.name());
-            let mut best_runs: Vec<f64> =
-                db.runs(best_node)?.into_iter().filter(|r| r.outcome == "ok" && !r.attempt.starts_with(&mine)).filter_map(|r| r.metric).collect();
-            if best_runs.is_empty() {
-                best_runs.push(best);
-            }
-            best_runs.extend(&best_again);
-            let test = keep::test(cfg.direction, &best_runs, &metrics, db.noise()?, cfg.significance, cfg.max_candidate_runs);
-            match keep::significant(&test, metrics.len() + best_again.len(), cfg.max_candidate_runs, cfg.noise_floor) {
-                Verdict::Keep => break (Status::Keep, test),
-                Verdict::Discard => break (Status::Discard, test),
-                Verdict::Confirm if keep::rerun_best(best_runs.len(), metrics.len()) => {
-                    let k = best_again.len() + 1;
-                    match self.run_best_again(node, best_node, k)? {
-                        Outcome::Ok { metric, .. } => {
-                            best_again.push(metric);
-                            note.push_str(&format!("; {} ran again for it ({metric:.6})", node_name(best_node)));
-                        }
-                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
-                        other => {
-                            note.push_str(&format!("; the best's run {} failed ({}): not kept", layout::attempt::again(&node.name(), k), other.label()));
-                            break (Status::Discard, test);
-                        }
-                    }
-                }
+            let best_runs = self.best_runs(&db, node, best_node, best, &best_again)?;
+            let judged = rule.look(&Look { best, best_runs: &best_runs, candidate: &metrics, runs: metrics.len() + best_again.len(), bar, noise: db.noise()? });
+            let again = match judged.verdict {
+                Verdict::Keep => break (Status::Keep, judged),
+                Verdict::Discard => break (Status::Discard, judged),
+                Verdict::ConfirmBest => self.best_again_for_test(node, best_node, &mut best_again, &mut note)?,
                 Verdict::Confirm => {
                     let k = metrics.len() as u64;
                     let (out, run) = self.attempt(node, wt, &k.to_string(), cfg.seed + k)?;
@@ -380,14 +371,20 @@ impl Shared {
                         Outcome::Ok { metric, memory_mb, .. } => {
                             metrics.push(metric);
                             memory = max_opt(memory, memory_mb);
+                            Again::Ran
                         }
-                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                        Outcome::Interrupted => Again::Interrupted,
                         other => {
                             note.push_str(&format!("; run {} failed ({}): not kept", k + 1, other.label()));
-                            break (Status::Discard, test);
+                            Again::Failed
                         }
                     }
                 }
+            };
+            match again {
+                Again::Ran => {}
+                Again::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                Again::Failed => break (Status::Discard, judged),
             }
         };
         if !best_again.is_empty() {
@@ -403,13 +400,40 @@ impl Shared {
             metric: Some(mean),
             summary: Some(summary),
             memory_mb: memory,
-            insight: format!("runs [{}]: {}{note}", metrics.iter().map(|m| format!("{m:.6}")).collect::<Vec<_>>().join(", "), test.describe()),
+            insight: format!("runs [{}]: {}{note}", metrics.iter().map(|m| format!("{m:.6}")).collect::<Vec<_>>().join(", "), judged.why),
             runs,
-            interrupted: false,
-            sigma: None,
-            heldout: Vec::new(),
-            bar: Some(test.bar(cfg.noise_floor)),
+            bar: Some(judged.bar),
             throughput: guard.record,
+            ..Decision::unmeasured(status, "")
+        })
+    }
+
+    /// The best's runs a test of `node` compares with: its own runs (not those this decision
+    /// asked for, which come in order in `best_again`), else its value.
+    fn best_runs(&self, db: &Db, node: &Node, best_node: i64, best: f64, best_again: &[f64]) -> Result<Vec<f64>> {
+        let mine = layout::attempt::asked_by(&node.name());
+        let mut best_runs: Vec<f64> = db.runs(best_node)?.into_iter().filter(|r| r.outcome == "ok" && !r.attempt.starts_with(&mine)).filter_map(|r| r.metric).collect();
+        if best_runs.is_empty() {
+            best_runs.push(best);
+        }
+        best_runs.extend(best_again);
+        Ok(best_runs)
+    }
+
+    /// The run of the best a test asked for (its `best_again.len() + 1`-th), added to `best_again`.
+    fn best_again_for_test(&self, node: &Node, best_node: i64, best_again: &mut Vec<f64>, note: &mut String) -> Result<Again> {
+        let k = best_again.len() + 1;
+        Ok(match self.run_best_again(node, best_node, k)? {
+            Outcome::Ok { metric, .. } => {
+                best_again.push(metric);
+                note.push_str(&format!("; {} ran again for it ({metric:.6})", node_name(best_node)));
+                Again::Ran
+            }
+            Outcome::Interrupted => Again::Interrupted,
+            other => {
+                note.push_str(&format!("; the best's run {} failed ({}): not kept", layout::attempt::again(&node.name(), k), other.label()));
+                Again::Failed
+            }
         })
     }
 
