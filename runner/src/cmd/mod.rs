@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod detect;
 pub mod finalize;
+pub mod results;
 pub mod serve;
 pub mod train;
 pub mod tree;
