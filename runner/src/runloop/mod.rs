@@ -14,6 +14,7 @@
 //! an experiment is in `experiment`, queued ideas in `ideas`, recording a result in `record`,
 //! `--resume` in `resume`.
 
+mod decision;
 mod experiment;
 mod ideas;
 mod limits;
