@@ -50,7 +50,8 @@ pub enum ExecutorKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum KeepRule {
+/// The keep rule the config names: parsed here, at the edge; the rules themselves are `keep`'s.
+pub enum KeepRuleKind {
     Strict,
     NoiseAware,
     Significant,
@@ -66,7 +67,7 @@ macro_rules! display_via_serde {
         }
     )*};
 }
-display_via_serde!(Direction, ProposerKind, ExecutorKind, KeepRule);
+display_via_serde!(Direction, ProposerKind, ExecutorKind, KeepRuleKind);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -273,7 +274,7 @@ pub struct ResearchConfig {
     /// Experiments in flight at once; 0 = one per GPU found by `detect` (one on a CPU-only
     /// machine) for `local`, 4 for `slurm`.
     pub slots: usize,
-    pub keep_rule: KeepRule,
+    pub keep_rule: KeepRuleKind,
     /// `significant`: the one-sided level of the test (the chance of keeping a change that
     /// does nothing).
     pub significance: f64,
@@ -357,7 +358,7 @@ impl Default for ResearchConfig {
             proposer: ProposerKind::Search,
             executor: ExecutorKind::Local,
             slots: 0,
-            keep_rule: KeepRule::Significant,
+            keep_rule: KeepRuleKind::Significant,
             significance: 0.05,
             max_candidate_runs: 3,
             held_out: true,
@@ -421,7 +422,7 @@ impl ResearchConfig {
         if self.metric.is_empty() {
             return Err(usage("metric: must name a key of the summary JSON (e.g. val_bpb)"));
         }
-        if self.keep_rule != KeepRule::Strict && self.baseline_runs < 2 {
+        if self.keep_rule != KeepRuleKind::Strict && self.baseline_runs < 2 {
             return Err(usage(format!("baseline_runs: the {} rule needs at least 2 baseline runs to measure the noise (or use --keep-rule strict)", self.keep_rule)));
         }
         if !(self.significance > 0.0 && self.significance < 0.5) {

@@ -33,7 +33,7 @@ pub struct Local {
 
 impl Local {
     pub fn new(cfg: &ResearchConfig) -> Local {
-        Local::with_gpus(cfg, crate::detect::gpu_ids())
+        Local::with_gpus(cfg, crate::platform::gpu_ids())
     }
 
     pub fn with_gpus(cfg: &ResearchConfig, gpus: Vec<String>) -> Local {
@@ -60,6 +60,14 @@ impl Local {
 impl Executor for Local {
     fn slots(&self) -> usize {
         self.slots
+    }
+
+    fn describe(&self) -> String {
+        format!("local, {} at a time", self.slots)
+    }
+
+    fn before_build(&self) -> &'static str {
+        "commit synced into .autoresearch/.build, then "
     }
 
     fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished> {

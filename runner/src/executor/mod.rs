@@ -93,7 +93,7 @@ impl RunSpec {
             label: node.to_string(),
             commit: String::new(),
             seed: cfg.seed,
-            batch_scale: crate::detect::batch_scale(&cfg, profile),
+            batch_scale: crate::platform::batch_scale(&cfg, profile),
             summary_json: files.summary_json,
             log: files.log,
             scorer: crate::layout::scorer(&cfg, repo_root),
@@ -113,17 +113,62 @@ pub struct Finished {
     pub code: Option<i32>,
 }
 
+/// A job script a person submits by hand to run one node as the loop would (where runs are
+/// jobs), and where its summary will be for `tree record`.
+#[derive(Debug, Clone)]
+pub struct JobScript {
+    pub path: PathBuf,
+    pub summary: PathBuf,
+    /// The command that submits it.
+    pub submit: String,
+}
+
+impl JobScript {
+    /// How to submit the script of node `node` (run `tag`) and bring its result back.
+    pub fn hint(&self, tag: &str, node: &str) -> String {
+        format!(
+            "  {submit}
+then, when the job is done:
+  autoresearch tree record --tag {tag} {node} --summary-json {summary}",
+            submit = self.submit,
+            summary = self.summary.display()
+        )
+    }
+}
+
 /// Where runs happen. `started` receives a handle (a process group, a job id) as soon as the run
 /// exists, so that a runner restarted after a crash can find it again; `tick` the elapsed time.
+///
+/// Everything that differs between executors is asked of this trait (the run header, runs made
+/// by hand), so that the loop, the commands and the proposers never test which one they have.
 pub trait Executor: Send + Sync {
     /// Experiments in flight at once.
     fn slots(&self) -> usize;
+    /// The run header's `executor:` line: which executor, how many runs at once, on what.
+    fn describe(&self) -> String;
+    /// What happens to an experiment's commit before its build, for the run header (empty where
+    /// it builds in the node's own worktree).
+    fn before_build(&self) -> &'static str {
+        ""
+    }
+    /// Why `tree exec` (a person's run on this machine, made as the loop makes one) cannot run
+    /// node `node` with this executor, and what to do instead; None where it can.
+    fn tree_exec_refusal(&self, _node: &str) -> Option<String> {
+        None
+    }
+    /// Where runs are jobs a person can submit: writes the job script that runs node `node` in
+    /// `worktree` as the loop's jobs do. None where `tree exec` runs it here instead.
+    fn job_script(&self, _repo_root: &Path, _cfg: &ResearchConfig, _node: &str, _worktree: &Path) -> Result<Option<JobScript>> {
+        Ok(None)
+    }
     fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished>;
     /// Waits for a run that an earlier runner process started (`handle` as given to `started`).
     /// None: the run is gone and cannot be recovered (the caller records a crash).
     fn attach(&self, spec: &RunSpec, handle: &str, tick: &mut dyn FnMut(Duration)) -> Result<Option<Finished>>;
 }
 
+/// The one registry: the executor the config names. A new executor is a file in this folder
+/// implementing [`Executor`], a variant of `config::ExecutorKind` and an arm here.
 pub fn build(cfg: &ResearchConfig) -> Box<dyn Executor> {
     match cfg.executor {
         ExecutorKind::Local => Box::new(local::Local::new(cfg)),

@@ -13,23 +13,43 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Executor, Finished, Outcome, RunSpec, build_command, classify, custom_command, env_for, harness_command, render, scorer_build_command};
-use crate::config::ResearchConfig;
-use crate::layout::Paths;
+use super::{Executor, Finished, JobScript, Outcome, RunSpec, build_command, classify, custom_command, env_for, harness_command, render, scorer_build_command};
+use crate::config::{ResearchConfig, SlurmConfig};
+use crate::layout::{Paths, attempt};
 use crate::process::shell_quote;
 
 pub struct Slurm {
     slots: usize,
+    slurm: SlurmConfig,
 }
 
 impl Slurm {
     pub fn new(cfg: &ResearchConfig) -> Slurm {
-        Slurm { slots: if cfg.slots > 0 { cfg.slots } else { 4 } }
+        Slurm { slots: if cfg.slots > 0 { cfg.slots } else { 4 }, slurm: cfg.slurm.clone() }
     }
+}
+
+/// Writes node `node`'s job script (`Paths::job_script`), which builds and runs the experiment
+/// in `worktree` as the loop's Slurm jobs do (the same script, the run's profile, seed, budget,
+/// cache, device batch scale and signing key) and writes its summary where `tree record`
+/// expects it.
+fn write_job_script(repo_root: &Path, cfg: &ResearchConfig, node: &str, worktree: &Path) -> Result<JobScript> {
+    let profile = crate::platform::run_profile(repo_root, cfg)?;
+    let spec = RunSpec::for_run(Arc::new(cfg.clone()), repo_root, worktree, &profile, node, attempt::BY_HAND);
+    let paths = Paths::new(repo_root, cfg);
+    let script = paths.job_script(node);
+    for dir in [paths.state_dir.join("jobs"), paths.state_dir.join("logs"), paths.state_dir.join("runs")] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    ensure_runner_copy(&spec)?;
+    super::ensure_sign_key(&paths.sign_key())?;
+    crate::results::write_atomic(&script, &self::script(&spec))?;
+    Ok(JobScript { submit: format!("sbatch {}", script.display()), path: script, summary: spec.summary_json })
 }
 
 /// Copies this runner binary to `Paths::runner_copy` (the jobs build their trainer with it)
@@ -280,6 +300,20 @@ fn finished(spec: &RunSpec, job: &str, seen: bool, t0: Instant) -> Option<Finish
 impl Executor for Slurm {
     fn slots(&self) -> usize {
         self.slots
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.slurm;
+        let part = if s.partition.is_empty() { "default partition".to_string() } else { format!("partition {}", s.partition) };
+        format!("slurm, {} jobs at a time ({part}, {} GPU, {} CPUs per job)", self.slots, s.gpus, s.cpus_per_task)
+    }
+
+    fn tree_exec_refusal(&self, node: &str) -> Option<String> {
+        Some(format!("`tree exec` runs on this machine; with the slurm executor submit the node's job script (`autoresearch tree worktree {node}` prints it)"))
+    }
+
+    fn job_script(&self, repo_root: &Path, cfg: &ResearchConfig, node: &str, worktree: &Path) -> Result<Option<JobScript>> {
+        write_job_script(repo_root, cfg, node, worktree).map(Some)
     }
 
     fn run(&self, spec: &RunSpec, started: &mut dyn FnMut(&str) -> Result<()>, tick: &mut dyn FnMut(Duration)) -> Result<Finished> {

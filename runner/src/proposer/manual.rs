@@ -4,47 +4,16 @@
 //! `tree record`) stores the result; the runner then guards and decides.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Applied, Ctx, Plan, Proposer};
 use crate::config::ProposerKind;
 use crate::db::Node;
-use crate::executor::RunSpec;
-use crate::layout::{Paths, attempt};
+use crate::layout::attempt;
 
 pub struct Manual;
-
-/// With the slurm executor: writes node `node`'s job script (`Paths::job_script`), which builds
-/// and runs the experiment in `worktree` as the loop's Slurm jobs do (the same script, the run's
-/// profile, seed, budget, cache, device batch scale and signing key) and writes its summary
-/// where `tree record` expects it. Returns the script and the summary path.
-pub fn write_job_script(repo_root: &Path, cfg: &crate::config::ResearchConfig, node: &str, worktree: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let profile = crate::detect::run_profile(repo_root, cfg)?;
-    let spec = RunSpec::for_run(Arc::new(cfg.clone()), repo_root, worktree, &profile, node, attempt::BY_HAND);
-    let paths = Paths::new(repo_root, cfg);
-    let script = paths.job_script(node);
-    for dir in [paths.state_dir.join("jobs"), paths.state_dir.join("logs"), paths.state_dir.join("runs")] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    crate::executor::slurm::ensure_runner_copy(&spec)?;
-    crate::executor::ensure_sign_key(&paths.sign_key())?;
-    crate::results::write_atomic(&script, &crate::executor::slurm::script(&spec))?;
-    Ok((script, spec.summary_json))
-}
-
-/// How to submit a node's job script and bring its result back.
-pub fn submit_hint(tag: &str, node: &str, script: &Path, summary: &Path) -> String {
-    format!(
-        "  sbatch {script}
-then, when the job is done:
-  autoresearch tree record --tag {tag} {node} --summary-json {summary}",
-        script = script.display(),
-        summary = summary.display()
-    )
-}
 
 /// The one command that builds and scores node `node` as the loop does and records it.
 pub fn exec_hint(tag: &str, node: &str) -> String {
@@ -73,14 +42,13 @@ impl Proposer for Manual {
     fn apply(&mut self, ctx: &Ctx<'_>, node: &Node, plan: &Plan, worktree: &Path) -> Result<Applied> {
         let summary = crate::layout::run_files(ctx.state_dir, &node.name(), attempt::BY_HAND).summary_json;
         std::fs::create_dir_all(summary.parent().unwrap())?;
-        if ctx.cfg.executor == crate::config::ExecutorKind::Slurm {
-            let (script, summary) = write_job_script(&ctx.git.root, ctx.cfg, &node.name(), worktree)?;
+        if let Some(job) = crate::executor::build(ctx.cfg).job_script(&ctx.git.root, ctx.cfg, &node.name(), worktree)? {
             println!(
                 "\nexperiment {n}: edit files under [{scope}] in\n  {wt}\nthen submit its job (the runner commits your edit when you record it):\n{hint}\n  (or --crash \"why\"; --metric VALUE records an unverified result, never compared)",
                 n = node.name(),
                 scope = ctx.cfg.scope.join(", "),
                 wt = worktree.display(),
-                hint = submit_hint(ctx.tag, &node.name(), &script, &summary),
+                hint = job.hint(ctx.tag, &node.name()),
             );
             return wait_for_record(ctx, node, (!plan.idea).then_some(worktree));
         }

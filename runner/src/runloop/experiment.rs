@@ -10,7 +10,7 @@ use crate::db::{Node, Status};
 use crate::git::Git;
 use crate::proposer::{self, Applied, Plan};
 use crate::tree;
-use crate::worker::{Decision, Task};
+use crate::runloop::worker::{Decision, Task};
 
 impl Loop<'_> {
     /// The unmodified trainer, run `baseline_runs` times (noise-aware) to measure the noise.
@@ -94,7 +94,7 @@ impl Loop<'_> {
             self.spawn(node, wt, Task::Experiment { best: best_value, bar: self.bar(), best_node: best.id });
         } else {
             let mut d = self.recorded_and_decide(&node, best_value, self.bar())?;
-            crate::worker::apply_checks(self.cfg, &self.git.root, &wt, &node, &mut d)?;
+            crate::runloop::worker::apply_checks(self.cfg, &self.git.root, &wt, &node, &mut d)?;
             self.conclude(id, Ok(d))?;
         }
         Ok(true)

@@ -9,7 +9,7 @@ use crate::db::{Node, Status};
 use crate::git::Git;
 use crate::proposer;
 use crate::tree;
-use crate::worker::Task;
+use crate::runloop::worker::Task;
 
 impl Loop<'_> {
     /// Ideas queued with `tree add` go before the proposer's own, oldest first, once their

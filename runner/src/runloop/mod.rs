@@ -2,7 +2,7 @@
 //!
 //! Per experiment: plan (proposer) -> node in the db -> worktree at the parent's commit -> change
 //! (proposer) -> commit, kept under refs/autoresearch/<tag>/<node> -> guard -> runs on a worker
-//! thread through the executor (see worker.rs) -> keep rule, re-checked against the best when the
+//! thread through the executor (see `worker`) -> keep rule, re-checked against the best when the
 //! result arrives -> db transaction -> branch (keep only) -> results.tsv and JSONL rows ->
 //! worktree removed. Up to `slots` experiments are in flight at once; only this thread touches
 //! git, the branch and the result files, so rows are whole and never interleaved (a worker adds
@@ -14,11 +14,13 @@
 //! an experiment is in `experiment`, queued ideas in `ideas`, recording a result in `record`,
 //! `--resume` in `resume`.
 
+mod decision;
 mod experiment;
 mod ideas;
 mod limits;
 mod record;
 mod resume;
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::config::{ExecutorKind, KeepRule, ResearchConfig};
+use crate::config::ResearchConfig;
 use crate::db::{Db, Node, Status, now};
 use crate::errors::{CliError, repo_state};
 use crate::executor;
@@ -39,26 +41,16 @@ use crate::progress::Progress;
 use crate::proposer::{self, Ctx};
 use crate::results;
 use crate::tree::{self, fmt_metric};
-use crate::worker::{Decision, Shared, Task};
+use worker::{Decision, Shared, Task};
 
 pub struct Options {
     pub resume: bool,
     pub yes: bool,
 }
 
-pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usize) -> String {
+pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, runs_on: &dyn executor::Executor) -> String {
     let max = if cfg.max_experiments == 0 { "unlimited".to_string() } else { cfg.max_experiments.to_string() };
-    let keep = match cfg.keep_rule {
-        KeepRule::Strict => "strict (keep only a strictly better metric)".to_string(),
-        KeepRule::NoiseAware => format!(
-            "noise-aware ({} baseline runs, bar = max(2 sigma, {}), confirmation run)",
-            cfg.baseline_runs, cfg.noise_floor
-        ),
-        KeepRule::Significant => format!(
-            "significant (one-sided t-test at {}, sigma pooled over every repeated run, {} baseline runs, up to {} runs a candidate, gain > {})",
-            cfg.significance, cfg.baseline_runs, cfg.max_candidate_runs, cfg.noise_floor
-        ),
-    };
+    let keep = keep::rule(cfg).describe();
     let proposer = match cfg.proposer {
         crate::config::ProposerKind::Command => format!("command: {}", cfg.command.command),
         crate::config::ProposerKind::Agent => match cfg.agent_preset() {
@@ -72,29 +64,19 @@ pub fn describe(cfg: &ResearchConfig, paths: &Paths, profile: &Path, slots: usiz
     // paths relative to the repository and the node and run left open.
     let here = Path::new(".");
     let first_run = executor::RunSpec {
-        batch_scale: crate::detect::batch_scale(cfg, profile),
+        batch_scale: crate::platform::batch_scale(cfg, profile),
         ..executor::RunSpec::for_run(Arc::new(cfg.clone()), here, here, &Paths::new(here, cfg).profile_snapshot(), "n<id>", "<run>")
     };
     let exp = match executor::custom_command(cfg) {
         Some(c) => c.to_string(),
         None => format!(
             "{}{} in the build sandbox (one build at a time), then the run's scorer on a private copy of the trainer: {}",
-            match cfg.executor {
-                ExecutorKind::Local => "commit synced into .autoresearch/.build, then ",
-                ExecutorKind::Slurm => "",
-            },
+            runs_on.before_build(),
             executor::build_command(cfg),
             executor::harness_command(&first_run)
         ),
     };
-    let exec = match cfg.executor {
-        ExecutorKind::Local => format!("local, {slots} at a time"),
-        ExecutorKind::Slurm => {
-            let s = &cfg.slurm;
-            let part = if s.partition.is_empty() { "default partition".to_string() } else { format!("partition {}", s.partition) };
-            format!("slurm, {slots} jobs at a time ({part}, {} GPU, {} CPUs per job)", s.gpus, s.cpus_per_task)
-        }
-    };
+    let exec = runs_on.describe();
     let checks = if cfg.checks_command.trim().is_empty() { "none".to_string() } else { format!("{} (in the build sandbox, {} s at most)", cfg.checks_command, cfg.checks_timeout_seconds) };
     let mut stops: Vec<String> = Vec::new();
     if cfg.max_without_keep > 0 {
@@ -183,7 +165,7 @@ struct Loop<'a> {
 pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let root = git.root.clone();
     let paths = Paths::new(&root, cfg);
-    let (profile, class, platform) = crate::detect::resolve_profile(&root, cfg)?;
+    let (profile, class, platform) = crate::platform::resolve_profile(&root, cfg)?;
     let tip = git.branch_tip(&cfg.tag)?;
     match (tip, opts.resume) {
         (Some(_), false) => {
@@ -206,7 +188,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     }
     crate::agents::require_installed(cfg)?;
     let executor = crate::executor::build(cfg);
-    println!("{}", describe(cfg, &paths, &profile, executor.slots()));
+    println!("{}", describe(cfg, &paths, &profile, executor.as_ref()));
     if !opts.yes && std::io::stdin().is_terminal() {
         confirm(if opts.resume { "Resume this run?" } else { "Start this run?" })?;
     }
@@ -322,12 +304,12 @@ impl Loop<'_> {
         self.db.meta("sigma").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0)
     }
 
-    fn rule(&self) -> keep::Rule {
-        keep::Rule::of(self.cfg)
+    fn rule(&self) -> Box<dyn keep::Rule> {
+        keep::rule(self.cfg)
     }
 
     fn bar(&self) -> f64 {
-        keep::bar(self.cfg.keep_rule, self.sigma(), self.cfg.noise_floor)
+        self.rule().bar(self.sigma())
     }
 
     fn slots(&self) -> usize {

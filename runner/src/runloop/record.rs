@@ -9,14 +9,13 @@ use anyhow::{Result, anyhow};
 use serde_json::{Value, json};
 
 use super::Loop;
-use crate::config::KeepRule;
 use crate::db::{Finish, Node, Status, iso8601, now};
 use crate::executor;
 use crate::git::Git;
-use crate::keep::{self, Measured};
+use crate::keep::Measured;
 use crate::results;
 use crate::tree::{self, fmt_metric};
-use crate::worker::Decision;
+use crate::runloop::worker::Decision;
 
 impl Loop<'_> {
     /// Records a worker's result: the keep decision re-checked against the best as it is now
@@ -107,13 +106,7 @@ impl Loop<'_> {
         }
         let sd = d.sigma.unwrap_or(0.0);
         self.db.set_meta("sigma", &sd.to_string())?;
-        let rule = match self.cfg.keep_rule {
-            KeepRule::Significant => {
-                let n = self.db.noise()?;
-                format!("pooled sigma {:.6} over {} runs, df {}; keep at p < {:.4}", n.sigma, n.runs, n.df, self.rule().keep_level())
-            }
-            _ => format!("sigma {sd:.6}, bar {:.6}", keep::bar(self.cfg.keep_rule, sd, self.cfg.noise_floor)),
-        };
+        let rule = self.rule().baseline_note(sd, self.db.noise()?);
         self.progress.line(&format!("{} baseline {} = {:.6} ({rule})", node.name(), self.cfg.metric, d.metric.unwrap_or(f64::NAN)));
         Ok(())
     }
@@ -131,7 +124,7 @@ impl Loop<'_> {
         };
         let measured = |status, insight: String| Decision {
             metric: Some(m),
-            summary: rec.get("summary").cloned().map(crate::worker::without_heldout),
+            summary: rec.get("summary").cloned().map(crate::runloop::worker::without_heldout),
             memory_mb: rec.get("memory_mb").and_then(Value::as_f64),
             ..Decision::unmeasured(status, insight)
         };

@@ -9,7 +9,7 @@ use crate::db::{Db, Node, Status};
 use crate::git::Git;
 use crate::results;
 use crate::tree;
-use crate::worker::{Decision, Task};
+use crate::runloop::worker::{Decision, Task};
 
 impl Loop<'_> {
     /// Repairs what a kill left: orphaned experiment processes, unfinished nodes, worktrees,

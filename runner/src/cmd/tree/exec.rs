@@ -9,15 +9,16 @@
 //! The build shares the main checkout's target directory, as the loop's do: afterwards the
 //! members' units are handed back, so the main checkout's next build compiles its own code.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::config::{ExecutorKind, ResearchConfig};
-use crate::db::{Db, Run, now};
+use crate::config::ResearchConfig;
+use crate::db::{Db, Node, Run, now};
 use crate::errors::{repo_state, usage};
-use crate::executor::{Executor, Outcome, RunSpec};
+use crate::executor::{Finished, Outcome, RunSpec};
 use crate::git::Git;
 use crate::layout::{Paths, attempt};
 use crate::tree::{self, fmt_metric};
@@ -38,7 +39,7 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     let cfg = &db.run_config(cfg)?;
     let n = db.require_node(id)?;
     let tag = &cfg.tag;
-    crate::tree_cmd::not_finished(&n, tag)?;
+    super::not_finished(&n, tag)?;
     if let Some(rec) = &n.recorded {
         return Err(usage(format!(
             "{} already has a recorded result ({}); the loop decides it. Try another change with `autoresearch tree add --tag {tag} --parent {} ...`",
@@ -47,11 +48,9 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
             n.parent.map(crate::db::node_name).unwrap_or_default()
         )));
     }
-    if cfg.executor == ExecutorKind::Slurm {
-        return Err(usage(format!(
-            "`tree exec` runs on this machine; with the slurm executor submit the node's job script (`autoresearch tree worktree {}` prints it)",
-            n.name()
-        )));
+    let executor = crate::executor::build(cfg);
+    if let Some(why) = executor.tree_exec_refusal(&n.name()) {
+        return Err(usage(why));
     }
     let Some(parent) = n.parent else {
         return Err(usage(format!("{} is the baseline: the loop runs it (`autoresearch run`)", n.name())));
@@ -65,44 +64,12 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
             n.name()
         )));
     };
-    let nodes = db.nodes()?;
-    let (base, _) = tree::checkout_commit(&nodes, parent)?;
-    let base = Git::oid(&base)?;
-    let description = notes.description.unwrap_or(&n.description).trim().to_string();
-    let hypothesis = notes.hypothesis.unwrap_or(&n.hypothesis).trim().to_string();
-    let mut message = if description.is_empty() { format!("{} (tree exec)", n.name()) } else { description };
-    if !hypothesis.is_empty() {
-        message = format!("{message}\n\nHypothesis: {hypothesis}");
-    }
-    for (column, value) in [("description", notes.description), ("hypothesis", notes.hypothesis)] {
-        if let Some(v) = value {
-            db.set_text(id, column, v.trim())?;
-        }
-    }
-    let commit = git.commit_worktree(&path, head, &message)?.unwrap_or(head);
-    if git.repo.find_commit(commit)?.tree_id() == git.repo.find_commit(base)?.tree_id() {
-        return Err(usage(format!(
-            "{} has no change: edit files under [{}] in {} first",
-            n.name(),
-            cfg.scope.join(", "),
-            path.display()
-        )));
-    }
-    let outside: Vec<String> = git.changed_paths(base, commit)?.into_iter().filter(|p| !cfg.scope.iter().any(|s| crate::config::path_has_prefix(p, s))).collect();
-    if !outside.is_empty() {
-        eprintln!("warning: {} changes paths outside the scope [{}]: {}; the loop will reject it", n.name(), cfg.scope.join(", "), outside.join(", "));
-    }
-    // A person's idea keeps its commit now, as `tree sync` does; the loop's own node (the
-    // manual proposer waiting for this result) takes it from the record.
-    if tree::is_idea(&n) {
-        db.set_text(id, "commit_id", &commit.to_string())?;
-        git.set_node_ref(tag, &n.name(), commit)?;
-    }
+    let commit = commit_change(db, git, cfg, &n, parent, (&path, head), notes)?;
     let paths = Paths::new(&git.root, cfg);
     paths.create_run_dirs()?;
     // The loop's first run of an experiment, with its seed and its files: the waiting loop
     // reuses it as its own run 0 and goes on from there (confirmation runs, held-out run).
-    let profile = crate::detect::run_profile(&git.root, cfg)?;
+    let profile = crate::platform::run_profile(&git.root, cfg)?;
     let spec = RunSpec { commit: commit.to_string(), ..RunSpec::for_run(Arc::new(cfg.clone()), &git.root, &path, &profile, &n.name(), attempt::FIRST) };
     crate::executor::ensure_sign_key(&paths.sign_key())?;
     println!(
@@ -117,7 +84,6 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     );
     crate::process::install_interrupt_handler();
     let started = now();
-    let executor = crate::executor::local::Local::new(cfg);
     let finished = executor.run(&spec, &mut |_| Ok(()), &mut |_| {});
     // Whatever happened, the main checkout's next build compiles its own code.
     crate::executor::build_tree::hand_back_locked(&git.root);
@@ -126,6 +92,69 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
         println!("{}: interrupted; nothing recorded (`autoresearch tree exec {}` runs it again)", n.name(), n.name());
         return Ok(crate::errors::code::INTERRUPTED);
     }
+    let (run, crash) = record_run(db, cfg, id, &spec, &finished, (commit, started), notes)?;
+    let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
+    match &crash {
+        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, fmt_metric(run.metric), run.seconds),
+        Some(why) => println!("{}: {} in {:.1} s: {why} (log: {})", n.name(), run.outcome, run.seconds, spec.log.display()),
+    }
+    if tree::is_idea(&n) {
+        println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
+        return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
+    }
+    match await_decision(db, &paths.state_dir, id)? {
+        Some(decided) => println!("{decided}"),
+        None => println!("no runner of tag {tag} is running now: `autoresearch run --resume --tag {tag}` decides it"),
+    }
+    Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE })
+}
+
+/// Commits the change in node `n`'s worktree (`wt`: its path and head) with the person's
+/// notes, refusing one that changes nothing against `parent`; an idea keeps its commit now.
+fn commit_change(db: &mut Db, git: &Git, cfg: &ResearchConfig, n: &Node, parent: i64, wt: (&Path, git2::Oid), notes: &Notes<'_>) -> Result<git2::Oid> {
+    let (path, head) = wt;
+    let (id, tag) = (n.id, &cfg.tag);
+    let nodes = db.nodes()?;
+    let (base, _) = tree::checkout_commit(&nodes, parent)?;
+    let base = Git::oid(&base)?;
+    let description = notes.description.unwrap_or(&n.description).trim().to_string();
+    let hypothesis = notes.hypothesis.unwrap_or(&n.hypothesis).trim().to_string();
+    let mut message = if description.is_empty() { format!("{} (tree exec)", n.name()) } else { description };
+    if !hypothesis.is_empty() {
+        message = format!("{message}\n\nHypothesis: {hypothesis}");
+    }
+    for (column, value) in [("description", notes.description), ("hypothesis", notes.hypothesis)] {
+        if let Some(v) = value {
+            db.set_text(id, column, v.trim())?;
+        }
+    }
+    let commit = git.commit_worktree(path, head, &message)?.unwrap_or(head);
+    if git.repo.find_commit(commit)?.tree_id() == git.repo.find_commit(base)?.tree_id() {
+        return Err(usage(format!(
+            "{} has no change: edit files under [{}] in {} first",
+            n.name(),
+            cfg.scope.join(", "),
+            path.display()
+        )));
+    }
+    let outside: Vec<String> = git.changed_paths(base, commit)?.into_iter().filter(|p| !cfg.scope.iter().any(|s| crate::config::path_has_prefix(p, s))).collect();
+    if !outside.is_empty() {
+        eprintln!("warning: {} changes paths outside the scope [{}]: {}; the loop will reject it", n.name(), cfg.scope.join(", "), outside.join(", "));
+    }
+    // A person's idea keeps its commit now, as `tree sync` does; the loop's own node (the
+    // manual proposer waiting for this result) takes it from the record.
+    if tree::is_idea(n) {
+        db.set_text(id, "commit_id", &commit.to_string())?;
+        git.set_node_ref(tag, &n.name(), commit)?;
+    }
+    Ok(commit)
+}
+
+/// Records the run `tree exec` made as node `id`'s run 0 and its result, as verified as the
+/// loop's own; returns the run and, for a failed one, why.
+fn record_run(db: &mut Db, cfg: &ResearchConfig, id: i64, spec: &RunSpec, finished: &Finished, made: (git2::Oid, f64), notes: &Notes<'_>) -> Result<(Run, Option<String>)> {
+    let (commit, started) = made;
+    let paths = Paths::new(&spec.repo_root, cfg);
     let run = Run {
         node: id,
         attempt: attempt::FIRST.into(),
@@ -139,10 +168,10 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     };
     let crash = match &finished.outcome {
         Outcome::Ok { .. } => None,
-        other => Some(crate::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
+        other => Some(crate::runloop::worker::failure(other).1.lines().next().unwrap_or("failed").to_string()),
     };
     let sign_key = paths.sign_key();
-    let args = crate::tree_cmd::RecordArgs {
+    let args = super::RecordArgs {
         summary_json: crash.is_none().then_some(spec.summary_json.as_path()),
         metric: None,
         memory_mb: None,
@@ -159,21 +188,8 @@ pub fn exec(db: &mut Db, git: &Git, cfg: &ResearchConfig, id: i64, notes: &Notes
     }
     // The run first: a loop polling for the record finds its run with it.
     db.insert_run(&run)?;
-    crate::tree_cmd::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
-    let curve = crate::curve::read(&crate::curve::path_for(&spec.summary_json)).map(|c| format!("; {}", c.describe())).unwrap_or_default();
-    match &crash {
-        None => println!("{}: run 0 (seed {}): {} {} in {:.1} s{curve}", n.name(), run.seed, cfg.metric, fmt_metric(run.metric), run.seconds),
-        Some(why) => println!("{}: {} in {:.1} s: {why} (log: {})", n.name(), run.outcome, run.seconds, spec.log.display()),
-    }
-    if tree::is_idea(&n) {
-        println!("the loop decides it when it next runs (`autoresearch run --resume --tag {tag}` takes up recorded ideas), with the confirmation runs its keep rule asks for");
-        return Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE });
-    }
-    match await_decision(db, &paths.state_dir, id)? {
-        Some(decided) => println!("{decided}"),
-        None => println!("no runner of tag {tag} is running now: `autoresearch run --resume --tag {tag}` decides it"),
-    }
-    Ok(if crash.is_none() { crate::errors::code::OK } else { crate::errors::code::FAILURE })
+    super::record_with(db, cfg, &sign_key, id, &args, Some(&extra))?;
+    Ok((run, crash))
 }
 
 /// Waits while the tag's runner decides node `id` (it may run it again: the confirmation runs

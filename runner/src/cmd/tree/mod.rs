@@ -1,6 +1,8 @@
 //! `autoresearch tree ...`: read and edit the experiment tree of a run (the queries they share
 //! with the loop and the report are in `tree`).
 
+pub mod exec;
+
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -26,7 +28,7 @@ fn short(c: &Option<String>) -> String {
 /// proposer may not see (they are in the report and `results --json`).
 fn shown(mut n: Node) -> Node {
     if let Some(v) = n.jsonl.as_deref().and_then(|l| serde_json::from_str(l).ok()) {
-        n.jsonl = Some(crate::worker::without_heldout(v).to_string());
+        n.jsonl = Some(crate::runloop::worker::without_heldout(v).to_string());
     }
     n
 }
@@ -101,20 +103,19 @@ fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
 }
 
-/// `tree add`: queues an idea under `parent`; prints its name first. With the slurm executor it
+/// `tree add`: queues an idea under `parent`; prints its name first. Where runs are jobs (slurm) it
 /// also writes the node's job script and says how to submit it (a person's cluster job).
 pub fn add(db: &Db, git: &Git, cfg: &ResearchConfig, parent: i64, hypothesis: &str, description: &str) -> Result<()> {
     db.require_node(parent)?;
     let id = db.insert_node(Some(parent), hypothesis, description, None, crate::tree::IDEA_PROPOSER, "")?;
     let name = node_name(id);
     println!("{name}");
-    if cfg.executor == crate::config::ExecutorKind::Slurm {
-        let wt = git.worktree_path(&cfg.tag, &name);
-        let (script, summary) = crate::proposer::manual::write_job_script(&git.root, cfg, &name, &wt)?;
+    let wt = git.worktree_path(&cfg.tag, &name);
+    if let Some(job) = crate::executor::build(cfg).job_script(&git.root, cfg, &name, &wt)? {
         println!(
             "job script: {}\nto run it yourself: `autoresearch tree worktree {name}`, edit, `autoresearch tree sync {name}`, then\n{}\n(or leave it queued: `autoresearch run --resume` takes it up)",
-            script.display(),
-            crate::proposer::manual::submit_hint(&cfg.tag, &name, &script, &summary)
+            job.path.display(),
+            job.hint(&cfg.tag, &name)
         );
     }
     Ok(())
@@ -279,10 +280,9 @@ pub fn worktree(db: &Db, git: &Git, cfg: &ResearchConfig, id: i64, remove: bool,
     }
     let summary = Paths::new(&git.root, cfg).run_files(&n.name(), attempt::BY_HAND).summary_json;
     println!("{}", path.display());
-    if cfg.executor == crate::config::ExecutorKind::Slurm {
-        let (script, _) = crate::proposer::manual::write_job_script(&git.root, cfg, &n.name(), &path)?;
+    if let Some(job) = crate::executor::build(cfg).job_script(&git.root, cfg, &n.name(), &path)? {
         println!("edit files under [{}] there, commit them (`autoresearch tree sync {}`), then submit its job:", cfg.scope.join(", "), n.name());
-        println!("  sbatch {}", script.display());
+        println!("  {}", job.submit);
     } else {
         println!("edit files under [{}] there, then build, score and record it exactly as the loop would:", cfg.scope.join(", "));
         println!("  {} --description \"what you changed\"", crate::proposer::manual::exec_hint(tag, &n.name()));

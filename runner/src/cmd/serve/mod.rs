@@ -75,7 +75,7 @@ impl Server {
         Ok(State {
             tag: r.cfg.tag.clone(),
             version: db.fingerprint()?,
-            watch: crate::watch::frame(&r, &jobs, now(), 15, 110),
+            watch: crate::cmd::watch::frame(&r, &jobs, now(), 15, 110),
             chart: crate::report::chart_svg(&r),
             summary: crate::report::summary_html(&r),
             tree: crate::report::tree_svg(&r, &|n| Some(format!("/diff/{}", n.name()))),

@@ -15,13 +15,14 @@ use anyhow::Result;
 use contract::summary::RunSummary;
 use serde_json::{Value, json};
 
-use crate::config::{KeepRule, ResearchConfig};
+use crate::config::ResearchConfig;
 use crate::db::{Db, Job, Node, Run, Status, node_name, now};
 use crate::executor::{self, Executor, Finished, Outcome, RunSpec};
 use crate::git::Git;
-use crate::keep::{self, Verdict};
+use crate::keep::{self, Look, Noise, Runs, Verdict};
 use crate::layout;
 use crate::throughput;
+pub use super::decision::{Decision, apply_checks, failure, without_heldout};
 use crate::progress::Progress;
 
 /// What every worker shares.
@@ -44,102 +45,6 @@ pub enum Task {
     Experiment { best: f64, bar: f64, best_node: i64 },
 }
 
-/// A worker's result.
-#[derive(Debug, Clone)]
-pub struct Decision {
-    pub status: Status,
-    pub metric: Option<f64>,
-    pub summary: Option<Value>,
-    pub memory_mb: Option<f64>,
-    pub insight: String,
-    pub runs: Vec<Run>,
-    /// Stopped by Ctrl-C (or the runner stopping): recorded as a crash, and the loop stops.
-    pub interrupted: bool,
-    /// Baseline: the standard deviation of its runs.
-    pub sigma: Option<f64>,
-    /// Held-out scores: the baseline's seeds, or a kept node's held-out run (never shown to a
-    /// proposer).
-    pub heldout: Vec<f64>,
-    /// The gain the decision asked for (the keep bar), where a gain was measured.
-    pub bar: Option<f64>,
-    /// The throughput guard's look at the decision (`throughput::Check`, and the best's run
-    /// beside the candidate when it was flagged); None where it did not look.
-    pub throughput: Option<Value>,
-}
-
-impl Decision {
-    /// A node that ends with no measurement: a crash or a rejection, and why.
-    pub fn unmeasured(status: Status, insight: impl Into<String>) -> Decision {
-        Decision {
-            status,
-            metric: None,
-            summary: None,
-            memory_mb: None,
-            insight: insight.into(),
-            runs: Vec::new(),
-            interrupted: false,
-            sigma: None,
-            heldout: Vec::new(),
-            bar: None,
-            throughput: None,
-        }
-    }
-
-    fn failed(out: &Outcome, runs: Vec<Run>) -> Decision {
-        let (status, insight) = failure(out);
-        Decision { runs, interrupted: matches!(out, Outcome::Interrupted), ..Decision::unmeasured(status, insight) }
-    }
-
-    /// The bar of a decided experiment (kept or discarded): the gain its rule asked for. A
-    /// failure has none, whatever its runs measured.
-    pub fn decided_bar(&self) -> Option<f64> {
-        if matches!(self.status, Status::Keep | Status::Discard | Status::ChecksFailed) { self.bar } else { None }
-    }
-}
-
-/// A summary without its held-out figures: they are stored apart, where no proposer looks.
-pub fn without_heldout(mut summary: Value) -> Value {
-    if let Value::Object(m) = &mut summary {
-        m.remove("heldout");
-        m.remove("heldout_bpb");
-    }
-    summary
-}
-
-/// Status and insight for a failed run.
-pub fn failure(out: &Outcome) -> (Status, String) {
-    match out {
-        Outcome::Causality { tail } => (Status::Rejected, format!("causality violation (harness exit 4)\n{tail}")),
-        Outcome::OutOfMemory { tail } => (Status::Crash, format!("out of memory, also at half the device batch\n{tail}")),
-        Outcome::Timeout { tail } => (Status::Crash, format!("timeout: killed at the hard timeout\n{tail}")),
-        Outcome::Crash { reason, tail } => (Status::Crash, format!("{reason}\n{tail}")),
-        Outcome::Interrupted => (Status::Crash, "interrupted by the user".into()),
-        Outcome::Ok { .. } => (Status::Keep, String::new()),
-    }
-}
-
-/// Runs the checks of a candidate that passed the keep rule (`checks_command`); when they fail,
-/// the decision becomes `checks_failed`, their reason and output first in its insight.
-pub fn apply_checks(cfg: &ResearchConfig, root: &Path, worktree: &Path, node: &Node, d: &mut Decision) -> Result<()> {
-    if d.status != Status::Keep || cfg.checks_command.trim().is_empty() {
-        return Ok(());
-    }
-    let state_dir = crate::layout::Paths::new(root, cfg).state_dir;
-    let log = crate::checks::log_path(&state_dir, &node.name());
-    let commit = node.commit.clone().unwrap_or_default();
-    let who = crate::checks::Candidate { node: &node.name(), commit: &commit, metric: d.metric, memory_mb: d.memory_mb };
-    match crate::checks::run(cfg, root, worktree, &who, &log)? {
-        crate::checks::Checked::Passed => d.insight.push_str("; checks passed"),
-        crate::checks::Checked::Interrupted => d.interrupted = true,
-        crate::checks::Checked::Failed { why, tail } => {
-            d.status = Status::ChecksFailed;
-            // The first line says why (the results row takes it, with the output's last line).
-            d.insight = format!("checks failed ({why}): not kept\nthe rule said keep: {}\nchecks output ({}):\n{tail}", d.insight, log.display());
-        }
-    }
-    Ok(())
-}
-
 /// What the throughput guard did for a decision.
 #[derive(Default)]
 struct Guarded {
@@ -150,6 +55,20 @@ struct Guarded {
     /// For the experiment log and the report.
     record: Option<Value>,
     interrupted: bool,
+}
+
+/// How a run a test asked for went.
+enum Again {
+    Ran,
+    /// It failed: the candidate is not kept.
+    Failed,
+    Interrupted,
+}
+
+/// A look's verdict as the node's status: kept, or not (a look that still asks for runs is
+/// not a keep).
+fn status_of(verdict: Verdict) -> Status {
+    if verdict == Verdict::Keep { Status::Keep } else { Status::Discard }
 }
 
 /// The first seed of the runs of the best that candidates' tests ask for (candidate `n` takes
@@ -168,9 +87,9 @@ impl Shared {
         match task {
             Task::Baseline => self.baseline(node, worktree),
             Task::Experiment { best, bar, best_node } => {
-                let mut d = match self.cfg.keep_rule {
-                    KeepRule::Significant => self.tested(node, worktree, best, best_node)?,
-                    _ => self.experiment(node, worktree, best, bar, best_node)?,
+                let mut d = match keep::rule(&self.cfg).runs() {
+                    Runs::Tested => self.tested(node, worktree, best, bar, best_node)?,
+                    Runs::AgainstTheBest => self.experiment(node, worktree, best, bar, best_node)?,
                 };
                 apply_checks(&self.cfg, &self.root, worktree, node, &mut d)?;
                 // Only where the baseline scored one: else the split is NONE (or the command
@@ -185,7 +104,8 @@ impl Shared {
 
     fn baseline(&self, node: &Node, wt: &Path) -> Result<Decision> {
         let cfg = &self.cfg;
-        let k = if cfg.keep_rule == KeepRule::Strict { 1 } else { cfg.baseline_runs.max(2) } as u64;
+        let rule = keep::rule(cfg);
+        let k = rule.baseline_runs();
         let width = self.executor.slots().max(1) as u64;
         let mut results: Vec<(Outcome, Run)> = Vec::new();
         // Seeds in waves of `slots`: nothing else runs while the baseline does.
@@ -218,7 +138,7 @@ impl Shared {
             }
         }
         let (mean, sd) = keep::mean_std(&metrics);
-        let bar = keep::bar(cfg.keep_rule, sd, cfg.noise_floor);
+        let bar = rule.bar(sd);
         if let Value::Object(m) = &mut summary {
             m.insert("runs".into(), json!(metrics));
             m.insert("sigma".into(), json!(sd));
@@ -238,9 +158,10 @@ impl Shared {
         })
     }
 
+    /// A rule that compares the candidate with the best's value (see `keep::Runs`): its first
+    /// run, and the confirmation run the rule may ask for.
     fn experiment(&self, node: &Node, wt: &Path, best: f64, bar: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
-        let dir = cfg.direction;
         let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mem1, summary) = match out {
@@ -269,35 +190,27 @@ impl Shared {
             bar: Some(bar),
             throughput: guard.record.clone(),
         };
-        match keep::first(cfg.keep_rule, dir, best, m1, bar) {
-            Verdict::Keep => Ok(decided(Status::Keep, m1, summary, mem1, format!("gain {:.6} over {:.6}", dir.gain(best, m1), best), runs)),
-            Verdict::Discard => Ok(decided(
-                Status::Discard,
-                m1,
-                summary,
-                mem1,
-                format!("gain {:.6} does not clear the bar {:.6}", dir.gain(best, m1), bar),
-                runs,
-            )),
-            Verdict::Confirm => {
-                let (out, run) = self.attempt(node, wt, "1", cfg.seed + 1)?;
-                runs.push(run);
-                match out {
-                    Outcome::Ok { metric: m2, memory_mb, .. } => {
-                        let vals = [m1, m2];
-                        let (mean, _) = keep::mean_std(&vals);
-                        let mut summary = summary;
-                        if let Value::Object(m) = &mut summary {
-                            m.insert("runs".into(), json!(vals));
-                        }
-                        let insight = format!("runs {vals:?}, mean gain {:.6} vs bar {:.6}", dir.gain(best, mean), bar);
-                        let status = if keep::confirmed(dir, best, &vals, bar) == Verdict::Keep { Status::Keep } else { Status::Discard };
-                        Ok(decided(status, mean, summary, max_opt(mem1, memory_mb), insight, runs))
-                    }
-                    Outcome::Interrupted => Ok(Decision::failed(&Outcome::Interrupted, runs)),
-                    other => Ok(decided(Status::Discard, m1, summary, mem1, format!("the confirmation run failed ({}): not kept", other.label()), runs)),
+        let rule = keep::rule(cfg);
+        let look = |candidate: &[f64]| rule.look(&Look { best, best_runs: &[], candidate, runs: candidate.len(), bar, noise: Noise::default() });
+        let first = look(&[m1]);
+        if !matches!(first.verdict, Verdict::Confirm | Verdict::ConfirmBest) {
+            return Ok(decided(status_of(first.verdict), m1, summary, mem1, first.why, runs));
+        }
+        let (out, run) = self.attempt(node, wt, "1", cfg.seed + 1)?;
+        runs.push(run);
+        match out {
+            Outcome::Ok { metric: m2, memory_mb, .. } => {
+                let vals = [m1, m2];
+                let (mean, _) = keep::mean_std(&vals);
+                let mut summary = summary;
+                if let Value::Object(m) = &mut summary {
+                    m.insert("runs".into(), json!(vals));
                 }
+                let confirmed = look(&vals);
+                Ok(decided(status_of(confirmed.verdict), mean, summary, max_opt(mem1, memory_mb), confirmed.why, runs))
             }
+            Outcome::Interrupted => Ok(Decision::failed(&Outcome::Interrupted, runs)),
+            other => Ok(decided(Status::Discard, m1, summary, mem1, format!("the confirmation run failed ({}): not kept", other.label()), runs)),
         }
     }
 
@@ -326,9 +239,11 @@ impl Shared {
         Ok(())
     }
 
-    /// The `significant` rule: runs until the test says keep or discard (see `keep`).
-    fn tested(&self, node: &Node, wt: &Path, best: f64, best_node: i64) -> Result<Decision> {
+    /// A rule that runs a sequential test (see `keep::Runs`): runs of the candidate or of the
+    /// best, as the test asks, until it says keep or discard.
+    fn tested(&self, node: &Node, wt: &Path, best: f64, bar: f64, best_node: i64) -> Result<Decision> {
         let cfg = &self.cfg;
+        let rule = keep::rule(cfg);
         let (out, run) = self.attempt(node, wt, layout::attempt::FIRST, cfg.seed)?;
         let mut runs = vec![run];
         let (m1, mut memory, summary) = match out {
@@ -345,33 +260,14 @@ impl Shared {
         }
         let mut best_again: Vec<f64> = guard.again.into_iter().collect();
         let mut note = guard.note.clone();
-        let (status, test) = loop {
+        let (status, judged) = loop {
             let db = Db::open(&self.db_path)?;
-            let mine = layout::attempt::asked_by(&node.name());
-            let mut best_runs: Vec<f64> =
-                db.runs(best_node)?.into_iter().filter(|r| r.outcome == "ok" && !r.attempt.starts_with(&mine)).filter_map(|r| r.metric).collect();
-            if best_runs.is_empty() {
-                best_runs.push(best);
-            }
-            best_runs.extend(&best_again);
-            let test = keep::test(cfg.direction, &best_runs, &metrics, db.noise()?, cfg.significance, cfg.max_candidate_runs);
-            match keep::significant(&test, metrics.len() + best_again.len(), cfg.max_candidate_runs, cfg.noise_floor) {
-                Verdict::Keep => break (Status::Keep, test),
-                Verdict::Discard => break (Status::Discard, test),
-                Verdict::Confirm if keep::rerun_best(best_runs.len(), metrics.len()) => {
-                    let k = best_again.len() + 1;
-                    match self.run_best_again(node, best_node, k)? {
-                        Outcome::Ok { metric, .. } => {
-                            best_again.push(metric);
-                            note.push_str(&format!("; {} ran again for it ({metric:.6})", node_name(best_node)));
-                        }
-                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
-                        other => {
-                            note.push_str(&format!("; the best's run {} failed ({}): not kept", layout::attempt::again(&node.name(), k), other.label()));
-                            break (Status::Discard, test);
-                        }
-                    }
-                }
+            let best_runs = self.best_runs(&db, node, best_node, best, &best_again)?;
+            let judged = rule.look(&Look { best, best_runs: &best_runs, candidate: &metrics, runs: metrics.len() + best_again.len(), bar, noise: db.noise()? });
+            let again = match judged.verdict {
+                Verdict::Keep => break (Status::Keep, judged),
+                Verdict::Discard => break (Status::Discard, judged),
+                Verdict::ConfirmBest => self.best_again_for_test(node, best_node, &mut best_again, &mut note)?,
                 Verdict::Confirm => {
                     let k = metrics.len() as u64;
                     let (out, run) = self.attempt(node, wt, &k.to_string(), cfg.seed + k)?;
@@ -380,14 +276,20 @@ impl Shared {
                         Outcome::Ok { metric, memory_mb, .. } => {
                             metrics.push(metric);
                             memory = max_opt(memory, memory_mb);
+                            Again::Ran
                         }
-                        Outcome::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                        Outcome::Interrupted => Again::Interrupted,
                         other => {
                             note.push_str(&format!("; run {} failed ({}): not kept", k + 1, other.label()));
-                            break (Status::Discard, test);
+                            Again::Failed
                         }
                     }
                 }
+            };
+            match again {
+                Again::Ran => {}
+                Again::Interrupted => return Ok(Decision::failed(&Outcome::Interrupted, runs)),
+                Again::Failed => break (Status::Discard, judged),
             }
         };
         if !best_again.is_empty() {
@@ -403,13 +305,40 @@ impl Shared {
             metric: Some(mean),
             summary: Some(summary),
             memory_mb: memory,
-            insight: format!("runs [{}]: {}{note}", metrics.iter().map(|m| format!("{m:.6}")).collect::<Vec<_>>().join(", "), test.describe()),
+            insight: format!("runs [{}]: {}{note}", metrics.iter().map(|m| format!("{m:.6}")).collect::<Vec<_>>().join(", "), judged.why),
             runs,
-            interrupted: false,
-            sigma: None,
-            heldout: Vec::new(),
-            bar: Some(test.bar(cfg.noise_floor)),
+            bar: Some(judged.bar),
             throughput: guard.record,
+            ..Decision::unmeasured(status, "")
+        })
+    }
+
+    /// The best's runs a test of `node` compares with: its own runs (not those this decision
+    /// asked for, which come in order in `best_again`), else its value.
+    fn best_runs(&self, db: &Db, node: &Node, best_node: i64, best: f64, best_again: &[f64]) -> Result<Vec<f64>> {
+        let mine = layout::attempt::asked_by(&node.name());
+        let mut best_runs: Vec<f64> = db.runs(best_node)?.into_iter().filter(|r| r.outcome == "ok" && !r.attempt.starts_with(&mine)).filter_map(|r| r.metric).collect();
+        if best_runs.is_empty() {
+            best_runs.push(best);
+        }
+        best_runs.extend(best_again);
+        Ok(best_runs)
+    }
+
+    /// The run of the best a test asked for (its `best_again.len() + 1`-th), added to `best_again`.
+    fn best_again_for_test(&self, node: &Node, best_node: i64, best_again: &mut Vec<f64>, note: &mut String) -> Result<Again> {
+        let k = best_again.len() + 1;
+        Ok(match self.run_best_again(node, best_node, k)? {
+            Outcome::Ok { metric, .. } => {
+                best_again.push(metric);
+                note.push_str(&format!("; {} ran again for it ({metric:.6})", node_name(best_node)));
+                Again::Ran
+            }
+            Outcome::Interrupted => Again::Interrupted,
+            other => {
+                note.push_str(&format!("; the best's run {} failed ({}): not kept", layout::attempt::again(&node.name(), k), other.label()));
+                Again::Failed
+            }
         })
     }
 
@@ -487,7 +416,7 @@ impl Shared {
     }
 
     fn initial_scale(&self) -> f64 {
-        crate::detect::batch_scale(&self.cfg, &self.profile)
+        crate::platform::batch_scale(&self.cfg, &self.profile)
     }
 
     /// One run of the node (`attempt` names it), with one retry at half the device batch after

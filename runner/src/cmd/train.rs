@@ -13,7 +13,7 @@ use crate::process::{self, Output};
 /// Builds and runs the harness (or `experiment_command`) with the terminal attached; returns
 /// the harness's exit code.
 pub fn train(cfg: &ResearchConfig, git: &Git, summary_json: Option<&Path>) -> Result<i32> {
-    let (profile, _, name) = crate::detect::resolve_profile(&git.root, cfg)?;
+    let (profile, _, name) = crate::platform::resolve_profile(&git.root, cfg)?;
     let state = git.root.join(".autoresearch");
     std::fs::create_dir_all(&state)?;
     let summary = summary_json.map(Path::to_path_buf).unwrap_or_else(|| state.join("train-summary.json"));
