@@ -131,6 +131,55 @@ fn finalize(git: &Git, db: &Db, r: &Research) -> Result<String> {
         return Ok(s);
     };
     let base = commit_of(base_node)?;
+    let kept = measure(db, r, &path)?;
+    let base_tree = git.tree_of(base)?;
+    let groups = group(git, &kept, base_tree)?;
+    let branches = make_branches(git, r, &kept, &groups, base, base_tree)?;
+    let merged = merge_all(git, base, base_tree, &branches)?;
+    let best = path.last().copied().unwrap_or(base_node);
+    let best_tree = git.tree_of(commit_of(best)?)?;
+
+    if kept.is_empty() {
+        s.push_str("No change was kept: the best is the baseline. No branch made.\n");
+        return Ok(s);
+    }
+    let _ = writeln!(
+        s,
+        "Base: {} ({}, commit `{}`); best: {} {} ({}). {} kept change(s) on {} branch(es), each on the base alone; \
+         a change that touches the lines of an earlier one follows it on its branch.\n",
+        base_node.name(),
+        fmt_metric(base_node.metric),
+        &base.to_string()[..7],
+        r.cfg.metric,
+        fmt_metric(best.metric),
+        best.name(),
+        kept.len(),
+        branches.len()
+    );
+    branch_table(&mut s, git, r, &kept, &groups, &branches, base)?;
+    let _ = writeln!(
+        s,
+        "\n{}\n\nReview one: `git log -p {}..BRANCH`; take one: `git merge BRANCH`. Each branch applies to the base alone; whether it builds alone is for its review (or your checks) to say.",
+        if merged == Some(best_tree) {
+            format!("Merged together, the branches give exactly the best's code ({}).", best.name())
+        } else {
+            format!("Merged together, the branches do not give the best's code ({}): review them together.", best.name())
+        },
+        &base.to_string()[..7]
+    );
+    for ((name, head), g) in branches.iter().zip(&groups) {
+        let _ = writeln!(s, "\n## Branch `{name}`\n");
+        for &i in &g.members {
+            let _ = writeln!(s, "```\n{}```\n", message(&kept[i], r, tag));
+        }
+        let _ = writeln!(s, "```diff\n{}```", git.diff_trees_text(base_tree, git.tree_of(*head)?, true)?);
+    }
+    Ok(s)
+}
+
+/// What each kept change on `path` measured against its parent: the gain, its standard error
+/// from the run's pooled noise, and the held-out means where both were scored.
+fn measure<'a>(db: &Db, r: &Research, path: &[&'a Node]) -> Result<Vec<Kept<'a>>> {
     let noise = db.noise()?;
     let heldout = db.heldout()?;
     let mut kept: Vec<Kept<'_>> = Vec::new();
@@ -147,8 +196,12 @@ fn finalize(git: &Git, db: &Db, r: &Research) -> Result<String> {
             heldout: mean(parent.id).zip(mean(node.id)),
         });
     }
-    // Group: each change onto the base alone, else onto the branch it applies to, else all in one.
-    let base_tree = git.tree_of(base)?;
+    Ok(kept)
+}
+
+/// The branches the kept changes go on: each change onto the base alone, else onto the branch
+/// it applies to, else all in one.
+fn group(git: &Git, kept: &[Kept<'_>], base_tree: Oid) -> Result<Vec<Group>> {
     let mut groups: Vec<Group> = Vec::new();
     for (i, k) in kept.iter().enumerate() {
         let (from, to) = (commit_of(k.parent)?, commit_of(k.node)?);
@@ -173,7 +226,13 @@ fn finalize(git: &Git, db: &Db, r: &Research) -> Result<String> {
             groups.push(Group { members, tree: git.tree_of(to)? });
         }
     }
-    // The branches, made again: each member a commit of its own on the base.
+    Ok(groups)
+}
+
+/// The branches, made again (those of an earlier finalize are deleted first, even when nothing
+/// was kept): each member a commit of its own on the base. Their names and heads, in order.
+fn make_branches(git: &Git, r: &Research, kept: &[Kept<'_>], groups: &[Group], base: Oid, base_tree: Oid) -> Result<Vec<(String, Oid)>> {
+    let tag = &r.cfg.tag;
     for old in git.branches_under(&prefix(tag))? {
         git.delete_named_branch(&old)?;
     }
@@ -190,60 +249,33 @@ fn finalize(git: &Git, db: &Db, r: &Research) -> Result<String> {
         git.set_named_branch(&name, head, "autoresearch finalize")?;
         branches.push((name, head));
     }
-    // Merged together, do the branches give the best's code?
+    Ok(branches)
+}
+
+/// The tree the branches give merged together on the base (None: they conflict), to say
+/// whether it is the best's code.
+fn merge_all(git: &Git, base: Oid, base_tree: Oid, branches: &[(String, Oid)]) -> Result<Option<Oid>> {
     let mut merged = Some(base_tree);
-    for (_, head) in &branches {
+    for (_, head) in branches {
         merged = match merged {
             Some(t) => git.apply_change(base, *head, t)?,
             None => None,
         };
     }
-    let best = path.last().copied().unwrap_or(base_node);
-    let best_tree = git.tree_of(commit_of(best)?)?;
+    Ok(merged)
+}
 
-    if kept.is_empty() {
-        s.push_str("No change was kept: the best is the baseline. No branch made.\n");
-        return Ok(s);
-    }
-    let _ = writeln!(
-        s,
-        "Base: {} ({}, commit `{}`); best: {} {} ({}). {} kept change(s) on {} branch(es), each on the base alone; \
-         a change that touches the lines of an earlier one follows it on its branch.\n",
-        base_node.name(),
-        fmt_metric(base_node.metric),
-        &base.to_string()[..7],
-        r.cfg.metric,
-        fmt_metric(best.metric),
-        best.name(),
-        kept.len(),
-        branches.len()
-    );
+/// One row per branch: its changes, their gains and held-out gains, the files it touches.
+fn branch_table(s: &mut String, git: &Git, r: &Research, kept: &[Kept<'_>], groups: &[Group], branches: &[(String, Oid)], base: Oid) -> Result<()> {
     s.push_str("| branch | changes | gain +- SE | held-out gain | files |\n|---|---|---|---|---|\n");
-    for (g, (name, head)) in groups.iter().zip(&branches) {
+    for (g, (name, head)) in groups.iter().zip(branches) {
         let changes: Vec<String> = g.members.iter().map(|&i| format!("{}: {}", kept[i].node.name(), kept[i].node.description.replace('|', "/"))).collect();
         let gains: Vec<String> = g.members.iter().map(|&i| format!("{:+.6}{}", kept[i].gain, kept[i].se.map(|se| format!(" +- {se:.6}")).unwrap_or_default())).collect();
         let held: Vec<String> = g.members.iter().map(|&i| kept[i].heldout.map(|(p, n)| format!("{:+.6}", r.direction().gain(p, n))).unwrap_or_else(|| "-".into())).collect();
         let files = git.changed_paths(base, *head)?;
         let _ = writeln!(s, "| `{name}` | {} | {} | {} | {} |", changes.join("; "), gains.join("; "), held.join("; "), files.join(", "));
     }
-    let _ = writeln!(
-        s,
-        "\n{}\n\nReview one: `git log -p {}..BRANCH`; take one: `git merge BRANCH`. Each branch applies to the base alone; whether it builds alone is for its review (or your checks) to say.",
-        if merged == Some(best_tree) {
-            format!("Merged together, the branches give exactly the best's code ({}).", best.name())
-        } else {
-            format!("Merged together, the branches do not give the best's code ({}): review them together.", best.name())
-        },
-        &base.to_string()[..7]
-    );
-    for ((name, head), g) in branches.iter().zip(&groups) {
-        let _ = writeln!(s, "\n## Branch `{name}`\n");
-        for &i in &g.members {
-            let _ = writeln!(s, "```\n{}```\n", message(&kept[i], r, tag));
-        }
-        let _ = writeln!(s, "```diff\n{}```", git.diff_trees_text(base_tree, git.tree_of(*head)?, true)?);
-    }
-    Ok(s)
+    Ok(())
 }
 
 #[cfg(test)]
