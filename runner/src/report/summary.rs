@@ -39,12 +39,26 @@ fn pct(gain: f64, base: f64) -> f64 {
 
 pub fn markdown(r: &Research) -> String {
     let cfg = &r.cfg;
-    let dir = r.direction();
     let mut s = format!("# autoresearch run `{}`\n\n", cfg.tag);
     let _ = writeln!(s, "- branch: `{}`", branch_name(&cfg.tag));
     let _ = writeln!(s, "- metric: {} ({} is better), budget {}, proposer {}, keep rule {}", cfg.metric, cfg.direction, cfg.budget, cfg.proposer, cfg.keep_rule);
+    result(&mut s, r);
+    held_out(&mut s, r);
+    let exps = r.experiments();
+    totals(&mut s, r, &exps);
+    like_with_like(&mut s, r, &exps);
+    top_improvements(&mut s, r, &exps);
+    what_did_not_work(&mut s, r);
+    s.push_str("\n## Recommended next directions\n\n");
+    for line in directions(r) {
+        let _ = writeln!(s, "- {line}");
+    }
+    s
+}
 
-    // Result.
+/// Baseline, best, the improvement and the run's noise.
+fn result(s: &mut String, r: &Research) {
+    let dir = r.direction();
     s.push_str("\n## Result\n\n");
     let baseline = r.baseline();
     let best = r.best();
@@ -62,9 +76,12 @@ pub fn markdown(r: &Research) -> String {
     if r.noise.df > 0.0 {
         let _ = writeln!(s, "- noise: sigma {:.6}, pooled over {} runs of {} configurations ({} degrees of freedom)", r.noise.sigma, r.noise.runs, r.noise.groups, r.noise.df);
     }
+}
 
-    // The held-out split: scored on the baseline and the kept nodes only, never seen by a
-    // proposer or a keep decision.
+/// The held-out split: scored on the baseline and the kept nodes only, never seen by a
+/// proposer or a keep decision.
+fn held_out(s: &mut String, r: &Research) {
+    let dir = r.direction();
     s.push_str("\n## Held-out split\n\n");
     if r.heldout.is_empty() {
         s.push_str("No held-out scores: the run was asked for none (`held_out = false`), or the validation data has no documents beyond what the evaluation uses.\n");
@@ -85,9 +102,10 @@ pub fn markdown(r: &Research) -> String {
             let _ = writeln!(s, "| {} | {} | {m:.6} | {} |", n.name(), fmt_metric(n.metric), cell(&n.description));
         }
     }
+}
 
-    // Totals.
-    let exps = r.experiments();
+/// Experiments, hours, the rate and the share of the time spent training.
+fn totals(s: &mut String, r: &Research, exps: &[&Node]) {
     let wall = r.wall_seconds();
     let hours = wall / 3600.0;
     let training = r.training_seconds();
@@ -103,8 +121,10 @@ pub fn markdown(r: &Research) -> String {
     if !planned.is_empty() {
         let _ = writeln!(s, "- ideas not run yet: {}", planned.len());
     }
+}
 
-    // Like with like: decisions whose runs ran at other speeds than the best's.
+/// Like with like: decisions whose runs ran at other speeds than the best's.
+fn like_with_like(s: &mut String, r: &Research, exps: &[&Node]) {
     s.push_str("\n## Like with like (throughput)\n\n");
     let looked: Vec<(&Node, serde_json::Value)> = exps.iter().filter_map(|n| Some((*n, r.throughput(n)?))).collect();
     let flagged: Vec<&(&Node, serde_json::Value)> = looked.iter().filter(|(_, t)| t["flagged"] == true).collect();
@@ -127,8 +147,10 @@ pub fn markdown(r: &Research) -> String {
             let _ = writeln!(s, "- {} ({}, {}): {} tok/s against the best's {} (tolerance {}){beside}", n.name(), n.status.as_str(), cell(&n.description), f(&t["candidate"]), f(&t["best"]), f(&t["tolerance"]));
         }
     }
+}
 
-    // Top improvements: kept changes by their gain over their parent.
+/// Kept changes by their gain over their parent, the largest ten.
+fn top_improvements(s: &mut String, r: &Research, exps: &[&Node]) {
     let mut keeps: Vec<(&Node, f64)> = exps.iter().filter(|n| n.status == Status::Keep).filter_map(|n| Some((*n, r.step_gain(n)?))).collect();
     keeps.sort_by(|a, b| b.1.total_cmp(&a.1));
     s.push_str("\n## Top improvements\n\n");
@@ -140,8 +162,10 @@ pub fn markdown(r: &Research) -> String {
             let _ = writeln!(s, "| {} | {g:+.6} | {} | `{}` | {} |", n.name(), fmt_metric(n.metric), short(&n.commit), cell(&n.description));
         }
     }
+}
 
-    // What did not work, by category.
+/// What did not work, by category.
+fn what_did_not_work(s: &mut String, r: &Research) {
     let failed = r.by_category(|n| matches!(n.status, Status::Discard | Status::ChecksFailed | Status::Crash | Status::Rejected));
     s.push_str("\n## What didn't work\n\n");
     if failed.is_empty() {
@@ -165,12 +189,6 @@ pub fn markdown(r: &Research) -> String {
             let _ = writeln!(s, "| {} | {} | {} |{checked} {} | {} | {closest} | {} |", cell(cat), ns.len(), c(Status::Discard), c(Status::Crash), c(Status::Rejected), examples.join("; "));
         }
     }
-
-    s.push_str("\n## Recommended next directions\n\n");
-    for line in directions(r) {
-        let _ = writeln!(s, "- {line}");
-    }
-    s
 }
 
 /// Suggestions, most useful first: lessons recorded along the best path, then elsewhere;
