@@ -4,7 +4,7 @@
 //! its runs) and the best are marked, and each decided experiment shows the bar it had to clear.
 
 use super::canvas::{Anchor, Canvas, Color, GRID, INK, MUTED, Paint, Text, WHITE};
-use super::data::Research;
+use super::data::{Point, Research};
 use super::font;
 use crate::config::Direction;
 use crate::db::{Node, Status};
@@ -112,170 +112,239 @@ fn label(c: &mut dyn Canvas, n: &Node, x: f32, y: f32, (x0, y0, x1, y1): (f32, f
     c.text(Text { s: &s, ..t }.angle(-30.0).color(KEEP));
 }
 
+/// The plot area's edges: left, right, top, bottom.
+const EDGES: (f32, f32, f32, f32) = (LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM);
+
 pub fn draw(r: &Research, c: &mut dyn Canvas) {
-    let dir = r.direction();
-    let metric = if r.cfg.metric.is_empty() { "metric".to_string() } else { r.cfg.metric.clone() };
-    let points = r.finished();
-    let baseline_node = r.baseline();
-    let baseline_runs = baseline_node.map(|b| r.run_metrics(b)).unwrap_or_default();
-    let needed: Vec<(usize, f64)> = points.iter().filter_map(|p| Some((p.index, r.needed(p.node)?))).filter(|(_, v)| v.is_finite()).collect();
-    let values: Vec<f64> = points
-        .iter()
-        .filter_map(|p| p.node.metric)
-        .chain(baseline_runs.iter().copied())
-        .chain(needed.iter().map(|(_, v)| *v))
-        .filter(|m| m.is_finite())
-        .collect();
-    let baseline = baseline_node.and_then(|b| b.metric);
-    let best = r.best();
-    let (lo, hi) = y_range(&values, baseline, best.and_then(|b| b.metric), dir);
-    let f = Frame { x_max: points.len().saturating_sub(1).max(1) as f64, lo, hi };
-    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM);
-
-    // Title.
-    let kept = points.iter().filter(|p| p.node.status == Status::Keep && p.node.parent.is_some()).count();
-    let exps = points.iter().filter(|p| p.node.parent.is_some()).count();
-    let mut title = format!("autoresearch {}: {exps} experiments, {kept} kept", r.cfg.tag);
-    if let (Some(b), Some(m)) = (baseline, best.and_then(|b| b.metric)) {
-        title.push_str(&format!(" · {metric} {b:.6} → {m:.6} ({:+.2} %)", 100.0 * (m - b) / b.abs().max(1e-12)));
-    }
-    c.text(Text::new(&title, LEFT, 40.0, 22.0).bold());
-
-    // Grid, ticks and axes.
-    let ystep = nice_step(hi - lo, 8.0);
-    let mut v = (lo / ystep).ceil() * ystep;
-    while v <= hi + ystep * 1e-9 {
-        let y = f.y(v);
-        c.line(x0, y, x1, y, Paint::stroke(GRID, 1.0));
-        c.text(Text::new(&format!("{:.*}", decimals(ystep), v), x0 - 8.0, y + 4.0, 12.0).anchor(Anchor::End).color(MUTED));
-        v += ystep;
-    }
-    let xstep = nice_step(f.x_max, 12.0).max(1.0);
-    let mut i = 0.0;
-    while i <= f.x_max + 1e-9 {
-        let x = f.x(i);
-        c.line(x, y1, x, y1 + 5.0, Paint::stroke(INK, 1.0));
-        c.text(Text::new(&format!("{i:.0}"), x, y1 + 20.0, 12.0).anchor(Anchor::Middle).color(MUTED));
-        i += xstep;
-    }
-    c.rect(x0, y0, x1 - x0, y1 - y0, 0.0, Paint::stroke(INK, 1.0));
-    c.text(Text::new("experiment (in the order it finished; 0 = baseline)", (x0 + x1) / 2.0, HEIGHT - 22.0, 14.0).anchor(Anchor::Middle));
-    let better = if dir == Direction::Lower { "lower" } else { "higher" };
-    c.text(Text::new(&format!("{metric} ({better} is better)"), 28.0, (y0 + y1) / 2.0, 14.0).anchor(Anchor::Middle).angle(-90.0));
-
-    if points.is_empty() {
+    let plot = Plot::new(r);
+    plot.title(c);
+    plot.axes(c);
+    if plot.points.is_empty() {
+        let (x0, x1, y0, y1) = EDGES;
         c.text(Text::new("no finished experiments yet", (x0 + x1) / 2.0, (y0 + y1) / 2.0, 20.0).anchor(Anchor::Middle).color(MUTED));
         legend(c);
         return;
     }
+    plot.baseline(c);
+    plot.keep_bars(c);
+    plot.best_so_far(c);
+    plot.experiments(c);
+    plot.labels(c);
+    plot.best(c);
+    legend(c);
+}
 
-    // Baseline.
-    if let Some(b) = baseline {
-        let y = f.y(b);
-        c.line(x0, y, x1, y, Paint::stroke(BASELINE, 1.5).dashed(6.0));
-        c.text(Text::new(&format!("baseline {b:.6}"), x1 - 6.0, y - 6.0, 12.0).anchor(Anchor::End).color(BASELINE));
+/// What the chart shows, placed in its frame: drawn layer by layer, the later over the earlier.
+struct Plot<'a> {
+    r: &'a Research,
+    dir: Direction,
+    metric: String,
+    points: Vec<Point<'a>>,
+    baseline_node: Option<&'a Node>,
+    /// The baseline's runs (its seeds).
+    baseline_runs: Vec<f64>,
+    /// Each decided experiment's index and the value it had to reach.
+    needed: Vec<(usize, f64)>,
+    best: Option<&'a Node>,
+    f: Frame,
+}
+
+impl<'a> Plot<'a> {
+    /// The y range takes in every value drawn: the experiments, the baseline's runs and the bars.
+    fn new(r: &'a Research) -> Plot<'a> {
+        let dir = r.direction();
+        let metric = if r.cfg.metric.is_empty() { "metric".to_string() } else { r.cfg.metric.clone() };
+        let points = r.finished();
+        let baseline_node = r.baseline();
+        let baseline_runs = baseline_node.map(|b| r.run_metrics(b)).unwrap_or_default();
+        let needed: Vec<(usize, f64)> = points.iter().filter_map(|p| Some((p.index, r.needed(p.node)?))).filter(|(_, v)| v.is_finite()).collect();
+        let values: Vec<f64> = points
+            .iter()
+            .filter_map(|p| p.node.metric)
+            .chain(baseline_runs.iter().copied())
+            .chain(needed.iter().map(|(_, v)| *v))
+            .filter(|m| m.is_finite())
+            .collect();
+        let best = r.best();
+        let (lo, hi) = y_range(&values, baseline_node.and_then(|b| b.metric), best.and_then(|b| b.metric), dir);
+        let f = Frame { x_max: points.len().saturating_sub(1).max(1) as f64, lo, hi };
+        Plot { r, dir, metric, points, baseline_node, baseline_runs, needed, best, f }
     }
 
-    // The baseline's runs (its seeds): the spread a change must stand out from.
-    if let Some(p) = baseline_node.and_then(|b| points.iter().find(|p| p.node.id == b.id)) {
-        let x = f.x(p.index as f64);
-        for &m in &baseline_runs {
-            c.circle(x, f.y(m.clamp(lo, hi)), 3.0, Paint::stroke(BASELINE, 1.2));
+    fn baseline_metric(&self) -> Option<f64> {
+        self.baseline_node.and_then(|b| b.metric)
+    }
+
+    /// The run, its counts, and the change from the baseline to the best.
+    fn title(&self, c: &mut dyn Canvas) {
+        let points = &self.points;
+        let kept = points.iter().filter(|p| p.node.status == Status::Keep && p.node.parent.is_some()).count();
+        let exps = points.iter().filter(|p| p.node.parent.is_some()).count();
+        let mut title = format!("autoresearch {}: {exps} experiments, {kept} kept", self.r.cfg.tag);
+        if let (Some(b), Some(m)) = (self.baseline_metric(), self.best.and_then(|b| b.metric)) {
+            title.push_str(&format!(" · {} {b:.6} → {m:.6} ({:+.2} %)", self.metric, 100.0 * (m - b) / b.abs().max(1e-12)));
         }
+        c.text(Text::new(&title, LEFT, 40.0, 22.0).bold());
     }
 
-    // The keep bar: for each decided experiment, the value it had to reach (the best when it
-    // was decided, moved by the bar), joined to its point, so a near-miss shows as a short gap.
-    for &(i, v) in &needed {
-        let x = f.x(i as f64);
-        let y = f.y(v.clamp(lo, hi));
-        c.line(x - 7.0, y, x + 7.0, y, Paint::stroke(BEST, 2.0));
-        if let Some(m) = points.get(i).and_then(|p| p.node.metric).filter(|m| m.is_finite()) {
-            c.line(x, y, x, f.y(m.clamp(lo, hi)), Paint::stroke(BEST.alpha(0.5), 1.0).dashed(2.0));
+    /// Grid, ticks and axes.
+    fn axes(&self, c: &mut dyn Canvas) {
+        let (x0, x1, y0, y1) = EDGES;
+        let (f, lo, hi) = (&self.f, self.f.lo, self.f.hi);
+        let ystep = nice_step(hi - lo, 8.0);
+        let mut v = (lo / ystep).ceil() * ystep;
+        while v <= hi + ystep * 1e-9 {
+            let y = f.y(v);
+            c.line(x0, y, x1, y, Paint::stroke(GRID, 1.0));
+            c.text(Text::new(&format!("{:.*}", decimals(ystep), v), x0 - 8.0, y + 4.0, 12.0).anchor(Anchor::End).color(MUTED));
+            v += ystep;
         }
+        let xstep = nice_step(f.x_max, 12.0).max(1.0);
+        let mut i = 0.0;
+        while i <= f.x_max + 1e-9 {
+            let x = f.x(i);
+            c.line(x, y1, x, y1 + 5.0, Paint::stroke(INK, 1.0));
+            c.text(Text::new(&format!("{i:.0}"), x, y1 + 20.0, 12.0).anchor(Anchor::Middle).color(MUTED));
+            i += xstep;
+        }
+        c.rect(x0, y0, x1 - x0, y1 - y0, 0.0, Paint::stroke(INK, 1.0));
+        c.text(Text::new("experiment (in the order it finished; 0 = baseline)", (x0 + x1) / 2.0, HEIGHT - 22.0, 14.0).anchor(Anchor::Middle));
+        let better = if self.dir == Direction::Lower { "lower" } else { "higher" };
+        c.text(Text::new(&format!("{} ({better} is better)", self.metric), 28.0, (y0 + y1) / 2.0, 14.0).anchor(Anchor::Middle).angle(-90.0));
     }
 
-    // Best so far: a step line through the kept experiments.
-    let mut steps: Vec<(f32, f32)> = Vec::new();
-    for p in &points {
-        if p.node.status == Status::Keep
-            && let Some(m) = p.node.metric
-        {
-            let (x, y) = (f.x(p.index as f64), f.y(m));
-            if let Some(&(_, py)) = steps.last() {
-                steps.push((x, py));
+    /// The baseline's line, and its runs (its seeds): the spread a change must stand out from.
+    fn baseline(&self, c: &mut dyn Canvas) {
+        let (x0, x1, _, _) = EDGES;
+        let (f, lo, hi) = (&self.f, self.f.lo, self.f.hi);
+        if let Some(b) = self.baseline_metric() {
+            let y = f.y(b);
+            c.line(x0, y, x1, y, Paint::stroke(BASELINE, 1.5).dashed(6.0));
+            c.text(Text::new(&format!("baseline {b:.6}"), x1 - 6.0, y - 6.0, 12.0).anchor(Anchor::End).color(BASELINE));
+        }
+        if let Some(p) = self.baseline_node.and_then(|b| self.points.iter().find(|p| p.node.id == b.id)) {
+            let x = f.x(p.index as f64);
+            for &m in &self.baseline_runs {
+                c.circle(x, f.y(m.clamp(lo, hi)), 3.0, Paint::stroke(BASELINE, 1.2));
             }
-            steps.push((x, y));
         }
     }
-    if let Some(&(_, y)) = steps.last() {
-        steps.push((f.x(f.x_max), y));
-        c.path(&steps, false, Paint::stroke(KEEP, 2.5));
+
+    /// The keep bar: for each decided experiment, the value it had to reach (the best when it
+    /// was decided, moved by the bar), joined to its point, so a near-miss shows as a short gap.
+    fn keep_bars(&self, c: &mut dyn Canvas) {
+        let (f, lo, hi) = (&self.f, self.f.lo, self.f.hi);
+        for &(i, v) in &self.needed {
+            let x = f.x(i as f64);
+            let y = f.y(v.clamp(lo, hi));
+            c.line(x - 7.0, y, x + 7.0, y, Paint::stroke(BEST, 2.0));
+            if let Some(m) = self.points.get(i).and_then(|p| p.node.metric).filter(|m| m.is_finite()) {
+                c.line(x, y, x, f.y(m.clamp(lo, hi)), Paint::stroke(BEST.alpha(0.5), 1.0).dashed(2.0));
+            }
+        }
     }
 
-    // The points: discarded (grey), failed (red cross at the bad edge), kept (green).
-    let bad_edge = if dir == Direction::Lower { y0 + 8.0 } else { y1 - 8.0 };
-    for p in &points {
-        let n = p.node;
-        let x = f.x(p.index as f64);
-        match (n.status, n.metric) {
-            (Status::Keep, _) => {}
-            (Status::Unverified, Some(m)) if m.is_finite() => {
-                let y = f.y(m.clamp(lo, hi));
-                c.path(&[(x, y - 6.0), (x + 6.0, y), (x, y + 6.0), (x - 6.0, y)], true, Paint::stroke(UNVERIFIED, 1.8));
+    /// Best so far: a step line through the kept experiments.
+    fn best_so_far(&self, c: &mut dyn Canvas) {
+        let f = &self.f;
+        let mut steps: Vec<(f32, f32)> = Vec::new();
+        for p in &self.points {
+            if p.node.status == Status::Keep
+                && let Some(m) = p.node.metric
+            {
+                let (x, y) = (f.x(p.index as f64), f.y(m));
+                if let Some(&(_, py)) = steps.last() {
+                    steps.push((x, py));
+                }
+                steps.push((x, y));
             }
-            (_, Some(m)) if m.is_finite() => {
-                let y = f.y(m);
-                let clipped = m > hi || m < lo;
-                let color = match n.status {
-                    Status::Pruned => DISCARD.alpha(0.45),
-                    Status::ChecksFailed => CHECKS_FAILED,
-                    _ => DISCARD,
-                };
-                if clipped {
-                    let s = if dir == Direction::Lower { -1.0 } else { 1.0 };
-                    c.path(&[(x - 6.0, y - s * 3.0), (x + 6.0, y - s * 3.0), (x, y + s * 6.0)], true, Paint::fill(color));
-                } else {
-                    c.circle(x, y, 4.5, Paint::both(color.alpha(color.a * 0.7), WHITE, 0.8));
+        }
+        if let Some(&(_, y)) = steps.last() {
+            steps.push((f.x(f.x_max), y));
+            c.path(&steps, false, Paint::stroke(KEEP, 2.5));
+        }
+    }
+
+    /// The points: discarded (grey), failed (red cross at the bad edge), unverified (a
+    /// diamond), then the kept (green) over them.
+    fn experiments(&self, c: &mut dyn Canvas) {
+        let (_, _, y0, y1) = EDGES;
+        let (f, lo, hi, dir) = (&self.f, self.f.lo, self.f.hi, self.dir);
+        let bad_edge = if dir == Direction::Lower { y0 + 8.0 } else { y1 - 8.0 };
+        for p in &self.points {
+            let n = p.node;
+            let x = f.x(p.index as f64);
+            match (n.status, n.metric) {
+                (Status::Keep, _) => {}
+                (Status::Unverified, Some(m)) if m.is_finite() => {
+                    let y = f.y(m.clamp(lo, hi));
+                    c.path(&[(x, y - 6.0), (x + 6.0, y), (x, y + 6.0), (x - 6.0, y)], true, Paint::stroke(UNVERIFIED, 1.8));
+                }
+                (_, Some(m)) if m.is_finite() => {
+                    let y = f.y(m);
+                    let clipped = m > hi || m < lo;
+                    let color = match n.status {
+                        Status::Pruned => DISCARD.alpha(0.45),
+                        Status::ChecksFailed => CHECKS_FAILED,
+                        _ => DISCARD,
+                    };
+                    if clipped {
+                        let s = if dir == Direction::Lower { -1.0 } else { 1.0 };
+                        c.path(&[(x - 6.0, y - s * 3.0), (x + 6.0, y - s * 3.0), (x, y + s * 6.0)], true, Paint::fill(color));
+                    } else {
+                        c.circle(x, y, 4.5, Paint::both(color.alpha(color.a * 0.7), WHITE, 0.8));
+                    }
+                }
+                _ => {
+                    let (s, y) = (5.0, bad_edge);
+                    c.line(x - s, y - s, x + s, y + s, Paint::stroke(CRASH, 2.0));
+                    c.line(x - s, y + s, x + s, y - s, Paint::stroke(CRASH, 2.0));
                 }
             }
-            _ => {
-                let (s, y) = (5.0, bad_edge);
-                c.line(x - s, y - s, x + s, y + s, Paint::stroke(CRASH, 2.0));
-                c.line(x - s, y + s, x + s, y - s, Paint::stroke(CRASH, 2.0));
-            }
+        }
+        for (i, n) in self.kept() {
+            let (x, y) = (f.x(i as f64), f.y(n.metric.unwrap_or(lo)));
+            c.circle(x, y, 6.5, Paint::both(KEEP, WHITE, 1.5));
         }
     }
-    let mut keeps: Vec<(usize, &Node)> = points.iter().filter(|p| p.node.status == Status::Keep && p.node.metric.is_some()).map(|p| (p.index, p.node)).collect();
-    for &(i, n) in &keeps {
-        let (x, y) = (f.x(i as f64), f.y(n.metric.unwrap_or(lo)));
-        c.circle(x, y, 6.5, Paint::both(KEEP, WHITE, 1.5));
+
+    /// The kept experiments with a metric, by index.
+    fn kept(&self) -> Vec<(usize, &'a Node)> {
+        self.points.iter().filter(|p| p.node.status == Status::Keep && p.node.metric.is_some()).map(|p| (p.index, p.node)).collect()
     }
 
-    // Labels of kept changes (the largest gains when there are many), turned to stay clear.
-    keeps.retain(|(_, n)| n.parent.is_some());
-    if keeps.len() > MAX_LABELS {
-        keeps.sort_by(|a, b| r.step_gain(b.1).unwrap_or(0.0).total_cmp(&r.step_gain(a.1).unwrap_or(0.0)));
-        keeps.truncate(MAX_LABELS);
-    }
-    for (i, n) in keeps {
-        let (x, y) = (f.x(i as f64), f.y(n.metric.unwrap_or(lo)));
-        label(c, n, x, y, (x0, y0, x1, y1));
+    /// Labels of kept changes (the largest gains when there are many), turned to stay clear.
+    fn labels(&self, c: &mut dyn Canvas) {
+        let (x0, x1, y0, y1) = EDGES;
+        let f = &self.f;
+        let mut keeps = self.kept();
+        keeps.retain(|(_, n)| n.parent.is_some());
+        if keeps.len() > MAX_LABELS {
+            let r = self.r;
+            keeps.sort_by(|a, b| r.step_gain(b.1).unwrap_or(0.0).total_cmp(&r.step_gain(a.1).unwrap_or(0.0)));
+            keeps.truncate(MAX_LABELS);
+        }
+        for (i, n) in keeps {
+            let (x, y) = (f.x(i as f64), f.y(n.metric.unwrap_or(f.lo)));
+            label(c, n, x, y, (x0, y0, x1, y1));
+        }
     }
 
-    // The best: a ring and its value.
-    if let Some(b) = best
-        && let Some(m) = b.metric
-        && let Some(p) = points.iter().find(|p| p.node.id == b.id)
-    {
-        let (x, y) = (f.x(p.index as f64), f.y(m));
-        c.circle(x, y, 11.0, Paint::stroke(BEST, 3.0));
-        let anchor = if x > WIDTH - 300.0 { Anchor::End } else { Anchor::Start };
-        let dx = if anchor == Anchor::End { -14.0 } else { 14.0 };
-        let dy = if dir == Direction::Lower { 26.0 } else { -20.0 };
-        c.text(Text::new(&format!("best {m:.6} ({})", b.name()), x + dx, y + dy, 14.0).anchor(anchor).bold().color(INK));
+    /// The best: a ring and its value.
+    fn best(&self, c: &mut dyn Canvas) {
+        let f = &self.f;
+        if let Some(b) = self.best
+            && let Some(m) = b.metric
+            && let Some(p) = self.points.iter().find(|p| p.node.id == b.id)
+        {
+            let (x, y) = (f.x(p.index as f64), f.y(m));
+            c.circle(x, y, 11.0, Paint::stroke(BEST, 3.0));
+            let anchor = if x > WIDTH - 300.0 { Anchor::End } else { Anchor::Start };
+            let dx = if anchor == Anchor::End { -14.0 } else { 14.0 };
+            let dy = if self.dir == Direction::Lower { 26.0 } else { -20.0 };
+            c.text(Text::new(&format!("best {m:.6} ({})", b.name()), x + dx, y + dy, 14.0).anchor(anchor).bold().color(INK));
+        }
     }
-    legend(c);
 }
 
 fn legend(c: &mut dyn Canvas) {
