@@ -166,26 +166,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let root = git.root.clone();
     let paths = Paths::new(&root, cfg);
     let (profile, class, platform) = crate::platform::resolve_profile(&root, cfg)?;
-    let tip = git.branch_tip(&cfg.tag)?;
-    match (tip, opts.resume) {
-        (Some(_), false) => {
-            return Err(repo_state(format!(
-                "branch {} already exists: pass --resume to continue that run, or choose another --tag",
-                branch_name(&cfg.tag)
-            )));
-        }
-        (None, true) => {
-            return Err(repo_state(format!("nothing to resume: branch {} does not exist (start it without --resume)", branch_name(&cfg.tag))));
-        }
-        (None, false) if paths.db.exists() => {
-            return Err(repo_state(format!(
-                "{} exists from an earlier run with this tag: remove {} or choose another --tag",
-                paths.db.display(),
-                paths.state_dir.display()
-            )));
-        }
-        _ => {}
-    }
+    refuse_wrong_start(cfg, git, &paths, opts.resume)?;
     crate::agents::require_installed(cfg)?;
     let executor = crate::executor::build(cfg);
     println!("{}", describe(cfg, &paths, &profile, executor.as_ref()));
@@ -198,21 +179,7 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     let pid_file = crate::pidfile::PidFile::claim(&paths.state_dir, &cfg.tag)?;
     println!("runner pid {} in {} (`autoresearch stop --tag {}` stops it as Ctrl-C does)", std::process::id(), pid_file.path().display(), cfg.tag);
     let db = Db::open(&paths.db)?;
-    let ro_hashes = if opts.resume {
-        let text = db.meta("ro_hashes")?.ok_or_else(|| anyhow!("{}: no recorded read-only hashes", paths.db.display()))?;
-        serde_json::from_str(&text)?
-    } else {
-        let base = git.head_commit()?;
-        let hashes = git.tree_hashes(base, &cfg.read_only)?;
-        db.set_meta("tag", &cfg.tag)?;
-        db.set_meta("base_commit", &base.to_string())?;
-        db.set_meta("ro_hashes", &serde_json::to_string(&hashes)?)?;
-        db.set_meta("config", &serde_json::to_string(cfg)?)?;
-        db.set_meta("started_at", &now().to_string())?;
-        git.create_branch(&cfg.tag, base)?;
-        println!("created branch {} at {}", branch_name(&cfg.tag), &base.to_string()[..7]);
-        hashes
-    };
+    let ro_hashes = if opts.resume { recorded_hashes(&db, &paths)? } else { start_branch(cfg, git, &db)? };
     let profile = snapshot_profile(&profile, &paths, &db)?;
     executor::ensure_sign_key(&paths.sign_key())?;
     let started = db.meta("started_at")?.and_then(|s| s.parse().ok()).unwrap_or_else(now);
@@ -249,26 +216,55 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
     if result.is_ok() {
         result = lp.main_loop();
     }
-    // Whatever stopped the loop, no run is left behind: stop the workers' runs and record them.
-    if !lp.in_flight.is_empty() {
-        crate::process::request_stop();
-        if let Err(e) = lp.drain() {
-            lp.progress.line(&format!("error while stopping the runs in flight: {e:#}"));
-        }
-    }
-    lp.save_active_time();
-    lp.progress.finish();
-    // The members' units in the target directory are the last experiment's: make the next
-    // build of the main checkout compile its own.
-    crate::executor::build_tree::hand_back_locked(&git.root);
-    let summary = lp.write_summary();
-    match (&result, summary) {
-        (_, Ok(p)) => println!("summary: {}", p.display()),
-        (Ok(()), Err(e)) => return Err(e),
-        (Err(_), Err(_)) => {}
-    }
+    lp.wind_down(&result)?;
     // The pictures and the page too; a run's result never depends on them.
     drop(lp);
+    write_report(git, cfg);
+    result
+}
+
+/// A run starts on a tag that has no branch and no database yet, and resumes one that has a
+/// branch: anything else would mix two runs, or resume nothing.
+fn refuse_wrong_start(cfg: &ResearchConfig, git: &Git, paths: &Paths, resume: bool) -> Result<()> {
+    match (git.branch_tip(&cfg.tag)?, resume) {
+        (Some(_), false) => Err(repo_state(format!(
+            "branch {} already exists: pass --resume to continue that run, or choose another --tag",
+            branch_name(&cfg.tag)
+        ))),
+        (None, true) => Err(repo_state(format!("nothing to resume: branch {} does not exist (start it without --resume)", branch_name(&cfg.tag)))),
+        (None, false) if paths.db.exists() => Err(repo_state(format!(
+            "{} exists from an earlier run with this tag: remove {} or choose another --tag",
+            paths.db.display(),
+            paths.state_dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The hashes of the read-only paths a resumed run recorded when it started.
+fn recorded_hashes(db: &Db, paths: &Paths) -> Result<BTreeMap<String, String>> {
+    let text = db.meta("ro_hashes")?.ok_or_else(|| anyhow!("{}: no recorded read-only hashes", paths.db.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// A new run: records what it starts from (the base commit, the read-only paths' hashes, the
+/// config, the time) and creates its branch at HEAD; returns the hashes.
+fn start_branch(cfg: &ResearchConfig, git: &Git, db: &Db) -> Result<BTreeMap<String, String>> {
+    let base = git.head_commit()?;
+    let hashes = git.tree_hashes(base, &cfg.read_only)?;
+    db.set_meta("tag", &cfg.tag)?;
+    db.set_meta("base_commit", &base.to_string())?;
+    db.set_meta("ro_hashes", &serde_json::to_string(&hashes)?)?;
+    db.set_meta("config", &serde_json::to_string(cfg)?)?;
+    db.set_meta("started_at", &now().to_string())?;
+    git.create_branch(&cfg.tag, base)?;
+    println!("created branch {} at {}", branch_name(&cfg.tag), &base.to_string()[..7]);
+    Ok(hashes)
+}
+
+/// The report's pictures and page after a run; a failure is a warning, `autoresearch report`
+/// retries.
+fn write_report(git: &Git, cfg: &ResearchConfig) {
     match crate::report::write(git, cfg, None) {
         Ok(files) => {
             if let Some(page) = files.iter().find(|p| p.ends_with("report.html")) {
@@ -277,7 +273,6 @@ pub fn run(cfg: &ResearchConfig, git: &Git, opts: Options) -> Result<()> {
         }
         Err(e) => eprintln!("warning: the report was not written ({e:#}); `autoresearch report` retries"),
     }
-    result
 }
 
 impl Loop<'_> {
@@ -350,6 +345,29 @@ impl Loop<'_> {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whatever stopped the loop (`result`), no run is left behind: the workers' runs are
+    /// stopped and recorded, the run's time stored, the build tree handed back and the summary
+    /// written. Errs only when the loop succeeded and the summary could not be written.
+    fn wind_down(&mut self, result: &Result<()>) -> Result<()> {
+        if !self.in_flight.is_empty() {
+            crate::process::request_stop();
+            if let Err(e) = self.drain() {
+                self.progress.line(&format!("error while stopping the runs in flight: {e:#}"));
+            }
+        }
+        self.save_active_time();
+        self.progress.finish();
+        // The members' units in the target directory are the last experiment's: make the next
+        // build of the main checkout compile its own.
+        crate::executor::build_tree::hand_back_locked(&self.git.root);
+        match (result, self.write_summary()) {
+            (_, Ok(p)) => println!("summary: {}", p.display()),
+            (Ok(()), Err(e)) => return Err(e),
+            (Err(_), Err(_)) => {}
+        }
+        Ok(())
     }
 
     fn current_best(&self) -> Result<Option<Node>> {
