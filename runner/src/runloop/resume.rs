@@ -22,39 +22,8 @@ impl Loop<'_> {
             if n.status.finished() || tree::is_idea(&n) {
                 continue;
             }
-            let jobs = self.db.jobs(Some(n.id))?;
-            let mut orphans: Vec<i64> = jobs.iter().filter_map(|j| j.handle.strip_prefix("local:").and_then(|p| p.parse().ok())).collect();
-            orphans.extend(n.pid);
-            for pgid in orphans {
-                if crate::process::kill_orphan_group(pgid) {
-                    self.progress.line(&format!("resume: killed the orphaned experiment of {} (process group {pgid})", n.name()));
-                }
-            }
-            let followable = jobs.iter().any(|j| j.handle.starts_with("slurm:"));
-            match &n.commit {
-                Some(_) if n.status == Status::Running && followable => resumable.push(n),
-                // Interrupted for the first time (Ctrl-C, `stop`, kill -9): its idea is not lost,
-                // it runs again from the same commit, keeping the runs that finished.
-                Some(_) if n.status == Status::Running && self.reruns(&n)? == 0 => {
-                    self.db.set_meta(&rerun_key(&n), "1")?;
-                    self.db.forget_interrupted_runs(n.id)?;
-                    self.progress.line(&format!("resume: {} was interrupted; running it again from its commit", n.name()));
-                    resumable.push(n);
-                }
-                Some(_) => {
-                    let insight = if self.reruns(&n)? > 0 {
-                        "interrupted twice: the runner stopped during this experiment and again during its re-run"
-                    } else {
-                        "interrupted: the runner stopped during this experiment"
-                    };
-                    self.db.clear_jobs(n.id)?;
-                    self.finish_node(&n, &Decision::unmeasured(Status::Crash, insight), None)?;
-                    self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
-                }
-                None => {
-                    self.db.delete_node(n.id)?;
-                    self.git.delete_node_ref(self.tag(), &n.name())?;
-                }
+            if let Some(n) = self.settle(n)? {
+                resumable.push(n);
             }
         }
         // Worktrees of planned nodes belong to a person (`tree worktree`), and those of
@@ -65,37 +34,92 @@ impl Loop<'_> {
             self.progress.line(&format!("resume: removed worktree {wt}"));
         }
         let nodes = self.db.nodes()?;
-        for n in &nodes {
+        self.restore_refs(&nodes)?;
+        self.reconcile_rows(&nodes)?;
+        // Nodes with Slurm jobs to follow, and interrupted nodes to run again.
+        for n in resumable {
+            self.restart(n, &nodes)?;
+        }
+        Ok(())
+    }
+
+    /// An unfinished node after a kill: its orphaned processes are killed; it is returned to
+    /// be resumed (Slurm jobs to follow, or a first interruption to run again), recorded as a
+    /// crash (a second interruption, or nothing to follow), or deleted (it never got a commit).
+    fn settle(&mut self, n: Node) -> Result<Option<Node>> {
+        let jobs = self.db.jobs(Some(n.id))?;
+        let mut orphans: Vec<i64> = jobs.iter().filter_map(|j| j.handle.strip_prefix("local:").and_then(|p| p.parse().ok())).collect();
+        orphans.extend(n.pid);
+        for pgid in orphans {
+            if crate::process::kill_orphan_group(pgid) {
+                self.progress.line(&format!("resume: killed the orphaned experiment of {} (process group {pgid})", n.name()));
+            }
+        }
+        let followable = jobs.iter().any(|j| j.handle.starts_with("slurm:"));
+        match &n.commit {
+            Some(_) if n.status == Status::Running && followable => return Ok(Some(n)),
+            // Interrupted for the first time (Ctrl-C, `stop`, kill -9): its idea is not lost,
+            // it runs again from the same commit, keeping the runs that finished.
+            Some(_) if n.status == Status::Running && self.reruns(&n)? == 0 => {
+                self.db.set_meta(&rerun_key(&n), "1")?;
+                self.db.forget_interrupted_runs(n.id)?;
+                self.progress.line(&format!("resume: {} was interrupted; running it again from its commit", n.name()));
+                return Ok(Some(n));
+            }
+            Some(_) => {
+                let insight = if self.reruns(&n)? > 0 {
+                    "interrupted twice: the runner stopped during this experiment and again during its re-run"
+                } else {
+                    "interrupted: the runner stopped during this experiment"
+                };
+                self.db.clear_jobs(n.id)?;
+                self.finish_node(&n, &Decision::unmeasured(Status::Crash, insight), None)?;
+                self.progress.line(&format!("resume: {} was left {}, recorded as crash", n.name(), n.status.as_str()));
+            }
+            None => {
+                self.db.delete_node(n.id)?;
+                self.git.delete_node_ref(self.tag(), &n.name())?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every node's ref at its commit, and the branch at the best's, as a kill may have left
+    /// them behind.
+    fn restore_refs(&self, nodes: &[Node]) -> Result<()> {
+        for n in nodes {
             if let Some(c) = &n.commit {
                 self.git.set_node_ref(self.tag(), &n.name(), Git::oid(c)?)?;
             }
         }
-        if let Some(best) = tree::best(&nodes)
+        if let Some(best) = tree::best(nodes)
             && let Some(c) = &best.commit
             && self.git.branch_tip(self.tag())?.map(|o| o.to_string()).as_deref() != Some(c.as_str())
         {
             self.git.set_branch(self.tag(), Git::oid(c)?, "autoresearch: resume")?;
             self.progress.line(&format!("resume: branch moved to the best experiment {}", best.name()));
         }
-        self.reconcile_rows(&nodes)?;
-        // Nodes with Slurm jobs to follow, and interrupted nodes to run again.
-        for n in resumable {
-            // The jobs run in this worktree: keep it as it is (re-creating it would pull the
-            // directory out from under them); make it only if it is gone.
-            let wt = match self.git.worktree_head(self.tag(), &n.name())? {
-                Some(_) => self.git.worktree_path(self.tag(), &n.name()),
-                None => self.git.add_worktree(self.tag(), &n.name(), Git::oid(n.commit.as_deref().unwrap_or_default())?)?,
-            };
-            let task = match (n.parent, tree::best(&nodes).and_then(|b| b.metric)) {
-                (None, _) => Task::Baseline,
-                (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: tree::best(&nodes).map(|b| b.id).unwrap_or(0) },
-                (Some(_), None) => continue,
-            };
-            if jobs_left_by_slurm(&self.db, n.id)? {
-                self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
-            }
-            self.spawn(n, wt, task);
+        Ok(())
+    }
+
+    /// A worker for a resumed node, in its worktree, against the best in `nodes`; an experiment
+    /// gets none while no best has a metric to compare it with.
+    fn restart(&mut self, n: Node, nodes: &[Node]) -> Result<()> {
+        // The jobs run in this worktree: keep it as it is (re-creating it would pull the
+        // directory out from under them); make it only if it is gone.
+        let wt = match self.git.worktree_head(self.tag(), &n.name())? {
+            Some(_) => self.git.worktree_path(self.tag(), &n.name()),
+            None => self.git.add_worktree(self.tag(), &n.name(), Git::oid(n.commit.as_deref().unwrap_or_default())?)?,
+        };
+        let task = match (n.parent, tree::best(nodes).and_then(|b| b.metric)) {
+            (None, _) => Task::Baseline,
+            (Some(_), Some(best)) => Task::Experiment { best, bar: self.bar(), best_node: tree::best(nodes).map(|b| b.id).unwrap_or(0) },
+            (Some(_), None) => return Ok(()),
+        };
+        if jobs_left_by_slurm(&self.db, n.id)? {
+            self.progress.line(&format!("resume: {} has runs in flight, following them", n.name()));
         }
+        self.spawn(n, wt, task);
         Ok(())
     }
 
