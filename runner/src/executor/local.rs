@@ -10,7 +10,7 @@
 //! On a machine with NVIDIA GPUs each run gets one (`CUDA_VISIBLE_DEVICES`), the least busy, so
 //! that N slots on N GPUs use every GPU instead of N runs on the first.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,44 +26,63 @@ use crate::layout::Paths;
 use crate::process::{self, FileLock, Output};
 
 pub struct Local {
-    slots: usize,
-    /// GPU names (`CUDA_VISIBLE_DEVICES` values) and how many runs each has now.
-    gpus: Mutex<Vec<(String, usize)>>,
+    /// The config's `slots`; 0: one per GPU.
+    configured_slots: usize,
+    /// GPU names (`CUDA_VISIBLE_DEVICES` values) and how many runs each has now. Probed on
+    /// first use: `tree add` and the manual proposer build an executor only to ask it for a job
+    /// script, and should not start `nvidia-smi` for that.
+    gpus: OnceLock<Mutex<Vec<(String, usize)>>>,
 }
 
 impl Local {
     pub fn new(cfg: &ResearchConfig) -> Local {
-        Local::with_gpus(cfg, crate::platform::gpu_ids())
+        Local { configured_slots: cfg.slots, gpus: OnceLock::new() }
     }
 
+    /// With these GPUs instead of the probed ones (tests).
+    #[cfg(test)]
     pub fn with_gpus(cfg: &ResearchConfig, gpus: Vec<String>) -> Local {
-        let slots = if cfg.slots > 0 { cfg.slots } else { gpus.len().max(1) };
-        Local { slots, gpus: Mutex::new(gpus.into_iter().map(|g| (g, 0)).collect()) }
+        let local = Local::new(cfg);
+        let _ = local.gpus.set(busy_counts(gpus));
+        local
+    }
+
+    fn gpus(&self) -> &Mutex<Vec<(String, usize)>> {
+        self.gpus.get_or_init(|| busy_counts(crate::platform::gpu_ids()))
     }
 
     /// The least busy GPU, now one run busier; None without GPUs.
     fn take_gpu(&self) -> Option<String> {
-        let mut gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpus = self.gpus().lock().unwrap_or_else(|e| e.into_inner());
         let g = gpus.iter_mut().min_by_key(|(_, busy)| *busy)?;
         g.1 += 1;
         Some(g.0.clone())
     }
 
     fn release_gpu(&self, name: &str) {
-        let mut gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpus = self.gpus().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = gpus.iter_mut().find(|(n, _)| n == name) {
             g.1 = g.1.saturating_sub(1);
         }
     }
 }
 
+/// Every GPU idle.
+fn busy_counts(gpus: Vec<String>) -> Mutex<Vec<(String, usize)>> {
+    Mutex::new(gpus.into_iter().map(|g| (g, 0)).collect())
+}
+
 impl Executor for Local {
     fn slots(&self) -> usize {
-        self.slots
+        if self.configured_slots > 0 {
+            self.configured_slots
+        } else {
+            self.gpus().lock().unwrap_or_else(|e| e.into_inner()).len().max(1)
+        }
     }
 
     fn describe(&self) -> String {
-        format!("local, {} at a time", self.slots)
+        format!("local, {} at a time", self.slots())
     }
 
     fn before_build(&self) -> &'static str {
@@ -309,7 +328,7 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, ["0", "1"], "two runs at once, one per GPU: {gpus:?}");
         // Both released: the next run may take either.
-        assert!(local.gpus.lock().unwrap().iter().all(|(_, busy)| *busy == 0));
+        assert!(local.gpus().lock().unwrap().iter().all(|(_, busy)| *busy == 0));
         assert!(Local::with_gpus(&cfg, vec![]).take_gpu().is_none());
     }
 
