@@ -80,7 +80,8 @@ impl std::fmt::Display for CudaMissing {
 /// `roots` are the toolkit roots otherwise ([`TOOLKIT_ROOTS`]), the first with `nvvm/libdevice/`
 /// chosen even when the file is not in it, as cubecl-llvm does.
 pub fn libdevice_path(cuda_path: Option<&Path>, roots: &[PathBuf]) -> Result<PathBuf, Vec<PathBuf>> {
-    let root = match cuda_path.filter(|p| !p.as_os_str().is_empty()) {
+    // An empty CUDA_PATH is set too, for cubecl-llvm: it then reads a relative path.
+    let root = match cuda_path {
         Some(root) => root.to_path_buf(),
         None => match roots.iter().find(|r| r.join("nvvm").join("libdevice").is_dir()) {
             Some(root) => root.clone(),
@@ -119,7 +120,7 @@ pub fn missing(index: usize, driver: DriverProbe, libdevice: Result<PathBuf, Vec
 
 /// What is missing here for `cubecl-cuda:index` (empty: all there).
 pub fn missing_here(index: usize) -> Vec<CudaMissing> {
-    let cuda_path_set = std::env::var_os("CUDA_PATH").is_some_and(|p| !p.is_empty());
+    let cuda_path_set = std::env::var_os("CUDA_PATH").is_some();
     missing(index, probe_driver(), libdevice_here(), cuda_path_set)
 }
 
@@ -188,8 +189,8 @@ mod tests {
         assert_eq!(libdevice_path(Some(&pip), &roots), Err(vec![pip.join(LIBDEVICE_IN_ROOT)]));
         touch(&pip.join(LIBDEVICE_IN_ROOT));
         assert_eq!(libdevice_path(Some(&pip), &roots), Ok(pip.join("nvvm/libdevice/libdevice.10.bc")));
-        // An empty CUDA_PATH counts as unset.
-        assert_eq!(libdevice_path(Some(Path::new("")), &roots), Err(vec![a.join(LIBDEVICE_IN_ROOT)]));
+        // An empty CUDA_PATH is still CUDA_PATH to cubecl-llvm: a relative path, named as such.
+        assert_eq!(libdevice_path(Some(Path::new("")), &roots), Err(vec![PathBuf::from(LIBDEVICE_IN_ROOT)]));
     }
 
     #[test]

@@ -100,7 +100,7 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && ! ls /usr/share/vulkan/icd.d/nvidia_icd.json
   done
 fi
 "$WORK/bin/harness" --list-devices 2>&1 | tee "$OUT/devices.txt"
-[ -n "$CUBECL" ] && CUDA_PATH="$CUBECL_CUDA_PATH" "$WORK/cubecl/harness" --list-devices 2>&1 | tee "$OUT/devices-cubecl.txt"
+[ -n "$CUBECL" ] && env ${CUBECL_CUDA_PATH:+CUDA_PATH="$CUBECL_CUDA_PATH"} "$WORK/cubecl/harness" --list-devices 2>&1 | tee "$OUT/devices-cubecl.txt"
 
 # GPU memory in use, sampled every 200 ms while a step runs: its peak over the idle level.
 mem_start() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/mem-$1.txt" 2>/dev/null & MEM_PID=$!; }
@@ -180,8 +180,13 @@ bench torch-compiled 150 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch
 bench torch-eager 60 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch_reference.py" --torch-device cuda
 if [ -n "$CUBECL" ]; then
   # First steps compile and autotune every kernel (the cache starts empty): 3 warm-up steps.
-  BENCH_BIN="$WORK/cubecl/bench_step" CUDA_PATH="$CUBECL_CUDA_PATH" bench bench-cubecl 180 "${CUBECL_BATCH:-$BATCH}" --devices cubecl-cuda --dtype bf16
-  CUDA_PATH="$CUBECL_CUDA_PATH" smoke smoke-cubecl cubecl-cuda "$WORK/cubecl"
+  # CUDA_PATH for these two only, and only when there is a libdevice to point at (an empty one
+  # would be a relative path to cubecl-llvm).
+  saved_cuda_path=${CUDA_PATH-__unset__}
+  [ -n "$CUBECL_CUDA_PATH" ] && export CUDA_PATH="$CUBECL_CUDA_PATH"
+  BENCH_BIN="$WORK/cubecl/bench_step" bench bench-cubecl 180 "${CUBECL_BATCH:-$BATCH}" --devices cubecl-cuda --dtype bf16
+  smoke smoke-cubecl cubecl-cuda "$WORK/cubecl"
+  if [ "$saved_cuda_path" = __unset__ ]; then unset CUDA_PATH; else export CUDA_PATH="$saved_cuda_path"; fi
 fi
 bench bench-vulkan 90 "${VULKAN_BATCH:-8}" --devices vulkan --dtype f32
 smoke smoke-vulkan vulkan
