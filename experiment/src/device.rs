@@ -11,6 +11,10 @@
 //! | `tch-cpu`   | `tch`         | LibTorch on the CPU |
 //! | `cuda[:N]`  | `tch`         | LibTorch on CUDA GPU N (default 0) |
 //! | `mps`       | `tch`         | LibTorch on Apple's Metal Performance Shaders |
+//! | `cubecl-cuda[:N]` | `cubecl-cuda` | Burn's own CUDA backend (CubeCL, kernels through LLVM to PTX) on GPU N, fused and autotuned with `fusion`, `autotune` |
+//!
+//! `cubecl-cuda` needs the NVIDIA driver and libdevice at run time: [`crate::cuda_runtime`]
+//! looks for both before the device is built and names the package of whatever is missing.
 //!
 //! An explicit `--device` always wins. Without one, `BURN_DEVICE` (if set) is parsed with the
 //! same names (`tch` meaning `tch-cpu`), then the profile's `backend`, then `flex`.
@@ -50,6 +54,7 @@ pub const ALL_DEVICES: &[DeviceSpec] = &[
     DeviceSpec { name: "tch-cpu", feature: "tch", description: "LibTorch on the CPU", class: DeviceClass::Cpu },
     DeviceSpec { name: "cuda", feature: "tch", description: "LibTorch on CUDA GPU N (cuda:N, default 0)", class: DeviceClass::Gpu },
     DeviceSpec { name: "mps", feature: "tch", description: "LibTorch on Apple MPS", class: DeviceClass::Gpu },
+    DeviceSpec { name: "cubecl-cuda", feature: "cubecl-cuda", description: "Burn's CUDA backend (CubeCL) on GPU N (:N)", class: DeviceClass::Gpu },
 ];
 
 /// Whether this build has `feature`.
@@ -61,6 +66,7 @@ pub fn feature_enabled(feature: &str) -> bool {
         "vulkan" => cfg!(feature = "vulkan"),
         "metal" => cfg!(feature = "metal"),
         "tch" => cfg!(feature = "tch"),
+        "cubecl-cuda" => cfg!(feature = "cubecl-cuda"),
         _ => false,
     }
 }
@@ -70,8 +76,22 @@ pub fn compiled_devices() -> Vec<&'static str> {
     ALL_DEVICES
         .iter()
         .filter(|d| feature_enabled(d.feature))
-        .map(|d| if d.name == "cuda" { "cuda[:N]" } else { d.name })
+        .map(shown_name)
         .collect()
+}
+
+/// Whether the device takes a GPU index (`NAME:N`).
+pub fn takes_index(name: &str) -> bool {
+    matches!(name, "cuda" | "cubecl-cuda")
+}
+
+/// The name as help text shows it (`cuda[:N]`).
+fn shown_name(d: &DeviceSpec) -> &'static str {
+    match d.name {
+        "cuda" => "cuda[:N]",
+        "cubecl-cuda" => "cubecl-cuda[:N]",
+        other => other,
+    }
 }
 
 /// A device that could not be selected.
@@ -87,6 +107,9 @@ pub enum DeviceError {
     NoCudaDevice { name: String, found: usize },
     /// `vulkan` on a machine without the Vulkan loader.
     NoVulkanLoader { name: String },
+    /// `cubecl-cuda` on a machine without what it needs at run time (the driver, a device,
+    /// libdevice): each missing piece with the package that brings it.
+    CubeclCudaMissing { name: String, missing: Vec<crate::cuda_runtime::CudaMissing> },
 }
 
 impl std::fmt::Display for DeviceError {
@@ -114,6 +137,13 @@ impl std::fmt::Display for DeviceError {
                  lies outside the loader's folders (GPU containers: /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json), \
                  also `export VK_DRIVER_FILES=` that file. `autoresearch detect` says what is missing"
             ),
+            DeviceError::CubeclCudaMissing { name, missing } => {
+                write!(f, "device {name:?} (Burn's CUDA backend) cannot start here:")?;
+                for (i, m) in missing.iter().enumerate() {
+                    write!(f, " ({}) {m}.", i + 1)?;
+                }
+                Ok(())
+            }
             DeviceError::NoCudaDevice { name, found } => write!(
                 f,
                 "device {name:?}: libtorch sees {found} CUDA device(s). Check the PyTorch this build links \
@@ -145,7 +175,7 @@ pub fn parse_device(text: &str) -> Result<DeviceChoice, DeviceError> {
     let lower = text.trim().to_ascii_lowercase();
     let (base, index) = match lower.split_once(':') {
         Some((base, idx)) => {
-            if base != "cuda" {
+            if !takes_index(base) {
                 return Err(DeviceError::Unknown { name: text.to_string(), available: compiled_devices() });
             }
             let index = idx
@@ -170,7 +200,7 @@ pub fn parse_device(text: &str) -> Result<DeviceChoice, DeviceError> {
         });
     }
     let index = index.unwrap_or(0);
-    let name = if spec.name == "cuda" { format!("cuda:{index}") } else { spec.name.to_string() };
+    let name = if takes_index(spec.name) { format!("{}:{index}", spec.name) } else { spec.name.to_string() };
     Ok(DeviceChoice { name, spec: spec.name, class: spec.class, index })
 }
 
@@ -254,6 +284,12 @@ pub fn libtorch_cuda_devices() -> usize {
     0
 }
 
+/// What `cubecl-cuda:index` lacks on this machine, as an error; `Ok` when all is there.
+pub fn check_cubecl_cuda(choice: &DeviceChoice) -> Result<(), DeviceError> {
+    let missing = crate::cuda_runtime::missing_here(choice.index);
+    if missing.is_empty() { Ok(()) } else { Err(DeviceError::CubeclCudaMissing { name: choice.name.clone(), missing }) }
+}
+
 /// Builds the Burn device for a parsed choice.
 #[allow(deprecated, unreachable_code, unused_variables)]
 pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
@@ -319,6 +355,16 @@ pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
             return Ok(Device::libtorch_mps());
             Err(not_compiled("tch"))
         }
+        "cubecl-cuda" => {
+            #[cfg(feature = "cubecl-cuda")]
+            {
+                // Before cudarc: it panics on a missing driver, and a missing libdevice would
+                // only show as the first kernel's compilation error.
+                check_cubecl_cuda(choice)?;
+                return Ok(Device::cuda(choice.index));
+            }
+            Err(not_compiled("cubecl-cuda"))
+        }
         _ => Err(DeviceError::Unknown { name: choice.name.clone(), available: compiled_devices() }),
     }
 }
@@ -327,13 +373,13 @@ pub fn build_device(choice: &DeviceChoice) -> Result<Device, DeviceError> {
 pub fn help_text() -> String {
     let mut text = String::from("Devices (--device NAME):\n");
     for d in ALL_DEVICES {
-        let shown = if d.name == "cuda" { "cuda[:N]" } else { d.name };
+        let shown = shown_name(d);
         let mark = if feature_enabled(d.feature) {
             "compiled in".to_string()
         } else {
             format!("rebuild with --features {}", d.feature)
         };
-        text.push_str(&format!("  {shown:<10} {:<44} [{mark}]\n", d.description));
+        text.push_str(&format!("  {shown:<15} {:<44} [{mark}]\n", d.description));
     }
     text
 }
@@ -393,6 +439,27 @@ mod tests {
                 assert_eq!(vulkan_loader_present(), cached);
             }
         }
+    }
+
+    #[cfg(not(feature = "cubecl-cuda"))]
+    #[test]
+    fn cubecl_cuda_is_listed_and_needs_its_feature() {
+        let err = parse_device("cubecl-cuda:1").unwrap_err();
+        assert!(matches!(err, DeviceError::NotCompiled { feature: "cubecl-cuda", .. }), "{err}");
+        assert!(err.to_string().contains("--features harness/cubecl-cuda,trainer/cubecl-cuda"), "{err}");
+        let help = help_text();
+        assert!(help.contains("cubecl-cuda[:N]") && help.contains("[rebuild with --features cubecl-cuda]"), "{help}");
+    }
+
+    #[test]
+    fn cubecl_cuda_missing_pieces_are_listed_in_one_error() {
+        use crate::cuda_runtime::CudaMissing;
+        let e = DeviceError::CubeclCudaMissing {
+            name: "cubecl-cuda:0".into(),
+            missing: vec![CudaMissing::Driver { error: "not found".into() }, CudaMissing::Libdevice { looked: vec!["/c/nvvm/libdevice/libdevice.10.bc".into()], cuda_path_set: false }],
+        };
+        let text = e.to_string();
+        assert!(text.contains("(1) the NVIDIA driver's libcuda.so.1") && text.contains("(2) libdevice.10.bc") && text.contains("pip install nvidia-nvvm"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod child;
 pub mod context;
+pub mod cuda_runtime;
 pub mod device;
 pub mod fastmath;
 pub mod flops;

@@ -14,6 +14,9 @@ pub struct Inventory {
     pub wgpu: Vec<Adapter>,
     /// Present in a build with the `tch` feature.
     pub libtorch: Option<LibTorch>,
+    /// Present in a build with the `cubecl-cuda` feature: what Burn's CUDA backend finds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cubecl_cuda: Option<CubeclCuda>,
     /// What could not be asked, and why.
     pub notes: Vec<String>,
 }
@@ -26,6 +29,14 @@ pub struct Adapter {
     pub name: Option<String>,
     /// No physical card behind it: a CPU or a software rasterizer (Mesa's lavapipe).
     pub software: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CubeclCuda {
+    /// CUDA devices the NVIDIA driver sees (0 without a driver).
+    pub devices: usize,
+    /// What `--device cubecl-cuda` lacks here (the driver, libdevice), each with its package.
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +100,12 @@ pub fn inventory() -> Inventory {
         let mps = cfg!(target_os = "macos")
             && ask("libtorch MPS", &mut inv.notes, || Tensor::<1>::zeros([1], &Device::libtorch_mps()).into_data()).is_some();
         inv.libtorch = Some(LibTorch { cuda_devices, mps });
+    }
+    #[cfg(feature = "cubecl-cuda")]
+    {
+        let devices = experiment::cuda_runtime::probe_driver().map(|(_, n)| n).unwrap_or(0);
+        let missing = experiment::cuda_runtime::missing_here(0).iter().map(ToString::to_string).collect();
+        inv.cubecl_cuda = Some(CubeclCuda { devices, missing });
     }
     std::panic::set_hook(hook);
     inv

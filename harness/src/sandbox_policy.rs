@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use experiment::cuda_runtime::{TOOLKIT_ROOTS, libdevice_path};
 use experiment::device::DeviceChoice;
 use contract::sandbox::{Policy, is_within};
 
@@ -101,6 +102,16 @@ fn policy_with_env(binary: &Path, scratch: &Path, device: &DeviceChoice, protect
     // /proc or /dev); the overlap check below keeps a repository or cache under /usr out.
     if matches!(device.spec, "wgpu" | "vulkan") {
         extra.push((PathBuf::from("/usr"), "the Vulkan driver"));
+    }
+    // Burn's CUDA backend links libdevice (CUDA's math library) into its kernels as the trainer
+    // compiles them: the folder it lies in, found as the trainer will find it (`CUDA_PATH`
+    // passes through to the trainer; else the toolkit folders).
+    if device.spec == "cubecl-cuda" {
+        let cuda_path = env("CUDA_PATH").map(PathBuf::from);
+        let roots: Vec<PathBuf> = TOOLKIT_ROOTS.iter().map(PathBuf::from).collect();
+        if let Some(folder) = libdevice_path(cuda_path.as_deref(), &roots).ok().and_then(|f| f.parent().map(Path::to_path_buf)) {
+            extra.push((folder, "libdevice (CUDA_PATH)"));
+        }
     }
     if let Some(paths) = env("LD_LIBRARY_PATH") {
         extra.extend(std::env::split_paths(&paths).filter(|p| p.is_absolute()).map(|p| (p, "LD_LIBRARY_PATH")));
@@ -365,6 +376,40 @@ mod tests {
         assert!(err.contains("names its loader") && err.contains(&loader.display().to_string()), "{err}");
         let system = trainer_policy(&std::env::current_exe().unwrap(), &scratch, &device, &protected, &[]).unwrap();
         assert!(system.policy.execute.iter().any(|p| p.to_string_lossy().contains("ld-linux")), "{:?}", system.policy.execute);
+    }
+
+    /// `cubecl-cuda` reads libdevice from `CUDA_PATH` (pip's nvidia-nvvm): that folder only, and
+    /// not when it lies in a protected one. Built by hand: the default build has no such device.
+    #[test]
+    fn cubecl_cuda_gets_the_libdevice_folder_of_cuda_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (scratch, cu13, cache) = (root.join("scratch"), root.join("site-packages/nvidia/cu13"), root.join("cache"));
+        let libdevice = cu13.join("nvvm/libdevice");
+        for d in [&scratch, &libdevice, &cache.join("nvvm/libdevice")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(libdevice.join("libdevice.10.bc"), b"BC").unwrap();
+        std::fs::write(cache.join("nvvm/libdevice/libdevice.10.bc"), b"BC").unwrap();
+        let device = DeviceChoice { name: "cubecl-cuda:0".into(), spec: "cubecl-cuda", class: experiment::device::DeviceClass::Gpu, index: 0 };
+        let protected = Protected { trees: vec![cache.clone()], homes: vec![] };
+        let binary = std::env::current_exe().unwrap();
+        let with = |cuda_path: &Path| {
+            let p = cuda_path.as_os_str().to_os_string();
+            policy_with_env(&binary, &scratch, &device, &protected, &|name| (name == "CUDA_PATH").then(|| p.clone())).unwrap()
+        };
+        let sandbox = with(&cu13);
+        assert!(sandbox.policy.read.contains(&libdevice), "{:?}", sandbox.policy.read);
+        assert!(!sandbox.policy.read.contains(&cu13), "the folder of libdevice, not the whole package");
+        assert!(sandbox.policy.devices.iter().any(|d| d == Path::new("/dev/nvidiactl")), "a GPU device's files");
+        let sandbox = with(&cache);
+        assert!(!sandbox.policy.read.iter().any(|p| is_within(p, &cache)), "{:?}", sandbox.policy.read);
+        assert!(sandbox.notes.iter().any(|n| n.contains("libdevice")), "{:?}", sandbox.notes);
+        // flex gets no libdevice, CUDA_PATH or not.
+        let flex = experiment::device::parse_device("flex").unwrap();
+        let p = cu13.as_os_str().to_os_string();
+        let sandbox = policy_with_env(&binary, &scratch, &flex, &protected, &|name| (name == "CUDA_PATH").then(|| p.clone())).unwrap();
+        assert!(!sandbox.policy.read.contains(&libdevice));
     }
 
     /// The experiment builds the trainer binary: a run path in it must not widen its sandbox.

@@ -102,6 +102,9 @@ fn device(cli: &Cli, profile: &PlatformProfile) -> Result<(DeviceChoice, &'stati
         let e = experiment::device::DeviceError::NoVulkanLoader { name: choice.name.clone() };
         return Err(Failure::new(exit::USAGE, e.to_string()));
     }
+    if choice.spec == "cubecl-cuda" {
+        experiment::device::check_cubecl_cuda(&choice).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    }
     if choice.spec == "cuda" {
         let found = experiment::device::libtorch_cuda_devices();
         if choice.index >= found {
@@ -123,6 +126,7 @@ fn backend_of(spec: &str) -> &'static str {
         "flex" => "flex",
         "ndarray" => "ndarray",
         "wgpu" | "wgpu-cpu" | "vulkan" | "metal" => "wgpu",
+        "cubecl-cuda" => "cubecl-cuda",
         _ => "tch",
     }
 }
@@ -187,7 +191,7 @@ pub struct KernelSettings {
 
 impl KernelSettings {
     fn of(profile: &PlatformProfile, device: &DeviceChoice) -> KernelSettings {
-        let cubecl = device.spec.starts_with("wgpu") || matches!(device.spec, "vulkan" | "metal");
+        let cubecl = device.spec.starts_with("wgpu") || matches!(device.spec, "vulkan" | "metal" | "cubecl-cuda");
         let built = cfg!(feature = "fusion");
         let mut notes = Vec::new();
         if !cubecl {

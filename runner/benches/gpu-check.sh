@@ -10,7 +10,12 @@
 #      side (torch_reference.py, eager and compiled, bf16 autocast) on the same GPU;
 #      bench-cuda (fused ops on) and bench-cuda-unfused (--no-fused: every op its plain tensor
 #      formulation, attention included) back to back;
-#   3. one table: tokens/s, MFU, peak memory, ratio to compiled PyTorch.
+#   3. one table: tokens/s, MFU, peak memory, ratio to compiled PyTorch;
+#   4. when the bundle has bin/cubecl/ (gpu-pack.sh with CUBECL_TARGET): the CubeCL CUDA route
+#      (`--device cubecl-cuda`, Burn's own CUDA backend with fusion and autotune, bf16), a bench
+#      row beside LibTorch's and PyTorch's (bench-cubecl) and a smoke training through the
+#      harness and its sandbox (smoke-cubecl). It needs libdevice.10.bc: the machine's pip
+#      nvidia-nvvm when installed (site-packages/nvidia/cu13), else the bundle's, as CUDA_PATH.
 #
 #   runner/benches/gpu-check.sh [BUNDLE [OUT]]     (defaults: .gpu and $OUT or /tmp/gpu-check)
 #
@@ -26,7 +31,8 @@
 # Environment: BATCH (bench rows, default 32; vulkan 8), STEPS (timed bench steps, default 10),
 # SMOKE_SECONDS (default 30), PEAK_FLOPS (MFU peak, default 989.5e12: H100/H200 dense bf16),
 # SKIP (space-separated step names to skip: ops-cuda smoke-cuda smoke-vulkan bench-cuda
-# bench-cuda-unfused bench-vulkan torch-eager torch-compiled).
+# bench-cuda-unfused bench-vulkan torch-eager torch-compiled bench-cubecl smoke-cubecl),
+# CUBECL_BATCH (bench-cubecl rows, default BATCH).
 set -u
 BUNDLE=$(cd "${1:-.gpu}" && pwd)
 FINAL=${2:-${OUT:-/tmp/gpu-check}}
@@ -54,6 +60,22 @@ for b in harness trainer bench_step torch_ops; do
   python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$BUNDLE/bin/$b.xz" "$WORK/bin/$b" && chmod +x "$WORK/bin/$b"
 done
 python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BUNDLE/cache.tar.xz" "$WORK/cache"
+CUBECL=""
+if [ -f "$BUNDLE/bin/cubecl/trainer.xz" ]; then
+  mkdir -p "$WORK/cubecl"
+  for b in harness trainer bench_step; do
+    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$BUNDLE/bin/cubecl/$b.xz" "$WORK/cubecl/$b" && chmod +x "$WORK/cubecl/$b"
+  done
+  # libdevice: the machine's pip nvidia-nvvm, else the bundle's (CUDA_PATH for the cubecl steps only).
+  CUBECL_CUDA_PATH=$(python3 -c 'import nvidia.cu13 as m, os; p = m.__path__[0]; print(p if os.path.isfile(os.path.join(p, "nvvm/libdevice/libdevice.10.bc")) else "")' 2>/dev/null || true)
+  if [ -z "$CUBECL_CUDA_PATH" ] && [ -f "$BUNDLE/cuda/nvvm/libdevice/libdevice.10.bc.xz" ]; then
+    mkdir -p "$WORK/cuda/nvvm/libdevice"
+    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$BUNDLE/cuda/nvvm/libdevice/libdevice.10.bc.xz" "$WORK/cuda/nvvm/libdevice/libdevice.10.bc"
+    CUBECL_CUDA_PATH="$WORK/cuda"
+  fi
+  CUBECL=1
+  say "cubecl-cuda route: CUDA_PATH=${CUBECL_CUDA_PATH:-<none: the cubecl rows will say libdevice is missing>}"
+fi
 cp "$BUNDLE/torch_reference.py" "$WORK/"
 
 say "machine"
@@ -78,6 +100,7 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && ! ls /usr/share/vulkan/icd.d/nvidia_icd.json
   done
 fi
 "$WORK/bin/harness" --list-devices 2>&1 | tee "$OUT/devices.txt"
+[ -n "$CUBECL" ] && env ${CUBECL_CUDA_PATH:+CUDA_PATH="$CUBECL_CUDA_PATH"} "$WORK/cubecl/harness" --list-devices 2>&1 | tee "$OUT/devices-cubecl.txt"
 
 # GPU memory in use, sampled every 200 ms while a step runs: its peak over the idle level.
 mem_start() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/mem-$1.txt" 2>/dev/null & MEM_PID=$!; }
@@ -102,14 +125,17 @@ EOF
 }
 # CUDA: the reference model (class gpu: d512, 8 layers, 2^19 tokens a step) at T 2048, bf16.
 profile smoke-cuda gpu cuda 2048 131072 32 0.5 bf16
+# CubeCL CUDA: the same as smoke-cuda, on Burn's own CUDA backend.
+profile smoke-cubecl gpu cubecl-cuda 2048 131072 32 0.5 bf16
 # Vulkan: the small model (class cpu: 4 layers, 2^13 tokens a step) at T 512, f32.
 profile smoke-vulkan cpu vulkan 512 131072 32 1.0 f32
 
-smoke() { # name device
+smoke() { # name device [binaries folder]
   skip "$1" && return
-  say "$1: harness --device $2, $SMOKE_SECONDS s"
+  local bin=${3:-$WORK/bin}
+  say "$1: harness --device $2 ($bin), $SMOKE_SECONDS s"
   mem_start "$1"
-  timeout 150 "$WORK/bin/harness" --trainer "$WORK/bin/trainer" --profile "$WORK/$1.toml" --device "$2" \
+  timeout 150 "$bin/harness" --trainer "$bin/trainer" --profile "$WORK/$1.toml" --device "$2" \
     --budget "time:$SMOKE_SECONDS" --cache-dir "$WORK/cache" --summary-json "$OUT/$1.json" --steps-csv "$OUT/$1.steps.csv" \
     > "$OUT/$1.log" 2>&1
   echo "exit $?" >> "$OUT/$1.log"
@@ -118,12 +144,12 @@ smoke() { # name device
   save
 }
 
-bench() { # name timeout batch args...
+bench() { # name timeout batch args... (BENCH_BIN: another bench_step)
   local name=$1 limit=$2 batch=$3; shift 3
   skip "$name" && return
   say "$name: bench_step --batch $batch $*"
   mem_start "$name"
-  timeout "$limit" "$WORK/bin/bench_step" --depth 8 --width 512 --heads 4 --vocab 8192 --batch "$batch" --seq 2048 \
+  timeout "$limit" "${BENCH_BIN:-$WORK/bin/bench_step}" --depth 8 --width 512 --heads 4 --vocab 8192 --batch "$batch" --seq 2048 \
     --steps "$STEPS" --warmup 3 --optim adamw --peak-flops "$PEAK_FLOPS" "$@" > "$OUT/$name.txt" 2>&1
   echo "exit $?" >> "$OUT/$name.txt"
   mem_stop
@@ -152,6 +178,16 @@ bench bench-cuda 90 "$BATCH" --devices cuda --dtype bf16
 bench bench-cuda-unfused 90 "$BATCH" --devices cuda --dtype bf16 --no-fused
 bench torch-compiled 150 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch_reference.py" --torch-device cuda --torch-compile
 bench torch-eager 60 "$BATCH" --devices '' --dtype bf16 --torch "$WORK/torch_reference.py" --torch-device cuda
+if [ -n "$CUBECL" ]; then
+  # First steps compile and autotune every kernel (the cache starts empty): 3 warm-up steps.
+  # CUDA_PATH for these two only, and only when there is a libdevice to point at (an empty one
+  # would be a relative path to cubecl-llvm).
+  saved_cuda_path=${CUDA_PATH-__unset__}
+  [ -n "$CUBECL_CUDA_PATH" ] && export CUDA_PATH="$CUBECL_CUDA_PATH"
+  BENCH_BIN="$WORK/cubecl/bench_step" bench bench-cubecl 180 "${CUBECL_BATCH:-$BATCH}" --devices cubecl-cuda --dtype bf16
+  smoke smoke-cubecl cubecl-cuda "$WORK/cubecl"
+  if [ "$saved_cuda_path" = __unset__ ]; then unset CUDA_PATH; else export CUDA_PATH="$saved_cuda_path"; fi
+fi
 bench bench-vulkan 90 "${VULKAN_BATCH:-8}" --devices vulkan --dtype f32
 smoke smoke-vulkan vulkan
 
@@ -174,7 +210,7 @@ try:
 except OSError:
     print("fused ops on CUDA vs their formulations (torch_ops): not run\n")
 rows = []
-for name in ["torch-compiled", "torch-eager", "bench-cuda", "bench-cuda-unfused", "bench-vulkan"]:
+for name in ["torch-compiled", "torch-eager", "bench-cuda", "bench-cuda-unfused", "bench-cubecl", "bench-vulkan"]:
     try:
         lines = [json.loads(l) for l in open(f"{out}/{name}.txt") if l.startswith("{")]
     except OSError:
@@ -189,7 +225,7 @@ for n, r in rows:
     mfu = r.get("mfu_percent"); own = r.get("peak_mem_mb"); m = peak_mem(n)
     f = lambda v, p: "-" if v is None else f"{v:.{p}f}"
     print(f"| {n} | {r['impl']} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} | {f(mfu, 1)} | {f(m, 0)} | {f(own, 0)} ({r.get('memory_source', '')}) | {f(r.get('loss'), 4)} | {ratio} |")
-for s in ["smoke-cuda", "smoke-vulkan"]:
+for s in ["smoke-cuda", "smoke-cubecl", "smoke-vulkan"]:
     try:
         j = json.load(open(f"{out}/{s}.json"))
     except (OSError, ValueError):

@@ -12,6 +12,13 @@
 #   (the same environment) cargo test --release --workspace --features harness/gpu,trainer/gpu \
 #     --test torch_ops --no-run      # the same features: nothing of Burn is rebuilt
 #
+# Optionally, the CubeCL CUDA route (`--device cubecl-cuda`): its own harness, trainer and
+# bench_step from the build runner/benches/cubecl-build.sh makes (another feature set, another
+# target folder), as bin/cubecl/*.xz, with libdevice.10.bc (cuda/nvvm/libdevice/, 0.2 MB
+# compressed) for machines without pip's nvidia-nvvm:
+#   CUBECL_TARGET=target/cubecl CUBECL_ENV=../cubecl-env runner/benches/gpu-pack.sh
+# (CUBECL_TARGET: that build's target folder; CUBECL_ENV: the folder cubecl-build.sh was given.)
+#
 #   runner/benches/gpu-pack.sh [BUNDLE]     (default .gpu; add it to .git/info/exclude)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,6 +36,17 @@ ops=$(ls -t "$TARGET"/deps/torch_ops-* 2>/dev/null | grep -v '\.d$' | head -1 ||
 [ -n "$ops" ] && [ -x "$ops" ] || { echo "no $TARGET/deps/torch_ops-*: build it first (see the top of this script)" >&2; exit 1; }
 strip -o "$BUNDLE/bin/torch_ops" "$ops"
 xz -9 -T0 "$BUNDLE/bin/torch_ops"
+if [ -n "${CUBECL_TARGET:-}" ]; then
+  mkdir -p "$BUNDLE/bin/cubecl" "$BUNDLE/cuda/nvvm/libdevice"
+  for b in harness trainer bench_step; do
+    [ -x "$CUBECL_TARGET/release/$b" ] || { echo "$CUBECL_TARGET/release/$b is missing: run runner/benches/cubecl-build.sh first" >&2; exit 1; }
+    strip -o "$BUNDLE/bin/cubecl/$b" "$CUBECL_TARGET/release/$b"
+    xz -9 -T0 "$BUNDLE/bin/cubecl/$b"
+  done
+  libdevice=${CUBECL_ENV:-../cubecl-env}/cuda/nvvm/libdevice/libdevice.10.bc
+  [ -f "$libdevice" ] || { echo "no $libdevice: run runner/benches/cubecl-build.sh first" >&2; exit 1; }
+  xz -9 -c "$libdevice" > "$BUNDLE/cuda/nvvm/libdevice/libdevice.10.bc.xz"
+fi
 cache=$(mktemp -d)
 "$TARGET/prepare" --source-dir "$SHARED/data/classics" --cache-dir "$cache" > "$BUNDLE/prepare.log"
 tar -C "$cache" -cJf "$BUNDLE/cache.tar.xz" .
@@ -42,4 +60,6 @@ mkdir -p "$lists/partial"
 # shellcheck disable=SC2086
 apt-get $o update -qq && (cd "$BUNDLE/debs" && apt-get $o download libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null) || echo "no libvulkan1 package: the bundle has no Vulkan loader" >&2
 rm -rf "$lists"
-du -sh "$BUNDLE" "$BUNDLE"/* "$BUNDLE"/bin/*
+du -sh "$BUNDLE" "$BUNDLE"/* "$BUNDLE"/bin/* "$BUNDLE"/bin/cubecl/* 2>/dev/null
+size=$(du -sb "$BUNDLE" | cut -f1)
+[ "$size" -le $((64 * 1024 * 1024)) ] || echo "the bundle is $((size / 1024 / 1024)) MiB: over the GPU machine's 64 MiB" >&2
