@@ -372,12 +372,17 @@ fn read_summary(path: &Path, metric: &str, tail: impl Fn() -> String) -> Outcome
         Ok(t) => t,
         Err(_) => return Outcome::Crash { reason: format!("exit 0 but no summary JSON at {}", path.display()), tail: tail() },
     };
-    // The record as written (kept, and what the signature covers), and its fields by type.
-    let (record, typed) = match (serde_json::from_str::<Value>(&text), RunSummary::from_json(&text)) {
-        (Ok(v), Ok(s)) => (v, s),
-        (Err(e), _) | (_, Err(e)) => return Outcome::Crash { reason: format!("unreadable summary JSON: {e}"), tail: tail() },
+    // The record as written (kept, and what the signature covers), and its fields by type. The
+    // metric is read from the record: it is a key the user configures, which an experiment
+    // command of theirs may write and the harness's summary type does not know.
+    let record = match serde_json::from_str::<Value>(&text) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Crash { reason: format!("unreadable summary JSON: {e}"), tail: tail() },
     };
-    match typed.number(metric) {
+    let Some(typed) = RunSummary::from_value(&record) else {
+        return Outcome::Crash { reason: "unreadable summary JSON: not an object".into(), tail: tail() };
+    };
+    match record.get(metric).and_then(Value::as_f64) {
         Some(m) if m.is_finite() => Outcome::Ok { metric: m, memory_mb: typed.peak_vram_mb, summary: record },
         _ => Outcome::Crash { reason: format!("the summary JSON has no finite `{metric}`"), tail: tail() },
     }
@@ -393,6 +398,20 @@ mod tests {
         let mut names: Vec<String> = t["features"].as_table().unwrap().keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// A metric the harness's summary does not know (a user's experiment command and its
+    /// configured `metric`) is read from the record as written.
+    #[test]
+    fn a_configured_metric_is_read_from_the_record_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        std::fs::write(&path, r#"{"accuracy": 0.75, "peak_vram_mb": 12.0}"#).unwrap();
+        match read_summary(&path, "accuracy", String::new) {
+            Outcome::Ok { metric, memory_mb, .. } => assert_eq!((metric, memory_mb), (0.75, Some(12.0))),
+            _ => panic!("the configured metric was not read"),
+        }
+        assert!(matches!(read_summary(&path, "val_bpb", String::new), Outcome::Crash { .. }));
     }
 
     #[test]

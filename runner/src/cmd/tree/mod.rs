@@ -152,7 +152,7 @@ pub fn record_with(db: &mut Db, cfg: &ResearchConfig, sign_key: &Path, id: i64, 
         let text = std::fs::read_to_string(p).with_context(|| format!("--summary-json {}", p.display()))?;
         let s: Value = serde_json::from_str(&text).map_err(|e| usage(format!("--summary-json {}: {e}", p.display())))?;
         let typed = RunSummary::from_value(&s).ok_or_else(|| usage(format!("--summary-json {}: not a run summary the harness writes", p.display())))?;
-        let m = typed.number(&cfg.metric).ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
+        let m = s.get(&cfg.metric).and_then(Value::as_f64).ok_or_else(|| usage(format!("--summary-json {}: no `{}` in it (or pass --crash)", p.display(), cfg.metric)))?;
         rec["metric"] = json!(m);
         rec["memory_mb"] = json!(typed.peak_vram_mb);
         let verified = match std::fs::read_to_string(sign_key) {
